@@ -1,0 +1,370 @@
+// The decoder as an ONNX graph, written top to bottom like the math:
+//   residual = embed(input_ids)
+//   for each layer: residual += attn(norm(residual)); residual += mlp(norm(residual))
+//   logits = lm_head(norm(residual))
+// Architectures subclass DecoderBuilder and override only the pieces that differ.
+//
+// Layout: the residual stream is kept as [N, hidden] with N = batch × tokens, so every linear
+// layer is one Gemm on the HF [out, in] weight (transB = 1): no transposed copies of weights.
+import { OnnxDataType as DT } from "./onnx/schema.ts";
+import { OnnxGraph } from "./onnx/graph.ts";
+import type { DecoderConfig } from "./config.ts";
+
+/** Where the builder gets float32 weights from (a checkpoint, or edited tensors in tests). */
+export interface WeightSource {
+  has(name: string): boolean;
+  info(name: string): { shape: number[] };
+  readF32(name: string): Float32Array;
+}
+
+export class MissingWeightError extends Error {
+  override name = "MissingWeightError";
+}
+
+export interface DecoderBuildOptions {
+  /**
+   * Adds runtime inputs for interventions (default zero, so feeding nothing leaves the model unchanged):
+   * - `rosi_vectors` [2·layers, hidden]: row 2l adds (x·w̄)·row to layer l's o_proj output, row 2l+1 to its down_proj
+   *   output, with w̄ the mean of that matrix's rows — the rank-one edit W + v·w̄ᵀ without rewriting W.
+   * - `steer` [layers, hidden]: added to the residual stream entering each layer.
+   */
+  interventions?: boolean;
+}
+
+/** Graph value names of the inputs and outputs, shared with the session code. */
+export const IO = {
+  inputIds: "input_ids",
+  attentionMask: "attention_mask",
+  positionIds: "position_ids",
+  logitPositions: "logit_positions",
+  rosiVectors: "rosi_vectors",
+  steer: "steer",
+  logits: "logits",
+  pastKey: (l: number) => `past_key_values.${l}.key`,
+  pastValue: (l: number) => `past_key_values.${l}.value`,
+  presentKey: (l: number) => `present.${l}.key`,
+  presentValue: (l: number) => `present.${l}.value`,
+  residual: (l: number) => `residual.${l}`,
+  residualFinal: "residual.final",
+} as const;
+
+/** float32 min, as HF uses for masked attention scores: fully masked rows become uniform, never NaN. */
+const MASKED = -3.4028234663852886e38;
+
+export const OPSETS = { "": 21, "com.microsoft": 1 };
+
+export class DecoderBuilder {
+  protected g!: OnnxGraph;
+  /** [B, T] shape pieces computed once. */
+  protected batchTokens!: { B: string; T: string };
+  protected cos!: string;
+  protected sin!: string;
+  protected masks = new Map<number | null, string>();
+
+  constructor(
+    readonly cfg: DecoderConfig,
+    protected readonly weights: WeightSource,
+    readonly opts: DecoderBuildOptions = {},
+  ) {}
+
+  // ---- weight names (HF state-dict keys) -------------------------------------------------
+  protected layerPrefix(l: number): string {
+    return `model.layers.${l}`;
+  }
+  protected embedName(): string {
+    return "model.embed_tokens.weight";
+  }
+  protected lmHeadName(): string {
+    return this.cfg.tieWordEmbeddings ? this.embedName() : "lm_head.weight";
+  }
+
+  // ---- weights ----------------------------------------------------------------------------
+  protected require(name: string, expectShape?: number[]): Float32Array {
+    if (!this.weights.has(name)) throw new MissingWeightError(`checkpoint is missing tensor "${name}" (needed by ${this.cfg.modelType})`);
+    const shape = this.weights.info(name).shape;
+    if (expectShape && (shape.length !== expectShape.length || shape.some((d, i) => d !== expectShape[i]))) {
+      throw new MissingWeightError(`tensor "${name}" has shape [${shape}], expected [${expectShape}] from config.json`);
+    }
+    return this.weights.readF32(name);
+  }
+
+  protected weight(name: string, data: Float32Array, dims: number[]): string {
+    return this.g.initializer(name, DT.FLOAT, dims, new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+  }
+
+  /** Loads [out, in] matrices (concatenated along out) as one Gemm weight. */
+  protected linearWeight(graphName: string, names: string[], inFeatures: number, outs: number[]): string {
+    const total = outs.reduce((a, b) => a + b, 0);
+    const data = new Float32Array(total * inFeatures);
+    let at = 0;
+    names.forEach((n, i) => {
+      data.set(this.require(n, [outs[i], inFeatures]), at);
+      at += outs[i] * inFeatures;
+    });
+    return this.weight(graphName, data, [total, inFeatures]);
+  }
+
+  protected optionalBias(graphName: string, names: string[], outs: number[], present: boolean): string | null {
+    if (!present) return null;
+    const data = new Float32Array(outs.reduce((a, b) => a + b, 0));
+    let at = 0;
+    names.forEach((n, i) => {
+      data.set(this.require(n, [outs[i]]), at);
+      at += outs[i];
+    });
+    return this.weight(graphName, data, [data.length]);
+  }
+
+  /** RMSNorm weight; Gemma stores w and multiplies by (1 + w). */
+  protected normWeight(name: string): string {
+    const w = this.require(name, [this.cfg.hiddenSize]);
+    if (this.cfg.normAddsOne) for (let i = 0; i < w.length; i++) w[i] = Math.fround(1 + w[i]);
+    return this.weight(name, w, [w.length]);
+  }
+
+  // ---- building blocks --------------------------------------------------------------------
+  protected gemm(x: string, w: string, bias: string | null, name: string): string {
+    return this.g.op("Gemm", bias ? [x, w, bias] : [x, w], { transB: 1 }, { name });
+  }
+
+  protected rmsNorm(x: string, weight: string, name: string): string {
+    return this.g.op("SimplifiedLayerNormalization", [x, weight], { axis: -1, epsilon: { float: this.cfg.rmsNormEps } }, { name });
+  }
+
+  protected activation(x: string): string {
+    if (this.cfg.activation === "gelu_tanh") return this.g.op("Gelu", [x], { approximate: "tanh" }, { name: "gelu" });
+    return this.g.op("Mul", [x, this.g.op("Sigmoid", [x])], {}, { name: "silu" });
+  }
+
+  protected embed(inputIds: string): string {
+    const { vocabSize, hiddenSize } = this.cfg;
+    const table = this.weight(this.embedName(), this.require(this.embedName(), [vocabSize, hiddenSize]), [vocabSize, hiddenSize]);
+    const rows = this.g.op("Gather", [table, this.g.op("Reshape", [inputIds, this.g.constI64([-1])])], { axis: 0 }, { name: "embed" });
+    if (this.cfg.embeddingScale === null) return rows;
+    return this.g.op("Mul", [rows, this.g.scalarF32(Math.fround(this.cfg.embeddingScale))], {}, { name: "embed_scale" });
+  }
+
+  /** Rotary inverse frequencies, rounded step by step to float32 as HF computes them. */
+  protected inverseFrequencies(): Float32Array {
+    const { headDim, ropeTheta, ropeScaling } = this.cfg;
+    const f = Math.fround;
+    const inv = new Float32Array(headDim / 2);
+    for (let i = 0; i < inv.length; i++) inv[i] = f(1 / f(Math.pow(ropeTheta, f((2 * i) / headDim))));
+    if (ropeScaling.type === "linear") for (let i = 0; i < inv.length; i++) inv[i] = f(inv[i] / ropeScaling.factor);
+    if (ropeScaling.type === "llama3") {
+      const { factor, lowFreqFactor, highFreqFactor, originalMaxPositions } = ropeScaling;
+      const lowFreqWavelen = originalMaxPositions / lowFreqFactor;
+      const highFreqWavelen = originalMaxPositions / highFreqFactor;
+      for (let i = 0; i < inv.length; i++) {
+        const wavelen = f((2 * Math.PI) / inv[i]);
+        const scaled = wavelen > lowFreqWavelen ? f(inv[i] / factor) : inv[i];
+        const medium = !(wavelen < highFreqWavelen) && !(wavelen > lowFreqWavelen);
+        if (medium) {
+          const smooth = f(f(f(originalMaxPositions / wavelen) - lowFreqFactor) / (highFreqFactor - lowFreqFactor));
+          inv[i] = f(f(f(1 - smooth) * f(scaled / factor)) + f(smooth * scaled));
+        } else inv[i] = scaled;
+      }
+    }
+    return inv;
+  }
+
+  /** cos/sin of position × inv_freq, shaped [B, 1, T, head_dim] to broadcast over heads. */
+  protected rotaryTables(positionIds: string): void {
+    const inv = this.g.constF32(this.inverseFrequencies(), [this.cfg.headDim / 2], "inv_freq");
+    const pos = this.g.op("Unsqueeze", [this.g.op("Cast", [positionIds], { to: DT.FLOAT }), this.g.constI64([-1])]); // [B,T,1]
+    const freqs = this.g.op("Mul", [pos, inv], {}, { name: "rope_freqs" }); // [B,T,D/2]
+    const emb = this.g.op("Unsqueeze", [this.g.op("Concat", [freqs, freqs], { axis: -1 }), this.g.constI64([1])]); // [B,1,T,D]
+    this.cos = this.g.op("Cos", [emb], {}, { name: "rope_cos" });
+    this.sin = this.g.op("Sin", [emb], {}, { name: "rope_sin" });
+  }
+
+  protected applyRotary(x: string, name: string): string {
+    const half = this.cfg.headDim / 2;
+    const [x1, x2] = this.g.node("Split", [x, this.g.constI64([half, half])], { axis: -1 }, { outputs: 2 });
+    const rotated = this.g.op("Concat", [this.g.op("Neg", [x2]), x1], { axis: -1 });
+    return this.g.op("Add", [this.g.op("Mul", [x, this.cos]), this.g.op("Mul", [rotated, this.sin])], {}, { name });
+  }
+
+  /**
+   * Additive mask [B, 1, T, S] from attention_mask [B, S] (S = past + T): key j is visible to the query at
+   * cache index i iff j ≤ i, key j is not padding, and (with a window W) j > i − W.
+   */
+  protected attentionMask(attentionMask: string, past: string, window: number | null): string {
+    const cached = this.masks.get(window);
+    if (cached) return cached;
+    const g = this.g;
+    const S = g.op("Gather", [g.op("Shape", [attentionMask]), g.scalarI64(1)], { axis: 0 });
+    const P = g.op("Gather", [g.op("Shape", [past]), g.scalarI64(2)], { axis: 0 });
+    const keyIdx = g.op("Range", [g.scalarI64(0), S, g.scalarI64(1)]); // [S]
+    const queryIdx = g.op("Unsqueeze", [g.op("Range", [P, S, g.scalarI64(1)]), g.constI64([1])]); // [T,1]
+    let visible = g.op("LessOrEqual", [keyIdx, queryIdx]); // [T,S]
+    if (window !== null) visible = g.op("And", [visible, g.op("Greater", [keyIdx, g.op("Sub", [queryIdx, g.scalarI64(window)])])]);
+    const notPad = g.op("Unsqueeze", [g.op("Cast", [attentionMask], { to: DT.BOOL }), g.constI64([1, 2])]); // [B,1,1,S]
+    const allowed = g.op("And", [visible, notPad]); // [B,1,T,S]
+    const mask = g.op("Where", [allowed, g.scalarF32(0), g.scalarF32(MASKED)], {}, { name: window ? `mask_w${window}` : "mask" });
+    this.masks.set(window, mask);
+    return mask;
+  }
+
+  /** Attention scores before the mask; Gemma 2 overrides to softcap them. */
+  protected scoreTransform(scores: string): string {
+    const cap = this.cfg.attnLogitSoftcap;
+    if (cap === null) return scores;
+    const g = this.g;
+    return g.op("Mul", [g.op("Tanh", [g.op("Div", [scores, g.scalarF32(cap)])]), g.scalarF32(cap)], {}, { name: "attn_softcap" });
+  }
+
+  protected attention(l: number, x: string, attentionMask: string): string {
+    const g = this.g;
+    const { hiddenSize, numHeads, numKvHeads, headDim } = this.cfg;
+    const p = `${this.layerPrefix(l)}.self_attn`;
+    const qOut = numHeads * headDim;
+    const kvOut = numKvHeads * headDim;
+    const names = ["q_proj", "k_proj", "v_proj"].map((n) => `${p}.${n}.weight`);
+    const w_qkv = this.linearWeight(`${p}.qkv_proj.weight`, names, hiddenSize, [qOut, kvOut, kvOut]);
+    const b_qkv = this.optionalBias(`${p}.qkv_proj.bias`, names.map((n) => n.replace(/weight$/, "bias")), [qOut, kvOut, kvOut], this.cfg.qkvBias);
+    const qkv = this.gemm(x, w_qkv, b_qkv, `L${l}_qkv`);
+    const [q, k, v] = g.node("Split", [qkv, g.constI64([qOut, kvOut, kvOut])], { axis: -1 }, { outputs: 3 });
+
+    // [N, heads·D] → [B, heads, T, D]
+    const heads = (t: string, n: number) =>
+      g.op("Transpose", [g.op("Reshape", [t, g.op("Concat", [this.batchTokens.B, this.batchTokens.T, g.constI64([n, headDim])], { axis: 0 })])], { perm: [0, 2, 1, 3] });
+    const query = this.applyRotary(heads(q, numHeads), `L${l}_q_rot`);
+    const key = this.applyRotary(heads(k, numKvHeads), `L${l}_k_rot`);
+    const value = heads(v, numKvHeads);
+
+    const pastKey = IO.pastKey(l);
+    const pastValue = IO.pastValue(l);
+    g.input(pastKey, DT.FLOAT, ["batch", numKvHeads, "past", headDim]);
+    g.input(pastValue, DT.FLOAT, ["batch", numKvHeads, "past", headDim]);
+    const presentKey = g.op("Concat", [pastKey, key], { axis: 2 }, { output: IO.presentKey(l) });
+    const presentValue = g.op("Concat", [pastValue, value], { axis: 2 }, { output: IO.presentValue(l) });
+    g.output(presentKey, DT.FLOAT, ["batch", numKvHeads, "total", headDim]);
+    g.output(presentValue, DT.FLOAT, ["batch", numKvHeads, "total", headDim]);
+
+    // GQA without copying K/V: the query heads that share a KV head are stacked along the token axis.
+    const group = numHeads / numKvHeads;
+    const qGrouped = group === 1 ? query : g.op("Reshape", [query, g.constI64([0, numKvHeads, -1, headDim])]);
+    let scores = g.op("MatMul", [qGrouped, g.op("Transpose", [presentKey], { perm: [0, 1, 3, 2] })], {}, { name: `L${l}_qk` });
+    if (group !== 1) scores = g.op("Reshape", [scores, g.constI64([0, numHeads, -1, 0])]);
+    scores = g.op("Mul", [scores, g.scalarF32(Math.fround(this.cfg.attentionScale))]);
+    scores = this.scoreTransform(scores);
+    const mask = this.attentionMask(attentionMask, pastKey, this.cfg.slidingWindow[l]);
+    const probs = g.op("Softmax", [g.op("Add", [scores, mask])], { axis: -1 }, { name: `L${l}_probs` });
+    const probsGrouped = group === 1 ? probs : g.op("Reshape", [probs, g.constI64([0, numKvHeads, -1, 0])]);
+    let context = g.op("MatMul", [probsGrouped, presentValue], {}, { name: `L${l}_pv` });
+    if (group !== 1) context = g.op("Reshape", [context, g.constI64([0, numHeads, -1, headDim])]);
+    const attnFlat = g.op("Reshape", [g.op("Transpose", [context], { perm: [0, 2, 1, 3] }), g.constI64([-1, qOut])]);
+
+    const oName = `${p}.o_proj.weight`;
+    const w_o = this.weight(oName, this.require(oName, [hiddenSize, qOut]), [hiddenSize, qOut]);
+    const b_o = this.optionalBias(`${p}.o_proj.bias`, [`${p}.o_proj.bias`], [hiddenSize], this.cfg.oBias);
+    const attnOut = this.gemm(attnFlat, w_o, b_o, `L${l}_o_proj`);
+    return this.intervene(attnOut, attnFlat, oName, 2 * l);
+  }
+
+  protected mlp(l: number, x: string): string {
+    const g = this.g;
+    const { hiddenSize, intermediateSize } = this.cfg;
+    const p = `${this.layerPrefix(l)}.mlp`;
+    const gateUpNames = [`${p}.gate_proj.weight`, `${p}.up_proj.weight`];
+    const w_gateUp = this.linearWeight(`${p}.gate_up_proj.weight`, gateUpNames, hiddenSize, [intermediateSize, intermediateSize]);
+    const b_gateUp = this.optionalBias(`${p}.gate_up_proj.bias`, gateUpNames.map((n) => n.replace(/weight$/, "bias")), [intermediateSize, intermediateSize], this.cfg.mlpBias);
+    const [gate, up] = g.node("Split", [this.gemm(x, w_gateUp, b_gateUp, `L${l}_gate_up`), g.constI64([intermediateSize, intermediateSize])], { axis: -1 }, { outputs: 2 });
+    const hidden = g.op("Mul", [this.activation(gate), up], {}, { name: `L${l}_mlp_hidden` });
+    const downName = `${p}.down_proj.weight`;
+    const w_down = this.weight(downName, this.require(downName, [hiddenSize, intermediateSize]), [hiddenSize, intermediateSize]);
+    const b_down = this.optionalBias(`${p}.down_proj.bias`, [`${p}.down_proj.bias`], [hiddenSize], this.cfg.mlpBias);
+    const mlpOut = this.gemm(hidden, w_down, b_down, `L${l}_down_proj`);
+    return this.intervene(mlpOut, hidden, downName, 2 * l + 1);
+  }
+
+  /** out + (x·w̄)·rosi_vectors[row]: the rank-one edit of this matrix, applied at run time. */
+  protected intervene(out: string, x: string, weightName: string, row: number): string {
+    if (!this.opts.interventions) return out;
+    const g = this.g;
+    const W = this.weights.readF32(weightName);
+    const [rows, cols] = this.weights.info(weightName).shape;
+    const wBar = meanOfRows(W, rows, cols);
+    const coef = g.op("MatMul", [x, g.constF32(wBar, [cols, 1], `${weightName}.wbar`)]); // [N,1]
+    const vec = g.op("Gather", [IO.rosiVectors, g.scalarI64(row)], { axis: 0 }); // [hidden]
+    return g.op("Add", [out, g.op("Mul", [coef, vec])], {}, { name: `rosi_${row}` });
+  }
+
+  /** One decoder layer (Llama form); Gemma 2 overrides to add its post-norms. */
+  protected layer(l: number, residual: string, attentionMask: string): string {
+    const g = this.g;
+    const p = this.layerPrefix(l);
+    const attnIn = this.rmsNorm(residual, this.normWeight(`${p}.input_layernorm.weight`), `L${l}_input_norm`);
+    const afterAttn = g.op("Add", [residual, this.attention(l, attnIn, attentionMask)], {}, { name: `L${l}_resid_attn` });
+    const mlpIn = this.rmsNorm(afterAttn, this.normWeight(`${p}.post_attention_layernorm.weight`), `L${l}_mlp_norm`);
+    return g.op("Add", [afterAttn, this.mlp(l, mlpIn)], {}, { name: `L${l}_resid_mlp` });
+  }
+
+  protected finalLogits(hidden: string): string {
+    const g = this.g;
+    const { hiddenSize, vocabSize } = this.cfg;
+    const normed = this.rmsNorm(hidden, this.normWeight("model.norm.weight"), "final_norm");
+    const headName = this.lmHeadName();
+    // A tied head reuses the embedding initializer: Gemm(transB) reads the [vocab, hidden] table directly.
+    const head = headName === this.embedName() ? this.embedName() : this.weight(headName, this.require(headName, [vocabSize, hiddenSize]), [vocabSize, hiddenSize]);
+    let logits = this.gemm(normed, head, null, "lm_head");
+    const cap = this.cfg.finalLogitSoftcap;
+    if (cap !== null) logits = g.op("Mul", [g.op("Tanh", [g.op("Div", [logits, g.scalarF32(cap)])]), g.scalarF32(cap)], {}, { name: "final_softcap" });
+    return logits;
+  }
+
+  build(graph: OnnxGraph): OnnxGraph {
+    this.g = graph;
+    const g = graph;
+    const { hiddenSize, numLayers, vocabSize } = this.cfg;
+    const inputIds = g.input(IO.inputIds, DT.INT64, ["batch", "tokens"]);
+    const attentionMask = g.input(IO.attentionMask, DT.INT64, ["batch", "total"]);
+    const positionIds = g.input(IO.positionIds, DT.INT64, ["batch", "tokens"]);
+    const logitPositions = g.input(IO.logitPositions, DT.INT64, ["batch", "positions"]);
+    if (this.opts.interventions) {
+      g.input(IO.rosiVectors, DT.FLOAT, [2 * numLayers, hiddenSize]);
+      g.initializer(IO.rosiVectors, DT.FLOAT, [2 * numLayers, hiddenSize], new Uint8Array(2 * numLayers * hiddenSize * 4));
+      g.input(IO.steer, DT.FLOAT, [numLayers, hiddenSize]);
+      g.initializer(IO.steer, DT.FLOAT, [numLayers, hiddenSize], new Uint8Array(numLayers * hiddenSize * 4));
+    }
+    const idsShape = g.op("Shape", [inputIds]);
+    this.batchTokens = {
+      B: g.op("Slice", [idsShape, g.constI64([0]), g.constI64([1])]),
+      T: g.op("Slice", [idsShape, g.constI64([1]), g.constI64([2])]),
+    };
+    const asBTH = (x: string, output: string) =>
+      g.op("Reshape", [x, g.op("Concat", [this.batchTokens.B, this.batchTokens.T, g.constI64([hiddenSize])], { axis: 0 })], {}, { output });
+
+    this.rotaryTables(positionIds);
+    let residual = this.embed(inputIds);
+    for (let l = 0; l < numLayers; l++) {
+      if (this.opts.interventions) residual = g.op("Add", [residual, g.op("Gather", [IO.steer, g.scalarI64(l)], { axis: 0 })], {}, { name: `steer_${l}` });
+      asBTH(residual, IO.residual(l));
+      g.output(IO.residual(l), DT.FLOAT, ["batch", "tokens", hiddenSize]);
+      residual = this.layer(l, residual, attentionMask);
+    }
+    const finalResidual = asBTH(residual, IO.residualFinal);
+    g.output(IO.residualFinal, DT.FLOAT, ["batch", "tokens", hiddenSize]);
+
+    // Only the requested positions go through the (large) vocabulary projection.
+    const picked = g.op("GatherND", [finalResidual, g.op("Unsqueeze", [logitPositions, g.constI64([-1])])], { batch_dims: 1 }); // [B,K,H]
+    const logits = this.finalLogits(g.op("Reshape", [picked, g.constI64([-1, hiddenSize])]));
+    const Bk = g.op("Slice", [g.op("Shape", [logitPositions]), g.constI64([0]), g.constI64([2])]);
+    g.op("Reshape", [logits, g.op("Concat", [Bk, g.constI64([vocabSize])], { axis: 0 })], {}, { output: IO.logits });
+    g.output(IO.logits, DT.FLOAT, ["batch", "positions", vocabSize]);
+    return g;
+  }
+}
+
+/** Mean over the rows of a row-major [rows, cols] matrix, accumulated in float64. */
+export function meanOfRows(W: Float32Array, rows: number, cols: number): Float32Array {
+  const acc = new Float64Array(cols);
+  for (let r = 0; r < rows; r++) {
+    const base = r * cols;
+    for (let c = 0; c < cols; c++) acc[c] += W[base + c];
+  }
+  const out = new Float32Array(cols);
+  for (let c = 0; c < cols; c++) out[c] = acc[c] / rows;
+  return out;
+}

@@ -1,0 +1,144 @@
+// Greedy decoding with a KV cache, batched with left padding (HF generate()'s conventions:
+// position_ids = cumsum(attention_mask) − 1, pads at position 1).
+import type { DecoderModel, ForwardInput } from "./model.ts";
+
+export interface GenerateOptions {
+  maxNewTokens: number;
+  /** Stop a row once it emits one of these ids (the id itself is kept in `newIds`). */
+  eosIds?: number[];
+  padId?: number;
+  /** Recompute the whole sequence every step instead of using the KV cache (reference path). */
+  useCache?: boolean;
+  /** Keep the logits that chose the first new token of every row. */
+  returnFirstLogits?: boolean;
+  /** Keep the logits of every step (tests). */
+  returnStepLogits?: boolean;
+  /** Interventions passed to every forward pass. */
+  rosiVectors?: Float32Array;
+  steer?: Float32Array;
+  onStep?: (step: number, maxSteps: number) => void;
+  signal?: AbortSignal;
+}
+
+export interface GenerateResult {
+  /** Per row: generated ids, ending with the EOS id when one was produced. */
+  newIds: number[][];
+  /** Per row: [vocab] logits of the first step, when asked. */
+  firstLogits?: Float32Array[];
+  /** Per row, per step: [vocab] logits, when asked. */
+  stepLogits?: Float32Array[][];
+  /** Prefill and decode timings for throughput figures. */
+  stats: { prefillTokens: number; prefillSeconds: number; decodeTokens: number; decodeSeconds: number };
+}
+
+export interface PaddedBatch {
+  inputIds: number[][];
+  attentionMask: number[][];
+  positionIds: number[][];
+}
+
+/** Left-pads prompts to one length. */
+export function leftPad(prompts: number[][], padId: number): PaddedBatch {
+  const T = Math.max(...prompts.map((p) => p.length));
+  const inputIds: number[][] = [];
+  const attentionMask: number[][] = [];
+  const positionIds: number[][] = [];
+  for (const p of prompts) {
+    if (p.length === 0) throw new Error("cannot generate from an empty prompt");
+    const pad = T - p.length;
+    inputIds.push([...Array(pad).fill(padId), ...p]);
+    attentionMask.push([...Array(pad).fill(0), ...Array(p.length).fill(1)]);
+    positionIds.push([...Array(pad).fill(1), ...p.map((_, i) => i)]);
+  }
+  return { inputIds, attentionMask, positionIds };
+}
+
+/** Index of the largest value; the first one on ties, like torch.argmax. */
+export function argmax(x: Float32Array, offset = 0, length = x.length - offset): number {
+  let best = 0;
+  let bestValue = -Infinity;
+  for (let i = 0; i < length; i++) {
+    const v = x[offset + i];
+    if (v > bestValue) {
+      bestValue = v;
+      best = i;
+    }
+  }
+  return best;
+}
+
+export async function generateGreedy(model: DecoderModel, prompts: number[][], opts: GenerateOptions): Promise<GenerateResult> {
+  const B = prompts.length;
+  const vocab = model.config.vocabSize;
+  const eos = new Set(opts.eosIds ?? []);
+  const padId = opts.padId ?? 0;
+  const useCache = opts.useCache ?? true;
+  const batch = leftPad(prompts, padId);
+  const newIds: number[][] = prompts.map(() => []);
+  const done = prompts.map(() => false);
+  const firstLogits: Float32Array[] = [];
+  const stepLogits: Float32Array[][] = prompts.map(() => []);
+  const stats = { prefillTokens: 0, prefillSeconds: 0, decodeTokens: 0, decodeSeconds: 0 };
+  const interventions = { rosiVectors: opts.rosiVectors, steer: opts.steer };
+
+  let input: ForwardInput = {
+    ...batch,
+    logitPositions: prompts.map(() => [batch.inputIds[0].length - 1]),
+    noCache: !useCache,
+    ...interventions,
+  };
+  for (let step = 0; step < opts.maxNewTokens; step++) {
+    if (opts.signal?.aborted) throw new Error("generation aborted");
+    const t0 = performance.now();
+    const out = await model.forward(input);
+    const seconds = (performance.now() - t0) / 1000;
+    if (step === 0 || !useCache) {
+      stats.prefillTokens += step === 0 ? batch.attentionMask.flat().filter((m) => m === 1).length : 0;
+      if (step === 0) stats.prefillSeconds += seconds;
+      else stats.decodeSeconds += seconds;
+    } else stats.decodeSeconds += seconds;
+    if (step > 0) stats.decodeTokens += done.filter((d) => !d).length;
+
+    const next: number[] = [];
+    for (let b = 0; b < B; b++) {
+      const row = out.logits.subarray(b * vocab, (b + 1) * vocab);
+      if (step === 0 && opts.returnFirstLogits) firstLogits.push(row.slice());
+      const token = argmax(out.logits, b * vocab, vocab);
+      if (!done[b]) {
+        if (opts.returnStepLogits) stepLogits[b].push(row.slice());
+        newIds[b].push(token);
+        if (eos.has(token)) done[b] = true;
+      }
+      // Finished rows keep decoding a pad so the batch stays rectangular.
+      next.push(done[b] && !eos.has(token) ? padId : token);
+    }
+    opts.onStep?.(step + 1, opts.maxNewTokens);
+    if (done.every(Boolean) || step + 1 === opts.maxNewTokens) break;
+
+    const lastPos = input.positionIds.map((row) => row[row.length - 1]);
+    if (useCache) {
+      input = {
+        inputIds: next.map((t) => [t]),
+        attentionMask: input.attentionMask.map((row) => [...row, 1]),
+        positionIds: lastPos.map((p) => [p + 1]),
+        logitPositions: prompts.map(() => [0]),
+        past: out.present,
+        ...interventions,
+      };
+    } else {
+      const ids = input.inputIds.map((row, b) => [...row, next[b]]);
+      input = {
+        inputIds: ids,
+        attentionMask: input.attentionMask.map((row) => [...row, 1]),
+        positionIds: input.positionIds.map((row, b) => [...row, lastPos[b] + 1]),
+        logitPositions: prompts.map(() => [ids[0].length - 1]),
+        noCache: true,
+        ...interventions,
+      };
+    }
+  }
+  const result: GenerateResult = { newIds, stats };
+  if (opts.returnFirstLogits) result.firstLogits = firstLogits;
+  if (opts.returnStepLogits) result.stepLogits = stepLogits;
+  return result;
+}

@@ -1,0 +1,174 @@
+// A loaded decoder: checkpoint → cached ONNX graph → session, with a typed forward pass that
+// exposes logits, the KV cache and the residual stream entering every layer.
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { homedir } from "node:os";
+import { join } from "node:path";
+import { Checkpoint, type CheckpointOptions } from "./checkpoint.ts";
+import { createBuilder } from "./architectures.ts";
+import { IO, OPSETS } from "./decoder.ts";
+import type { DecoderConfig } from "./config.ts";
+import { ExternalDataWriter, OnnxGraph } from "./onnx/graph.ts";
+import { openSession, ort, type Device } from "./session.ts";
+
+/** Bump when the graph layout changes, so cached graphs are rebuilt. */
+const GRAPH_VERSION = "1";
+
+export interface LoadOptions extends CheckpointOptions {
+  device?: Device;
+  /** Build the graph with ROSI / steering inputs (see DecoderBuildOptions). */
+  interventions?: boolean;
+  /** Where built graphs are kept; default $REALIGN_CACHE or ~/.cache/realign. */
+  cacheDir?: string;
+  log?: (msg: string) => void;
+}
+
+export interface KVCache {
+  keys: ort.Tensor[];
+  values: ort.Tensor[];
+}
+
+export interface ForwardInput {
+  /** [B][T] token ids (already padded). */
+  inputIds: number[][];
+  /** [B][P+T]: 1 for real tokens, 0 for padding, covering the cached and the new tokens. */
+  attentionMask: number[][];
+  /** [B][T]. */
+  positionIds: number[][];
+  /** [B][K] positions (indices into the T new tokens) whose logits to compute. */
+  logitPositions: number[][];
+  past?: KVCache;
+  /** Return `residual.l` for every layer plus `residual.final`. */
+  residuals?: boolean;
+  /** [2·layers][hidden] rank-one edit vectors (row 2l: o_proj of layer l, 2l+1: down_proj); needs interventions. */
+  rosiVectors?: Float32Array;
+  /** [layers][hidden] additions to the residual entering each layer; needs interventions. */
+  steer?: Float32Array;
+  /** Skip fetching the KV cache (one-shot scoring). */
+  noCache?: boolean;
+}
+
+export interface ForwardOutput {
+  /** [B, K, vocab] row-major. */
+  logits: Float32Array;
+  dims: { batch: number; positions: number; vocab: number };
+  present?: KVCache;
+  /** residuals[l] is [B, T, hidden] entering layer l; residuals[layers] is the final pre-norm residual. */
+  residuals?: Float32Array[];
+}
+
+export function defaultCacheDir(): string {
+  return process.env.REALIGN_CACHE ?? join(homedir(), ".cache", "realign");
+}
+
+export class DecoderModel {
+  private constructor(
+    readonly dir: string,
+    readonly checkpoint: Checkpoint,
+    readonly config: DecoderConfig,
+    readonly session: ort.InferenceSession,
+    readonly ep: "cpu" | "cuda" | "webgpu",
+    readonly fallbackReason: string | null,
+    readonly interventions: boolean,
+    readonly graphPath: string,
+  ) {}
+
+  static async load(dir: string, opts: LoadOptions = {}): Promise<DecoderModel> {
+    const checkpoint = Checkpoint.open(dir, opts);
+    const interventions = opts.interventions ?? false;
+    const builder = createBuilder(checkpoint.config, checkpoint, { interventions });
+    const key = createHash("sha256")
+      .update(JSON.stringify({ v: GRAPH_VERSION, fp: checkpoint.fingerprint(), interventions, dtype: "float32" }))
+      .digest("hex")
+      .slice(0, 24);
+    const graphDir = join(opts.cacheDir ?? defaultCacheDir(), "graphs", key);
+    const graphPath = join(graphDir, "model.onnx");
+    if (!existsSync(graphPath)) {
+      opts.log?.(`building ONNX graph for ${dir} (cached in ${graphDir})`);
+      // Build into a temporary folder and rename: a killed build never looks complete.
+      const tmp = `${graphDir}.tmp-${process.pid}-${Date.now()}`;
+      mkdirSync(tmp, { recursive: true });
+      try {
+        const external = new ExternalDataWriter(join(tmp, "weights.bin"), "weights.bin");
+        const graph = builder.build(new OnnxGraph(external));
+        external.close();
+        writeFileSync(join(tmp, "model.onnx"), graph.encode({ opsets: OPSETS, metadata: { source: dir, fingerprint: checkpoint.fingerprint() } }));
+        rmSync(graphDir, { recursive: true, force: true });
+        renameSync(tmp, graphDir);
+      } catch (e) {
+        rmSync(tmp, { recursive: true, force: true });
+        throw e;
+      }
+    }
+    const { session, ep, fallbackReason } = await openSession(graphPath, opts.device ?? "auto");
+    return new DecoderModel(dir, checkpoint, builder.cfg, session, ep, fallbackReason, interventions, graphPath);
+  }
+
+  emptyCache(batch: number): KVCache {
+    const { numLayers, numKvHeads, headDim } = this.config;
+    const empty = () => new ort.Tensor("float32", new Float32Array(0), [batch, numKvHeads, 0, headDim]);
+    return { keys: Array.from({ length: numLayers }, empty), values: Array.from({ length: numLayers }, empty) };
+  }
+
+  async forward(input: ForwardInput): Promise<ForwardOutput> {
+    const B = input.inputIds.length;
+    const T = input.inputIds[0]?.length ?? 0;
+    const K = input.logitPositions[0]?.length ?? 0;
+    const { numLayers, hiddenSize, vocabSize } = this.config;
+    const past = input.past ?? this.emptyCache(B);
+    const feeds: Record<string, ort.Tensor> = {
+      [IO.inputIds]: int64Tensor(input.inputIds),
+      [IO.attentionMask]: int64Tensor(input.attentionMask),
+      [IO.positionIds]: int64Tensor(input.positionIds),
+      [IO.logitPositions]: int64Tensor(input.logitPositions),
+    };
+    for (let l = 0; l < numLayers; l++) {
+      feeds[IO.pastKey(l)] = past.keys[l];
+      feeds[IO.pastValue(l)] = past.values[l];
+    }
+    if (input.rosiVectors || input.steer) {
+      if (!this.interventions) throw new Error("this model was loaded without interventions; load it with { interventions: true }");
+      if (input.rosiVectors) feeds[IO.rosiVectors] = new ort.Tensor("float32", input.rosiVectors, [2 * numLayers, hiddenSize]);
+      if (input.steer) feeds[IO.steer] = new ort.Tensor("float32", input.steer, [numLayers, hiddenSize]);
+    }
+    const fetches: string[] = [IO.logits];
+    if (!input.noCache) for (let l = 0; l < numLayers; l++) fetches.push(IO.presentKey(l), IO.presentValue(l));
+    if (input.residuals) {
+      for (let l = 0; l < numLayers; l++) fetches.push(IO.residual(l));
+      fetches.push(IO.residualFinal);
+    }
+    const out = await this.session.run(feeds, fetches);
+    const result: ForwardOutput = {
+      logits: out[IO.logits].data as Float32Array,
+      dims: { batch: B, positions: K, vocab: vocabSize },
+    };
+    if (!input.noCache) {
+      result.present = {
+        keys: Array.from({ length: numLayers }, (_, l) => out[IO.presentKey(l)]),
+        values: Array.from({ length: numLayers }, (_, l) => out[IO.presentValue(l)]),
+      };
+    }
+    if (input.residuals) {
+      result.residuals = [...Array.from({ length: numLayers }, (_, l) => out[IO.residual(l)].data as Float32Array), out[IO.residualFinal].data as Float32Array];
+    }
+    void T;
+    return result;
+  }
+
+  async close(): Promise<void> {
+    await this.session.release();
+    this.checkpoint.close();
+  }
+}
+
+function int64Tensor(rows: number[][]): ort.Tensor {
+  const B = rows.length;
+  const T = rows[0]?.length ?? 0;
+  const data = new BigInt64Array(B * T);
+  for (let b = 0; b < B; b++) {
+    const row = rows[b];
+    if (row.length !== T) throw new Error(`ragged batch: row ${b} has ${row.length} entries, expected ${T}`);
+    for (let t = 0; t < T; t++) data[b * T + t] = BigInt(row[t]);
+  }
+  return new ort.Tensor("int64", data, [B, T]);
+}

@@ -1,0 +1,85 @@
+// Execution providers and ONNX Runtime sessions. `auto` tries a GPU EP and falls back to CPU,
+// and always says which one it picked.
+import * as ort from "onnxruntime-node";
+
+export type Device = "auto" | "cpu" | "cuda" | "webgpu";
+export const DEVICES: Device[] = ["auto", "cpu", "cuda", "webgpu"];
+
+export class DeviceError extends Error {
+  override name = "DeviceError";
+}
+
+export interface OpenedSession {
+  session: ort.InferenceSession;
+  /** The execution provider that actually runs the graph. */
+  ep: "cpu" | "cuda" | "webgpu";
+  /** Why a GPU EP was not used (auto only). */
+  fallbackReason: string | null;
+}
+
+const CUDA_HINT =
+  "the CUDA execution provider is not installed with onnxruntime-node by default; reinstall it with CUDA 12 binaries: " +
+  "`ONNXRUNTIME_NODE_INSTALL=cuda12 npm install` (needs CUDA 12 and cuDNN 9 on the machine)";
+
+function sessionOptions(ep: "cpu" | "cuda" | "webgpu"): ort.InferenceSession.SessionOptions {
+  return {
+    executionProviders: [ep],
+    graphOptimizationLevel: "all",
+    // Page-aligned external initializers are mapped from the cache file rather than copied.
+    enableCpuMemArena: true,
+    logSeverityLevel: 3,
+  };
+}
+
+async function tryOpen(modelPath: string, ep: "cpu" | "cuda" | "webgpu"): Promise<ort.InferenceSession> {
+  return ort.InferenceSession.create(modelPath, sessionOptions(ep));
+}
+
+function bundled(ep: string): boolean {
+  return ort.listSupportedBackends().some((b) => b.name === ep && b.bundled);
+}
+
+export async function openSession(modelPath: string, device: Device): Promise<OpenedSession> {
+  if (!DEVICES.includes(device)) throw new DeviceError(`unknown device "${device}"; use one of ${DEVICES.join(", ")}`);
+  if (device === "cpu") return { session: await tryOpen(modelPath, "cpu"), ep: "cpu", fallbackReason: null };
+  if (device === "cuda" || device === "webgpu") {
+    if (device === "cuda" && !bundled("cuda")) throw new DeviceError(`--device cuda: ${CUDA_HINT}`);
+    try {
+      return { session: await tryOpen(modelPath, device), ep: device, fallbackReason: null };
+    } catch (e) {
+      const why = (e as Error).message.split("\n")[0];
+      throw new DeviceError(device === "cuda" ? `--device cuda failed to initialise (${why}); ${CUDA_HINT}` : `--device webgpu failed to initialise: ${why} (needs a Vulkan-capable GPU and driver)`);
+    }
+  }
+  // auto: first GPU EP that initialises, else CPU.
+  const reasons: string[] = [];
+  for (const ep of ["cuda", "webgpu"] as const) {
+    if (ep === "cuda" && !bundled("cuda")) {
+      reasons.push("cuda: not installed");
+      continue;
+    }
+    if (ep === "webgpu" && !gpuLikelyPresent()) {
+      reasons.push("webgpu: no GPU device found");
+      continue;
+    }
+    try {
+      return { session: await tryOpen(modelPath, ep), ep, fallbackReason: null };
+    } catch (e) {
+      reasons.push(`${ep}: ${(e as Error).message.split("\n")[0]}`);
+    }
+  }
+  return { session: await tryOpen(modelPath, "cpu"), ep: "cpu", fallbackReason: reasons.join("; ") };
+}
+
+/** Cheap check before paying for a WebGPU adapter probe: a GPU shows up under /dev. */
+function gpuLikelyPresent(): boolean {
+  try {
+    const fs = require("node:fs") as typeof import("node:fs");
+    if (process.env.REALIGN_FORCE_WEBGPU_PROBE) return true;
+    return fs.existsSync("/dev/nvidia0") || fs.existsSync("/dev/dri/renderD128") || process.platform !== "linux";
+  } catch {
+    return false;
+  }
+}
+
+export { ort };

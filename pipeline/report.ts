@@ -1,0 +1,36 @@
+// The run report: what `report.json` holds and what the model card and `status` read.
+// Rates are fractions in [0, 1]; a metric that was not run is null.
+
+export interface BehaviourMetrics {
+  harmful_refusal: number | null;
+  harmless_refusal: number | null;
+  kl: number | null;
+  utility: number | null;
+  jailbreak_asr: number | null;
+  /** Share of harmful responses a classifier judge (e.g. Llama Guard) rated safe, when one ran. */
+  judge_safe?: number | null;
+  /** Harmless over-refusal on the borderline-but-safe set, when it ran. */
+  borderline_refusal?: number | null;
+}
+
+export interface GateCheck {
+  name: string;
+  passed: boolean;
+  value: number | null;
+  threshold: string;
+}
+
+export interface RunReport {
+  model: string;
+  revision: string | null;
+  settings_hash: string;
+  direction: { layer: number | null; position: number | null; alpha: number | null; rank: number; method?: string } | null;
+  elicitation: { harmful_refusal_with_prompt: number | null; harmless_refusal_with_prompt: number | null } | null;
+  baseline: BehaviourMetrics | null;
+  realigned: BehaviourMetrics | null;
+  gate: { passed: boolean; reasons: string[]; checks?: GateCheck[] } | null;
+  published: { repo: string; commit: string; url: string } | null;
+  timings_s: Record<string, number>;
+  /** Free-form facts a reader needs: engine device, quantisation used, prompt-set sources and sizes, system prompt. */
+  details?: Record<string, unknown>;
+}
