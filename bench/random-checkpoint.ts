@@ -1,0 +1,127 @@
+// Random-weight checkpoints of real model shapes, for benchmarks (no downloads needed).
+import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { f32ToBf16 } from "../engine/dtype.ts";
+import { SafetensorsStreamWriter, type TensorSpec } from "../engine/safetensors.ts";
+
+export interface ShapeConfig {
+  model_type: string;
+  hidden_size: number;
+  intermediate_size: number;
+  num_hidden_layers: number;
+  num_attention_heads: number;
+  num_key_value_heads: number;
+  vocab_size: number;
+  tie_word_embeddings: boolean;
+  [key: string]: unknown;
+}
+
+export const SHAPES: Record<string, ShapeConfig> = {
+  "qwen2.5-0.5b": {
+    architectures: ["Qwen2ForCausalLM"],
+    model_type: "qwen2",
+    hidden_size: 896,
+    intermediate_size: 4864,
+    num_hidden_layers: 24,
+    num_attention_heads: 14,
+    num_key_value_heads: 2,
+    vocab_size: 151936,
+    max_position_embeddings: 32768,
+    rms_norm_eps: 1e-6,
+    rope_theta: 1000000,
+    tie_word_embeddings: true,
+    hidden_act: "silu",
+    torch_dtype: "bfloat16",
+  },
+  "llama3.1-8b": {
+    architectures: ["LlamaForCausalLM"],
+    model_type: "llama",
+    hidden_size: 4096,
+    intermediate_size: 14336,
+    num_hidden_layers: 32,
+    num_attention_heads: 32,
+    num_key_value_heads: 8,
+    vocab_size: 128256,
+    max_position_embeddings: 131072,
+    rms_norm_eps: 1e-5,
+    rope_theta: 500000,
+    rope_scaling: { factor: 8, high_freq_factor: 4, low_freq_factor: 1, original_max_position_embeddings: 8192, rope_type: "llama3" },
+    tie_word_embeddings: false,
+    hidden_act: "silu",
+    torch_dtype: "bfloat16",
+  },
+};
+
+/** HF tensor names and shapes of a Llama-family decoder. */
+export function tensorPlan(cfg: ShapeConfig): TensorSpec[] {
+  const H = cfg.hidden_size;
+  const D = H / cfg.num_attention_heads;
+  const kv = cfg.num_key_value_heads * D;
+  const plan: TensorSpec[] = [{ name: "model.embed_tokens.weight", dtype: "BF16", shape: [cfg.vocab_size, H] }];
+  const bias = cfg.model_type === "qwen2";
+  for (let l = 0; l < cfg.num_hidden_layers; l++) {
+    const p = `model.layers.${l}`;
+    plan.push(
+      { name: `${p}.input_layernorm.weight`, dtype: "BF16", shape: [H] },
+      { name: `${p}.post_attention_layernorm.weight`, dtype: "BF16", shape: [H] },
+      { name: `${p}.self_attn.q_proj.weight`, dtype: "BF16", shape: [H, H] },
+      { name: `${p}.self_attn.k_proj.weight`, dtype: "BF16", shape: [kv, H] },
+      { name: `${p}.self_attn.v_proj.weight`, dtype: "BF16", shape: [kv, H] },
+      { name: `${p}.self_attn.o_proj.weight`, dtype: "BF16", shape: [H, H] },
+      { name: `${p}.mlp.gate_proj.weight`, dtype: "BF16", shape: [cfg.intermediate_size, H] },
+      { name: `${p}.mlp.up_proj.weight`, dtype: "BF16", shape: [cfg.intermediate_size, H] },
+      { name: `${p}.mlp.down_proj.weight`, dtype: "BF16", shape: [H, cfg.intermediate_size] },
+    );
+    if (bias) {
+      plan.push(
+        { name: `${p}.self_attn.q_proj.bias`, dtype: "BF16", shape: [H] },
+        { name: `${p}.self_attn.k_proj.bias`, dtype: "BF16", shape: [kv] },
+        { name: `${p}.self_attn.v_proj.bias`, dtype: "BF16", shape: [kv] },
+      );
+    }
+  }
+  plan.push({ name: "model.norm.weight", dtype: "BF16", shape: [H] });
+  if (!cfg.tie_word_embeddings) plan.push({ name: "lm_head.weight", dtype: "BF16", shape: [cfg.vocab_size, H] });
+  return plan;
+}
+
+/** Deterministic uniform noise with std ≈ 0.02 (norm weights ≈ 1), written as BF16 safetensors shards. */
+export function writeRandomCheckpoint(dir: string, cfg: ShapeConfig, opts: { shards?: number; seed?: number; log?: (m: string) => void } = {}): void {
+  if (existsSync(join(dir, "config.json"))) return;
+  const tmp = `${dir}.tmp-${process.pid}`;
+  rmSync(tmp, { recursive: true, force: true });
+  mkdirSync(tmp, { recursive: true });
+  const plan = tensorPlan(cfg);
+  const shards = opts.shards ?? 1;
+  let state = (opts.seed ?? 1) >>> 0 || 1;
+  const noise = (n: number, norm: boolean): Uint8Array => {
+    const f = new Float32Array(n);
+    for (let i = 0; i < n; i++) {
+      state ^= state << 13;
+      state ^= state >>> 17;
+      state ^= state << 5;
+      const u = (state >>> 0) / 4294967296 - 0.5;
+      f[i] = norm ? 1 + 0.1 * u : 0.0693 * u;
+    }
+    const b = f32ToBf16(f);
+    return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+  };
+  const perShard = Math.ceil(plan.length / shards);
+  const weightMap: Record<string, string> = {};
+  for (let s = 0; s < shards; s++) {
+    const part = plan.slice(s * perShard, (s + 1) * perShard);
+    const file = shards === 1 ? "model.safetensors" : `model-${String(s + 1).padStart(5, "0")}-of-${String(shards).padStart(5, "0")}.safetensors`;
+    const writer = new SafetensorsStreamWriter(join(tmp, file), part, { format: "pt" });
+    for (const name of writer.order()) {
+      const spec = part.find((t) => t.name === name)!;
+      writer.write(name, noise(spec.shape.reduce((a, b) => a * b, 1), name.endsWith("norm.weight")));
+      weightMap[name] = file;
+    }
+    writer.finish();
+    opts.log?.(`wrote ${file}`);
+  }
+  if (shards > 1) writeFileSync(join(tmp, "model.safetensors.index.json"), JSON.stringify({ metadata: {}, weight_map: weightMap }, null, 2));
+  writeFileSync(join(tmp, "config.json"), JSON.stringify(cfg, null, 2));
+  rmSync(dir, { recursive: true, force: true });
+  renameSync(tmp, dir);
+}
