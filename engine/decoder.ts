@@ -23,7 +23,7 @@ export class MissingWeightError extends Error {
 
 export interface DecoderBuildOptions {
   /**
-   * Adds runtime inputs for interventions (default zero, so feeding nothing leaves the model unchanged):
+   * Adds runtime inputs for interventions (DecoderModel feeds zeros when none are given, leaving the model unchanged):
    * - `rosi_vectors` [2·layers, hidden]: row 2l adds (x·w̄)·row to layer l's o_proj output, row 2l+1 to its down_proj
    *   output, with w̄ the mean of that matrix's rows — the rank-one edit W + v·w̄ᵀ without rewriting W.
    * - `steer` [layers, hidden]: added to the residual stream entering each layer.
@@ -323,10 +323,9 @@ export class DecoderBuilder {
     const positionIds = g.input(IO.positionIds, DT.INT64, ["batch", "tokens"]);
     const logitPositions = g.input(IO.logitPositions, DT.INT64, ["batch", "positions"]);
     if (this.opts.interventions) {
+      // Required inputs (the session wrapper feeds zeros): ONNX Runtime would constant-fold an initializer default.
       g.input(IO.rosiVectors, DT.FLOAT, [2 * numLayers, hiddenSize]);
-      g.initializer(IO.rosiVectors, DT.FLOAT, [2 * numLayers, hiddenSize], new Uint8Array(2 * numLayers * hiddenSize * 4));
       g.input(IO.steer, DT.FLOAT, [numLayers, hiddenSize]);
-      g.initializer(IO.steer, DT.FLOAT, [numLayers, hiddenSize], new Uint8Array(numLayers * hiddenSize * 4));
     }
     const idsShape = g.op("Shape", [inputIds]);
     this.batchTokens = {

@@ -12,7 +12,7 @@ import { ExternalDataWriter, OnnxGraph } from "./onnx/graph.ts";
 import { openSession, ort, type Device } from "./session.ts";
 
 /** Bump when the graph layout changes, so cached graphs are rebuilt. */
-const GRAPH_VERSION = "1";
+const GRAPH_VERSION = "2";
 
 export interface LoadOptions extends CheckpointOptions {
   device?: Device;
@@ -126,10 +126,10 @@ export class DecoderModel {
       feeds[IO.pastKey(l)] = past.keys[l];
       feeds[IO.pastValue(l)] = past.values[l];
     }
-    if (input.rosiVectors || input.steer) {
-      if (!this.interventions) throw new Error("this model was loaded without interventions; load it with { interventions: true }");
-      if (input.rosiVectors) feeds[IO.rosiVectors] = new ort.Tensor("float32", input.rosiVectors, [2 * numLayers, hiddenSize]);
-      if (input.steer) feeds[IO.steer] = new ort.Tensor("float32", input.steer, [numLayers, hiddenSize]);
+    if ((input.rosiVectors || input.steer) && !this.interventions) throw new Error("this model was loaded without interventions; load it with { interventions: true }");
+    if (this.interventions) {
+      feeds[IO.rosiVectors] = new ort.Tensor("float32", input.rosiVectors ?? new Float32Array(2 * numLayers * hiddenSize), [2 * numLayers, hiddenSize]);
+      feeds[IO.steer] = new ort.Tensor("float32", input.steer ?? new Float32Array(numLayers * hiddenSize), [numLayers, hiddenSize]);
     }
     const fetches: string[] = [IO.logits];
     if (!input.noCache) for (let l = 0; l < numLayers; l++) fetches.push(IO.presentKey(l), IO.presentValue(l));

@@ -1,0 +1,125 @@
+// The ROSI weight edit and the streaming rewrite of a checkpoint.
+//
+//   for every matrix W [out, in] that writes to the residual stream:
+//     w̄  = mean of W's rows (length in), from the unedited W, accumulated in float64
+//     W' = W + v · w̄ᵀ      with v = α·ŝ (or Σ αᵢ·ŝᵢ for several directions)
+//
+// so W'x = Wx + (w̄·x)·v: every write into the residual stream gains a component along ŝ.
+import { copyFileSync, existsSync, fsyncSync, mkdirSync, openSync, closeSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { basename, join } from "node:path";
+import { createHash } from "node:crypto";
+import { Checkpoint } from "../engine/checkpoint.ts";
+import { fromFloat32 } from "../engine/dtype.ts";
+import { meanOfRows } from "../engine/decoder.ts";
+import { SafetensorsFile, SafetensorsStreamWriter } from "../engine/safetensors.ts";
+
+export class InjectError extends Error {
+  override name = "InjectError";
+}
+
+/** The matrices ROSI edits in layer l, in the order of the engine's `rosi_vectors` rows (2l, 2l+1). */
+export function editedMatrices(layer: number): [string, string] {
+  return [`model.layers.${layer}.self_attn.o_proj.weight`, `model.layers.${layer}.mlp.down_proj.weight`];
+}
+
+/** W' = W + v·w̄ᵀ for a row-major [rows, cols] matrix, with one float32 rounding per element. */
+export function rankOneEdit(W: Float32Array, rows: number, cols: number, v: Float32Array): Float32Array {
+  if (v.length !== rows) throw new InjectError(`direction has ${v.length} entries but the matrix has ${rows} rows`);
+  const wBar = meanOfRows(W, rows, cols);
+  const out = new Float32Array(W.length);
+  for (let r = 0; r < rows; r++) {
+    const vr = v[r];
+    const base = r * cols;
+    for (let c = 0; c < cols; c++) out[base + c] = W[base + c] + vr * wBar[c];
+  }
+  return out;
+}
+
+export interface CheckpointEdit {
+  /** Per edited tensor name: the vector v of W' = W + v·w̄ᵀ (length = out_features = hidden size). */
+  vectors: Map<string, Float32Array>;
+  /** Recorded in every shard's `__metadata__` (method, α, layer, position, direction sha256…). */
+  metadata: Record<string, string>;
+  onTensor?: (done: number, total: number) => void;
+}
+
+/** Files besides the weights that make a checkpoint directory usable. */
+const CARRIED_FILES = /^(config\.json|generation_config\.json|tokenizer\.json|tokenizer_config\.json|special_tokens_map\.json|tokenizer\.model|vocab\.json|merges\.txt|chat_template\.jinja|model\.safetensors\.index\.json|README\.md|LICENSE.*)$/;
+
+/**
+ * Rewrites a checkpoint into `outDir` shard by shard: edited tensors are recomputed in float32 and
+ * written back in their original dtype; every other tensor is copied byte for byte. Holds at most
+ * one tensor's float32 copy. Writes into a temporary directory renamed into place when complete.
+ */
+export function writeEditedCheckpoint(srcDir: string, outDir: string, edit: CheckpointEdit): { files: string[] } {
+  const ckpt = Checkpoint.open(srcDir);
+  const tmp = `${outDir}.tmp-${process.pid}-${Date.now()}`;
+  rmSync(tmp, { recursive: true, force: true });
+  mkdirSync(tmp, { recursive: true });
+  try {
+    for (const name of edit.vectors.keys()) if (!ckpt.has(name)) throw new InjectError(`${srcDir}: tensor "${name}" to edit is not in the checkpoint`);
+    const total = ckpt.names().length;
+    let done = 0;
+    const written: string[] = [];
+    for (const shard of ckpt.shards()) {
+      const src = SafetensorsFile.open(shard);
+      try {
+        const specs = src.names().map((n) => {
+          const i = src.info(n);
+          return { name: n, dtype: i.dtype, shape: i.shape };
+        });
+        const writer = new SafetensorsStreamWriter(join(tmp, basename(shard)), specs, { ...src.metadata, ...edit.metadata });
+        try {
+          for (const name of writer.order()) {
+            const v = edit.vectors.get(name);
+            if (!v) writer.write(name, src.readBytes(name));
+            else {
+              const info = src.info(name);
+              if (info.shape.length !== 2) throw new InjectError(`tensor "${name}" is not a matrix (shape [${info.shape}])`);
+              const edited = rankOneEdit(src.readF32(name), info.shape[0], info.shape[1], v);
+              writer.write(name, fromFloat32(info.dtype, edited));
+            }
+            edit.onTensor?.(++done, total);
+          }
+          writer.finish();
+        } catch (e) {
+          writer.abort();
+          throw e;
+        }
+      } finally {
+        src.close();
+      }
+      written.push(basename(shard));
+    }
+    for (const f of readdirSync(srcDir)) if (CARRIED_FILES.test(f)) copyFileSync(join(srcDir, f), join(tmp, f));
+    writeFileSync(join(tmp, ".complete"), JSON.stringify({ files: written, metadata: edit.metadata }));
+    syncDir(tmp);
+    rmSync(outDir, { recursive: true, force: true });
+    renameSync(tmp, outDir);
+    return { files: written };
+  } catch (e) {
+    rmSync(tmp, { recursive: true, force: true });
+    throw e;
+  } finally {
+    ckpt.close();
+  }
+}
+
+/** True only for a directory that writeEditedCheckpoint finished. */
+export function isCompleteEdit(dir: string): boolean {
+  return existsSync(join(dir, ".complete"));
+}
+
+export function sha256Hex(data: Float32Array): string {
+  return createHash("sha256").update(new Uint8Array(data.buffer, data.byteOffset, data.byteLength)).digest("hex");
+}
+
+function syncDir(dir: string): void {
+  try {
+    const fd = openSync(dir, "r");
+    fsyncSync(fd);
+    closeSync(fd);
+  } catch {
+    // Not every filesystem lets a directory be fsynced; the rename is still the commit point.
+  }
+}
