@@ -247,8 +247,8 @@ class HfModelTokenizer implements ModelTokenizer {
   encode(text: string, opts: { addSpecialTokens?: boolean } = {}): number[] {
     if (typeof text !== "string") throw new TokenizerError(`encode: expected a string, got ${typeof text}`);
     const add = opts.addSpecialTokens ?? true;
-    if (this.bosEosFlags === null || !add) return this.tok.encode(text, { add_special_tokens: add }).ids;
-    const ids = this.tok.encode(text, { add_special_tokens: false }).ids;
+    const ids = this.tok.encode(text, { add_special_tokens: add && this.bosEosFlags === null }).ids;
+    if (this.bosEosFlags === null || !add) return ids;
     if (this.bosEosFlags.bos && this.bosId !== null) ids.unshift(this.bosId);
     if (this.bosEosFlags.eos && this.eosIds.length > 0) ids.push(this.eosIds[0]);
     return ids;
@@ -306,10 +306,11 @@ class HfModelTokenizer implements ModelTokenizer {
     const system = opts.system ?? null;
     const useSystemTurn = system !== null && this.supportsSystemRole;
     const systemMerged = system !== null && system !== "" && !this.supportsSystemRole;
+    const sys = system ?? "";
     const build = (instr: string): ChatMessage[] => {
-      const user = systemMerged ? `${system}\n\n${instr}` : instr;
+      const user = systemMerged ? `${sys}\n\n${instr}` : instr;
       return useSystemTurn
-        ? [{ role: "system", content: system }, { role: "user", content: user }]
+        ? [{ role: "system", content: sys }, { role: "user", content: user }]
         : [{ role: "user", content: user }];
     };
 
@@ -379,7 +380,7 @@ class HfModelTokenizer implements ModelTokenizer {
     for (const needle of [instruction, instruction.trim()]) {
       if (needle.length === 0) continue;
       const at = text.lastIndexOf(needle, limit - needle.length);
-      if (at >= 0) return [at, at + needle.length];
+      if (at >= 0 && at + needle.length <= limit) return [at, at + needle.length];
     }
     throw new TokenizerError(`encodeChat: the instruction does not appear in the rendered chat text`);
   }
