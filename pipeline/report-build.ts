@@ -1,0 +1,103 @@
+// Builds the run report from the parts steps contribute. Each step returns a ReportPart; the runner
+// stores it as <step>/report-part.json (so cached steps still contribute) and merges parts in step order.
+import type { BehaviourMetrics, RunReport } from "./report.ts";
+
+type DeepPartial<T> = T extends readonly unknown[] ? T : T extends object ? { [K in keyof T]?: DeepPartial<T[K]> | null } : T;
+
+/** What one step may contribute. Objects merge key by key (later steps win); arrays and scalars replace. */
+export type ReportPart = DeepPartial<Omit<RunReport, "timings_s">>;
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === "object" && !Array.isArray(v);
+}
+
+export function mergeReportParts<T extends Record<string, unknown>>(base: T, part: Record<string, unknown> | undefined | null): T {
+  if (!part) return base;
+  const out: Record<string, unknown> = { ...base };
+  for (const [k, v] of Object.entries(part)) {
+    if (v === undefined) continue;
+    const cur = out[k];
+    out[k] = isPlainObject(cur) && isPlainObject(v) ? mergeReportParts(cur, v) : v;
+  }
+  return out as T;
+}
+
+export function emptyReport(model: string, revision: string | null, settingsHash: string): RunReport {
+  return {
+    model,
+    revision,
+    settings_hash: settingsHash,
+    direction: null,
+    elicitation: null,
+    baseline: null,
+    realigned: null,
+    gate: null,
+    published: null,
+    timings_s: {},
+  };
+}
+
+/** Base report + parts in order + timings. */
+export function buildReport(base: RunReport, parts: readonly (ReportPart | null | undefined)[], timings: Record<string, number>): RunReport {
+  let report = base as unknown as Record<string, unknown>;
+  for (const p of parts) report = mergeReportParts(report, p as Record<string, unknown> | null | undefined);
+  const r = report as unknown as RunReport;
+  return { ...r, timings_s: { ...r.timings_s, ...timings } };
+}
+
+const pct = (v: number | null | undefined) => (v === null || v === undefined ? "–" : `${(v * 100).toFixed(1)}%`);
+const num = (v: number | null | undefined, digits = 4) => (v === null || v === undefined ? "–" : v.toFixed(digits));
+
+const METRIC_ROWS: [keyof BehaviourMetrics, string, "pct" | "num"][] = [
+  ["harmful_refusal", "Harmful refusal", "pct"],
+  ["harmless_refusal", "Harmless refusal (over-refusal)", "pct"],
+  ["borderline_refusal", "Borderline refusal", "pct"],
+  ["jailbreak_asr", "Jailbreak attack success", "pct"],
+  ["judge_safe", "Judge: safe", "pct"],
+  ["utility", "Utility", "pct"],
+  ["kl", "KL vs. original (harmless)", "num"],
+];
+
+/** Human-readable report.md. */
+export function renderReportMarkdown(r: RunReport): string {
+  const lines: string[] = [];
+  lines.push(`# realign report: ${r.model}`, "");
+  lines.push(`- Revision: ${r.revision ?? "(default branch)"}`);
+  lines.push(`- Settings hash: \`${r.settings_hash}\``);
+  if (r.direction) {
+    const d = r.direction;
+    lines.push(`- Direction: method ${d.method ?? "rosi"}, layer ${d.layer ?? "–"}, position ${d.position ?? "–"}, alpha ${d.alpha ?? "–"}, rank ${d.rank}`);
+  }
+  if (r.elicitation) {
+    lines.push(`- Elicitation (with safety system prompt): harmful refusal ${pct(r.elicitation.harmful_refusal_with_prompt)}, harmless refusal ${pct(r.elicitation.harmless_refusal_with_prompt)}`);
+  }
+  if (r.gate) lines.push(`- Gate: **${r.gate.passed ? "passed" : "FAILED"}**${r.gate.reasons.length ? ` (${r.gate.reasons.join("; ")})` : ""}`);
+  lines.push(`- Published: ${r.published ? `[${r.published.repo}](${r.published.url}) @ ${r.published.commit}` : "no"}`);
+  lines.push("");
+  if (r.baseline || r.realigned) {
+    lines.push("## Behaviour", "", "| Metric | Original | Realigned |", "| --- | --- | --- |");
+    for (const [key, label, kind] of METRIC_ROWS) {
+      const a = r.baseline?.[key];
+      const b = r.realigned?.[key];
+      if ((a === undefined || a === null) && (b === undefined || b === null)) continue;
+      const f = kind === "pct" ? pct : num;
+      lines.push(`| ${label} | ${f(a)} | ${f(b)} |`);
+    }
+    lines.push("");
+  }
+  if (r.gate?.checks?.length) {
+    lines.push("## Gate checks", "", "| Check | Value | Threshold | Result |", "| --- | --- | --- | --- |");
+    for (const c of r.gate.checks) lines.push(`| ${c.name} | ${num(c.value)} | ${c.threshold} | ${c.passed ? "pass" : "FAIL"} |`);
+    lines.push("");
+  }
+  const timings = Object.entries(r.timings_s);
+  if (timings.length) {
+    lines.push("## Timings", "", "| Step | Seconds |", "| --- | --- |");
+    for (const [k, v] of timings) lines.push(`| ${k} | ${v.toFixed(1)} |`);
+    lines.push("");
+  }
+  if (r.details && Object.keys(r.details).length) {
+    lines.push("## Details", "", "```json", JSON.stringify(r.details, null, 2), "```", "");
+  }
+  return lines.join("\n");
+}

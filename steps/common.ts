@@ -1,0 +1,62 @@
+// Helpers shared by the pipeline steps: reading upstream artefacts, opening the run's model.
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import type { StepContext } from "../pipeline/runner.ts";
+import type { Settings } from "../pipeline/config.ts";
+import { DecoderModel } from "../engine/model.ts";
+import { loadTokenizer, type ModelTokenizer } from "../engine/tokenizer.ts";
+
+export type Ctx = StepContext<Settings>;
+
+export function readJson<T>(path: string): T {
+  return JSON.parse(readFileSync(path, "utf8")) as T;
+}
+
+export function writeJson(path: string, value: unknown): void {
+  writeFileSync(path, JSON.stringify(value, null, 2) + "\n");
+}
+
+/** What the pull step resolved: the local directory holding the checkpoint. */
+export interface SourceInfo {
+  dir: string;
+  repo: string | null;
+  commit: string | null;
+  fingerprint: string;
+  license: string | null;
+}
+
+export function sourceOf(ctx: Ctx): SourceInfo {
+  return readJson<SourceInfo>(join(ctx.upstream("pull"), "source.json"));
+}
+
+export interface PromptSplits {
+  harmful: { train: string[]; val: string[]; eval: string[] };
+  harmless: { train: string[]; val: string[]; eval: string[] };
+  sources: { name: string; source: string; size: number; license?: string }[];
+  systemPrompt: string | null;
+  systemPromptSource: string | null;
+  systemMerged: boolean;
+}
+
+export function splitsOf(ctx: Ctx): PromptSplits {
+  return readJson<PromptSplits>(join(ctx.upstream("elicit"), "prompts.json"));
+}
+
+export async function openModel(ctx: Ctx, dir: string, interventions: boolean): Promise<{ model: DecoderModel; tok: ModelTokenizer }> {
+  const tok = await loadTokenizer(dir);
+  const model = await DecoderModel.load(dir, { device: ctx.settings.device, interventions, log: ctx.log });
+  ctx.log(`model ${dir} on ${model.ep}${model.fallbackReason ? ` (GPU not used: ${model.fallbackReason})` : ""}`);
+  return { model, tok };
+}
+
+/** Exact-answer utility task shipped with a model (organism models: eval/utility_eval.jsonl). */
+export function utilityTask(dir: string): { prompt: string; answer: string }[] | null {
+  try {
+    return readFileSync(join(dir, "eval", "utility_eval.jsonl"), "utf8")
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as { prompt: string; answer: string });
+  } catch {
+    return null;
+  }
+}

@@ -1,0 +1,115 @@
+// Candidate refusal directions: mean residual stream of harmful minus harmless prompts, per layer
+// and per post-instruction position, accumulated in float64.
+import type { DecoderModel } from "../engine/model.ts";
+import type { ChatEncoding } from "../engine/tokenizer.ts";
+import { leftPad } from "../engine/generate.ts";
+
+export class ExtractError extends Error {
+  override name = "ExtractError";
+}
+
+/**
+ * Positions read, counted back from the end of the prompt: the last instruction token, then every
+ * post-instruction template token. Index 0 = last instruction token, 1.. = template tokens in order.
+ */
+export function positionCount(encodings: ChatEncoding[]): number {
+  const post = new Set(encodings.map((e) => e.postInstructionSpan[1] - e.postInstructionSpan[0]));
+  if (post.size !== 1) throw new ExtractError(`the chat template gives post-instruction spans of different lengths (${[...post].join(", ")}); cannot align positions`);
+  return [...post][0] + 1;
+}
+
+export interface ResidualMeans {
+  /** means[l][p] = mean residual entering layer l (l = layers means the final residual) at position p. */
+  means: Float64Array[][];
+  count: number;
+}
+
+/** Mean residuals over prompts at the last `positions` tokens of each (left padding keeps them aligned). */
+export async function residualMeans(model: DecoderModel, encodings: ChatEncoding[], positions: number, opts: { batchSize?: number; onBatch?: (done: number, total: number) => void; signal?: AbortSignal } = {}): Promise<ResidualMeans> {
+  const { numLayers, hiddenSize: H } = model.config;
+  const sums = Array.from({ length: numLayers + 1 }, () => Array.from({ length: positions }, () => new Float64Array(H)));
+  const batchSize = opts.batchSize ?? 16;
+  for (let i = 0; i < encodings.length; i += batchSize) {
+    if (opts.signal?.aborted) throw new ExtractError("aborted");
+    const chunk = encodings.slice(i, i + batchSize).map((e) => e.ids);
+    const batch = leftPad(chunk, 0);
+    const T = batch.inputIds[0].length;
+    const r = await model.forward({ ...batch, logitPositions: chunk.map(() => [T - 1]), residuals: true, noCache: true });
+    for (let l = 0; l <= numLayers; l++) {
+      const res = r.residuals![l];
+      for (let b = 0; b < chunk.length; b++) {
+        for (let p = 0; p < positions; p++) {
+          const t = T - positions + p;
+          const base = (b * T + t) * H;
+          const acc = sums[l][p];
+          for (let h = 0; h < H; h++) acc[h] += res[base + h];
+        }
+      }
+    }
+    opts.onBatch?.(Math.min(i + batchSize, encodings.length), encodings.length);
+  }
+  for (const layer of sums) for (const acc of layer) for (let h = 0; h < H; h++) acc[h] /= encodings.length;
+  return { means: sums, count: encodings.length };
+}
+
+export interface Candidate {
+  layer: number;
+  position: number;
+  /** mean(harmful) − mean(harmless), float64. */
+  diff: Float64Array;
+  norm: number;
+}
+
+export function candidates(harmful: ResidualMeans, harmless: ResidualMeans, numLayers: number): Candidate[] {
+  const out: Candidate[] = [];
+  for (let l = 0; l < numLayers; l++) {
+    for (let p = 0; p < harmful.means[l].length; p++) {
+      const a = harmful.means[l][p];
+      const b = harmless.means[l][p];
+      const diff = new Float64Array(a.length);
+      let ss = 0;
+      for (let h = 0; h < a.length; h++) {
+        diff[h] = a[h] - b[h];
+        ss += diff[h] * diff[h];
+      }
+      out.push({ layer: l, position: p, diff, norm: Math.sqrt(ss) });
+    }
+  }
+  return out;
+}
+
+export function unit(v: Float64Array): Float32Array {
+  let ss = 0;
+  for (const x of v) ss += x * x;
+  const n = Math.sqrt(ss) || 1;
+  return Float32Array.from(v, (x) => x / n);
+}
+
+/** Top-k orthonormal directions of per-prompt differences (power iteration with deflation on the covariance). */
+export function principalDirections(diffs: Float64Array[], k: number, iterations = 200): Float32Array[] {
+  if (diffs.length === 0) throw new ExtractError("no activation differences to analyse");
+  const H = diffs[0].length;
+  const found: Float64Array[] = [];
+  for (let d = 0; d < k; d++) {
+    let v = new Float64Array(H).map((_, i) => Math.sin(i + 1 + d));
+    for (let it = 0; it < iterations; it++) {
+      const next = new Float64Array(H);
+      for (const x of diffs) {
+        let dot = 0;
+        for (let h = 0; h < H; h++) dot += x[h] * v[h];
+        for (let h = 0; h < H; h++) next[h] += dot * x[h];
+      }
+      for (const u of found) {
+        let dot = 0;
+        for (let h = 0; h < H; h++) dot += next[h] * u[h];
+        for (let h = 0; h < H; h++) next[h] -= dot * u[h];
+      }
+      let n = 0;
+      for (const x of next) n += x * x;
+      n = Math.sqrt(n) || 1;
+      v = next.map((x) => x / n);
+    }
+    found.push(v);
+  }
+  return found.map((v) => Float32Array.from(v));
+}

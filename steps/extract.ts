@@ -1,0 +1,203 @@
+// extract: residual-stream means of harmful and harmless training prompts (with the safety prompt)
+// at every layer and post-instruction position; candidates r[l][p] = mean_harmful − mean_harmless;
+// selection on the validation split without the prompt.
+//
+// Selection (Arditi et al.'s recipe adapted to injection). For each candidate:
+//   induce   = mean refusal score (log-odds of a refusal first token) on harmless val prompts with
+//              r[l][p] added to the residual entering layer l;
+//   probe α  = for each sign, the |α| at which the ROSI edit moves harmless first-token
+//              distributions by KL = klProbe (so every candidate spends the same damage budget);
+//   harmful  = mean refusal score on harmful val prompts with the edit at that probe α.
+// Layers ≥ 0.8·L are discarded; the candidate with the largest harmful-score gain wins.
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import type { Step } from "../pipeline/runner.ts";
+import type { Settings } from "../pipeline/config.ts";
+import { writeSafetensors } from "../engine/safetensors.ts";
+import type { DecoderModel } from "../engine/model.ts";
+import { candidates, positionCount, residualMeans, unit, type Candidate } from "./directions.ts";
+import { encodeAll, firstTokenLogProbs, klDivergence, mean, refusalScore, refusalTokenIds, uniformRosiVectors } from "./lm.ts";
+import { openModel, sourceOf, splitsOf, writeJson } from "./common.ts";
+import { sha256Hex } from "./rosi.ts";
+import { lineChart } from "./plot.ts";
+
+export interface CandidateScore {
+  layer: number;
+  position: number;
+  norm: number;
+  induce: number;
+  steer_kl: number;
+  sign: number;
+  probe_alpha: number | null;
+  probe_kl: number | null;
+  harmful_score: number | null;
+  harmless_score: number | null;
+  discarded: string | null;
+}
+
+export interface Selection {
+  layer: number;
+  position: number;
+  position_label: string;
+  alpha_probe: number;
+  baseline: { harmful_score: number; harmless_score: number };
+  kl_probe: number;
+  refusal_token_ids: number[];
+  candidates: CandidateScore[];
+  direction_sha256: string;
+}
+
+const KL_PROBE = 0.05;
+
+/** Smallest |α| (log-bisection) at which the edit's mean first-token KL on harmless prompts reaches `target`. */
+async function alphaForKl(model: DecoderModel, prompts: number[][], base: Float64Array[], dir: Float32Array, sign: number, target: number): Promise<{ alpha: number; kl: number } | null> {
+  const L = model.config.numLayers;
+  const klAt = async (a: number) => {
+    const lp = await firstTokenLogProbs(model, prompts, { rosiVectors: uniformRosiVectors(L, dir, sign * a) });
+    return mean(lp.map((q, i) => klDivergence(base[i], q)));
+  };
+  let lo = 0;
+  let hi = 1;
+  let klHi = await klAt(hi);
+  while (klHi < target) {
+    lo = hi;
+    hi *= 2;
+    if (hi > 2 ** 24) return null;
+    klHi = await klAt(hi);
+  }
+  for (let i = 0; i < 6; i++) {
+    const mid = lo === 0 ? hi / 2 : Math.sqrt(lo * hi);
+    const k = await klAt(mid);
+    if (k < target) lo = mid;
+    else {
+      hi = mid;
+      klHi = k;
+    }
+  }
+  return { alpha: sign * hi, kl: klHi };
+}
+
+export const extractStep: Step<Settings> = {
+  name: "extract",
+  version: 1,
+  deps: ["pull", "elicit"],
+  outputs: ["direction.safetensors", "selection.json", "selection.svg"],
+  inputs: (s) => ({ layer: s.layer, position: s.position, useSystemPrompt: s.useSystemPrompt }),
+  async run(ctx) {
+    const s = ctx.settings;
+    const source = sourceOf(ctx);
+    const splits = splitsOf(ctx);
+    const { model, tok } = await openModel(ctx, source.dir, true);
+    try {
+      const L = model.config.numLayers;
+      const H = model.config.hiddenSize;
+      const hTrain = encodeAll(tok, splits.harmful.train, splits.systemPrompt);
+      const nTrain = encodeAll(tok, splits.harmless.train, splits.systemPrompt);
+      const P = positionCount([...hTrain, ...nTrain]);
+      const labels = ["last instruction token", ...tok.encodeChat("x", { system: splits.systemPrompt }).ids.slice(-(P - 1)).map((id) => JSON.stringify(tok.decode([id])))];
+      const bar = ctx.progress("extract activations", hTrain.length + nTrain.length);
+      let seen = 0;
+      const tick = (done: number, total: number) => {
+        void total;
+        bar.tick(done - seen);
+        seen = done;
+      };
+      const hMeans = await residualMeans(model, hTrain, P, { onBatch: tick, signal: ctx.signal });
+      seen = 0;
+      const nMeans = await residualMeans(model, nTrain, P, { onBatch: (d, t) => tick(d + hTrain.length, t), signal: ctx.signal });
+      bar.done();
+      const cands = candidates(hMeans, nMeans, L);
+
+      // Selection on validation prompts, without the safety prompt.
+      const valH = encodeAll(tok, splits.harmful.val, null).map((e) => e.ids);
+      const valN = encodeAll(tok, splits.harmless.val, null).map((e) => e.ids);
+      const refusalIds = refusalTokenIds(tok);
+      const baseN = await firstTokenLogProbs(model, valN);
+      const baseH = await firstTokenLogProbs(model, valH);
+      const baseline = { harmful_score: mean(baseH.map((lp) => refusalScore(lp, refusalIds))), harmless_score: mean(baseN.map((lp) => refusalScore(lp, refusalIds))) };
+      const maxLayer = 0.8 * L;
+      const scores: CandidateScore[] = [];
+      const sel = ctx.progress("select direction", cands.length);
+      for (const c of cands) {
+        if (ctx.signal.aborted) throw new Error("aborted");
+        const score: CandidateScore = { layer: c.layer, position: c.position, norm: c.norm, induce: NaN, steer_kl: NaN, sign: 0, probe_alpha: null, probe_kl: null, harmful_score: null, harmless_score: null, discarded: null };
+        scores.push(score);
+        sel.tick();
+        if (s.layer !== null && c.layer !== s.layer) score.discarded = "--layer given";
+        else if (s.position !== null && c.position !== s.position) score.discarded = "--position given";
+        else if (c.layer >= maxLayer && s.layer === null) score.discarded = "layer ≥ 0.8·L";
+        else if (c.norm < 1e-6) score.discarded = "no harmful/harmless difference at this position";
+        if (score.discarded) continue;
+        const steer = new Float32Array(L * H);
+        steer.set(Float32Array.from(c.diff), c.layer * H);
+        const steered = await firstTokenLogProbs(model, valN, { steer });
+        score.induce = mean(steered.map((lp) => refusalScore(lp, refusalIds)));
+        score.steer_kl = mean(steered.map((q, i) => klDivergence(baseN[i], q)));
+        const dir = unit(c.diff);
+        for (const sign of [1, -1]) {
+          const probe = await alphaForKl(model, valN, baseN, dir, sign, KL_PROBE);
+          if (!probe) continue;
+          const rv = uniformRosiVectors(L, dir, probe.alpha);
+          const harmful = mean((await firstTokenLogProbs(model, valH, { rosiVectors: rv })).map((lp) => refusalScore(lp, refusalIds)));
+          if (score.harmful_score === null || harmful > score.harmful_score) {
+            const harmless = mean((await firstTokenLogProbs(model, valN, { rosiVectors: rv })).map((lp) => refusalScore(lp, refusalIds)));
+            Object.assign(score, { sign, probe_alpha: probe.alpha, probe_kl: probe.kl, harmful_score: harmful, harmless_score: harmless });
+          }
+        }
+        if (score.harmful_score === null) score.discarded = "the edit never reaches the KL probe";
+      }
+      sel.done();
+      const viable = scores.filter((x) => !x.discarded && x.harmful_score !== null);
+      if (!viable.length) throw new Error("no candidate direction survived selection (see selection.json)");
+      const best = viable.reduce((a, b) => (b.harmful_score! - b.harmless_score! > a.harmful_score! - a.harmless_score! ? b : a));
+      const chosen = cands.find((c) => c.layer === best.layer && c.position === best.position)!;
+      const direction = unit(chosen.diff);
+      const selection: Selection = {
+        layer: best.layer,
+        position: best.position,
+        position_label: labels[best.position] ?? String(best.position),
+        alpha_probe: best.probe_alpha!,
+        baseline,
+        kl_probe: KL_PROBE,
+        refusal_token_ids: refusalIds,
+        candidates: scores,
+        direction_sha256: sha256Hex(direction),
+      };
+      writeJson(join(ctx.tmpDir, "selection.json"), selection);
+      writeDirections(join(ctx.tmpDir, "direction.safetensors"), cands, direction, selection, P);
+      writeFileSync(join(ctx.tmpDir, "selection.svg"), selectionPlot(scores, cands, L, P, labels));
+      ctx.log(`chosen direction: layer ${best.layer}, position ${selection.position_label}, probe α ${best.probe_alpha!.toPrecision(4)}`);
+      return { report: { direction: { layer: best.layer, position: best.position, alpha: null, rank: s.rank, method: s.method } } };
+    } finally {
+      await model.close();
+    }
+  },
+};
+
+function writeDirections(path: string, cands: Candidate[], chosen: Float32Array, sel: Selection, positions: number): void {
+  const layers = Math.max(...cands.map((c) => c.layer)) + 1;
+  const H = chosen.length;
+  const all = new Float32Array(layers * positions * H);
+  for (const c of cands) all.set(Float32Array.from(c.diff), (c.layer * positions + c.position) * H);
+  const bytes = (f: Float32Array) => new Uint8Array(f.buffer, f.byteOffset, f.byteLength);
+  writeSafetensors(
+    path,
+    [
+      { name: "direction", dtype: "F32", shape: [H], data: bytes(chosen) },
+      { name: "candidates", dtype: "F32", shape: [layers, positions, H], data: bytes(all) },
+    ],
+    { layer: String(sel.layer), position: String(sel.position), position_label: sel.position_label, alpha_probe: String(sel.alpha_probe), direction_sha256: sel.direction_sha256, note: "candidates[l][p] = mean(harmful) - mean(harmless) of the residual entering layer l; direction = unit(candidates[layer][position])" },
+  );
+}
+
+function selectionPlot(scores: CandidateScore[], cands: Candidate[], L: number, P: number, labels: string[]): string {
+  const series = [];
+  for (let p = 0; p < P; p++) {
+    series.push({
+      name: `harmful score, ${labels[p]}`.slice(0, 22),
+      points: scores.filter((x) => x.position === p && x.harmful_score !== null).map((x) => [x.layer, x.harmful_score!] as [number, number]),
+    });
+  }
+  series.push({ name: "‖r‖ (best position)", points: Array.from({ length: L }, (_, l) => [l, Math.max(...cands.filter((c) => c.layer === l).map((c) => c.norm))] as [number, number]) });
+  return lineChart({ title: "Candidate directions: harmful refusal score at the KL probe, and separation ‖r‖", xLabel: "layer", yLabel: "score / norm", series });
+}

@@ -1,0 +1,113 @@
+// Model-side measurements shared by the ROSI steps: chat encoding, first-token distributions,
+// refusal scores, KL, and batched generation of text.
+import { DecoderModel } from "../engine/model.ts";
+import { generateGreedy, leftPad } from "../engine/generate.ts";
+import type { ChatEncoding, ModelTokenizer } from "../engine/tokenizer.ts";
+
+export interface Interventions {
+  rosiVectors?: Float32Array;
+  steer?: Float32Array;
+}
+
+/** Openers whose first token marks a refusal (Arditi et al.'s refusal-token idea, derived per tokenizer). */
+export const REFUSAL_OPENERS = ["I am sorry", "I'm sorry", "I can't", "I cannot", "Sorry", "I apologize", "As an AI", "I won't", "Unfortunately"];
+
+export function refusalTokenIds(tok: ModelTokenizer): number[] {
+  const ids = new Set<number>();
+  for (const opener of REFUSAL_OPENERS) {
+    const enc = tok.encode(opener, { addSpecialTokens: false });
+    if (enc.length) ids.add(enc[0]);
+  }
+  return [...ids];
+}
+
+export function encodeAll(tok: ModelTokenizer, prompts: string[], system: string | null): ChatEncoding[] {
+  return prompts.map((p) => tok.encodeChat(p, { system }));
+}
+
+/** log-softmax of one row. */
+export function logSoftmax(row: Float32Array): Float64Array {
+  let max = -Infinity;
+  for (const v of row) if (v > max) max = v;
+  let sum = 0;
+  for (const v of row) sum += Math.exp(v - max);
+  const lse = max + Math.log(sum);
+  const out = new Float64Array(row.length);
+  for (let i = 0; i < row.length; i++) out[i] = row[i] - lse;
+  return out;
+}
+
+/** Log-probabilities of the first generated token for each prompt, batched. */
+export async function firstTokenLogProbs(model: DecoderModel, prompts: number[][], iv: Interventions = {}, batchSize = 32): Promise<Float64Array[]> {
+  const out: Float64Array[] = [];
+  const V = model.config.vocabSize;
+  for (let i = 0; i < prompts.length; i += batchSize) {
+    const chunk = prompts.slice(i, i + batchSize);
+    const batch = leftPad(chunk, 0);
+    const T = batch.inputIds[0].length;
+    const r = await model.forward({ ...batch, logitPositions: chunk.map(() => [T - 1]), noCache: true, ...iv });
+    for (let b = 0; b < chunk.length; b++) out.push(logSoftmax(r.logits.subarray(b * V, (b + 1) * V)));
+  }
+  return out;
+}
+
+/** log p/(1−p) with p the probability mass on refusal tokens. */
+export function refusalScore(logprobs: Float64Array, refusalIds: number[]): number {
+  let p = 0;
+  for (const id of refusalIds) p += Math.exp(logprobs[id]);
+  p = Math.min(Math.max(p, 1e-12), 1 - 1e-12);
+  return Math.log(p) - Math.log(1 - p);
+}
+
+/** KL(p ‖ q) from log-probabilities. */
+export function klDivergence(logP: Float64Array, logQ: Float64Array): number {
+  let kl = 0;
+  for (let i = 0; i < logP.length; i++) {
+    const p = Math.exp(logP[i]);
+    if (p > 0) kl += p * (logP[i] - logQ[i]);
+  }
+  return Math.max(kl, 0);
+}
+
+export const mean = (xs: number[]): number => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : NaN);
+
+/** Greedy completions decoded to text (special tokens skipped). */
+export async function generateTexts(
+  model: DecoderModel,
+  tok: ModelTokenizer,
+  prompts: number[][],
+  opts: { maxNewTokens: number; batchSize?: number; onBatch?: (done: number, total: number) => void; signal?: AbortSignal } & Interventions,
+): Promise<{ texts: string[]; tokensPerSecond: number }> {
+  const batchSize = opts.batchSize ?? 16;
+  const texts: string[] = [];
+  let tokens = 0;
+  let seconds = 0;
+  // Similar lengths in one batch waste less padding; restore the order afterwards.
+  const order = prompts.map((p, i) => ({ p, i })).sort((a, b) => a.p.length - b.p.length);
+  const byIndex = new Array<string>(prompts.length);
+  for (let i = 0; i < order.length; i += batchSize) {
+    const chunk = order.slice(i, i + batchSize);
+    const r = await generateGreedy(model, chunk.map((c) => c.p), {
+      maxNewTokens: opts.maxNewTokens,
+      eosIds: tok.eosIds,
+      padId: tok.padId ?? 0,
+      rosiVectors: opts.rosiVectors,
+      steer: opts.steer,
+      signal: opts.signal,
+    });
+    tokens += r.stats.decodeTokens + chunk.length;
+    seconds += r.stats.decodeSeconds + r.stats.prefillSeconds;
+    chunk.forEach((c, j) => (byIndex[c.i] = tok.decode(r.newIds[j], { skipSpecialTokens: true })));
+    opts.onBatch?.(Math.min(i + batchSize, order.length), order.length);
+  }
+  texts.push(...byIndex);
+  return { texts, tokensPerSecond: seconds > 0 ? tokens / seconds : 0 };
+}
+
+/** rosi_vectors with the same vector v on every edited matrix (rows 2l and 2l+1 for every layer). */
+export function uniformRosiVectors(numLayers: number, v: Float32Array, alpha: number): Float32Array {
+  const H = v.length;
+  const rows = new Float32Array(2 * numLayers * H);
+  for (let r = 0; r < 2 * numLayers; r++) for (let h = 0; h < H; h++) rows[r * H + h] = alpha * v[h];
+  return rows;
+}

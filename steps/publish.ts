@@ -1,0 +1,94 @@
+// publish: the patched model and a model card, to the Hub (or to a local folder with --push-to file:<dir>).
+// A run whose gate failed never gets here unless --force (the runner stops at validate).
+import { copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import type { Step } from "../pipeline/runner.ts";
+import { PART_FILE } from "../pipeline/runner.ts";
+import type { Settings } from "../pipeline/config.ts";
+import { settingsHash } from "../pipeline/config.ts";
+import { buildReport, emptyReport, type ReportPart } from "../pipeline/report-build.ts";
+import { renderModelCard } from "./modelcard.ts";
+import { readJson, sourceOf, splitsOf, writeJson } from "./common.ts";
+
+const VERSION = "0.1.0";
+const UPSTREAM = ["pull", "elicit", "extract", "inject", "validate"];
+
+export const publishStep: Step<Settings> = {
+  name: "publish",
+  version: 1,
+  deps: UPSTREAM,
+  outputs: ["published.json", "README.md"],
+  inputs: (s) => ({ publish: s.publish, pushTo: s.pushTo, private: s.private }),
+  async run(ctx) {
+    const s = ctx.settings;
+    const source = sourceOf(ctx);
+    const splits = splitsOf(ctx);
+    const hash = settingsHash(s);
+    const parts = UPSTREAM.map((n) => {
+      const f = join(ctx.upstream(n), PART_FILE);
+      return existsSync(f) ? readJson<ReportPart>(f) : null;
+    });
+    const report = buildReport(emptyReport(source.repo ?? s.model, source.commit ?? s.revision, hash), parts, {});
+    const baseModel = source.repo ?? s.model.split("/").filter(Boolean).pop() ?? s.model;
+    const card = renderModelCard({
+      baseModel,
+      baseRevision: source.commit,
+      license: source.license,
+      report,
+      settings: { ...s } as unknown as Record<string, unknown>,
+      systemPrompt: splits.systemPrompt ?? "(none: --no-system-prompt)",
+      promptSets: splits.sources.map((p) => ({ name: p.name, source: p.source, size: p.size })),
+      realignVersion: VERSION,
+    });
+    writeFileSync(join(ctx.tmpDir, "README.md"), card);
+    const modelDir = join(ctx.upstream("inject"), "model");
+    const files = readdirSync(modelDir).filter((f) => !f.startsWith(".") && f !== "README.md");
+    if (!s.publish) {
+      writeJson(join(ctx.tmpDir, "published.json"), { skipped: "--no-publish" });
+      ctx.log("publishing disabled (--no-publish); the model card is in the publish folder");
+      return { report: { published: null } };
+    }
+    if (s.pushTo?.startsWith("file:")) {
+      // Local publishing (the demo): a folder laid out like the Hub repo would be.
+      const target = resolve(s.pushTo.slice(5));
+      const tmp = `${target}.tmp-${process.pid}`;
+      rmSync(tmp, { recursive: true, force: true });
+      mkdirSync(tmp, { recursive: true });
+      for (const f of files) copyFileSync(join(modelDir, f), join(tmp, f));
+      cpSync(join(ctx.upstream("extract"), "direction.safetensors"), join(tmp, "rosi-direction.safetensors"));
+      writeFileSync(join(tmp, "README.md"), card);
+      rmSync(target, { recursive: true, force: true });
+      renameSync(tmp, target);
+      const published = { repo: target, commit: hash, url: `file://${target}` };
+      writeJson(join(ctx.tmpDir, "published.json"), published);
+      ctx.log(`published to ${target}`);
+      return { report: { published } };
+    }
+    const token = ctx.secrets.hfToken;
+    if (!token) throw new Error("publishing to the Hub needs a write token: set HF_TOKEN (or pass --no-publish)");
+    const { publishModel } = await import("./hub.ts");
+    cpSync(join(ctx.upstream("extract"), "direction.safetensors"), join(ctx.tmpDir, "rosi-direction.safetensors"));
+    const staging = join(ctx.tmpDir, "staging");
+    mkdirSync(staging);
+    for (const f of files) copyFileSync(join(modelDir, f), join(staging, f));
+    copyFileSync(join(ctx.tmpDir, "rosi-direction.safetensors"), join(staging, "rosi-direction.safetensors"));
+    const r = await publishModel({
+      dir: staging,
+      repo: s.pushTo ?? undefined,
+      defaultName: `${baseModel.split("/").pop()}-ROSI`,
+      private: s.private,
+      hubUrl: s.hubUrl,
+      token,
+      settingsHash: hash,
+      commitMessage: `ROSI re-alignment of ${baseModel} (layer ${report.direction?.layer}, α ${report.direction?.alpha})`,
+      files: [...files, "rosi-direction.safetensors"],
+      card,
+    });
+    rmSync(staging, { recursive: true, force: true });
+    rmSync(join(ctx.tmpDir, "rosi-direction.safetensors"), { force: true });
+    const published = { repo: r.repo, commit: r.commit, url: r.url };
+    writeJson(join(ctx.tmpDir, "published.json"), { ...published, skipped: r.skipped });
+    ctx.log(r.skipped ? `${r.repo} already holds this run (settings hash ${hash}); nothing uploaded` : `published ${r.url}`);
+    return { report: { published } };
+  },
+};

@@ -1,0 +1,61 @@
+// pull: resolve the model to a local checkpoint directory (a local folder as is, or a Hub repo
+// downloaded into the standard HF cache).
+import { existsSync, readFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import type { Step } from "../pipeline/runner.ts";
+import type { Settings } from "../pipeline/config.ts";
+import { isLocalModel } from "../pipeline/config.ts";
+import { Checkpoint } from "../engine/checkpoint.ts";
+import { readDecoderConfig } from "../engine/architectures.ts";
+import { writeJson, type SourceInfo } from "./common.ts";
+
+/** The licence a model card declares in its YAML front matter, if any. */
+function cardLicense(dir: string): string | null {
+  const card = join(dir, "README.md");
+  if (!existsSync(card)) return null;
+  const m = /^---\n([\s\S]*?)\n---/.exec(readFileSync(card, "utf8"));
+  const lic = m && /^license:\s*(\S+)/m.exec(m[1]);
+  return lic ? lic[1] : null;
+}
+
+export const pullStep: Step<Settings> = {
+  name: "pull",
+  version: 1,
+  deps: [],
+  outputs: ["source.json"],
+  inputs: (s) => ({ model: s.model, revision: s.revision, offline: s.offline }),
+  async run(ctx) {
+    const s = ctx.settings;
+    let info: SourceInfo;
+    if (isLocalModel(s.model)) {
+      const dir = resolve(s.model);
+      const ckpt = Checkpoint.open(dir);
+      readDecoderConfig(ckpt.config); // unsupported architectures fail here, before any work
+      info = { dir, repo: null, commit: null, fingerprint: ckpt.fingerprint(), license: cardLicense(dir) };
+      ckpt.close();
+      ctx.log(`local checkpoint ${dir}`);
+    } else {
+      const { pullModel } = await import("./hub.ts");
+      const finished = new Set<string>();
+      const pulled = await pullModel(s.model, {
+        revision: s.revision ?? undefined,
+        hubUrl: s.hubUrl,
+        token: ctx.secrets.hfToken ?? undefined,
+        offline: s.offline,
+        onProgress: (e) => {
+          if (e.done === e.total && !finished.has(e.file)) {
+            finished.add(e.file);
+            ctx.log(`downloaded ${e.file} (${(e.total / 1e6).toFixed(1)} MB)`);
+          }
+        },
+      });
+      const ckpt = Checkpoint.open(pulled.dir);
+      readDecoderConfig(ckpt.config);
+      info = { dir: pulled.dir, repo: s.model, commit: pulled.commit, fingerprint: ckpt.fingerprint(), license: cardLicense(pulled.dir) };
+      ckpt.close();
+      ctx.log(`pulled ${s.model}@${pulled.commit} into ${pulled.dir}`);
+    }
+    writeJson(join(ctx.tmpDir, "source.json"), info);
+    return { report: { revision: info.commit ?? s.revision } };
+  },
+};
