@@ -1,4 +1,4 @@
-// `bun run bench [--model <dir>] [--batch B] [--seq T] [--decode N] [--device …] [--json]`
+// `bun run bench [--model <dir>] [--batch B] [--seq T] [--decode N] [--device …] [--quantize int4|int8] [--json]`
 // Prints prefill and decode throughput and peak RSS. Without --model it benchmarks a random-weight
 // checkpoint of Qwen2.5-0.5B shape generated locally (once, in the realign cache).
 import cac from "cac";
@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { DecoderModel, defaultCacheDir } from "../engine/model.ts";
 import { generateGreedy } from "../engine/generate.ts";
 import type { Device } from "../engine/session.ts";
+import { parseQuantize, type QuantizeConfig } from "../engine/quantize.ts";
 import { SHAPES, writeRandomCheckpoint } from "./random-checkpoint.ts";
 
 const cli = cac("bench");
@@ -16,6 +17,7 @@ cli
   .option("--seq <n>", "prompt tokens per row", { default: 128 })
   .option("--decode <n>", "new tokens to decode", { default: 16 })
   .option("--device <d>", "auto | cpu | cuda | webgpu", { default: "cpu" })
+  .option("--quantize <q>", "weight-only int4 | int8 projections (MatMulNBits), optionally :blockSize (default 32)")
   .option("--json", "print one JSON object");
 const { options } = cli.parse();
 if (options.help) process.exit(0);
@@ -40,11 +42,19 @@ if (!dir) {
   log(`checkpoint ready in ${((performance.now() - t) / 1000).toFixed(1)} s`);
 }
 
+let quantize: QuantizeConfig | null = null;
+try {
+  quantize = options.quantize ? parseQuantize(String(options.quantize)) : null;
+} catch (e) {
+  console.error((e as Error).message);
+  process.exit(2);
+}
+
 const B = Number(options.batch);
 const T = Number(options.seq);
 const N = Number(options.decode);
 const tLoad = performance.now();
-const model = await DecoderModel.load(dir, { device: options.device as Device, log });
+const model = await DecoderModel.load(dir, { device: options.device as Device, quantize, log });
 const loadSeconds = (performance.now() - tLoad) / 1000;
 log(`loaded on ${model.ep} in ${loadSeconds.toFixed(1)} s (peak RSS so far ${mb().toFixed(0)} MB)`);
 
@@ -57,6 +67,7 @@ const r = await generateGreedy(model, prompts, { maxNewTokens: N + 1 });
 const result = {
   model: dir,
   device: model.ep,
+  quantize: model.quantization,
   batch: B,
   seq: T,
   decode_steps: N,
@@ -69,6 +80,7 @@ const result = {
 if (options.json) console.log(JSON.stringify(result));
 else {
   console.log(`device            ${result.device}`);
+  console.log(`weights           ${result.quantize ?? "float32"}`);
   console.log(`shape             batch ${B} × ${T} prompt tokens, ${N} decode steps`);
   console.log(`prefill           ${result.prefill_tokens_per_s} tokens/s (${result.prefill_s} s)`);
   console.log(`decode            ${result.decode_tokens_per_s} tokens/s`);

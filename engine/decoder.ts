@@ -9,6 +9,7 @@
 import { OnnxDataType as DT } from "./onnx/schema.ts";
 import { OnnxGraph } from "./onnx/graph.ts";
 import type { DecoderConfig } from "./config.ts";
+import { DEFAULT_ACCURACY_LEVEL, quantizeBlockwise, validateQuantizeConfig, type QuantizeConfig } from "./quantize.ts";
 
 /** Where the builder gets float32 weights from (a checkpoint, or edited tensors in tests). */
 export interface WeightSource {
@@ -29,6 +30,11 @@ export interface DecoderBuildOptions {
    * - `steer` [layers, hidden]: added to the residual stream entering each layer.
    */
   interventions?: boolean;
+  /**
+   * Weight-only quantisation of the projection matrices (q/k/v, o, gate/up, down, untied lm_head) to
+   * `com.microsoft.MatMulNBits`; embeddings, norms, biases and a tied lm_head stay float32.
+   */
+  quantize?: QuantizeConfig | null;
 }
 
 /** Graph value names of the inputs and outputs, shared with the session code. */
@@ -38,6 +44,8 @@ export const IO = {
   positionIds: "position_ids",
   logitPositions: "logit_positions",
   rosiVectors: "rosi_vectors",
+  /** [B, T, 2·layers]: each edited matrix's coefficient w̄·x (needs interventions). */
+  rosiCoefficients: "rosi_coefficients",
   steer: "steer",
   logits: "logits",
   pastKey: (l: number) => `past_key_values.${l}.key`,
@@ -60,12 +68,16 @@ export class DecoderBuilder {
   protected cos!: string;
   protected sin!: string;
   protected masks = new Map<number | null, string>();
+  /** Graph weight names that were quantised → the MatMulNBits inputs and attributes that replace them. */
+  protected quantized = new Map<string, { inputs: string[]; K: number; N: number }>();
 
   constructor(
     readonly cfg: DecoderConfig,
     protected readonly weights: WeightSource,
     readonly opts: DecoderBuildOptions = {},
-  ) {}
+  ) {
+    if (opts.quantize) validateQuantizeConfig(opts.quantize);
+  }
 
   // ---- weight names (HF state-dict keys) -------------------------------------------------
   protected layerPrefix(l: number): string {
@@ -101,7 +113,24 @@ export class DecoderBuilder {
       data.set(this.require(n, [outs[i], inFeatures]), at);
       at += outs[i] * inFeatures;
     });
-    return this.weight(graphName, data, [total, inFeatures]);
+    return this.matrixWeight(graphName, data, total, inFeatures);
+  }
+
+  /**
+   * A projection matrix [out, in] for gemm(): a float32 initializer, or (when quantising) its MatMulNBits
+   * blocks. The float32 copy is dropped as soon as it is quantised, so only one tensor is held at a time.
+   */
+  protected matrixWeight(graphName: string, data: Float32Array, out: number, inFeatures: number): string {
+    const q = this.opts.quantize;
+    if (!q) return this.weight(graphName, data, [out, inFeatures]);
+    const { packed, scales, zeroPoints, nBlocks } = quantizeBlockwise(data, out, inFeatures, q.bits, q.blockSize);
+    const inputs = [
+      this.g.initializer(`${graphName}.qweight`, DT.UINT8, [out, nBlocks, (q.blockSize * q.bits) / 8], packed),
+      this.weight(`${graphName}.scales`, scales, [out, nBlocks]),
+    ];
+    if (zeroPoints) inputs.push(this.g.initializer(`${graphName}.zero_points`, DT.UINT8, [out, zeroPoints.length / out], zeroPoints));
+    this.quantized.set(graphName, { inputs, K: inFeatures, N: out });
+    return graphName;
   }
 
   protected optionalBias(graphName: string, names: string[], outs: number[], present: boolean): string | null {
@@ -124,7 +153,12 @@ export class DecoderBuilder {
 
   // ---- building blocks --------------------------------------------------------------------
   protected gemm(x: string, w: string, bias: string | null, name: string): string {
-    return this.g.op("Gemm", bias ? [x, w, bias] : [x, w], { transB: 1 }, { name });
+    const q = this.quantized.get(w);
+    if (!q) return this.g.op("Gemm", bias ? [x, w, bias] : [x, w], { transB: 1 }, { name });
+    const { bits, blockSize, accuracyLevel = DEFAULT_ACCURACY_LEVEL } = this.opts.quantize!;
+    const attrs = { K: q.K, N: q.N, bits, block_size: blockSize, accuracy_level: accuracyLevel };
+    const y = this.g.op("MatMulNBits", [x, ...q.inputs], attrs, { domain: "com.microsoft", name });
+    return bias ? this.g.op("Add", [y, bias], {}, { name: `${name}_bias` }) : y;
   }
 
   protected rmsNorm(x: string, weight: string, name: string): string {
@@ -257,7 +291,7 @@ export class DecoderBuilder {
     const attnFlat = g.op("Reshape", [g.op("Transpose", [context], { perm: [0, 2, 1, 3] }), g.constI64([-1, qOut])]);
 
     const oName = `${p}.o_proj.weight`;
-    const w_o = this.weight(oName, this.require(oName, [hiddenSize, qOut]), [hiddenSize, qOut]);
+    const w_o = this.matrixWeight(oName, this.require(oName, [hiddenSize, qOut]), hiddenSize, qOut);
     const b_o = this.optionalBias(`${p}.o_proj.bias`, [`${p}.o_proj.bias`], [hiddenSize], this.cfg.oBias);
     const attnOut = this.gemm(attnFlat, w_o, b_o, `L${l}_o_proj`);
     return this.intervene(attnOut, attnFlat, oName, 2 * l);
@@ -273,7 +307,7 @@ export class DecoderBuilder {
     const [gate, up] = g.node("Split", [this.gemm(x, w_gateUp, b_gateUp, `L${l}_gate_up`), g.constI64([intermediateSize, intermediateSize])], { axis: -1 }, { outputs: 2 });
     const hidden = g.op("Mul", [this.activation(gate), up], {}, { name: `L${l}_mlp_hidden` });
     const downName = `${p}.down_proj.weight`;
-    const w_down = this.weight(downName, this.require(downName, [hiddenSize, intermediateSize]), [hiddenSize, intermediateSize]);
+    const w_down = this.matrixWeight(downName, this.require(downName, [hiddenSize, intermediateSize]), hiddenSize, intermediateSize);
     const b_down = this.optionalBias(`${p}.down_proj.bias`, [`${p}.down_proj.bias`], [hiddenSize], this.cfg.mlpBias);
     const mlpOut = this.gemm(hidden, w_down, b_down, `L${l}_down_proj`);
     return this.intervene(mlpOut, hidden, downName, 2 * l + 1);
@@ -287,9 +321,13 @@ export class DecoderBuilder {
     const [rows, cols] = this.weights.info(weightName).shape;
     const wBar = meanOfRows(W, rows, cols);
     const coef = g.op("MatMul", [x, g.constF32(wBar, [cols, 1], `${weightName}.wbar`)]); // [N,1]
+    this.coefficients[row] = coef;
     const vec = g.op("Gather", [IO.rosiVectors, g.scalarI64(row)], { axis: 0 }); // [hidden]
     return g.op("Add", [out, g.op("Mul", [coef, vec])], {}, { name: `rosi_${row}` });
   }
+
+  /** coef outputs of intervene(), by rosi_vectors row. */
+  protected coefficients: string[] = [];
 
   /** One decoder layer (Llama form); Gemma 2 overrides to add its post-norms. */
   protected layer(l: number, residual: string, attentionMask: string): string {
@@ -306,8 +344,9 @@ export class DecoderBuilder {
     const { hiddenSize, vocabSize } = this.cfg;
     const normed = this.rmsNorm(hidden, this.normWeight("model.norm.weight"), "final_norm");
     const headName = this.lmHeadName();
-    // A tied head reuses the embedding initializer: Gemm(transB) reads the [vocab, hidden] table directly.
-    const head = headName === this.embedName() ? this.embedName() : this.weight(headName, this.require(headName, [vocabSize, hiddenSize]), [vocabSize, hiddenSize]);
+    // A tied head reuses the embedding initializer: Gemm(transB) reads the [vocab, hidden] table directly (float32 even when
+    // quantising, since the Gather needs the float table anyway).
+    const head = headName === this.embedName() ? this.embedName() : this.matrixWeight(headName, this.require(headName, [vocabSize, hiddenSize]), vocabSize, hiddenSize);
     let logits = this.gemm(normed, head, null, "lm_head");
     const cap = this.cfg.finalLogitSoftcap;
     if (cap !== null) logits = g.op("Mul", [g.op("Tanh", [g.op("Div", [logits, g.scalarF32(cap)])]), g.scalarF32(cap)], {}, { name: "final_softcap" });
@@ -345,6 +384,12 @@ export class DecoderBuilder {
     }
     const finalResidual = asBTH(residual, IO.residualFinal);
     g.output(IO.residualFinal, DT.FLOAT, ["batch", "tokens", hiddenSize]);
+    if (this.opts.interventions) {
+      // The edit's input-dependent scale per matrix and token, for calibrating how the edit is spread.
+      const coefs = g.op("Concat", this.coefficients, { axis: 1 }); // [N, 2L]
+      g.op("Reshape", [coefs, g.op("Concat", [this.batchTokens.B, this.batchTokens.T, g.constI64([2 * numLayers])], { axis: 0 })], {}, { output: IO.rosiCoefficients });
+      g.output(IO.rosiCoefficients, DT.FLOAT, ["batch", "tokens", 2 * numLayers]);
+    }
 
     // Only the requested positions go through the (large) vocabulary projection.
     const picked = g.op("GatherND", [finalResidual, g.op("Unsqueeze", [logitPositions, g.constI64([-1])])], { batch_dims: 1 }); // [B,K,H]

@@ -1,7 +1,7 @@
 // A loaded decoder: checkpoint → cached ONNX graph → session, with a typed forward pass that
 // exposes logits, the KV cache and the residual stream entering every layer.
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { join } from "node:path";
 import { Checkpoint, type CheckpointOptions } from "./checkpoint.ts";
@@ -9,15 +9,18 @@ import { createBuilder } from "./architectures.ts";
 import { IO, OPSETS } from "./decoder.ts";
 import type { DecoderConfig } from "./config.ts";
 import { ExternalDataWriter, OnnxGraph } from "./onnx/graph.ts";
+import { DEFAULT_ACCURACY_LEVEL, describeQuantization, type QuantizeConfig } from "./quantize.ts";
 import { openSession, ort, type Device } from "./session.ts";
 
 /** Bump when the graph layout changes, so cached graphs are rebuilt. */
-const GRAPH_VERSION = "2";
+const GRAPH_VERSION = "3";
 
 export interface LoadOptions extends CheckpointOptions {
   device?: Device;
   /** Build the graph with ROSI / steering inputs (see DecoderBuildOptions). */
   interventions?: boolean;
+  /** Weight-only int4/int8 projections via MatMulNBits (see DecoderBuildOptions.quantize); null/absent = float32. */
+  quantize?: QuantizeConfig | null;
   /** Where built graphs are kept; default $REALIGN_CACHE or ~/.cache/realign. */
   cacheDir?: string;
   log?: (msg: string) => void;
@@ -44,6 +47,8 @@ export interface ForwardInput {
   rosiVectors?: Float32Array;
   /** [layers][hidden] additions to the residual entering each layer; needs interventions. */
   steer?: Float32Array;
+  /** Return each edited matrix's coefficient w̄·x ([B, T, 2·layers]); needs interventions. */
+  coefficients?: boolean;
   /** Skip fetching the KV cache (one-shot scoring). */
   noCache?: boolean;
 }
@@ -53,6 +58,8 @@ export interface ForwardOutput {
   logits: Float32Array;
   dims: { batch: number; positions: number; vocab: number };
   present?: KVCache;
+  /** [B, T, 2·layers] w̄·x of each edited matrix (row order of rosi_vectors). */
+  coefficients?: Float32Array;
   /** residuals[l] is [B, T, hidden] entering layer l; residuals[layers] is the final pre-norm residual. */
   residuals?: Float32Array[];
 }
@@ -71,14 +78,19 @@ export class DecoderModel {
     readonly fallbackReason: string | null,
     readonly interventions: boolean,
     readonly graphPath: string,
+    /** e.g. "int4 (block 32)" when the projections run quantised; null for float32. */
+    readonly quantization: string | null,
   ) {}
 
   static async load(dir: string, opts: LoadOptions = {}): Promise<DecoderModel> {
     const checkpoint = Checkpoint.open(dir, opts);
     const interventions = opts.interventions ?? false;
-    const builder = createBuilder(checkpoint.config, checkpoint, { interventions });
+    const quantize = opts.quantize ? { bits: opts.quantize.bits, blockSize: opts.quantize.blockSize, accuracyLevel: opts.quantize.accuracyLevel ?? DEFAULT_ACCURACY_LEVEL } : null;
+    const builder = createBuilder(checkpoint.config, checkpoint, { interventions, quantize });
+    // `quantize` is left out of the key when unset (undefined), so float32 graphs keep their cache entries.
     const key = createHash("sha256")
-      .update(JSON.stringify({ v: GRAPH_VERSION, fp: checkpoint.fingerprint(), interventions, dtype: "float32" }))
+      // The fingerprint covers config and headers; size + mtime of each shard catch weights rewritten in place.
+      .update(JSON.stringify({ v: GRAPH_VERSION, fp: checkpoint.fingerprint(), files: checkpoint.shards().map((f) => [statSync(f).size, statSync(f).mtimeMs]), interventions, dtype: "float32", quantize: quantize ?? undefined }))
       .digest("hex")
       .slice(0, 24);
     const graphDir = join(opts.cacheDir ?? defaultCacheDir(), "graphs", key);
@@ -101,7 +113,7 @@ export class DecoderModel {
       }
     }
     const { session, ep, fallbackReason } = await openSession(graphPath, opts.device ?? "auto");
-    return new DecoderModel(dir, checkpoint, builder.cfg, session, ep, fallbackReason, interventions, graphPath);
+    return new DecoderModel(dir, checkpoint, builder.cfg, session, ep, fallbackReason, interventions, graphPath, describeQuantization(quantize));
   }
 
   emptyCache(batch: number): KVCache {
@@ -137,6 +149,7 @@ export class DecoderModel {
       for (let l = 0; l < numLayers; l++) fetches.push(IO.residual(l));
       fetches.push(IO.residualFinal);
     }
+    if (input.coefficients) fetches.push(IO.rosiCoefficients);
     const out = await this.session.run(feeds, fetches);
     const result: ForwardOutput = {
       logits: out[IO.logits].data as Float32Array,
@@ -148,6 +161,7 @@ export class DecoderModel {
         values: Array.from({ length: numLayers }, (_, l) => out[IO.presentValue(l)]),
       };
     }
+    if (input.coefficients) result.coefficients = out[IO.rosiCoefficients].data as Float32Array;
     if (input.residuals) {
       result.residuals = [...Array.from({ length: numLayers }, (_, l) => out[IO.residual(l)].data as Float32Array), out[IO.residualFinal].data as Float32Array];
     }
