@@ -11,7 +11,13 @@ import type { ModelsFile, ModelEntry } from "./models-file.ts";
 
 export const DEVICES = ["auto", "cpu", "cuda", "webgpu"] as const;
 export type Device = (typeof DEVICES)[number];
-export const METHODS = ["rosi"] as const;
+/**
+ * rosi: the paper's edit, W' = W + α·ŝ·w̄ᵀ on every o_proj and down_proj.
+ * rosi-mv: the same rank-one edits with per-matrix weights that make the total injected amount
+ *   Σ wₘ·(w̄ₘ·x) have mean 1 and minimum variance over the model's own activations (steps/spread.ts).
+ * auto: calibration tries both and keeps the better one.
+ */
+export const METHODS = ["auto", "rosi", "rosi-mv"] as const;
 export type Method = (typeof METHODS)[number];
 
 export interface GateThresholds {
@@ -106,7 +112,7 @@ export const FIELDS: readonly FieldSpec[] = [
   f("position", { t: "int" }, "token position for the direction (negative counts from the end; default: calibrated)", { nullable: true }),
   f("alpha", { t: "number", nonzero: true }, "injection strength (signed); given => no calibration", { nullable: true }),
   f("rank", { t: "int", min: 1, max: 64 }, "rank of the injection"),
-  f("method", { t: "enum", values: METHODS }, "injection method", { arg: "name" }),
+  f("method", { t: "enum", values: METHODS }, "injection method: rosi (the paper), rosi-mv (minimum-variance spread), auto (calibration chooses)", { arg: "name" }),
   f("device", { t: "enum", values: DEVICES }, "auto | cpu | cuda | webgpu", { hashed: false, arg: "name" }),
   f("harmful", { t: "string" }, "harmful training prompts (dataset spec)", { arg: "spec" }),
   f("harmless", { t: "string" }, "harmless training prompts (dataset spec)", { arg: "spec" }),
@@ -145,7 +151,7 @@ export const DEFAULTS: Omit<Settings, "model" | "out"> = {
   position: null,
   alpha: null,
   rank: 1,
-  method: "rosi",
+  method: "auto",
   device: "auto",
   harmful: "builtin",
   harmless: "builtin",

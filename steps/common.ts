@@ -5,6 +5,7 @@ import type { StepContext } from "../pipeline/runner.ts";
 import type { Settings } from "../pipeline/config.ts";
 import { DecoderModel } from "../engine/model.ts";
 import { loadTokenizer, type ModelTokenizer } from "../engine/tokenizer.ts";
+import { shuffled } from "./datasets.ts";
 
 export type Ctx = StepContext<Settings>;
 
@@ -47,6 +48,18 @@ export async function openModel(ctx: Ctx, dir: string, interventions: boolean): 
   const model = await DecoderModel.load(dir, { device: ctx.settings.device, interventions, log: ctx.log });
   ctx.log(`model ${dir} on ${model.ep}${model.fallbackReason ? ` (GPU not used: ${model.fallbackReason})` : ""}`);
   return { model, tok };
+}
+
+/**
+ * The exact-answer utility task split into disjoint calibration and evaluation items (seeded shuffle),
+ * or null when the model ships none.
+ */
+export function utilitySplit(dir: string, seed: number, nEval: number): { calibration: { prompt: string; answer: string }[]; eval: { prompt: string; answer: string }[] } | null {
+  const items = utilityTask(dir);
+  if (!items) return null;
+  const order = shuffled(items, seed + 7);
+  const evalSize = Math.min(Math.max(nEval, 64), Math.floor(order.length / 2));
+  return { eval: order.slice(0, evalSize), calibration: order.slice(evalSize, evalSize + 64) };
 }
 
 /** Exact-answer utility task shipped with a model (organism models: eval/utility_eval.jsonl). */

@@ -16,7 +16,9 @@ import type { Settings } from "../pipeline/config.ts";
 import { writeSafetensors } from "../engine/safetensors.ts";
 import type { DecoderModel } from "../engine/model.ts";
 import { candidates, positionCount, residualMeans, unit, type Candidate } from "./directions.ts";
-import { encodeAll, firstTokenLogProbs, klDivergence, mean, refusalScore, refusalTokenIds, uniformRosiVectors } from "./lm.ts";
+import { encodeAll, firstTokenLogProbs, generateTexts, klDivergence, mean, refusalScore, refusalTokenIds } from "./lm.ts";
+import { isRefusal } from "./judge.ts";
+import { coefficientStats, injectedAmount, rosiRows, spreadWeights, type CoefficientStats, type SpreadMethod } from "./spread.ts";
 import { openModel, sourceOf, splitsOf, writeJson } from "./common.ts";
 import { sha256Hex } from "./rosi.ts";
 import { lineChart } from "./plot.ts";
@@ -28,8 +30,13 @@ export interface CandidateScore {
   induce: number;
   steer_kl: number;
   sign: number;
+  method: SpreadMethod | null;
+  /** Per spread method: the probe α (sign included) and the harmful / harmless scores there. */
+  probes: Partial<Record<SpreadMethod, { alpha: number; kl: number; harmful_score: number; harmless_score: number; harmful_rate: number; harmless_rate: number }>>;
   probe_alpha: number | null;
   probe_kl: number | null;
+  harmful_rate: number | null;
+  harmless_rate: number | null;
   harmful_score: number | null;
   harmless_score: number | null;
   discarded: string | null;
@@ -40,6 +47,8 @@ export interface Selection {
   position: number;
   position_label: string;
   alpha_probe: number;
+  method: SpreadMethod;
+  probes: CandidateScore["probes"];
   baseline: { harmful_score: number; harmless_score: number };
   kl_probe: number;
   refusal_token_ids: number[];
@@ -48,16 +57,35 @@ export interface Selection {
 }
 
 const KL_PROBE = 0.05;
+const SELECTION_TOKENS = 12;
 
-/** Smallest |α| (log-bisection) at which the edit's mean first-token KL on harmless prompts reaches `target`. */
-async function alphaForKl(model: DecoderModel, prompts: number[][], base: Float64Array[], dir: Float32Array, sign: number, target: number): Promise<{ alpha: number; kl: number } | null> {
-  const L = model.config.numLayers;
+interface ProbeResult {
+  harmful_rate: number | null;
+  harmless_rate: number | null;
+  harmful_score: number | null;
+  harmless_score: number | null;
+}
+
+/** Is `a` a better probe result than `b`: larger refusal-rate gap, then larger score gap. */
+function better(a: ProbeResult, b: ProbeResult): boolean {
+  if (b.harmful_rate === null || b.harmful_score === null) return true;
+  const gapA = a.harmful_rate! - a.harmless_rate!;
+  const gapB = b.harmful_rate - b.harmless_rate!;
+  if (gapA !== gapB) return gapA > gapB;
+  return a.harmful_score! - a.harmless_score! > b.harmful_score - b.harmless_score!;
+}
+
+/**
+ * Smallest |α| (log-bisection) at which the edit's mean first-token KL on harmless prompts reaches `target`.
+ * `hint` (the answer for a neighbouring candidate) brackets the search so that it usually takes a few passes.
+ */
+async function alphaForKl(model: DecoderModel, prompts: number[][], base: Float64Array[], dir: Float32Array, weights: number[], sign: number, target: number, hint: number): Promise<{ alpha: number; kl: number } | null> {
   const klAt = async (a: number) => {
-    const lp = await firstTokenLogProbs(model, prompts, { rosiVectors: uniformRosiVectors(L, dir, sign * a) });
+    const lp = await firstTokenLogProbs(model, prompts, { rosiVectors: rosiRows(dir, sign * a, weights) });
     return mean(lp.map((q, i) => klDivergence(base[i], q)));
   };
-  let lo = 0;
-  let hi = 1;
+  let lo = hint / 2;
+  let hi = hint;
   let klHi = await klAt(hi);
   while (klHi < target) {
     lo = hi;
@@ -65,8 +93,12 @@ async function alphaForKl(model: DecoderModel, prompts: number[][], base: Float6
     if (hi > 2 ** 24) return null;
     klHi = await klAt(hi);
   }
-  for (let i = 0; i < 6; i++) {
-    const mid = lo === 0 ? hi / 2 : Math.sqrt(lo * hi);
+  while (lo > 1e-6 && (await klAt(lo)) >= target) {
+    hi = lo;
+    lo /= 2;
+  }
+  for (let i = 0; i < 4; i++) {
+    const mid = Math.sqrt(lo * hi);
     const k = await klAt(mid);
     if (k < target) lo = mid;
     else {
@@ -79,10 +111,10 @@ async function alphaForKl(model: DecoderModel, prompts: number[][], base: Float6
 
 export const extractStep: Step<Settings> = {
   name: "extract",
-  version: 1,
+  version: 5,
   deps: ["pull", "elicit"],
-  outputs: ["direction.safetensors", "selection.json", "selection.svg"],
-  inputs: (s) => ({ layer: s.layer, position: s.position, useSystemPrompt: s.useSystemPrompt }),
+  outputs: ["direction.safetensors", "selection.json", "selection.svg", "spread.json"],
+  inputs: (s) => ({ layer: s.layer, position: s.position, useSystemPrompt: s.useSystemPrompt, method: s.method }),
   async run(ctx) {
     const s = ctx.settings;
     const source = sourceOf(ctx);
@@ -115,17 +147,28 @@ export const extractStep: Step<Settings> = {
       const baseN = await firstTokenLogProbs(model, valN);
       const baseH = await firstTokenLogProbs(model, valH);
       const baseline = { harmful_score: mean(baseH.map((lp) => refusalScore(lp, refusalIds))), harmless_score: mean(baseN.map((lp) => refusalScore(lp, refusalIds))) };
+      // How the edit's scale w̄·x behaves on the model's own activations (prompts as deployed: no system prompt).
+      const methods: SpreadMethod[] = s.method === "auto" ? ["rosi", "rosi-mv"] : [s.method];
+      const stats: CoefficientStats = await coefficientStats(model, [...encodeAll(tok, splits.harmful.train, null), ...encodeAll(tok, splits.harmless.train, null)].map((e) => e.ids));
+      const weights = Object.fromEntries(methods.map((m) => [m, spreadWeights(m, stats, 2 * L)])) as Record<SpreadMethod, number[]>;
+      const spread = Object.fromEntries(methods.map((m) => [m, { weights: weights[m], injected_per_unit_alpha: injectedAmount(stats, weights[m]) }]));
+      writeJson(join(ctx.tmpDir, "spread.json"), { stats, methods: spread });
+      // The sign of α that pushes along +ŝ follows from the mean injected amount per unit α (w̄·x is
+      // negative on some models, as the paper's formula does not anticipate).
+      const signs = Object.fromEntries(methods.map((m) => [m, [Math.sign(injectedAmount(stats, weights[m]).mean) || 1]])) as Record<SpreadMethod, number[]>;
+      const hints = Object.fromEntries(methods.map((m) => [m, 1])) as Record<SpreadMethod, number>;
       const maxLayer = 0.8 * L;
       const scores: CandidateScore[] = [];
       const sel = ctx.progress("select direction", cands.length);
       for (const c of cands) {
         if (ctx.signal.aborted) throw new Error("aborted");
-        const score: CandidateScore = { layer: c.layer, position: c.position, norm: c.norm, induce: NaN, steer_kl: NaN, sign: 0, probe_alpha: null, probe_kl: null, harmful_score: null, harmless_score: null, discarded: null };
+        const score: CandidateScore = { layer: c.layer, position: c.position, norm: c.norm, induce: NaN, steer_kl: NaN, sign: 0, method: null, probes: {}, probe_alpha: null, probe_kl: null, harmful_rate: null, harmless_rate: null, harmful_score: null, harmless_score: null, discarded: null };
         scores.push(score);
         sel.tick();
         if (s.layer !== null && c.layer !== s.layer) score.discarded = "--layer given";
         else if (s.position !== null && c.position !== s.position) score.discarded = "--position given";
         else if (c.layer >= maxLayer && s.layer === null) score.discarded = "layer ≥ 0.8·L";
+        else if (c.position === 0 && s.position === null) score.discarded = "last instruction token: candidates are the post-instruction positions (use --position 0 to force it)";
         else if (c.norm < 1e-6) score.discarded = "no harmful/harmless difference at this position";
         if (score.discarded) continue;
         const steer = new Float32Array(L * H);
@@ -134,14 +177,23 @@ export const extractStep: Step<Settings> = {
         score.induce = mean(steered.map((lp) => refusalScore(lp, refusalIds)));
         score.steer_kl = mean(steered.map((q, i) => klDivergence(baseN[i], q)));
         const dir = unit(c.diff);
-        for (const sign of [1, -1]) {
-          const probe = await alphaForKl(model, valN, baseN, dir, sign, KL_PROBE);
-          if (!probe) continue;
-          const rv = uniformRosiVectors(L, dir, probe.alpha);
-          const harmful = mean((await firstTokenLogProbs(model, valH, { rosiVectors: rv })).map((lp) => refusalScore(lp, refusalIds)));
-          if (score.harmful_score === null || harmful > score.harmful_score) {
+        for (const method of methods) {
+          for (const sign of signs[method]) {
+            const probe = await alphaForKl(model, valN, baseN, dir, weights[method], sign, KL_PROBE, hints[method]);
+            if (!probe) continue;
+            hints[method] = Math.abs(probe.alpha);
+            const rv = rosiRows(dir, probe.alpha, weights[method]);
+            const harmful = mean((await firstTokenLogProbs(model, valH, { rosiVectors: rv })).map((lp) => refusalScore(lp, refusalIds)));
             const harmless = mean((await firstTokenLogProbs(model, valN, { rosiVectors: rv })).map((lp) => refusalScore(lp, refusalIds)));
-            Object.assign(score, { sign, probe_alpha: probe.alpha, probe_kl: probe.kl, harmful_score: harmful, harmless_score: harmless });
+            // First-token scores rank candidates poorly on some models; a short greedy reply judged by the
+            // marker judge is what validation measures, so it decides, with the scores as tie-break.
+            const rate = async (prompts: number[][]) => mean((await generateTexts(model, tok, prompts, { maxNewTokens: SELECTION_TOKENS, rosiVectors: rv, batchSize: 32 })).texts.map((t) => +isRefusal(t)));
+            const harmfulRate = await rate(valH);
+            const harmlessRate = await rate(valN);
+            score.probes[method] = { alpha: probe.alpha, kl: probe.kl, harmful_score: harmful, harmless_score: harmless, harmful_rate: harmfulRate, harmless_rate: harmlessRate };
+            if (better(score.probes[method]!, score)) {
+              Object.assign(score, { sign, method, probe_alpha: probe.alpha, probe_kl: probe.kl, harmful_score: harmful, harmless_score: harmless, harmful_rate: harmfulRate, harmless_rate: harmlessRate });
+            }
           }
         }
         if (score.harmful_score === null) score.discarded = "the edit never reaches the KL probe";
@@ -149,7 +201,7 @@ export const extractStep: Step<Settings> = {
       sel.done();
       const viable = scores.filter((x) => !x.discarded && x.harmful_score !== null);
       if (!viable.length) throw new Error("no candidate direction survived selection (see selection.json)");
-      const best = viable.reduce((a, b) => (b.harmful_score! - b.harmless_score! > a.harmful_score! - a.harmless_score! ? b : a));
+      const best = viable.reduce((a, b) => (better(b, a) ? b : a));
       const chosen = cands.find((c) => c.layer === best.layer && c.position === best.position)!;
       const direction = unit(chosen.diff);
       const selection: Selection = {
@@ -157,6 +209,8 @@ export const extractStep: Step<Settings> = {
         position: best.position,
         position_label: labels[best.position] ?? String(best.position),
         alpha_probe: best.probe_alpha!,
+        method: best.method!,
+        probes: best.probes,
         baseline,
         kl_probe: KL_PROBE,
         refusal_token_ids: refusalIds,
@@ -166,8 +220,8 @@ export const extractStep: Step<Settings> = {
       writeJson(join(ctx.tmpDir, "selection.json"), selection);
       writeDirections(join(ctx.tmpDir, "direction.safetensors"), cands, direction, selection, P);
       writeFileSync(join(ctx.tmpDir, "selection.svg"), selectionPlot(scores, cands, L, P, labels));
-      ctx.log(`chosen direction: layer ${best.layer}, position ${selection.position_label}, probe α ${best.probe_alpha!.toPrecision(4)}`);
-      return { report: { direction: { layer: best.layer, position: best.position, alpha: null, rank: s.rank, method: s.method } } };
+      ctx.log(`chosen direction: layer ${best.layer}, position ${selection.position_label}, ${best.method} probe α ${best.probe_alpha!.toPrecision(4)}`);
+      return { report: { direction: { layer: best.layer, position: best.position, alpha: null, rank: s.rank, method: best.method! } } };
     } finally {
       await model.close();
     }

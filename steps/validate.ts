@@ -13,7 +13,7 @@ import { isRefusal } from "./judge.ts";
 import { loadPrompts, loadUtilityItems, type UtilityItem } from "./datasets.ts";
 import { JAILBREAK_TEMPLATES, wrapJailbreak } from "./jailbreaks.ts";
 import { encodeAll, firstTokenLogProbs, generateTexts, klDivergence, logSoftmax, mean } from "./lm.ts";
-import { openModel, sourceOf, splitsOf, utilityTask, type Ctx } from "./common.ts";
+import { openModel, sourceOf, splitsOf, utilitySplit, type Ctx } from "./common.ts";
 
 /** Zero-shot multiple choice: the option whose tokens have the highest mean log-probability wins. */
 export async function multipleChoiceAccuracy(model: DecoderModel, tok: ModelTokenizer, items: UtilityItem[]): Promise<number> {
@@ -99,17 +99,17 @@ export function gateChecks(base: BehaviourMetrics, after: BehaviourMetrics, g: S
 
 export const validateStep: Step<Settings> = {
   name: "validate",
-  version: 1,
+  version: 2,
   deps: ["pull", "elicit", "inject"],
   outputs: ["validation.json", "samples.json"],
-  inputs: (s) => ({ maxNewTokens: s.maxNewTokens, gate: s.gate, judge: s.judge }),
+  inputs: (s) => ({ maxNewTokens: s.maxNewTokens, gate: s.gate, judge: s.judge, seed: s.seed, nEval: s.nEval }),
   async run(ctx) {
     const s = ctx.settings;
     const source = sourceOf(ctx);
     const splits = splitsOf(ctx);
     const borderline = (await loadPrompts("builtin", { kind: "borderline" })).prompts;
     const jailbreak = splits.harmful.eval.slice(0, 16).flatMap((p) => JAILBREAK_TEMPLATES.map((t) => wrapJailbreak(t.id, p)));
-    const data = { harmful: splits.harmful.eval, harmless: splits.harmless.eval, borderline, jailbreak, utilityTask: utilityTask(source.dir)?.slice(0, Math.max(s.nEval, 64)) ?? null, mc: loadUtilityItems() };
+    const data = { harmful: splits.harmful.eval, harmless: splits.harmless.eval, borderline, jailbreak, utilityTask: utilitySplit(source.dir, s.seed, s.nEval)?.eval ?? null, mc: loadUtilityItems() };
     const t0 = performance.now();
     const orig = await openModel(ctx, source.dir, false);
     let before: SideResult;
