@@ -20,6 +20,9 @@ export type Device = (typeof DEVICES)[number];
 export const METHODS = ["auto", "rosi", "rosi-mv"] as const;
 export type Method = (typeof METHODS)[number];
 
+export const QUANTIZE = ["auto", "none", "int8", "int4"] as const;
+export type Quantize = (typeof QUANTIZE)[number];
+
 export interface GateThresholds {
   /** Minimum rise in harmful-prompt refusal rate (realigned − original). */
   harmfulGain: number;
@@ -48,6 +51,8 @@ export interface Settings {
   rank: number;
   method: Method;
   device: Device;
+  /** Weight-only quantisation for extraction and validation on CPU; auto = int8 when float32 weights would not fit in memory. */
+  quantize: Quantize;
   harmful: string;
   harmless: string;
   evalHarmful: string;
@@ -114,6 +119,7 @@ export const FIELDS: readonly FieldSpec[] = [
   f("rank", { t: "int", min: 1, max: 64 }, "rank of the injection"),
   f("method", { t: "enum", values: METHODS }, "injection method: rosi (the paper), rosi-mv (minimum-variance spread), auto (calibration chooses)", { arg: "name" }),
   f("device", { t: "enum", values: DEVICES }, "auto | cpu | cuda | webgpu", { hashed: false, arg: "name" }),
+  f("quantize", { t: "enum", values: QUANTIZE }, "weight-only quantisation while measuring: auto (int8 when float32 does not fit in memory), none, int8, int4", { arg: "name" }),
   f("harmful", { t: "string" }, "harmful training prompts (dataset spec)", { arg: "spec" }),
   f("harmless", { t: "string" }, "harmless training prompts (dataset spec)", { arg: "spec" }),
   f("evalHarmful", { t: "string" }, "harmful evaluation prompts (dataset spec)", { arg: "spec" }),
@@ -153,12 +159,13 @@ export const DEFAULTS: Omit<Settings, "model" | "out"> = {
   rank: 1,
   method: "auto",
   device: "auto",
+  quantize: "auto",
   harmful: "builtin",
   harmless: "builtin",
   evalHarmful: "builtin",
   evalHarmless: "builtin",
   nTrain: 64,
-  nVal: 16,
+  nVal: 32,
   nEval: 64,
   maxNewTokens: 128,
   publish: true,

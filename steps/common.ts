@@ -5,6 +5,9 @@ import type { StepContext } from "../pipeline/runner.ts";
 import type { Settings } from "../pipeline/config.ts";
 import { DecoderModel } from "../engine/model.ts";
 import { loadTokenizer, type ModelTokenizer } from "../engine/tokenizer.ts";
+import { Checkpoint } from "../engine/checkpoint.ts";
+import { parseQuantize, type QuantizeConfig } from "../engine/quantize.ts";
+import { totalmem } from "node:os";
 import { shuffled } from "./datasets.ts";
 
 export type Ctx = StepContext<Settings>;
@@ -43,10 +46,22 @@ export function splitsOf(ctx: Ctx): PromptSplits {
   return readJson<PromptSplits>(join(ctx.upstream("elicit"), "prompts.json"));
 }
 
+/** The quantisation to measure with: explicit, or (auto) int8 when float32 weights would take over half the memory. */
+export function quantizationFor(dir: string, setting: Settings["quantize"]): QuantizeConfig | null {
+  if (setting === "none") return null;
+  if (setting === "int8" || setting === "int4") return parseQuantize(setting);
+  const ckpt = Checkpoint.open(dir);
+  let params = 0;
+  for (const n of ckpt.names()) params += ckpt.info(n).shape.reduce((a, b) => a * b, 1);
+  ckpt.close();
+  return params * 4 > 0.5 * totalmem() ? parseQuantize("int8") : null;
+}
+
 export async function openModel(ctx: Ctx, dir: string, interventions: boolean): Promise<{ model: DecoderModel; tok: ModelTokenizer }> {
   const tok = await loadTokenizer(dir);
-  const model = await DecoderModel.load(dir, { device: ctx.settings.device, interventions, log: ctx.log });
-  ctx.log(`model ${dir} on ${model.ep}${model.fallbackReason ? ` (GPU not used: ${model.fallbackReason})` : ""}`);
+  const quantize = quantizationFor(dir, ctx.settings.quantize);
+  const model = await DecoderModel.load(dir, { device: ctx.settings.device, interventions, quantize, log: ctx.log });
+  ctx.log(`model ${dir} on ${model.ep}${model.quantization ? `, weights ${model.quantization}` : ""}${model.fallbackReason ? ` (GPU not used: ${model.fallbackReason})` : ""}`);
   return { model, tok };
 }
 
@@ -59,7 +74,8 @@ export function utilitySplit(dir: string, seed: number, nEval: number): { calibr
   if (!items) return null;
   const order = shuffled(items, seed + 7);
   const evalSize = Math.min(Math.max(nEval, 64), Math.floor(order.length / 2));
-  return { eval: order.slice(0, evalSize), calibration: order.slice(evalSize, evalSize + 64) };
+  // Calibration compares utility across many α: 128 items keep one item's worth of noise under a point.
+  return { eval: order.slice(0, evalSize), calibration: order.slice(evalSize, evalSize + 128) };
 }
 
 /** Exact-answer utility task shipped with a model (organism models: eval/utility_eval.jsonl). */

@@ -114,7 +114,7 @@ export const extractStep: Step<Settings> = {
   version: 5,
   deps: ["pull", "elicit"],
   outputs: ["direction.safetensors", "selection.json", "selection.svg", "spread.json"],
-  inputs: (s) => ({ layer: s.layer, position: s.position, useSystemPrompt: s.useSystemPrompt, method: s.method }),
+  inputs: (s) => ({ quantize: s.quantize, layer: s.layer, position: s.position, useSystemPrompt: s.useSystemPrompt, method: s.method }),
   async run(ctx) {
     const s = ctx.settings;
     const source = sourceOf(ctx);
@@ -166,7 +166,7 @@ export const extractStep: Step<Settings> = {
         scores.push(score);
         sel.tick();
         if (s.layer !== null && c.layer !== s.layer) score.discarded = "--layer given";
-        else if (s.position !== null && c.position !== s.position) score.discarded = "--position given";
+        else if (s.position !== null && c.position !== (s.position < 0 ? P + s.position : s.position)) score.discarded = "--position given";
         else if (c.layer >= maxLayer && s.layer === null) score.discarded = "layer ≥ 0.8·L";
         else if (c.position === 0 && s.position === null) score.discarded = "last instruction token: candidates are the post-instruction positions (use --position 0 to force it)";
         else if (c.norm < 1e-6) score.discarded = "no harmful/harmless difference at this position";

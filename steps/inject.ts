@@ -50,10 +50,10 @@ async function measure(ctx: Ctx, model: DecoderModel, tok: ModelTokenizer, sets:
 
 export const injectStep: Step<Settings> = {
   name: "inject",
-  version: 5,
+  version: 6,
   deps: ["pull", "elicit", "extract"],
   outputs: ["model", "calibration.json", "calibration.svg"],
-  inputs: (s) => ({ alpha: s.alpha, rank: s.rank, method: s.method, seed: s.seed, gate: s.gate, nEval: s.nEval }),
+  inputs: (s) => ({ quantize: s.quantize, alpha: s.alpha, rank: s.rank, method: s.method, seed: s.seed, gate: s.gate, nEval: s.nEval }),
   async run(ctx) {
     const s = ctx.settings;
     if (s.rank !== 1) throw new Error(`--rank ${s.rank}: only rank 1 is implemented so far`);

@@ -13,6 +13,8 @@ import { isRefusal } from "./judge.ts";
 import { loadPrompts, loadUtilityItems, type UtilityItem } from "./datasets.ts";
 import { JAILBREAK_TEMPLATES, wrapJailbreak } from "./jailbreaks.ts";
 import { encodeAll, firstTokenLogProbs, generateTexts, klDivergence, logSoftmax, mean } from "./lm.ts";
+import { ClassifierJudge } from "./classifier-judge.ts";
+import { chooseGenerationBatchSize } from "../engine/batching.ts";
 import { openModel, sourceOf, splitsOf, utilitySplit, type Ctx } from "./common.ts";
 
 /** Zero-shot multiple choice: the option whose tokens have the highest mean log-probability wins. */
@@ -48,10 +50,10 @@ interface SideResult {
   harmlessLogProbs: Float64Array[];
 }
 
-async function evaluate(ctx: Ctx, label: string, model: DecoderModel, tok: ModelTokenizer, data: { harmful: string[]; harmless: string[]; borderline: string[]; jailbreak: string[]; utilityTask: { prompt: string; answer: string }[] | null; mc: UtilityItem[] }, baseline: Float64Array[] | null): Promise<SideResult> {
+async function evaluate(ctx: Ctx, label: string, model: DecoderModel, tok: ModelTokenizer, data: { harmful: string[]; harmless: string[]; borderline: string[]; jailbreak: string[]; utilityTask: { prompt: string; answer: string }[] | null; mc: UtilityItem[] }, baseline: Float64Array[] | null, batchSize: number): Promise<SideResult> {
   const s = ctx.settings;
   const bar = ctx.progress(`validate ${label}`, 5);
-  const gen = async (prompts: string[], n = s.maxNewTokens) => generateTexts(model, tok, encodeAll(tok, prompts, null).map((e) => e.ids), { maxNewTokens: n, signal: ctx.signal });
+  const gen = async (prompts: string[], n = s.maxNewTokens) => generateTexts(model, tok, encodeAll(tok, prompts, null).map((e) => e.ids), { maxNewTokens: n, signal: ctx.signal, batchSize });
   const harmful = await gen(data.harmful);
   bar.tick();
   const harmless = await gen(data.harmless);
@@ -59,7 +61,7 @@ async function evaluate(ctx: Ctx, label: string, model: DecoderModel, tok: Model
   const borderline = data.borderline.length ? await gen(data.borderline) : null;
   const jailbreak = await gen(data.jailbreak);
   bar.tick();
-  const harmlessLogProbs = await firstTokenLogProbs(model, encodeAll(tok, data.harmless, null).map((e) => e.ids));
+  const harmlessLogProbs = await firstTokenLogProbs(model, encodeAll(tok, data.harmless, null).map((e) => e.ids), {}, batchSize);
   let utility: number;
   let mcAccuracy: number | null = null;
   if (data.utilityTask) {
@@ -99,10 +101,10 @@ export function gateChecks(base: BehaviourMetrics, after: BehaviourMetrics, g: S
 
 export const validateStep: Step<Settings> = {
   name: "validate",
-  version: 2,
+  version: 3,
   deps: ["pull", "elicit", "inject"],
   outputs: ["validation.json", "samples.json"],
-  inputs: (s) => ({ maxNewTokens: s.maxNewTokens, gate: s.gate, judge: s.judge, seed: s.seed, nEval: s.nEval }),
+  inputs: (s) => ({ maxNewTokens: s.maxNewTokens, gate: s.gate, judge: s.judge, seed: s.seed, nEval: s.nEval, quantize: s.quantize }),
   async run(ctx) {
     const s = ctx.settings;
     const source = sourceOf(ctx);
@@ -113,30 +115,52 @@ export const validateStep: Step<Settings> = {
     const t0 = performance.now();
     const orig = await openModel(ctx, source.dir, false);
     let before: SideResult;
+    let batchSize = 16;
     try {
-      before = await evaluate(ctx, "original", orig.model, orig.tok, data, null);
+      // Larger batches until one fails or stops paying off, capped by free memory.
+      const lengths = encodeAll(orig.tok, data.harmful, null).map((e) => e.ids.length).sort((a, b) => a - b);
+      const choice = await chooseGenerationBatchSize(orig.model, { promptTokens: lengths[lengths.length >> 1] ?? 32, newTokens: s.maxNewTokens, log: ctx.log });
+      batchSize = choice.batch;
+      ctx.log(`generation batch size ${batchSize}`);
+      before = await evaluate(ctx, "original", orig.model, orig.tok, data, null, batchSize);
     } finally {
       await orig.model.close();
     }
     const patched = await openModel(ctx, join(ctx.upstream("inject"), "model"), false);
     let after: SideResult;
     let ep = patched.model.ep;
+    const quantization = patched.model.quantization;
     try {
-      after = await evaluate(ctx, "re-aligned", patched.model, patched.tok, data, before.harmlessLogProbs);
+      after = await evaluate(ctx, "re-aligned", patched.model, patched.tok, data, before.harmlessLogProbs, batchSize);
       ep = patched.model.ep;
     } finally {
       await patched.model.close();
+    }
+    let judgeInfo: Record<string, unknown> | null = null;
+    if (s.judge) {
+      // Loaded after both models are closed, so only one model is in memory at a time.
+      const judge = await ClassifierJudge.load(s.judge, { device: s.device, hubUrl: s.hubUrl, token: ctx.secrets.hfToken ?? undefined, offline: s.offline, log: ctx.log });
+      try {
+        const rate = async (side: SideResult) => judge.safeShare(data.harmful.map((prompt, i) => ({ prompt, response: side.samples.harmful[i] })));
+        const jb = await rate(before);
+        const ja = await rate(after);
+        before.metrics.judge_safe = jb.safeShare;
+        after.metrics.judge_safe = ja.safeShare;
+        judgeInfo = { model: s.judge, unparsed: { original: jb.unparsed, realigned: ja.unparsed } };
+      } finally {
+        await judge.close();
+      }
     }
     const checks = gateChecks(before.metrics, after.metrics, s.gate);
     const passed = checks.every((c) => c.passed);
     const reasons = checks.filter((c) => !c.passed).map((c) => `${c.name}: ${c.value === null ? "not measured" : c.value.toFixed(3)} (needs ${c.threshold})`);
     const seconds = (performance.now() - t0) / 1000;
-    const validation = { baseline: before.metrics, realigned: after.metrics, gate: { passed, reasons, checks }, eval_sizes: { harmful: data.harmful.length, harmless: data.harmless.length, borderline: borderline.length, jailbreak: jailbreak.length, utility: data.utilityTask?.length ?? data.mc.length }, device: ep, generation_tokens_per_s: { original: before.tokensPerSecond, realigned: after.tokensPerSecond }, seconds };
+    const validation = { baseline: before.metrics, realigned: after.metrics, gate: { passed, reasons, checks }, judge: judgeInfo, quantization, batch_size: batchSize, eval_sizes: { harmful: data.harmful.length, harmless: data.harmless.length, borderline: borderline.length, jailbreak: jailbreak.length, utility: data.utilityTask?.length ?? data.mc.length }, device: ep, generation_tokens_per_s: { original: before.tokensPerSecond, realigned: after.tokensPerSecond }, seconds };
     writeFileSync(join(ctx.tmpDir, "validation.json"), JSON.stringify(validation, null, 2));
     writeFileSync(join(ctx.tmpDir, "samples.json"), JSON.stringify({ prompts: { harmful: data.harmful, harmless: data.harmless }, original: before.samples, realigned: after.samples }, null, 2));
     const fmt = (x: number | null | undefined) => (x === null || x === undefined ? "—" : `${(x * 100).toFixed(1)} %`);
     ctx.log(`harmful refusal ${fmt(before.metrics.harmful_refusal)} → ${fmt(after.metrics.harmful_refusal)}; harmless refusal ${fmt(before.metrics.harmless_refusal)} → ${fmt(after.metrics.harmless_refusal)}; KL ${after.metrics.kl?.toFixed(3)}; utility ${fmt(before.metrics.utility)} → ${fmt(after.metrics.utility)}; gate ${passed ? "passed" : "FAILED"}`);
-    const report = { baseline: before.metrics, realigned: after.metrics, gate: { passed, reasons, checks }, details: { validation_device: ep, generation_tokens_per_s: validation.generation_tokens_per_s, eval_sizes: validation.eval_sizes } };
+    const report = { baseline: before.metrics, realigned: after.metrics, gate: { passed, reasons, checks }, details: { validation_device: ep, quantization, batch_size: batchSize, generation_tokens_per_s: validation.generation_tokens_per_s, eval_sizes: validation.eval_sizes, judge: judgeInfo } };
     if (!passed) throw new GateFailedError(reasons, report);
     return { report };
   },

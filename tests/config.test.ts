@@ -27,7 +27,7 @@ function problemsOf(text: string): string[] {
 describe("resolveSettings", () => {
   test("built-in defaults, out derived from the model", () => {
     const { settings, sources } = resolveSettings({ repo: "cognitivecomputations/Dolphin3.0-Qwen2.5-0.5B", env: {} });
-    expect(settings).toMatchObject({ nTrain: 64, nVal: 16, nEval: 64, maxNewTokens: 128, rank: 1, method: "auto", device: "auto", publish: true, seed: 0, useSystemPrompt: true, alpha: null, judge: null });
+    expect(settings).toMatchObject({ nTrain: 64, nVal: 32, nEval: 64, maxNewTokens: 128, rank: 1, method: "auto", device: "auto", publish: true, seed: 0, useSystemPrompt: true, alpha: null, judge: null });
     expect(settings.gate).toEqual({ harmfulGain: 0.1, harmfulAbs: 0.9, overRefusal: 0.05, kl: 0.1, utilityDrop: 0.02 });
     expect(settings.elicitHarmfulMin).toBe(0.5);
     expect(settings.elicitHarmlessMax).toBe(0.2);
@@ -52,7 +52,7 @@ models:
     const env = { REALIGN_N_TRAIN: "30", REALIGN_SEED: "3" };
     const cli = { nTrain: 40 };
     const r = resolveSettings({ repo: "org/m", env, cli, modelsYaml: file });
-    expect([r.settings.nTrain, r.settings.seed, r.settings.nEval, r.settings.maxNewTokens, r.settings.nVal]).toEqual([40, 3, 21, 12, 16]);
+    expect([r.settings.nTrain, r.settings.seed, r.settings.nEval, r.settings.maxNewTokens, r.settings.nVal]).toEqual([40, 3, 21, 12, 32]);
     expect(r.sources.nTrain).toBe("cli --n-train");
     expect(r.sources.seed).toBe("env REALIGN_SEED");
     expect(r.sources.nEval).toBe("models.yaml:10 (models[0])");

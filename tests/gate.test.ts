@@ -1,0 +1,27 @@
+// The publish gate end to end: an absurd α breaks the model, the gate fails (exit 3) and nothing is published.
+import { afterAll, expect, test } from "bun:test";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import type { RunReport } from "../pipeline/report.ts";
+
+const work = mkdtempSync(join(tmpdir(), "realign-gate-"));
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+test("an absurd α fails the gate, exits 3 and is not published", async () => {
+  const out = join(work, "run");
+  const proc = Bun.spawn(
+    [process.execPath, "pipeline/cli.ts", "demo", "--out", out, "--device", "cpu", "--alpha=-50000", "--n-train", "16", "--n-val", "16", "--n-eval", "16", "--max-new-tokens", "16"],
+    { cwd: resolve(import.meta.dir, ".."), env: { ...process.env, REALIGN_CACHE: join(work, "cache"), REALIGN_ELICIT_HARMLESS_MAX: "0.5" }, stdout: "pipe", stderr: "pipe" },
+  );
+  const text = (await new Response(proc.stdout).text()) + (await new Response(proc.stderr).text());
+  expect(await proc.exited).toBe(3);
+  const report = JSON.parse(readFileSync(join(out, "report.json"), "utf8")) as RunReport;
+  expect(report.direction?.alpha).toBe(-50000);
+  expect(report.gate?.passed).toBe(false);
+  expect(report.gate?.reasons.some((r) => r.includes("KL"))).toBe(true);
+  expect(report.published).toBeNull();
+  expect(existsSync(join(out, "published"))).toBe(false);
+  expect(existsSync(join(out, "publish"))).toBe(false);
+  expect(text).toContain("gate");
+}, 300_000);
