@@ -113,3 +113,47 @@ export function principalDirections(diffs: Float64Array[], k: number, iterations
   }
   return found.map((v) => Float32Array.from(v));
 }
+
+/** Per-prompt residual entering `layer` at `position` (0 = last instruction token, counted as in residualMeans). */
+export async function residualsAt(model: DecoderModel, encodings: ChatEncoding[], layer: number, position: number, positions: number, batchSize = 16): Promise<Float64Array[]> {
+  const H = model.config.hiddenSize;
+  const out: Float64Array[] = [];
+  for (let i = 0; i < encodings.length; i += batchSize) {
+    const chunk = encodings.slice(i, i + batchSize).map((e) => e.ids);
+    const batch = leftPad(chunk, 0);
+    const T = batch.inputIds[0].length;
+    const r = await model.forward({ ...batch, logitPositions: chunk.map(() => [T - 1]), residuals: true, noCache: true });
+    const res = r.residuals![layer];
+    const t = T - positions + position;
+    for (let b = 0; b < chunk.length; b++) out.push(Float64Array.from(res.subarray((b * T + t) * H, (b * T + t + 1) * H)));
+  }
+  return out;
+}
+
+/**
+ * The safety subspace at one layer/position (Pan et al.'s multi-dimensional view): the top-k principal
+ * directions of per-prompt differences (each harmful activation minus the harmless mean, and the
+ * harmful mean minus each harmless activation), signed to agree with the mean difference, with the
+ * root-mean-square projection of the differences on each.
+ */
+export function safetySubspace(harmful: Float64Array[], harmless: Float64Array[], k: number): { directions: Float32Array[]; scales: number[] } {
+  const H = harmful[0].length;
+  const meanOf = (xs: Float64Array[]) => {
+    const m = new Float64Array(H);
+    for (const x of xs) for (let h = 0; h < H; h++) m[h] += x[h] / xs.length;
+    return m;
+  };
+  const muH = meanOf(harmful);
+  const muN = meanOf(harmless);
+  const diffs = [...harmful.map((x) => x.map((v, h) => v - muN[h])), ...harmless.map((x) => muH.map((v, h) => v - x[h]))];
+  const meanDiff = muH.map((v, h) => v - muN[h]);
+  const directions = principalDirections(diffs, k).map((d) => {
+    let dot = 0;
+    for (let h = 0; h < H; h++) dot += d[h] * meanDiff[h];
+    return dot < 0 ? d.map((x) => -x) : d;
+  });
+  const scales = directions.map((d) => Math.sqrt(mean(diffs.map((x) => x.reduce((acc, v, h) => acc + v * d[h], 0) ** 2))));
+  return { directions, scales };
+}
+
+const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;

@@ -15,7 +15,7 @@ import type { Step } from "../pipeline/runner.ts";
 import type { Settings } from "../pipeline/config.ts";
 import { writeSafetensors } from "../engine/safetensors.ts";
 import type { DecoderModel } from "../engine/model.ts";
-import { candidates, positionCount, residualMeans, unit, type Candidate } from "./directions.ts";
+import { candidates, positionCount, residualMeans, residualsAt, safetySubspace, unit, type Candidate } from "./directions.ts";
 import { encodeAll, firstTokenLogProbs, generateTexts, klDivergence, mean, refusalScore, refusalTokenIds } from "./lm.ts";
 import { isRefusal } from "./judge.ts";
 import { coefficientStats, injectedAmount, rosiRows, spreadWeights, type CoefficientStats, type SpreadMethod } from "./spread.ts";
@@ -114,7 +114,7 @@ export const extractStep: Step<Settings> = {
   version: 5,
   deps: ["pull", "elicit"],
   outputs: ["direction.safetensors", "selection.json", "selection.svg", "spread.json"],
-  inputs: (s) => ({ quantize: s.quantize, layer: s.layer, position: s.position, useSystemPrompt: s.useSystemPrompt, method: s.method }),
+  inputs: (s) => ({ rank: s.rank, quantize: s.quantize, layer: s.layer, position: s.position, useSystemPrompt: s.useSystemPrompt, method: s.method }),
   async run(ctx) {
     const s = ctx.settings;
     const source = sourceOf(ctx);
@@ -203,7 +203,21 @@ export const extractStep: Step<Settings> = {
       if (!viable.length) throw new Error("no candidate direction survived selection (see selection.json)");
       const best = viable.reduce((a, b) => (better(b, a) ? b : a));
       const chosen = cands.find((c) => c.layer === best.layer && c.position === best.position)!;
-      const direction = unit(chosen.diff);
+      let direction = unit(chosen.diff);
+      let subspace: { directions: Float32Array[]; scales: number[] } | null = null;
+      if (s.rank > 1) {
+        // k rank-one edits of the same matrix share w̄, so Σᵢ αᵢ·ŝᵢ·w̄ᵀ is itself rank one: the k directions
+        // are combined, each weighted by its spread (αᵢ ∝ its RMS projection), into one vector.
+        const hAct = await residualsAt(model, hTrain, best.layer, best.position, P);
+        const nAct = await residualsAt(model, nTrain, best.layer, best.position, P);
+        subspace = safetySubspace(hAct, nAct, s.rank);
+        const combined = new Float64Array(H);
+        subspace.directions.forEach((d, i) => {
+          for (let h = 0; h < H; h++) combined[h] += (subspace!.scales[i] / subspace!.scales[0]) * d[h];
+        });
+        direction = unit(combined);
+        ctx.log(`rank ${s.rank}: safety subspace spreads ${subspace.scales.map((x) => x.toPrecision(3)).join(", ")}`);
+      }
       const selection: Selection = {
         layer: best.layer,
         position: best.position,
@@ -218,7 +232,7 @@ export const extractStep: Step<Settings> = {
         direction_sha256: sha256Hex(direction),
       };
       writeJson(join(ctx.tmpDir, "selection.json"), selection);
-      writeDirections(join(ctx.tmpDir, "direction.safetensors"), cands, direction, selection, P);
+      writeDirections(join(ctx.tmpDir, "direction.safetensors"), cands, direction, selection, P, subspace);
       writeFileSync(join(ctx.tmpDir, "selection.svg"), selectionPlot(scores, cands, L, P, labels));
       ctx.log(`chosen direction: layer ${best.layer}, position ${selection.position_label}, ${best.method} probe α ${best.probe_alpha!.toPrecision(4)}`);
       return { report: { direction: { layer: best.layer, position: best.position, alpha: null, rank: s.rank, method: best.method! } } };
@@ -228,7 +242,7 @@ export const extractStep: Step<Settings> = {
   },
 };
 
-function writeDirections(path: string, cands: Candidate[], chosen: Float32Array, sel: Selection, positions: number): void {
+function writeDirections(path: string, cands: Candidate[], chosen: Float32Array, sel: Selection, positions: number, subspace: { directions: Float32Array[]; scales: number[] } | null): void {
   const layers = Math.max(...cands.map((c) => c.layer)) + 1;
   const H = chosen.length;
   const all = new Float32Array(layers * positions * H);
@@ -239,6 +253,12 @@ function writeDirections(path: string, cands: Candidate[], chosen: Float32Array,
     [
       { name: "direction", dtype: "F32", shape: [H], data: bytes(chosen) },
       { name: "candidates", dtype: "F32", shape: [layers, positions, H], data: bytes(all) },
+      ...(subspace
+        ? [
+            { name: "subspace", dtype: "F32" as const, shape: [subspace.directions.length, H], data: bytes(Float32Array.from(subspace.directions.flatMap((d) => [...d]))) },
+            { name: "subspace_scales", dtype: "F32" as const, shape: [subspace.scales.length], data: bytes(Float32Array.from(subspace.scales)) },
+          ]
+        : []),
     ],
     { layer: String(sel.layer), position: String(sel.position), position_label: sel.position_label, alpha_probe: String(sel.alpha_probe), direction_sha256: sel.direction_sha256, note: "candidates[l][p] = mean(harmful) - mean(harmless) of the residual entering layer l; direction = unit(candidates[layer][position])" },
   );

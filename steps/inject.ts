@@ -56,7 +56,6 @@ export const injectStep: Step<Settings> = {
   inputs: (s) => ({ quantize: s.quantize, alpha: s.alpha, rank: s.rank, method: s.method, seed: s.seed, gate: s.gate, nEval: s.nEval }),
   async run(ctx) {
     const s = ctx.settings;
-    if (s.rank !== 1) throw new Error(`--rank ${s.rank}: only rank 1 is implemented so far`);
     const source = sourceOf(ctx);
     const splits = splitsOf(ctx);
     const selection = readJson<Selection>(join(ctx.upstream("extract"), "selection.json"));
