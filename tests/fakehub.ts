@@ -363,45 +363,36 @@ export async function startFakeHub(opts: FakeHubOptions = {}): Promise<FakeHub> 
       const at = Math.floor(body.length / 2);
       body[at] ^= 0xff;
     }
-    const stall = takeFault(line, ["stall"], body.length);
-    if (stall) {
-      // Send some bytes, then nothing until the client gives up.
-      const cut = Math.max(1, Math.min(stall.afterBytes ?? Math.floor(body.length / 2), body.length - 1));
+    // Both faults send part of the body first, then either go silent or reset the connection.
+    const partial = (afterBytes: number | undefined, then: (c: ReadableStreamDefaultController<Uint8Array>) => Promise<void>) => {
+      const cut = Math.max(1, Math.min(afterBytes ?? Math.floor(body.length / 2), body.length - 1));
       let sent = false;
       const stream = new ReadableStream<Uint8Array>({
         async pull(c) {
-          if (!sent) {
-            sent = true;
-            c.enqueue(body.subarray(0, cut));
-            return;
-          }
-          await new Promise<void>((done) => {
-            if (req.signal.aborted) return done();
-            req.signal.addEventListener("abort", () => done(), { once: true });
-            setTimeout(done, 10_000); // never hang the test run
-          });
-          c.close();
+          if (sent) return then(c);
+          sent = true;
+          c.enqueue(body.subarray(0, cut));
+          await Bun.sleep(5);
         },
       });
       return new Response(stream, { status, headers });
+    };
+    const stall = takeFault(line, ["stall"], body.length);
+    if (stall) {
+      // Nothing more until the client gives up.
+      return partial(stall.afterBytes, async (c) => {
+        await new Promise<void>((done) => {
+          if (req.signal.aborted) return done();
+          req.signal.addEventListener("abort", () => done(), { once: true });
+          setTimeout(done, 10_000); // never hang the test run
+        });
+        c.close();
+      });
     }
     const drop = takeFault(line, ["drop"], body.length);
     if (drop) {
-      const cut = Math.max(1, Math.min(drop.afterBytes ?? Math.floor(body.length / 2), body.length - 1));
-      let sent = false;
-      const stream = new ReadableStream<Uint8Array>({
-        async pull(c) {
-          if (!sent) {
-            sent = true;
-            c.enqueue(body.subarray(0, cut));
-            await Bun.sleep(5);
-            return;
-          }
-          // Erroring the body stream makes Bun reset the connection: the client sees ECONNRESET.
-          c.error("fake-hub: injected fault, connection dropped mid-file");
-        },
-      });
-      return new Response(stream, { status, headers });
+      // Erroring the body stream makes Bun reset the connection: the client sees ECONNRESET.
+      return partial(drop.afterBytes, async (c) => c.error("fake-hub: injected fault, connection dropped mid-file"));
     }
     return new Response(body, { status, headers });
   }
