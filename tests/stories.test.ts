@@ -35,4 +35,21 @@ describe.skipIf(!hasShared())("stories260K", () => {
     expect(r.newIds[0]).toEqual(ref.greedy_ids.slice(1, 11));
     expect(r.newIds[1]).toEqual(ref.greedy_ids.slice(6, 16));
   });
+
+  test("through the CLI: `realign generate --raw --json` continues the reference exactly", async () => {
+    const ref = JSON.parse(readFileSync(join(dir, "greedy_reference.json"), "utf8")) as { prompt_ids: number[]; greedy_ids: number[] };
+    // "Once upon" is BOS + the reference's first two greedy tokens, so greedy decoding must continue it.
+    const proc = Bun.spawn([process.execPath, "pipeline/cli.ts", "generate", dir, "--prompt", "Once upon", "--raw", "--json", "--max-new-tokens", "38", "--device", "cpu"], {
+      cwd: join(import.meta.dir, ".."),
+      env: { ...process.env, REALIGN_CACHE: cacheDir },
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    const out = await new Response(proc.stdout).text();
+    expect(await proc.exited).toBe(0);
+    const r = JSON.parse(out) as { prompt_ids: number[]; new_ids: number[]; text: string };
+    expect(r.prompt_ids).toEqual(ref.greedy_ids.slice(0, 3));
+    expect([...r.prompt_ids, ...r.new_ids]).toEqual(ref.greedy_ids);
+    expect(r.text.startsWith("a time, there was")).toBe(true);
+  });
 });
