@@ -147,7 +147,8 @@ export function isSafeRepoPath(p: unknown, root: string): p is string {
 const HEX40 = /^[0-9a-f]{40}$/;
 const HEX64 = /^[0-9a-f]{64}$/;
 const PICKLE_RE = /\.(bin|pt|pth|ckpt)$/i;
-const METADATA_FILES = new Set(["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]);
+// README.md is the model card: its front matter carries the licence the re-aligned model inherits.
+const METADATA_FILES = new Set(["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "README.md"]);
 const INDEX_FILE = "model.safetensors.index.json";
 
 function redact(text: string, token: string | undefined): string {

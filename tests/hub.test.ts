@@ -148,7 +148,7 @@ describe("pullModel", () => {
       "model.safetensors": weights,
       "generation_config.json": gen,
       "expected.json": readFileSync(join(dir, "expected.json")), // not a model file: skipped
-      "README.md": "# llama\n",
+      "README.md": "# llama\n", // the model card (for its licence): downloaded
       "pytorch_model.bin": new Uint8Array([1, 2, 3]), // pickle next to safetensors: skipped
       "original/consolidated.safetensors": weights, // subfolder: skipped
     });
@@ -159,8 +159,8 @@ describe("pullModel", () => {
     const repoDir = join(cache, "models--fixtures--llama");
     expect(res.commit).toBe(commit);
     expect(res.dir).toBe(join(repoDir, "snapshots", commit));
-    expect(res.files).toEqual(["config.json", "generation_config.json", "model.safetensors"]);
-    expect(progress).toEqual({ "config.json": 1, "generation_config.json": 1, "model.safetensors": 1 });
+    expect(res.files).toEqual(["README.md", "config.json", "generation_config.json", "model.safetensors"]);
+    expect(progress).toEqual({ "README.md": 1, "config.json": 1, "generation_config.json": 1, "model.safetensors": 1 });
     // Byte-identical through symlinks into blobs/ named like Python's cache: sha256 (LFS) / git sha1.
     const expected: Record<string, Uint8Array> = { "config.json": config, "generation_config.json": gen, "model.safetensors": weights };
     for (const [f, bytes] of Object.entries(expected)) {
@@ -173,7 +173,7 @@ describe("pullModel", () => {
     }
     expect(readFileSync(join(repoDir, "refs", "main"), "utf8")).toBe(commit);
     expect(readdirSync(join(repoDir, "blobs")).filter((n) => n.endsWith(".incomplete"))).toEqual([]);
-    for (const skipped of ["expected.json", "README.md", "pytorch_model.bin", "original/consolidated.safetensors"]) {
+    for (const skipped of ["expected.json", "pytorch_model.bin", "original/consolidated.safetensors"]) {
       expect(resolveRequests(hub, skipped)).toHaveLength(0);
     }
     expect(resolveRequests(hub).length).toBeGreaterThan(0);
@@ -235,7 +235,9 @@ describe("pullModel", () => {
     }
     const res = await pullModel(id, base());
     expect(res.commit).toBe(newCommit);
-    expect(resolveRequests(hub)).toHaveLength(0);
+    // Only the changed model card is fetched; every model file comes from the Python-made blobs.
+    expect(resolveRequests(hub).every((r) => r.path.endsWith("/README.md"))).toBe(true);
+    expect(resolveRequests(hub, "README.md").length).toBeGreaterThan(0);
     for (const [p, bytes] of Object.entries(files)) expect(Buffer.compare(readFileSync(join(res.dir, p)), Buffer.from(bytes))).toBe(0);
     expect(readFileSync(join(repoDir, "refs", "main"), "utf8")).toBe(newCommit);
   });
