@@ -78,7 +78,7 @@ function addRunOptions(cmd: Command): Command {
   addSettingOptions(cmd);
   return cmd
     .option("--from <step>", `re-run from this step on (${STEP_NAMES.join(", ")})`)
-    .option("--force", "re-run every step, ignoring cached results")
+    .option("--force", "re-run every step, ignoring cached results, and publish even if the gate fails")
     .option("--yes", "publish without asking for confirmation")
     .option("--token <token>", "Hugging Face token (default: HF_TOKEN or the huggingface-cli login); never stored")
     .option("--config <file>", "models.yaml with defaults and per-model settings (default: ./models.yaml if present)");

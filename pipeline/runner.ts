@@ -36,6 +36,8 @@ export interface StepContext<S> {
   /** Aborted on Ctrl-C; long loops should check it (or pass it on) and stop. */
   signal: AbortSignal;
   secrets: Readonly<StepSecrets>;
+  /** --force was given: besides re-running every step, a failed gate does not stop publishing. */
+  forced: boolean;
 }
 
 export interface StepResult {
@@ -362,6 +364,7 @@ export async function runPipeline<S>(opts: RunOptions<S>): Promise<RunOutcome> {
         },
         signal,
         secrets: opts.secrets ?? { hfToken: null },
+        forced: opts.force === true,
       };
 
       let result: StepResult | void = undefined;

@@ -39,6 +39,7 @@ export const publishStep: Step<Settings> = {
       systemPrompt: splits.systemPrompt ?? "(none: --no-system-prompt)",
       promptSets: splits.sources.map((p) => ({ name: p.name, source: p.source, size: p.size })),
       realignVersion: VERSION,
+      command: `bun run realign ${source.repo ?? s.model}${source.commit ? ` --revision ${source.commit}` : ""} --method ${report.direction?.method ?? s.method} --layer ${report.direction?.layer} --position ${report.direction?.position} --alpha=${report.direction?.alpha}`,
     });
     writeFileSync(join(ctx.tmpDir, "README.md"), card);
     const modelDir = join(ctx.upstream("inject"), "model");

@@ -161,7 +161,8 @@ export const validateStep: Step<Settings> = {
     const fmt = (x: number | null | undefined) => (x === null || x === undefined ? "—" : `${(x * 100).toFixed(1)} %`);
     ctx.log(`harmful refusal ${fmt(before.metrics.harmful_refusal)} → ${fmt(after.metrics.harmful_refusal)}; harmless refusal ${fmt(before.metrics.harmless_refusal)} → ${fmt(after.metrics.harmless_refusal)}; KL ${after.metrics.kl?.toFixed(3)}; utility ${fmt(before.metrics.utility)} → ${fmt(after.metrics.utility)}; gate ${passed ? "passed" : "FAILED"}`);
     const report = { baseline: before.metrics, realigned: after.metrics, gate: { passed, reasons, checks }, details: { validation_device: ep, quantization, batch_size: batchSize, generation_tokens_per_s: validation.generation_tokens_per_s, eval_sizes: validation.eval_sizes, judge: judgeInfo } };
-    if (!passed) throw new GateFailedError(reasons, report);
+    if (!passed && !ctx.forced) throw new GateFailedError(reasons, report);
+    if (!passed) ctx.log(`gate FAILED (${reasons.join("; ")}); continuing to publish because of --force — the model card says so`);
     return { report };
   },
 };

@@ -25,3 +25,19 @@ test("an absurd α fails the gate, exits 3 and is not published", async () => {
   expect(existsSync(join(out, "publish"))).toBe(false);
   expect(text).toContain("gate");
 }, 300_000);
+
+test("--force publishes a failed-gate run, and the model card says the gate failed", async () => {
+  const out = join(work, "forced");
+  const proc = Bun.spawn(
+    [process.execPath, "pipeline/cli.ts", "demo", "--out", out, "--device", "cpu", "--alpha=-50000", "--force", "--n-train", "16", "--n-val", "16", "--n-eval", "16", "--max-new-tokens", "16"],
+    { cwd: resolve(import.meta.dir, ".."), env: { ...process.env, REALIGN_CACHE: join(work, "cache"), REALIGN_ELICIT_HARMLESS_MAX: "0.5" }, stdout: "pipe", stderr: "pipe" },
+  );
+  await new Response(proc.stdout).text();
+  await new Response(proc.stderr).text();
+  expect(await proc.exited).toBe(0);
+  const report = JSON.parse(readFileSync(join(out, "report.json"), "utf8")) as RunReport;
+  expect(report.gate?.passed).toBe(false);
+  expect(report.published).not.toBeNull();
+  const card = readFileSync(join(out, "published", "README.md"), "utf8");
+  expect(card).toMatch(/## Release gate\s+\*\*Failed\.\*\*/);
+}, 300_000);
