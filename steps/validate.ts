@@ -117,10 +117,14 @@ export const validateStep: Step<Settings> = {
     let before: SideResult;
     let batchSize = 16;
     try {
-      // Larger batches until one fails or stops paying off, capped by free memory.
-      const lengths = encodeAll(orig.tok, data.harmful, null).map((e) => e.ids.length).sort((a, b) => a - b);
-      const choice = await chooseGenerationBatchSize(orig.model, { promptTokens: lengths[lengths.length >> 1] ?? 32, newTokens: s.maxNewTokens, log: ctx.log });
-      batchSize = choice.batch;
+      // On a GPU: larger batches until one fails or stops paying off, capped by free memory. On the CPU
+      // a fixed batch is as fast, and keeps results independent of timing (padding changes the float
+      // rounding a little, so a timing-dependent batch size could flip a greedy token between runs).
+      if (orig.model.ep !== "cpu") {
+        const lengths = encodeAll(orig.tok, data.harmful, null).map((e) => e.ids.length).sort((a, b) => a - b);
+        const choice = await chooseGenerationBatchSize(orig.model, { promptTokens: lengths[lengths.length >> 1] ?? 32, newTokens: s.maxNewTokens, log: ctx.log });
+        batchSize = choice.batch;
+      }
       ctx.log(`generation batch size ${batchSize}`);
       before = await evaluate(ctx, "original", orig.model, orig.tok, data, null, batchSize);
     } finally {
