@@ -399,6 +399,38 @@ export class SafetensorsStreamWriter {
     this.next++;
   }
 
+  /**
+   * Appends the next tensor by copying its bytes straight from another safetensors file in fixed-size
+   * chunks, so copying a large unedited tensor costs one small buffer instead of the whole tensor.
+   */
+  copyFrom(name: string, src: SafetensorsFile, chunkBytes = 8 << 20): void {
+    const info = src.info(name);
+    const expected = this.plan.order[this.next];
+    if (!expected || expected.name !== name) {
+      throw new SafetensorsError(`${this.path}: tensor "${name}" copied out of order; expected "${expected?.name ?? "(none)"}" next`);
+    }
+    if (this.fd === null) throw new SafetensorsError(`${this.path}: writer is already ${this.done ? "finished" : "aborted"}`);
+    if (info.byteLength !== this.plan.lengths.get(name)) throw new SafetensorsError(`${this.path}: tensor "${name}" has ${info.byteLength} bytes in ${src.path}, the plan says ${this.plan.lengths.get(name)}`);
+    const buf = new Uint8Array(Math.min(chunkBytes, Math.max(info.byteLength, 1)));
+    const fd = openSync(src.path, "r");
+    try {
+      for (let done = 0; done < info.byteLength; ) {
+        const n = Math.min(buf.byteLength, info.byteLength - done);
+        let got = 0;
+        while (got < n) {
+          const r = readSync(fd, buf, got, n - got, info.byteOffset + done + got);
+          if (r === 0) throw new SafetensorsError(`${src.path}: unexpected end of file while copying "${name}"`);
+          got += r;
+        }
+        writeFully(this.fd, buf.subarray(0, n));
+        done += n;
+      }
+    } finally {
+      closeSync(fd);
+    }
+    this.next++;
+  }
+
   /** Checks every planned tensor was written, then fsyncs and atomically renames into place. */
   finish(): void {
     if (this.fd === null) throw new SafetensorsError(`${this.path}: writer is already ${this.done ? "finished" : "aborted"}`);

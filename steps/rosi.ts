@@ -22,11 +22,14 @@ export function editedMatrices(layer: number): [string, string] {
   return [`model.layers.${layer}.self_attn.o_proj.weight`, `model.layers.${layer}.mlp.down_proj.weight`];
 }
 
-/** W' = W + v·w̄ᵀ for a row-major [rows, cols] matrix, with one float32 rounding per element. */
-export function rankOneEdit(W: Float32Array, rows: number, cols: number, v: Float32Array): Float32Array {
+/**
+ * W' = W + v·w̄ᵀ for a row-major [rows, cols] matrix, with one float32 rounding per element.
+ * `inPlace` overwrites W (w̄ is taken first, from the unedited rows) to save a float32 copy.
+ */
+export function rankOneEdit(W: Float32Array, rows: number, cols: number, v: Float32Array, inPlace = false): Float32Array {
   if (v.length !== rows) throw new InjectError(`direction has ${v.length} entries but the matrix has ${rows} rows`);
   const wBar = meanOfRows(W, rows, cols);
-  const out = new Float32Array(W.length);
+  const out = inPlace ? W : new Float32Array(W.length);
   for (let r = 0; r < rows; r++) {
     const vr = v[r];
     const base = r * cols;
@@ -72,12 +75,14 @@ export function writeEditedCheckpoint(srcDir: string, outDir: string, edit: Chec
         try {
           for (const name of writer.order()) {
             const v = edit.vectors.get(name);
-            if (!v) writer.write(name, src.readBytes(name));
+            if (!v) writer.copyFrom(name, src);
             else {
               const info = src.info(name);
               if (info.shape.length !== 2) throw new InjectError(`tensor "${name}" is not a matrix (shape [${info.shape}])`);
-              const edited = rankOneEdit(src.readF32(name), info.shape[0], info.shape[1], v);
+              // One float32 copy of the tensor, edited in place, then converted back to its dtype.
+              const edited = rankOneEdit(src.readF32(name), info.shape[0], info.shape[1], v, true);
               writer.write(name, fromFloat32(info.dtype, edited));
+              Bun.gc(false); // let the previous tensor's buffers go before the next one is read
             }
             edit.onTensor?.(++done, total);
           }
