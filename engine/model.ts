@@ -112,7 +112,7 @@ export class DecoderModel {
         throw e;
       }
     }
-    const { session, ep, fallbackReason } = await openSession(graphPath, opts.device ?? "auto");
+    const { session, ep, fallbackReason } = await openSession(graphPath, opts.device ?? "auto", { prepack: quantize !== null });
     return new DecoderModel(dir, checkpoint, builder.cfg, session, ep, fallbackReason, interventions, graphPath, describeQuantization(quantize));
   }
 

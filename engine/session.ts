@@ -21,31 +21,37 @@ const CUDA_HINT =
   "the CUDA execution provider is not installed with onnxruntime-node by default; reinstall it with CUDA 12 binaries: " +
   "`ONNXRUNTIME_NODE_INSTALL=cuda12 npm install` (needs CUDA 12 and cuDNN 9 on the machine)";
 
-function sessionOptions(ep: "cpu" | "cuda" | "webgpu"): ort.InferenceSession.SessionOptions {
+function sessionOptions(ep: "cpu" | "cuda" | "webgpu", prepack: boolean): ort.InferenceSession.SessionOptions {
   return {
     executionProviders: [ep],
     graphOptimizationLevel: "all",
     // Page-aligned external initializers are mapped from the cache file rather than copied.
     enableCpuMemArena: true,
     logSeverityLevel: 3,
+    // Float32: ONNX Runtime's weight prepacking keeps a second, packed copy of every matrix (and of a
+    // tied embedding used by the lm_head); on a Qwen2.5-0.5B shape it adds ~520 MB and ~10 s of load
+    // for ~20 % faster decoding, so one float32 copy is the default (REALIGN_ORT_PREPACK=1 trades
+    // memory for speed). MatMulNBits needs prepacking to be fast (13× on int4 decode), so it keeps it.
+    ...(prepack || process.env.REALIGN_ORT_PREPACK === "1" ? {} : { extra: { session: { disable_prepacking: "1" } } }),
   };
 }
 
-async function tryOpen(modelPath: string, ep: "cpu" | "cuda" | "webgpu"): Promise<ort.InferenceSession> {
-  return ort.InferenceSession.create(modelPath, sessionOptions(ep));
+async function tryOpen(modelPath: string, ep: "cpu" | "cuda" | "webgpu", prepack: boolean): Promise<ort.InferenceSession> {
+  return ort.InferenceSession.create(modelPath, sessionOptions(ep, prepack));
 }
 
 function bundled(ep: string): boolean {
   return ort.listSupportedBackends().some((b) => b.name === ep && b.bundled);
 }
 
-export async function openSession(modelPath: string, device: Device): Promise<OpenedSession> {
+export async function openSession(modelPath: string, device: Device, opts: { prepack?: boolean } = {}): Promise<OpenedSession> {
+  const prepack = opts.prepack ?? false;
   if (!DEVICES.includes(device)) throw new DeviceError(`unknown device "${device}"; use one of ${DEVICES.join(", ")}`);
-  if (device === "cpu") return { session: await tryOpen(modelPath, "cpu"), ep: "cpu", fallbackReason: null };
+  if (device === "cpu") return { session: await tryOpen(modelPath, "cpu", prepack), ep: "cpu", fallbackReason: null };
   if (device === "cuda" || device === "webgpu") {
     if (device === "cuda" && !bundled("cuda")) throw new DeviceError(`--device cuda: ${CUDA_HINT}`);
     try {
-      return { session: await tryOpen(modelPath, device), ep: device, fallbackReason: null };
+      return { session: await tryOpen(modelPath, device, prepack), ep: device, fallbackReason: null };
     } catch (e) {
       const why = (e as Error).message.split("\n")[0];
       throw new DeviceError(device === "cuda" ? `--device cuda failed to initialise (${why}); ${CUDA_HINT}` : `--device webgpu failed to initialise: ${why} (needs a Vulkan-capable GPU and driver)`);
@@ -63,12 +69,12 @@ export async function openSession(modelPath: string, device: Device): Promise<Op
       continue;
     }
     try {
-      return { session: await tryOpen(modelPath, ep), ep, fallbackReason: null };
+      return { session: await tryOpen(modelPath, ep, prepack), ep, fallbackReason: null };
     } catch (e) {
       reasons.push(`${ep}: ${(e as Error).message.split("\n")[0]}`);
     }
   }
-  return { session: await tryOpen(modelPath, "cpu"), ep: "cpu", fallbackReason: reasons.join("; ") };
+  return { session: await tryOpen(modelPath, "cpu", prepack), ep: "cpu", fallbackReason: reasons.join("; ") };
 }
 
 /** Cheap check before paying for a WebGPU adapter probe: a GPU shows up under /dev. */
