@@ -428,7 +428,12 @@ export async function runPipeline<S>(opts: RunOptions<S>): Promise<RunOutcome> {
     const report = buildReport(emptyReport(base.model, base.revision, base.settings_hash), parts, timings);
     if (gateFailed && !report.gate) report.gate = { passed: false, reasons: gateFailed };
     atomicWriteJson(join(outDir, "report.json"), report);
-    atomicWriteFile(join(outDir, "report.md"), renderReportMarkdown(report));
+    // Plots that steps left behind (SVG), linked relative to report.md.
+    const plots = readdirSync(outDir, { withFileTypes: true })
+      .filter((d) => d.isDirectory() && !d.name.startsWith("."))
+      .flatMap((d) => readdirSync(join(outDir, d.name)).filter((f) => f.endsWith(".svg")).map((f) => `${d.name}/${f}`));
+    const plotSection = plots.length ? `\n## Plots\n\n${plots.map((p) => `![${p}](${p})`).join("\n\n")}\n` : "";
+    atomicWriteFile(join(outDir, "report.md"), renderReportMarkdown(report) + plotSection);
     return { report, steps: outcomes, gateFailed };
   } finally {
     ui.close();
