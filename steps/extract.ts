@@ -53,11 +53,15 @@ export interface Selection {
   kl_probe: number;
   refusal_token_ids: number[];
   candidates: CandidateScore[];
+  /** The best few candidates, best first: inject calibrates each and keeps the best admissible one. */
+  shortlist: { layer: number; position: number; position_label: string; probes: CandidateScore["probes"] }[];
   direction_sha256: string;
 }
 
 const KL_PROBE = 0.05;
 const SELECTION_TOKENS = 12;
+/** How many top candidates inject calibrates: the probe ranking is noisy, generation-based calibration is not. */
+const SHORTLIST = 3;
 
 interface ProbeResult {
   harmful_rate: number | null;
@@ -111,7 +115,7 @@ async function alphaForKl(model: DecoderModel, prompts: number[][], base: Float6
 
 export const extractStep: Step<Settings> = {
   name: "extract",
-  version: 5,
+  version: 6,
   deps: ["pull", "elicit"],
   outputs: ["direction.safetensors", "selection.json", "selection.svg", "spread.json"],
   inputs: (s) => ({ rank: s.rank, quantize: s.quantize, layer: s.layer, position: s.position, useSystemPrompt: s.useSystemPrompt, method: s.method }),
@@ -201,7 +205,9 @@ export const extractStep: Step<Settings> = {
       sel.done();
       const viable = scores.filter((x) => !x.discarded && x.harmful_score !== null);
       if (!viable.length) throw new Error("no candidate direction survived selection (see selection.json)");
-      const best = viable.reduce((a, b) => (better(b, a) ? b : a));
+      // Stable sort by the selection criterion, best first.
+      const ranked = viable.map((x, i) => ({ x, i })).sort((a, b) => (better(a.x, b.x) ? -1 : better(b.x, a.x) ? 1 : a.i - b.i)).map((r) => r.x);
+      const best = ranked[0];
       const chosen = cands.find((c) => c.layer === best.layer && c.position === best.position)!;
       let direction = unit(chosen.diff);
       let subspace: { directions: Float32Array[]; scales: number[] } | null = null;
@@ -229,6 +235,7 @@ export const extractStep: Step<Settings> = {
         kl_probe: KL_PROBE,
         refusal_token_ids: refusalIds,
         candidates: scores,
+        shortlist: ranked.slice(0, s.rank > 1 ? 1 : SHORTLIST).map((c) => ({ layer: c.layer, position: c.position, position_label: labels[c.position] ?? String(c.position), probes: c.probes })),
         direction_sha256: sha256Hex(direction),
       };
       writeJson(join(ctx.tmpDir, "selection.json"), selection);

@@ -16,6 +16,8 @@ import type { Selection } from "./extract.ts";
 import { lineChart } from "./plot.ts";
 
 export interface SweepPoint {
+  layer: number | null;
+  position: number | null;
   method: SpreadMethod | "none";
   alpha: number;
   harmful_refusal: number;
@@ -33,7 +35,7 @@ export interface SweepPoint {
 const KL_MARGIN = 0.75;
 const CALIBRATION_TOKENS = 32;
 
-async function measure(ctx: Ctx, model: DecoderModel, tok: ModelTokenizer, sets: { harmful: number[][]; harmless: number[][]; klPrompts: number[][]; utility: { ids: number[]; answer: string }[] }, baseN: Float64Array[], dir: Float32Array, weights: number[], alpha: number): Promise<Omit<SweepPoint, "ok" | "method">> {
+async function measure(ctx: Ctx, model: DecoderModel, tok: ModelTokenizer, sets: { harmful: number[][]; harmless: number[][]; klPrompts: number[][]; utility: { ids: number[]; answer: string }[] }, baseN: Float64Array[], dir: Float32Array, weights: number[], alpha: number): Promise<Omit<SweepPoint, "ok" | "method" | "layer" | "position">> {
   const rosiVectors = alpha === 0 ? undefined : rosiRows(dir, alpha, weights);
   const gen = async (ids: number[][], n: number) => (await generateTexts(model, tok, ids, { maxNewTokens: n, rosiVectors, signal: ctx.signal, batchSize: 32 })).texts;
   const harmful = mean((await gen(sets.harmful, CALIBRATION_TOKENS)).map((t) => +isRefusal(t)));
@@ -50,7 +52,7 @@ async function measure(ctx: Ctx, model: DecoderModel, tok: ModelTokenizer, sets:
 
 export const injectStep: Step<Settings> = {
   name: "inject",
-  version: 6,
+  version: 7,
   deps: ["pull", "elicit", "extract"],
   outputs: ["model", "calibration.json", "calibration.svg"],
   inputs: (s) => ({ quantize: s.quantize, alpha: s.alpha, rank: s.rank, method: s.method, seed: s.seed, gate: s.gate, nEval: s.nEval }),
@@ -60,8 +62,21 @@ export const injectStep: Step<Settings> = {
     const splits = splitsOf(ctx);
     const selection = readJson<Selection>(join(ctx.upstream("extract"), "selection.json"));
     const dirFile = SafetensorsFile.open(join(ctx.upstream("extract"), "direction.safetensors"));
-    const dir = dirFile.readF32("direction");
+    let dir = dirFile.readF32("direction");
+    const allCandidates = dirFile.readF32("candidates");
+    const [, positions, H] = dirFile.info("candidates").shape;
     dirFile.close();
+    const shortlist = selection.shortlist?.length ? selection.shortlist : [{ layer: selection.layer, position: selection.position, position_label: selection.position_label, probes: selection.probes }];
+    /** Unit direction of a shortlisted candidate; the top one is the file's (it may be a rank-k combination). */
+    const directionOf = (c: { layer: number; position: number }): Float32Array => {
+      if (c.layer === selection.layer && c.position === selection.position) return dir;
+      const v = allCandidates.subarray((c.layer * positions + c.position) * H, (c.layer * positions + c.position + 1) * H);
+      let n = 0;
+      for (const x of v) n += x * x;
+      n = Math.sqrt(n) || 1;
+      return Float32Array.from(v, (x) => x / n);
+    };
+    let chosenCandidate: { layer: number; position: number; position_label: string } = shortlist[0];
 
     const spreadFile = readJson<{ methods: Record<SpreadMethod, { weights: number[] }> }>(join(ctx.upstream("extract"), "spread.json"));
     const spread = Object.fromEntries(Object.entries(spreadFile.methods).map(([m, v]) => [m, v.weights])) as Record<SpreadMethod, number[]>;
@@ -82,30 +97,33 @@ export const injectStep: Step<Settings> = {
         };
         const baseN = await firstTokenLogProbs(model, sets.klPrompts);
         const base = await measure(ctx, model, tok, sets, baseN, dir, spread[methods[0]], 0);
-        const ok = (p: Omit<SweepPoint, "ok" | "method">) =>
+        const ok = (p: Omit<SweepPoint, "ok" | "method" | "layer" | "position">) =>
           p.harmless_refusal <= base.harmless_refusal + s.gate.overRefusal + 1e-9 &&
           p.kl <= s.gate.kl * KL_MARGIN &&
           (p.utility === null || base.utility === null || p.utility >= base.utility - s.gate.utilityDrop - 1e-9);
-        const bar = ctx.progress("calibrate α", methods.length * 13);
-        const run = async (method: SpreadMethod, a: number) => {
-          const p = await measure(ctx, model, tok, sets, baseN, dir, spread[method], a);
-          const point: SweepPoint = { method, ...p, ok: ok(p) };
+        const bar = ctx.progress("calibrate α", shortlist.length * methods.length * 13);
+        const run = async (cand: { layer: number; position: number }, candDir: Float32Array, method: SpreadMethod, a: number) => {
+          const p = await measure(ctx, model, tok, sets, baseN, candDir, spread[method], a);
+          const point: SweepPoint = { layer: cand.layer, position: cand.position, method, ...p, ok: ok(p) };
           sweep.push(point);
           bar.tick();
-          ctx.log(`${method} α ${a.toPrecision(4)}: harmful ${(p.harmful_refusal * 100).toFixed(1)} %, harmless ${(p.harmless_refusal * 100).toFixed(1)} %, KL ${p.kl.toFixed(3)}${p.utility === null ? "" : `, utility ${(p.utility * 100).toFixed(1)} %`}${point.ok ? "" : " (out of bounds)"}`);
+          ctx.log(`L${cand.layer}/p${cand.position} ${method} α ${a.toPrecision(4)}: harmful ${(p.harmful_refusal * 100).toFixed(1)} %, harmless ${(p.harmless_refusal * 100).toFixed(1)} %, KL ${p.kl.toFixed(3)}${p.utility === null ? "" : `, utility ${(p.utility * 100).toFixed(1)} %`}${point.ok ? "" : " (out of bounds)"}`);
           return point;
         };
         const better = (a: SweepPoint | null, b: SweepPoint) => !a || b.harmful_refusal > a.harmful_refusal || (b.harmful_refusal === a.harmful_refusal && b.kl < a.kl);
-        for (const method of methods) {
-          const probe = selection.probes[method]?.alpha;
-          if (probe === undefined) continue;
-          // Coarse grid around the probe, then finer steps between the best admissible point and the first failure above it.
-          for (const f of [0.25, 0.5, 0.75, 1, 1.25, 1.5, 2, 3, 4]) await run(method, probe * f);
-          const mine = sweep.filter((p) => p.method === method);
-          const b0 = mine.filter((p) => p.ok).reduce<SweepPoint | null>((a, b) => (better(a, b) ? b : a), null);
-          if (b0) {
-            const above = mine.filter((p) => !p.ok && Math.abs(p.alpha) > Math.abs(b0.alpha)).sort((x, y) => Math.abs(x.alpha) - Math.abs(y.alpha))[0];
-            if (above) for (let i = 1; i <= 4; i++) await run(method, b0.alpha + ((above.alpha - b0.alpha) * i) / 5);
+        for (const cand of shortlist) {
+          const candDir = directionOf(cand);
+          for (const method of methods) {
+            const probe = cand.probes[method]?.alpha;
+            if (probe === undefined) continue;
+            // Coarse grid around the probe, then finer steps between the best admissible point and the first failure above it.
+            for (const f of [0.25, 0.5, 0.75, 1, 1.25, 1.5, 2, 3, 4]) await run(cand, candDir, method, probe * f);
+            const mine = sweep.filter((p) => p.method === method && p.layer === cand.layer && p.position === cand.position);
+            const b0 = mine.filter((p) => p.ok).reduce<SweepPoint | null>((a, b) => (better(a, b) ? b : a), null);
+            if (b0) {
+              const above = mine.filter((p) => !p.ok && Math.abs(p.alpha) > Math.abs(b0.alpha)).sort((x, y) => Math.abs(x.alpha) - Math.abs(y.alpha))[0];
+              if (above) for (let i = 1; i <= 4; i++) await run(cand, candDir, method, b0.alpha + ((above.alpha - b0.alpha) * i) / 5);
+            }
           }
         }
         bar.done();
@@ -117,8 +135,10 @@ export const injectStep: Step<Settings> = {
         } else {
           method = chosen.method as SpreadMethod;
           alpha = chosen.alpha;
+          chosenCandidate = shortlist.find((c) => c.layer === chosen.layer && c.position === chosen.position)!;
+          dir = directionOf(chosenCandidate);
         }
-        sweep.push({ method: "none", ...base, ok: true });
+        sweep.push({ layer: null, position: null, method: "none", ...base, ok: true });
         sweep.sort((x, y) => Math.abs(x.alpha) - Math.abs(y.alpha));
       } finally {
         await model.close();
@@ -136,13 +156,13 @@ export const injectStep: Step<Settings> = {
     let last = 0;
     writeEditedCheckpoint(source.dir, join(ctx.tmpDir, "model"), {
       vectors,
-      metadata: { realign_method: method, realign_alpha: String(alpha), realign_layer: String(selection.layer), realign_position: selection.position_label, realign_direction_sha256: sha256Hex(dir) },
+      metadata: { realign_method: method, realign_alpha: String(alpha), realign_layer: String(chosenCandidate.layer), realign_position: chosenCandidate.position_label, realign_direction_sha256: sha256Hex(dir) },
       onTensor: (done, total) => {
         if (done === total && last++ === 0) bar.tick();
       },
     });
     bar.done();
-    writeJson(join(ctx.tmpDir, "calibration.json"), { method, alpha, weights, given: s.alpha !== null, bounds: { over_refusal: s.gate.overRefusal, kl: s.gate.kl * KL_MARGIN, utility_drop: s.gate.utilityDrop }, sweep });
+    writeJson(join(ctx.tmpDir, "calibration.json"), { layer: chosenCandidate.layer, position: chosenCandidate.position, direction_sha256: sha256Hex(dir), method, alpha, weights, given: s.alpha !== null, bounds: { over_refusal: s.gate.overRefusal, kl: s.gate.kl * KL_MARGIN, utility_drop: s.gate.utilityDrop }, sweep });
     writeFileSync(
       join(ctx.tmpDir, "calibration.svg"),
       lineChart({
@@ -151,7 +171,7 @@ export const injectStep: Step<Settings> = {
         yLabel: "rate / KL",
         series: [
           ...methods.flatMap((m) => {
-            const pts = sweep.filter((p) => p.method === m || p.method === "none");
+            const pts = sweep.filter((p) => (p.method === m && p.layer === chosenCandidate.layer && p.position === chosenCandidate.position) || p.method === "none");
             return [
               { name: `${m}: harmful refusal`, points: pts.map((p) => [Math.abs(p.alpha), p.harmful_refusal] as [number, number]) },
               { name: `${m}: harmless refusal`, points: pts.map((p) => [Math.abs(p.alpha), p.harmless_refusal] as [number, number]) },
@@ -161,6 +181,6 @@ export const injectStep: Step<Settings> = {
         ],
       }),
     );
-    return { report: { direction: { layer: selection.layer, position: selection.position, alpha, rank: s.rank, method } } };
+    return { report: { direction: { layer: chosenCandidate.layer, position: chosenCandidate.position, alpha, rank: s.rank, method } } };
   },
 };
