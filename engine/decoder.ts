@@ -44,6 +44,8 @@ export const IO = {
   positionIds: "position_ids",
   logitPositions: "logit_positions",
   rosiVectors: "rosi_vectors",
+  /** [hidden]: rank-one edit vector of the embedding table (--include-embeddings). */
+  rosiEmbed: "rosi_embed",
   /** [B, T, 2·layers]: each edited matrix's coefficient w̄·x (needs interventions). */
   rosiCoefficients: "rosi_coefficients",
   steer: "steer",
@@ -173,7 +175,12 @@ export class DecoderBuilder {
   protected embed(inputIds: string): string {
     const { vocabSize, hiddenSize } = this.cfg;
     const table = this.weight(this.embedName(), this.require(this.embedName(), [vocabSize, hiddenSize]), [vocabSize, hiddenSize]);
-    const rows = this.g.op("Gather", [table, this.g.op("Reshape", [inputIds, this.g.constI64([-1])])], { axis: 0 }, { name: "embed" });
+    let rows = this.g.op("Gather", [table, this.g.op("Reshape", [inputIds, this.g.constI64([-1])])], { axis: 0 }, { name: "embed" });
+    if (this.opts.interventions) {
+      // The edit E' = E + w̄·vᵀ with w̄[t] = mean of row t (the embedding seen as a Linear from one-hot tokens).
+      const coef = this.g.op("ReduceMean", [rows, this.g.constI64([-1])], { keepdims: 1 });
+      rows = this.g.op("Add", [rows, this.g.op("Mul", [coef, IO.rosiEmbed])], {}, { name: "rosi_embed" });
+    }
     if (this.cfg.embeddingScale === null) return rows;
     return this.g.op("Mul", [rows, this.g.scalarF32(Math.fround(this.cfg.embeddingScale))], {}, { name: "embed_scale" });
   }
@@ -365,6 +372,7 @@ export class DecoderBuilder {
       // Required inputs (the session wrapper feeds zeros): ONNX Runtime would constant-fold an initializer default.
       g.input(IO.rosiVectors, DT.FLOAT, [2 * numLayers, hiddenSize]);
       g.input(IO.steer, DT.FLOAT, [numLayers, hiddenSize]);
+      g.input(IO.rosiEmbed, DT.FLOAT, [hiddenSize]);
     }
     const idsShape = g.op("Shape", [inputIds]);
     this.batchTokens = {

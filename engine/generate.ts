@@ -15,6 +15,7 @@ export interface GenerateOptions {
   returnStepLogits?: boolean;
   /** Interventions passed to every forward pass. */
   rosiVectors?: Float32Array;
+  rosiEmbed?: Float32Array;
   steer?: Float32Array;
   onStep?: (step: number, maxSteps: number) => void;
   signal?: AbortSignal;
@@ -79,7 +80,7 @@ export async function generateGreedy(model: DecoderModel, prompts: number[][], o
   const firstLogits: Float32Array[] = [];
   const stepLogits: Float32Array[][] = prompts.map(() => []);
   const stats = { prefillTokens: 0, prefillSeconds: 0, decodeTokens: 0, decodeSeconds: 0 };
-  const interventions = { rosiVectors: opts.rosiVectors, steer: opts.steer };
+  const interventions = { rosiVectors: opts.rosiVectors, rosiEmbed: opts.rosiEmbed, steer: opts.steer };
 
   let input: ForwardInput = {
     ...batch,

@@ -13,7 +13,7 @@ import { DEFAULT_ACCURACY_LEVEL, describeQuantization, type QuantizeConfig } fro
 import { openSession, ort, type Device } from "./session.ts";
 
 /** Bump when the graph layout changes, so cached graphs are rebuilt. */
-const GRAPH_VERSION = "3";
+const GRAPH_VERSION = "4";
 
 export interface LoadOptions extends CheckpointOptions {
   device?: Device;
@@ -45,6 +45,8 @@ export interface ForwardInput {
   residuals?: boolean;
   /** [2·layers][hidden] rank-one edit vectors (row 2l: o_proj of layer l, 2l+1: down_proj); needs interventions. */
   rosiVectors?: Float32Array;
+  /** [hidden] edit vector of the embedding table (E' = E + rowmean(E)·vᵀ); needs interventions. */
+  rosiEmbed?: Float32Array;
   /** [layers][hidden] additions to the residual entering each layer; needs interventions. */
   steer?: Float32Array;
   /** Return each edited matrix's coefficient w̄·x ([B, T, 2·layers]); needs interventions. */
@@ -138,10 +140,11 @@ export class DecoderModel {
       feeds[IO.pastKey(l)] = past.keys[l];
       feeds[IO.pastValue(l)] = past.values[l];
     }
-    if ((input.rosiVectors || input.steer) && !this.interventions) throw new Error("this model was loaded without interventions; load it with { interventions: true }");
+    if ((input.rosiVectors || input.steer || input.rosiEmbed) && !this.interventions) throw new Error("this model was loaded without interventions; load it with { interventions: true }");
     if (this.interventions) {
       feeds[IO.rosiVectors] = new ort.Tensor("float32", input.rosiVectors ?? new Float32Array(2 * numLayers * hiddenSize), [2 * numLayers, hiddenSize]);
       feeds[IO.steer] = new ort.Tensor("float32", input.steer ?? new Float32Array(numLayers * hiddenSize), [numLayers, hiddenSize]);
+      feeds[IO.rosiEmbed] = new ort.Tensor("float32", input.rosiEmbed ?? new Float32Array(hiddenSize), [hiddenSize]);
     }
     const fetches: string[] = [IO.logits];
     if (!input.noCache) for (let l = 0; l < numLayers; l++) fetches.push(IO.presentKey(l), IO.presentValue(l));

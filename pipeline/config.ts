@@ -50,6 +50,8 @@ export interface Settings {
   alpha: number | null;
   rank: number;
   method: Method;
+  /** Also edit the embedding table (off by default: the paper does not say it does). */
+  includeEmbeddings: boolean;
   device: Device;
   /** Weight-only quantisation for extraction and validation on CPU; auto = int8 when float32 weights would not fit in memory. */
   quantize: Quantize;
@@ -118,6 +120,7 @@ export const FIELDS: readonly FieldSpec[] = [
   f("alpha", { t: "number", nonzero: true }, "injection strength (signed); given => no calibration", { nullable: true }),
   f("rank", { t: "int", min: 1, max: 64 }, "rank of the injection"),
   f("method", { t: "enum", values: METHODS }, "injection method: rosi (the paper), rosi-mv (minimum-variance spread), auto (calibration chooses)", { arg: "name" }),
+  f("includeEmbeddings", { t: "bool" }, "also edit the token embedding table (untied models only; off by default, the paper does not state it)"),
   f("device", { t: "enum", values: DEVICES }, "auto | cpu | cuda | webgpu", { hashed: false, arg: "name" }),
   f("quantize", { t: "enum", values: QUANTIZE }, "weight-only quantisation while measuring: auto (int8 when float32 does not fit in memory), none, int8, int4", { arg: "name" }),
   f("harmful", { t: "string" }, "harmful training prompts (dataset spec)", { arg: "spec" }),
@@ -158,6 +161,7 @@ export const DEFAULTS: Omit<Settings, "model" | "out"> = {
   alpha: null,
   rank: 1,
   method: "auto",
+  includeEmbeddings: false,
   device: "auto",
   quantize: "auto",
   harmful: "builtin",

@@ -37,10 +37,12 @@ const CALIBRATION_TOKENS = 32;
 
 async function measure(ctx: Ctx, model: DecoderModel, tok: ModelTokenizer, sets: { harmful: number[][]; harmless: number[][]; klPrompts: number[][]; utility: { ids: number[]; answer: string }[] }, baseN: Float64Array[], dir: Float32Array, weights: number[], alpha: number): Promise<Omit<SweepPoint, "ok" | "method" | "layer" | "position">> {
   const rosiVectors = alpha === 0 ? undefined : rosiRows(dir, alpha, weights);
-  const gen = async (ids: number[][], n: number) => (await generateTexts(model, tok, ids, { maxNewTokens: n, rosiVectors, signal: ctx.signal, batchSize: 32 })).texts;
+  // --include-embeddings: the embedding table gets the plain edit (weight 1) alongside the matrices.
+  const rosiEmbed = alpha !== 0 && ctx.settings.includeEmbeddings ? Float32Array.from(dir, (x) => alpha * x) : undefined;
+  const gen = async (ids: number[][], n: number) => (await generateTexts(model, tok, ids, { maxNewTokens: n, rosiVectors, rosiEmbed, signal: ctx.signal, batchSize: 32 })).texts;
   const harmful = mean((await gen(sets.harmful, CALIBRATION_TOKENS)).map((t) => +isRefusal(t)));
   const harmless = mean((await gen(sets.harmless, CALIBRATION_TOKENS)).map((t) => +isRefusal(t)));
-  const lp = await firstTokenLogProbs(model, sets.klPrompts, { rosiVectors });
+  const lp = await firstTokenLogProbs(model, sets.klPrompts, { rosiVectors, rosiEmbed });
   const kl = mean(lp.map((q, i) => klDivergence(baseN[i], q)));
   let utility: number | null = null;
   if (sets.utility.length) {
@@ -55,7 +57,7 @@ export const injectStep: Step<Settings> = {
   version: 7,
   deps: ["pull", "elicit", "extract"],
   outputs: ["model", "calibration.json", "calibration.svg"],
-  inputs: (s) => ({ quantize: s.quantize, alpha: s.alpha, rank: s.rank, method: s.method, seed: s.seed, gate: s.gate, nEval: s.nEval }),
+  inputs: (s) => ({ includeEmbeddings: s.includeEmbeddings, quantize: s.quantize, alpha: s.alpha, rank: s.rank, method: s.method, seed: s.seed, gate: s.gate, nEval: s.nEval }),
   async run(ctx) {
     const s = ctx.settings;
     const source = sourceOf(ctx);
@@ -156,7 +158,8 @@ export const injectStep: Step<Settings> = {
     let last = 0;
     writeEditedCheckpoint(source.dir, join(ctx.tmpDir, "model"), {
       vectors,
-      metadata: { realign_method: method, realign_alpha: String(alpha), realign_layer: String(chosenCandidate.layer), realign_position: chosenCandidate.position_label, realign_direction_sha256: sha256Hex(dir) },
+      embedding: s.includeEmbeddings ? Float32Array.from(dir, (x) => alpha! * x) : undefined,
+      metadata: { realign_method: method, realign_include_embeddings: String(s.includeEmbeddings), realign_alpha: String(alpha), realign_layer: String(chosenCandidate.layer), realign_position: chosenCandidate.position_label, realign_direction_sha256: sha256Hex(dir) },
       onTensor: (done, total) => {
         if (done === total && last++ === 0) bar.tick();
       },

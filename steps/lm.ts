@@ -6,6 +6,7 @@ import type { ChatEncoding, ModelTokenizer } from "../engine/tokenizer.ts";
 
 export interface Interventions {
   rosiVectors?: Float32Array;
+  rosiEmbed?: Float32Array;
   steer?: Float32Array;
 }
 
@@ -92,6 +93,7 @@ export async function generateTexts(
       eosIds: tok.eosIds,
       padId: tok.padId ?? 0,
       rosiVectors: opts.rosiVectors,
+      rosiEmbed: opts.rosiEmbed,
       steer: opts.steer,
       signal: opts.signal,
     });

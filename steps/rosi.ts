@@ -38,9 +38,29 @@ export function rankOneEdit(W: Float32Array, rows: number, cols: number, v: Floa
   return out;
 }
 
+export const EMBEDDING = "model.embed_tokens.weight";
+
+/**
+ * E' = E + w̄·vᵀ for an embedding table [vocab, hidden]: the same edit as W + v·w̄ᵀ on the table seen as a
+ * Linear from one-hot tokens (W = Eᵀ, so w̄[t] = mean of row t).
+ */
+export function embeddingEdit(E: Float32Array, vocab: number, hidden: number, v: Float32Array): Float32Array {
+  if (v.length !== hidden) throw new InjectError(`direction has ${v.length} entries but the embedding has ${hidden} columns`);
+  for (let t = 0; t < vocab; t++) {
+    const base = t * hidden;
+    let sum = 0;
+    for (let h = 0; h < hidden; h++) sum += E[base + h];
+    const mean = sum / hidden;
+    for (let h = 0; h < hidden; h++) E[base + h] = E[base + h] + mean * v[h];
+  }
+  return E;
+}
+
 export interface CheckpointEdit {
   /** Per edited tensor name: the vector v of W' = W + v·w̄ᵀ (length = out_features = hidden size). */
   vectors: Map<string, Float32Array>;
+  /** --include-embeddings: the vector v of E' = E + w̄·vᵀ for the embedding table. */
+  embedding?: Float32Array;
   /** Recorded in every shard's `__metadata__` (method, α, layer, position, direction sha256…). */
   metadata: Record<string, string>;
   onTensor?: (done: number, total: number) => void;
@@ -61,6 +81,10 @@ export function writeEditedCheckpoint(srcDir: string, outDir: string, edit: Chec
   mkdirSync(tmp, { recursive: true });
   try {
     for (const name of edit.vectors.keys()) if (!ckpt.has(name)) throw new InjectError(`${srcDir}: tensor "${name}" to edit is not in the checkpoint`);
+    if (edit.embedding && !ckpt.has("lm_head.weight")) {
+      // A tied lm_head is the same table: editing it would also move every logit.
+      throw new InjectError(`${srcDir}: --include-embeddings needs an untied lm_head (this checkpoint ties it to ${EMBEDDING})`);
+    }
     const total = ckpt.names().length;
     let done = 0;
     const written: string[] = [];
@@ -75,7 +99,11 @@ export function writeEditedCheckpoint(srcDir: string, outDir: string, edit: Chec
         try {
           for (const name of writer.order()) {
             const v = edit.vectors.get(name);
-            if (!v) writer.copyFrom(name, src);
+            if (name === EMBEDDING && edit.embedding) {
+              const info = src.info(name);
+              writer.write(name, fromFloat32(info.dtype, embeddingEdit(src.readF32(name), info.shape[0], info.shape[1], edit.embedding)));
+              Bun.gc(false);
+            } else if (!v) writer.copyFrom(name, src);
             else {
               const info = src.info(name);
               if (info.shape.length !== 2) throw new InjectError(`tensor "${name}" is not a matrix (shape [${info.shape}])`);

@@ -113,3 +113,52 @@ describe.skipIf(!hasShared())("ROSI rank-one edit (hf-golden llama/edit)", () =>
     expect(readdirSync(work).filter((f) => f.startsWith("interrupted"))).toEqual([]);
   });
 });
+
+describe.skipIf(!hasShared())("--include-embeddings (hf-golden llama, untied)", () => {
+  const src = sharedPath("fixtures", "hf-golden", "llama");
+  let work = "";
+  beforeAll(() => {
+    work = mkdtempSync(join(tmpdir(), "realign-embed-edit-"));
+  });
+  afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+  test("the rewritten embedding table equals the in-graph embedding edit; other tensors untouched", async () => {
+    const fixture = JSON.parse(readFileSync(join(src, "edit", "expected-edit.json"), "utf8")) as EditFixture;
+    const v = new Float32Array(fixture.s.map((x) => x * 2));
+    const out = join(work, "edited");
+    writeEditedCheckpoint(src, out, { vectors: new Map(), embedding: v, metadata: {} });
+    // Independent check of E' = E + rowmean(E)·vᵀ in float64.
+    const base = SafetensorsFile.open(join(src, "model.safetensors"));
+    const mine = SafetensorsFile.open(join(out, "model.safetensors"));
+    const E = base.readF32("model.embed_tokens.weight");
+    const E2 = mine.readF32("model.embed_tokens.weight");
+    let worst = 0;
+    for (let t = 0; t < 256; t++) {
+      let mean = 0;
+      for (let h = 0; h < 64; h++) mean += E[t * 64 + h] / 64;
+      for (let h = 0; h < 64; h++) worst = Math.max(worst, Math.abs(E2[t * 64 + h] - (E[t * 64 + h] + mean * v[h])));
+    }
+    expect(worst).toBeLessThan(1e-6);
+    for (const n of base.names()) if (n !== "model.embed_tokens.weight") expect(Buffer.compare(Buffer.from(mine.readBytes(n)), Buffer.from(base.readBytes(n)))).toBe(0);
+    base.close();
+    mine.close();
+
+    const edited = await DecoderModel.load(out, { device: "cpu", cacheDir: join(work, "cache") });
+    const inGraph = await DecoderModel.load(src, { device: "cpu", cacheDir: join(work, "cache"), interventions: true });
+    const s = fixture.single[1];
+    const T = s.input_ids.length;
+    const feed = { inputIds: [s.input_ids], attentionMask: [s.input_ids.map(() => 1)], positionIds: [[...Array(T).keys()]], logitPositions: [[...Array(T).keys()]], noCache: true };
+    const a = await edited.forward(feed);
+    const b = await inGraph.forward({ ...feed, rosiEmbed: v });
+    const plain = await inGraph.forward(feed);
+    expect(maxDiff(a.logits, b.logits)).toBeLessThan(1e-4);
+    expect(maxDiff(a.logits, plain.logits)).toBeGreaterThan(1e-3);
+    await edited.close();
+    await inGraph.close();
+  });
+
+  test("a tied checkpoint is refused with a clear error", () => {
+    expect(() => writeEditedCheckpoint(sharedPath("fixtures", "hf-golden", "qwen2"), join(work, "tied"), { vectors: new Map(), embedding: new Float32Array(64), metadata: {} })).toThrow(/untied lm_head/);
+    expect(existsSync(join(work, "tied"))).toBe(false);
+  });
+});
