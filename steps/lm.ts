@@ -105,11 +105,3 @@ export async function generateTexts(
   texts.push(...byIndex);
   return { texts, tokensPerSecond: seconds > 0 ? tokens / seconds : 0 };
 }
-
-/** rosi_vectors with the same vector v on every edited matrix (rows 2l and 2l+1 for every layer). */
-export function uniformRosiVectors(numLayers: number, v: Float32Array, alpha: number): Float32Array {
-  const H = v.length;
-  const rows = new Float32Array(2 * numLayers * H);
-  for (let r = 0; r < 2 * numLayers; r++) for (let h = 0; h < H; h++) rows[r * H + h] = alpha * v[h];
-  return rows;
-}
