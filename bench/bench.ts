@@ -1,4 +1,4 @@
-// `bun run bench [--model <dir>] [--batch B] [--seq T] [--decode N] [--device …] [--quantize int4|int8] [--json]`
+// `bun run bench [--model <dir>] [--batch B] [--seq T] [--decode N] [--device …] [--quantize int4|int8] [--dtype float32|float16] [--json]`
 // Prints prefill and decode throughput and peak RSS. Without --model it benchmarks a random-weight
 // checkpoint of Qwen2.5-0.5B shape generated locally (once, in the realign cache).
 import cac from "cac";
@@ -7,6 +7,7 @@ import { DecoderModel, defaultCacheDir } from "../engine/model.ts";
 import { generateGreedy } from "../engine/generate.ts";
 import type { Device } from "../engine/session.ts";
 import { parseQuantize, type QuantizeConfig } from "../engine/quantize.ts";
+import type { ComputeDType } from "../engine/decoder.ts";
 import { SHAPES, writeRandomCheckpoint } from "./random-checkpoint.ts";
 
 const cli = cac("bench");
@@ -18,6 +19,7 @@ cli
   .option("--decode <n>", "new tokens to decode", { default: 16 })
   .option("--device <d>", "auto | cpu | cuda | webgpu", { default: "cpu" })
   .option("--quantize <q>", "weight-only int4 | int8 projections (MatMulNBits), optionally :blockSize (default 32)")
+  .option("--dtype <t>", "compute type: float32 | float16", { default: "float32" })
   .option("--json", "print one JSON object");
 const { options } = cli.parse();
 if (options.help) process.exit(0);
@@ -54,7 +56,7 @@ const B = Number(options.batch);
 const T = Number(options.seq);
 const N = Number(options.decode);
 const tLoad = performance.now();
-const model = await DecoderModel.load(dir, { device: options.device as Device, quantize, log });
+const model = await DecoderModel.load(dir, { device: options.device as Device, quantize, dtype: options.dtype as ComputeDType, log });
 const loadSeconds = (performance.now() - tLoad) / 1000;
 log(`loaded on ${model.ep} in ${loadSeconds.toFixed(1)} s (peak RSS so far ${mb().toFixed(0)} MB)`);
 
@@ -68,6 +70,7 @@ const result = {
   model: dir,
   device: model.ep,
   quantize: model.quantization,
+  dtype: model.dtype,
   batch: B,
   seq: T,
   decode_steps: N,
@@ -80,7 +83,7 @@ const result = {
 if (options.json) console.log(JSON.stringify(result));
 else {
   console.log(`device            ${result.device}`);
-  console.log(`weights           ${result.quantize ?? "float32"}`);
+  console.log(`weights           ${result.quantize ?? result.dtype}, compute ${result.dtype}`);
   console.log(`shape             batch ${B} × ${T} prompt tokens, ${N} decode steps`);
   console.log(`prefill           ${result.prefill_tokens_per_s} tokens/s (${result.prefill_s} s)`);
   console.log(`decode            ${result.decode_tokens_per_s} tokens/s`);

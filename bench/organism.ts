@@ -1,4 +1,4 @@
-// `bun run bench:organism [--method auto|rosi|rosi-mv] [--out dir]`
+// `bun run bench:organism [--method auto|rosi|rosi-mv] [--device cpu|webgpu|cuda] [--out dir]`
 // The whole pipeline on ../shared/models/organism-llama with its own prompt splits (JailbreakBench
 // evaluation), then the before/after table. A measurement, not a test: it takes ~1.5 min on 2 cores.
 import cac from "cac";
@@ -6,7 +6,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 
 const cli = cac("bench:organism");
-cli.option("--method <m>", "auto | rosi | rosi-mv", { default: "auto" }).option("--out <dir>", "run directory", { default: "runs/organism-bench" }).option("--n-val <n>", "validation prompts per class", { default: 64 });
+cli.option("--method <m>", "auto | rosi | rosi-mv", { default: "auto" }).option("--out <dir>", "run directory", { default: "runs/organism-bench" }).option("--n-val <n>", "validation prompts per class", { default: 64 }).option("--device <d>", "cpu | webgpu | cuda | auto", { default: "cpu" });
 const { options } = cli.parse();
 if (options.help) process.exit(0);
 const S = resolve(import.meta.dir, "..", "..", "shared", "models", "organism-llama");
@@ -15,7 +15,7 @@ if (!existsSync(S)) {
   process.exit(2);
 }
 const args = [
-  "pipeline/cli.ts", S, "--out", String(options.out), "--method", String(options.method), "--device", "cpu", "--no-publish",
+  "pipeline/cli.ts", S, "--out", String(options.out), "--method", String(options.method), "--device", String(options.device), "--no-publish",
   "--harmful", `${S}/splits/harmful_train.jsonl#prompt`, "--harmless", `${S}/splits/harmless_train.jsonl#prompt`,
   "--eval-harmful", `${S}/eval/harmful_eval_jbb.jsonl#prompt`, "--eval-harmless", `${S}/eval/harmless_eval.jsonl#prompt`,
   "--n-train", "64", "--n-val", String(options.nVal), "--n-eval", "100", "--max-new-tokens", "48",

@@ -114,14 +114,16 @@ export interface MemoryEstimateOptions {
  * frees them layer by layer: hidden-sized tensors, the MLP's gate/up/activation, the T×T attention
  * scores of every head), and one row of logits.
  */
-export function bytesPerRow(model: Pick<DecoderModel, "config">, promptTokens: number, newTokens = 64): number {
+export function bytesPerRow(model: Pick<DecoderModel, "config"> & Partial<Pick<DecoderModel, "dtype">>, promptTokens: number, newTokens = 64): number {
   const c = model.config;
   const T = promptTokens;
   const S = promptTokens + newTokens;
   const kv = 2 * 2 * c.numLayers * c.numKvHeads * c.headDim * S;
   const activations = T * (6 * c.hiddenSize + 3 * c.intermediateSize + (c.numHeads + 2 * c.numKvHeads) * c.headDim) + c.numHeads * T * T;
   const logits = c.vocabSize;
-  return 4 * (kv + activations + logits);
+  // KV cache and activations are in the compute type; logits always come back as float32.
+  const element = model.dtype === "float16" ? 2 : 4;
+  return element * (kv + activations) + 4 * logits;
 }
 
 /** Free memory of the first NVIDIA GPU in bytes, or null when nvidia-smi is absent or fails. */
@@ -140,7 +142,7 @@ export function nvidiaFreeBytes(): number | null {
  * two whose estimated peak (bytesPerRow × batch) fits in `fraction` of the free memory; at least 1.
  * Weights are already loaded when this is called, so free memory is what is left for the batch.
  */
-export function suggestedBatchSize(model: Pick<DecoderModel, "config" | "ep">, promptTokens: number, opts: MemoryEstimateOptions = {}): number {
+export function suggestedBatchSize(model: Pick<DecoderModel, "config" | "ep"> & Partial<Pick<DecoderModel, "dtype">>, promptTokens: number, opts: MemoryEstimateOptions = {}): number {
   if (!Number.isInteger(promptTokens) || promptTokens < 1) throw new RangeError(`suggestedBatchSize: promptTokens must be a positive integer, got ${promptTokens}`);
   const fraction = opts.fraction ?? 0.5;
   const hardMax = opts.hardMax ?? 256;

@@ -10,6 +10,11 @@ import { OnnxDataType as DT } from "./onnx/schema.ts";
 import { OnnxGraph } from "./onnx/graph.ts";
 import type { DecoderConfig } from "./config.ts";
 import { DEFAULT_ACCURACY_LEVEL, quantizeBlockwise, validateQuantizeConfig, type QuantizeConfig } from "./quantize.ts";
+import { f32ToF16 } from "./dtype.ts";
+
+/** Element type of weights, activations and the KV cache inside the graph (inputs/outputs other than the cache stay float32). */
+export type ComputeDType = "float32" | "float16";
+export const COMPUTE_DTYPES: ComputeDType[] = ["float32", "float16"];
 
 /** Where the builder gets float32 weights from (a checkpoint, or edited tensors in tests). */
 export interface WeightSource {
@@ -35,6 +40,12 @@ export interface DecoderBuildOptions {
    * `com.microsoft.MatMulNBits`; embeddings, norms, biases and a tied lm_head stay float32.
    */
   quantize?: QuantizeConfig | null;
+  /**
+   * float16 halves weight and KV-cache memory for GPU EPs (a BF16 checkpoint is rounded to FP16). Attention
+   * scores and softmax stay float32, as HF computes them for half precision; logits, residuals and
+   * coefficients are returned as float32. Default float32.
+   */
+  dtype?: ComputeDType;
 }
 
 /** Graph value names of the inputs and outputs, shared with the session code. */
@@ -72,6 +83,10 @@ export class DecoderBuilder {
   protected masks = new Map<number | null, string>();
   /** Graph weight names that were quantised → the MatMulNBits inputs and attributes that replace them. */
   protected quantized = new Map<string, { inputs: string[]; K: number; N: number }>();
+  /** Intervention inputs converted to the compute type (set in build()). */
+  protected rosiVectors = IO.rosiVectors as string;
+  protected rosiEmbed = IO.rosiEmbed as string;
+  protected steer = IO.steer as string;
 
   constructor(
     readonly cfg: DecoderConfig,
@@ -102,8 +117,30 @@ export class DecoderBuilder {
     return this.weights.readF32(name);
   }
 
+  /** Element type of weights, activations and the KV cache. */
+  protected get act(): typeof DT.FLOAT | typeof DT.FLOAT16 {
+    return this.opts.dtype === "float16" ? DT.FLOAT16 : DT.FLOAT;
+  }
+  protected get half(): boolean {
+    return this.act === DT.FLOAT16;
+  }
+  /** float32 → compute type (a no-op for float32 graphs). */
+  protected toAct(x: string): string {
+    return this.half ? this.g.op("Cast", [x], { to: DT.FLOAT16 }) : x;
+  }
+  /** compute type → float32, for graph outputs and precision-sensitive steps. */
+  protected toFloat(x: string): string {
+    return this.half ? this.g.op("Cast", [x], { to: DT.FLOAT }) : x;
+  }
+  /** A scalar in the compute type (rounded to it, as HF rounds such constants to the model dtype). */
+  protected scalarAct(value: number): string {
+    return this.toAct(this.g.scalarF32(value));
+  }
+
+  /** A weight tensor in the compute type. */
   protected weight(name: string, data: Float32Array, dims: number[]): string {
-    return this.g.initializer(name, DT.FLOAT, dims, new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+    const stored = this.half ? f32ToF16(data) : data;
+    return this.g.initializer(name, this.act, dims, new Uint8Array(stored.buffer, stored.byteOffset, stored.byteLength));
   }
 
   /** Loads [out, in] matrices (concatenated along out) as one Gemm weight. */
@@ -179,10 +216,10 @@ export class DecoderBuilder {
     if (this.opts.interventions) {
       // The edit E' = E + w̄·vᵀ with w̄[t] = mean of row t (the embedding seen as a Linear from one-hot tokens).
       const coef = this.g.op("ReduceMean", [rows, this.g.constI64([-1])], { keepdims: 1 });
-      rows = this.g.op("Add", [rows, this.g.op("Mul", [coef, IO.rosiEmbed])], {}, { name: "rosi_embed" });
+      rows = this.g.op("Add", [rows, this.g.op("Mul", [coef, this.rosiEmbed])], {}, { name: "rosi_embed" });
     }
     if (this.cfg.embeddingScale === null) return rows;
-    return this.g.op("Mul", [rows, this.g.scalarF32(Math.fround(this.cfg.embeddingScale))], {}, { name: "embed_scale" });
+    return this.g.op("Mul", [rows, this.scalarAct(Math.fround(this.cfg.embeddingScale))], {}, { name: "embed_scale" });
   }
 
   /** Rotary inverse frequencies, rounded step by step to float32 as HF computes them. */
@@ -215,8 +252,8 @@ export class DecoderBuilder {
     const pos = this.g.op("Unsqueeze", [this.g.op("Cast", [positionIds], { to: DT.FLOAT }), this.g.constI64([-1])]); // [B,T,1]
     const freqs = this.g.op("Mul", [pos, inv], {}, { name: "rope_freqs" }); // [B,T,D/2]
     const emb = this.g.op("Unsqueeze", [this.g.op("Concat", [freqs, freqs], { axis: -1 }), this.g.constI64([1])]); // [B,1,T,D]
-    this.cos = this.g.op("Cos", [emb], {}, { name: "rope_cos" });
-    this.sin = this.g.op("Sin", [emb], {}, { name: "rope_sin" });
+    this.cos = this.toAct(this.g.op("Cos", [emb], {}, { name: "rope_cos" }));
+    this.sin = this.toAct(this.g.op("Sin", [emb], {}, { name: "rope_sin" }));
   }
 
   protected applyRotary(x: string, name: string): string {
@@ -276,22 +313,23 @@ export class DecoderBuilder {
 
     const pastKey = IO.pastKey(l);
     const pastValue = IO.pastValue(l);
-    g.input(pastKey, DT.FLOAT, ["batch", numKvHeads, "past", headDim]);
-    g.input(pastValue, DT.FLOAT, ["batch", numKvHeads, "past", headDim]);
+    g.input(pastKey, this.act, ["batch", numKvHeads, "past", headDim]);
+    g.input(pastValue, this.act, ["batch", numKvHeads, "past", headDim]);
     const presentKey = g.op("Concat", [pastKey, key], { axis: 2 }, { output: IO.presentKey(l) });
     const presentValue = g.op("Concat", [pastValue, value], { axis: 2 }, { output: IO.presentValue(l) });
-    g.output(presentKey, DT.FLOAT, ["batch", numKvHeads, "total", headDim]);
-    g.output(presentValue, DT.FLOAT, ["batch", numKvHeads, "total", headDim]);
+    g.output(presentKey, this.act, ["batch", numKvHeads, "total", headDim]);
+    g.output(presentValue, this.act, ["batch", numKvHeads, "total", headDim]);
 
     // GQA without copying K/V: the query heads that share a KV head are stacked along the token axis.
     const group = numHeads / numKvHeads;
     const qGrouped = group === 1 ? query : g.op("Reshape", [query, g.constI64([0, numKvHeads, -1, headDim])]);
     let scores = g.op("MatMul", [qGrouped, g.op("Transpose", [presentKey], { perm: [0, 1, 3, 2] })], {}, { name: `L${l}_qk` });
     if (group !== 1) scores = g.op("Reshape", [scores, g.constI64([0, numHeads, -1, 0])]);
-    scores = g.op("Mul", [scores, g.scalarF32(Math.fround(this.cfg.attentionScale))]);
+    // Scale, mask and softmax in float32 (HF's half-precision softmax does the same).
+    scores = g.op("Mul", [this.toFloat(scores), g.scalarF32(Math.fround(this.cfg.attentionScale))]);
     scores = this.scoreTransform(scores);
     const mask = this.attentionMask(attentionMask, pastKey, this.cfg.slidingWindow[l]);
-    const probs = g.op("Softmax", [g.op("Add", [scores, mask])], { axis: -1 }, { name: `L${l}_probs` });
+    const probs = this.toAct(g.op("Softmax", [g.op("Add", [scores, mask])], { axis: -1 }, { name: `L${l}_probs` }));
     const probsGrouped = group === 1 ? probs : g.op("Reshape", [probs, g.constI64([0, numKvHeads, -1, 0])]);
     let context = g.op("MatMul", [probsGrouped, presentValue], {}, { name: `L${l}_pv` });
     if (group !== 1) context = g.op("Reshape", [context, g.constI64([0, numHeads, -1, headDim])]);
@@ -327,9 +365,9 @@ export class DecoderBuilder {
     const W = this.weights.readF32(weightName);
     const [rows, cols] = this.weights.info(weightName).shape;
     const wBar = meanOfRows(W, rows, cols);
-    const coef = g.op("MatMul", [x, g.constF32(wBar, [cols, 1], `${weightName}.wbar`)]); // [N,1]
+    const coef = g.op("MatMul", [x, this.weight(`${weightName}.wbar`, wBar, [cols, 1])]); // [N,1]
     this.coefficients[row] = coef;
-    const vec = g.op("Gather", [IO.rosiVectors, g.scalarI64(row)], { axis: 0 }); // [hidden]
+    const vec = g.op("Gather", [this.rosiVectors, g.scalarI64(row)], { axis: 0 }); // [hidden]
     return g.op("Add", [out, g.op("Mul", [coef, vec])], {}, { name: `rosi_${row}` });
   }
 
@@ -354,7 +392,7 @@ export class DecoderBuilder {
     // A tied head reuses the embedding initializer: Gemm(transB) reads the [vocab, hidden] table directly (float32 even when
     // quantising, since the Gather needs the float table anyway).
     const head = headName === this.embedName() ? this.embedName() : this.matrixWeight(headName, this.require(headName, [vocabSize, hiddenSize]), vocabSize, hiddenSize);
-    let logits = this.gemm(normed, head, null, "lm_head");
+    let logits = this.toFloat(this.gemm(normed, head, null, "lm_head"));
     const cap = this.cfg.finalLogitSoftcap;
     if (cap !== null) logits = g.op("Mul", [g.op("Tanh", [g.op("Div", [logits, g.scalarF32(cap)])]), g.scalarF32(cap)], {}, { name: "final_softcap" });
     return logits;
@@ -373,6 +411,7 @@ export class DecoderBuilder {
       g.input(IO.rosiVectors, DT.FLOAT, [2 * numLayers, hiddenSize]);
       g.input(IO.steer, DT.FLOAT, [numLayers, hiddenSize]);
       g.input(IO.rosiEmbed, DT.FLOAT, [hiddenSize]);
+      [this.rosiVectors, this.steer, this.rosiEmbed] = [IO.rosiVectors, IO.steer, IO.rosiEmbed].map((x) => this.toAct(x));
     }
     const idsShape = g.op("Shape", [inputIds]);
     this.batchTokens = {
@@ -385,23 +424,24 @@ export class DecoderBuilder {
     this.rotaryTables(positionIds);
     let residual = this.embed(inputIds);
     for (let l = 0; l < numLayers; l++) {
-      if (this.opts.interventions) residual = g.op("Add", [residual, g.op("Gather", [IO.steer, g.scalarI64(l)], { axis: 0 })], {}, { name: `steer_${l}` });
-      asBTH(residual, IO.residual(l));
+      if (this.opts.interventions) residual = g.op("Add", [residual, g.op("Gather", [this.steer, g.scalarI64(l)], { axis: 0 })], {}, { name: `steer_${l}` });
+      asBTH(this.toFloat(residual), IO.residual(l));
       g.output(IO.residual(l), DT.FLOAT, ["batch", "tokens", hiddenSize]);
       residual = this.layer(l, residual, attentionMask);
     }
-    const finalResidual = asBTH(residual, IO.residualFinal);
+    const finalResidual = asBTH(this.toFloat(residual), IO.residualFinal);
     g.output(IO.residualFinal, DT.FLOAT, ["batch", "tokens", hiddenSize]);
     if (this.opts.interventions) {
       // The edit's input-dependent scale per matrix and token, for calibrating how the edit is spread.
-      const coefs = g.op("Concat", this.coefficients, { axis: 1 }); // [N, 2L]
+      const coefs = this.toFloat(g.op("Concat", this.coefficients, { axis: 1 })); // [N, 2L]
       g.op("Reshape", [coefs, g.op("Concat", [this.batchTokens.B, this.batchTokens.T, g.constI64([2 * numLayers])], { axis: 0 })], {}, { output: IO.rosiCoefficients });
       g.output(IO.rosiCoefficients, DT.FLOAT, ["batch", "tokens", 2 * numLayers]);
     }
 
     // Only the requested positions go through the (large) vocabulary projection.
     const picked = g.op("GatherND", [finalResidual, g.op("Unsqueeze", [logitPositions, g.constI64([-1])])], { batch_dims: 1 }); // [B,K,H]
-    const logits = this.finalLogits(g.op("Reshape", [picked, g.constI64([-1, hiddenSize])]));
+    // (float16 graphs: the float32 round trip of the picked rows is exact)
+    const logits = this.finalLogits(this.toAct(g.op("Reshape", [picked, g.constI64([-1, hiddenSize])])));
     const Bk = g.op("Slice", [g.op("Shape", [logitPositions]), g.constI64([0]), g.constI64([2])]);
     g.op("Reshape", [logits, g.op("Concat", [Bk, g.constI64([vocabSize])], { axis: 0 })], {}, { output: IO.logits });
     g.output(IO.logits, DT.FLOAT, ["batch", "positions", vocabSize]);

@@ -6,7 +6,7 @@ import { homedir } from "node:os";
 import { join } from "node:path";
 import { Checkpoint, type CheckpointOptions } from "./checkpoint.ts";
 import { createBuilder } from "./architectures.ts";
-import { IO, OPSETS } from "./decoder.ts";
+import { COMPUTE_DTYPES, IO, OPSETS, type ComputeDType } from "./decoder.ts";
 import type { DecoderConfig } from "./config.ts";
 import { ExternalDataWriter, OnnxGraph } from "./onnx/graph.ts";
 import { DEFAULT_ACCURACY_LEVEL, describeQuantization, type QuantizeConfig } from "./quantize.ts";
@@ -21,6 +21,8 @@ export interface LoadOptions extends CheckpointOptions {
   interventions?: boolean;
   /** Weight-only int4/int8 projections via MatMulNBits (see DecoderBuildOptions.quantize); null/absent = float32. */
   quantize?: QuantizeConfig | null;
+  /** Compute type inside the graph (see DecoderBuildOptions.dtype); default float32. */
+  dtype?: ComputeDType;
   /** Where built graphs are kept; default $REALIGN_CACHE or ~/.cache/realign. */
   cacheDir?: string;
   log?: (msg: string) => void;
@@ -82,17 +84,21 @@ export class DecoderModel {
     readonly graphPath: string,
     /** e.g. "int4 (block 32)" when the projections run quantised; null for float32. */
     readonly quantization: string | null,
+    /** Element type of weights, activations and the KV cache in the graph. */
+    readonly dtype: ComputeDType,
   ) {}
 
   static async load(dir: string, opts: LoadOptions = {}): Promise<DecoderModel> {
     const checkpoint = Checkpoint.open(dir, opts);
     const interventions = opts.interventions ?? false;
     const quantize = opts.quantize ? { bits: opts.quantize.bits, blockSize: opts.quantize.blockSize, accuracyLevel: opts.quantize.accuracyLevel ?? DEFAULT_ACCURACY_LEVEL } : null;
-    const builder = createBuilder(checkpoint.config, checkpoint, { interventions, quantize });
+    const dtype = opts.dtype ?? "float32";
+    if (!COMPUTE_DTYPES.includes(dtype)) throw new Error(`dtype must be one of ${COMPUTE_DTYPES.join(", ")}, got "${dtype}"`);
+    const builder = createBuilder(checkpoint.config, checkpoint, { interventions, quantize, dtype });
     // `quantize` is left out of the key when unset (undefined), so float32 graphs keep their cache entries.
     const key = createHash("sha256")
       // The fingerprint covers config and headers; size + mtime of each shard catch weights rewritten in place.
-      .update(JSON.stringify({ v: GRAPH_VERSION, fp: checkpoint.fingerprint(), files: checkpoint.shards().map((f) => [statSync(f).size, statSync(f).mtimeMs]), interventions, dtype: "float32", quantize: quantize ?? undefined }))
+      .update(JSON.stringify({ v: GRAPH_VERSION, fp: checkpoint.fingerprint(), files: checkpoint.shards().map((f) => [statSync(f).size, statSync(f).mtimeMs]), interventions, dtype, quantize: quantize ?? undefined }))
       .digest("hex")
       .slice(0, 24);
     const graphDir = join(opts.cacheDir ?? defaultCacheDir(), "graphs", key);
@@ -114,13 +120,14 @@ export class DecoderModel {
         throw e;
       }
     }
-    const { session, ep, fallbackReason } = await openSession(graphPath, opts.device ?? "auto", { prepack: quantize !== null });
-    return new DecoderModel(dir, checkpoint, builder.cfg, session, ep, fallbackReason, interventions, graphPath, describeQuantization(quantize));
+    const { session, ep, fallbackReason } = await openSession(graphPath, opts.device ?? "auto", { prepack: quantize !== null, halfPrecision: dtype === "float16" });
+    return new DecoderModel(dir, checkpoint, builder.cfg, session, ep, fallbackReason, interventions, graphPath, describeQuantization(quantize), dtype);
   }
 
   emptyCache(batch: number): KVCache {
     const { numLayers, numKvHeads, headDim } = this.config;
-    const empty = () => new ort.Tensor("float32", new Float32Array(0), [batch, numKvHeads, 0, headDim]);
+    const dims = [batch, numKvHeads, 0, headDim];
+    const empty = () => (this.dtype === "float16" ? new ort.Tensor("float16", new Uint16Array(0), dims) : new ort.Tensor("float32", new Float32Array(0), dims));
     return { keys: Array.from({ length: numLayers }, empty), values: Array.from({ length: numLayers }, empty) };
   }
 
@@ -137,8 +144,8 @@ export class DecoderModel {
       [IO.logitPositions]: int64Tensor(input.logitPositions),
     };
     for (let l = 0; l < numLayers; l++) {
-      feeds[IO.pastKey(l)] = past.keys[l];
-      feeds[IO.pastValue(l)] = past.values[l];
+      feeds[IO.pastKey(l)] = nativeHalf(past.keys[l]);
+      feeds[IO.pastValue(l)] = nativeHalf(past.values[l]);
     }
     if ((input.rosiVectors || input.steer || input.rosiEmbed) && !this.interventions) throw new Error("this model was loaded without interventions; load it with { interventions: true }");
     if (this.interventions) {
@@ -176,6 +183,20 @@ export class DecoderModel {
     await this.session.release();
     this.checkpoint.close();
   }
+}
+
+/**
+ * Where the runtime has Float16Array (Bun), onnxruntime-common stores float16 data as one, even when given
+ * a Uint16Array, but the native binding reads a Float16Array as empty ("expected N bytes, got 0"). The
+ * tensor is handed over with a Uint16Array view of the same bytes as its `data` (no copy).
+ */
+function nativeHalf(t: ort.Tensor): ort.Tensor {
+  if (t.type !== "float16" || t.data instanceof Uint16Array) return t;
+  const d = t.data as unknown as ArrayBufferView;
+  const bits = new Uint16Array(d.buffer, d.byteOffset, d.byteLength / 2);
+  const view = new ort.Tensor("float16", bits, t.dims);
+  Object.defineProperty(view, "data", { value: bits });
+  return view;
 }
 
 function int64Tensor(rows: number[][]): ort.Tensor {

@@ -111,6 +111,7 @@ function buildCli(): CAC {
     .option("--raw", "feed the prompt without the chat template")
     .option("--max-new-tokens <n>", "tokens to generate")
     .option("--device <name>", "auto | cpu | cuda | webgpu")
+    .option("--dtype <name>", "float32 (default) | float16")
     .option("--json", "print JSON")
     .example("  $ realign generate runs/owner--model/inject/model --prompt 'Write a haiku about rain'");
 

@@ -2,6 +2,7 @@
 // Precedence (highest first): CLI > environment (REALIGN_<UPPER_SNAKE>) > models.yaml entry for the
 // repo > models.yaml defaults (and top-level gate:) > built-in defaults.
 // The Hugging Face token is deliberately not a setting: it is never stored, printed or hashed.
+import { COMPUTE_DTYPES, type ComputeDType } from "../engine/decoder.ts";
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { homedir } from "node:os";
 import { basename, isAbsolute, join, resolve } from "node:path";
@@ -55,6 +56,7 @@ export interface Settings {
   device: Device;
   /** Weight-only quantisation for extraction and validation on CPU; auto = int8 when float32 weights would not fit in memory. */
   quantize: Quantize;
+  dtype: ComputeDType;
   harmful: string;
   harmless: string;
   evalHarmful: string;
@@ -122,7 +124,8 @@ export const FIELDS: readonly FieldSpec[] = [
   f("method", { t: "enum", values: METHODS }, "injection method: rosi (the paper), rosi-mv (minimum-variance spread), auto (calibration chooses)", { arg: "name" }),
   f("includeEmbeddings", { t: "bool" }, "also edit the token embedding table (untied models only; off by default, the paper does not state it)"),
   f("device", { t: "enum", values: DEVICES }, "auto | cpu | cuda | webgpu", { hashed: false, arg: "name" }),
-  f("quantize", { t: "enum", values: QUANTIZE }, "weight-only quantisation while measuring: auto (int8 when float32 does not fit in memory), none, int8, int4", { arg: "name" }),
+  f("quantize", { t: "enum", values: QUANTIZE }, "weight-only quantisation while measuring: auto (int8 when the weights do not fit in memory), none, int8, int4", { arg: "name" }),
+  f("dtype", { t: "enum", values: COMPUTE_DTYPES }, "compute type while measuring: float32, or float16 (half the weight and KV-cache memory; meant for GPU EPs)", { arg: "name" }),
   f("harmful", { t: "string" }, "harmful training prompts (dataset spec)", { arg: "spec" }),
   f("harmless", { t: "string" }, "harmless training prompts (dataset spec)", { arg: "spec" }),
   f("evalHarmful", { t: "string" }, "harmful evaluation prompts (dataset spec)", { arg: "spec" }),
@@ -164,6 +167,7 @@ export const DEFAULTS: Omit<Settings, "model" | "out"> = {
   includeEmbeddings: false,
   device: "auto",
   quantize: "auto",
+  dtype: "float32",
   harmful: "builtin",
   harmless: "builtin",
   evalHarmful: "builtin",

@@ -46,22 +46,23 @@ export function splitsOf(ctx: Ctx): PromptSplits {
   return readJson<PromptSplits>(join(ctx.upstream("elicit"), "prompts.json"));
 }
 
-/** The quantisation to measure with: explicit, or (auto) int8 when float32 weights would take over half the memory. */
-export function quantizationFor(dir: string, setting: Settings["quantize"]): QuantizeConfig | null {
+/** The quantisation to measure with: explicit, or (auto) int8 when the weights (float32, or float16 with `bytesPerWeight` 2) would take over half the memory. */
+export function quantizationFor(dir: string, setting: Settings["quantize"], bytesPerWeight = 4): QuantizeConfig | null {
   if (setting === "none") return null;
   if (setting === "int8" || setting === "int4") return parseQuantize(setting);
   const ckpt = Checkpoint.open(dir);
   let params = 0;
   for (const n of ckpt.names()) params += ckpt.info(n).shape.reduce((a, b) => a * b, 1);
   ckpt.close();
-  return params * 4 > 0.5 * totalmem() ? parseQuantize("int8") : null;
+  return params * bytesPerWeight > 0.5 * totalmem() ? parseQuantize("int8") : null;
 }
 
 export async function openModel(ctx: Ctx, dir: string, interventions: boolean): Promise<{ model: DecoderModel; tok: ModelTokenizer }> {
   const tok = await loadTokenizer(dir);
-  const quantize = quantizationFor(dir, ctx.settings.quantize);
-  const model = await DecoderModel.load(dir, { device: ctx.settings.device, interventions, quantize, log: ctx.log });
-  ctx.log(`model ${dir} on ${model.ep}${model.quantization ? `, weights ${model.quantization}` : ""}${model.fallbackReason ? ` (GPU not used: ${model.fallbackReason})` : ""}`);
+  const dtype = ctx.settings.dtype;
+  const quantize = quantizationFor(dir, ctx.settings.quantize, dtype === "float16" ? 2 : 4);
+  const model = await DecoderModel.load(dir, { device: ctx.settings.device, interventions, quantize, dtype, log: ctx.log });
+  ctx.log(`model ${dir} on ${model.ep}, ${dtype}${model.quantization ? `, weights ${model.quantization}` : ""}${model.fallbackReason ? ` (GPU not used: ${model.fallbackReason})` : ""}`);
   return { model, tok };
 }
 

@@ -38,7 +38,7 @@ export const elicitStep: Step<Settings> = {
   deps: ["pull"],
   outputs: ["prompts.json", "elicitation.json"],
   inputs: (s) => ({
-    quantize: s.quantize, harmful: s.harmful, harmless: s.harmless, evalHarmful: s.evalHarmful, evalHarmless: s.evalHarmless,
+    quantize: s.quantize, dtype: s.dtype, harmful: s.harmful, harmless: s.harmless, evalHarmful: s.evalHarmful, evalHarmless: s.evalHarmless,
     nTrain: s.nTrain, nVal: s.nVal, nEval: s.nEval, seed: s.seed, systemPrompt: s.systemPrompt,
     useSystemPrompt: s.useSystemPrompt, elicitHarmfulMin: s.elicitHarmfulMin, elicitHarmlessMax: s.elicitHarmlessMax,
     maxNewTokens: s.maxNewTokens,

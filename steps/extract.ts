@@ -118,7 +118,7 @@ export const extractStep: Step<Settings> = {
   version: 6,
   deps: ["pull", "elicit"],
   outputs: ["direction.safetensors", "selection.json", "selection.svg", "spread.json"],
-  inputs: (s) => ({ rank: s.rank, quantize: s.quantize, layer: s.layer, position: s.position, useSystemPrompt: s.useSystemPrompt, method: s.method }),
+  inputs: (s) => ({ rank: s.rank, quantize: s.quantize, dtype: s.dtype, layer: s.layer, position: s.position, useSystemPrompt: s.useSystemPrompt, method: s.method }),
   async run(ctx) {
     const s = ctx.settings;
     const source = sourceOf(ctx);

@@ -57,7 +57,7 @@ export const injectStep: Step<Settings> = {
   version: 7,
   deps: ["pull", "elicit", "extract"],
   outputs: ["model", "calibration.json", "calibration.svg"],
-  inputs: (s) => ({ includeEmbeddings: s.includeEmbeddings, quantize: s.quantize, alpha: s.alpha, rank: s.rank, method: s.method, seed: s.seed, gate: s.gate, nEval: s.nEval }),
+  inputs: (s) => ({ includeEmbeddings: s.includeEmbeddings, quantize: s.quantize, dtype: s.dtype, alpha: s.alpha, rank: s.rank, method: s.method, seed: s.seed, gate: s.gate, nEval: s.nEval }),
   async run(ctx) {
     const s = ctx.settings;
     const source = sourceOf(ctx);

@@ -104,7 +104,7 @@ export const validateStep: Step<Settings> = {
   version: 3,
   deps: ["pull", "elicit", "inject"],
   outputs: ["validation.json", "samples.json"],
-  inputs: (s) => ({ maxNewTokens: s.maxNewTokens, gate: s.gate, judge: s.judge, seed: s.seed, nEval: s.nEval, quantize: s.quantize }),
+  inputs: (s) => ({ maxNewTokens: s.maxNewTokens, gate: s.gate, judge: s.judge, seed: s.seed, nEval: s.nEval, quantize: s.quantize, dtype: s.dtype }),
   async run(ctx) {
     const s = ctx.settings;
     const source = sourceOf(ctx);

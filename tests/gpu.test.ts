@@ -70,7 +70,7 @@ function maxDiff(a: Float32Array, b: Float32Array | Matrix, keepRow: (r: number)
 
 for (const ep of eps) {
   // An EP that did not start is skipped (loudly, above), except WebGPU when REALIGN_GPU_TESTS=1 asks for it.
-  describe.skipIf(skipReason !== null || (!models[ep] && !(requested && ep === "webgpu")))(`${ep} vs cpu (hf-golden llama, float32)`, () => {
+  describe.skipIf(skipReason !== null || (!models[ep] && !(requested && ep === "webgpu")))(`${ep} vs cpu (hf-golden llama)`, () => {
     const golden = (): Golden => JSON.parse(readFileSync(join(dir, "expected.json"), "utf8")) as Golden;
     const gpu = (): DecoderModel => {
       // Requested explicitly (REALIGN_GPU_TESTS=1) but the EP did not start: that is a failure, not a skip.
@@ -123,6 +123,30 @@ for (const ep of eps) {
       const b = await generateGreedy(models.cpu!, prompts, { maxNewTokens: 8, padId: 0 });
       expect(a.newIds).toEqual(b.newIds);
       expect(a.newIds).toEqual(g.batch_left_padded.generate.new_tokens_use_cache_false);
+    });
+
+    // Half precision on the GPU: HF's float32 outputs for the BF16-rounded weights (exact in FP16) are the
+    // reference, with the fixture README's bound for a half-precision compute path (5e-2).
+    test("float16 compute: logits within 5e-2 of HF (BF16 weights) and of the CPU float16 path", async () => {
+      const hf = JSON.parse(readFileSync(join(dir, "expected-bf16.json"), "utf8")) as Golden;
+      const half = await DecoderModel.load(dir, { device: ep, dtype: "float16", weights: "model-bf16.safetensors", cacheDir });
+      const cpuHalf = await DecoderModel.load(dir, { device: "cpu", dtype: "float16", weights: "model-bf16.safetensors", cacheDir });
+      try {
+        expect(half.ep).toBe(ep);
+        for (const s of hf.single) {
+          const T = s.input_ids.length;
+          const input = { inputIds: [s.input_ids], attentionMask: [s.input_ids.map(() => 1)], positionIds: [s.position_ids], logitPositions: [range(T)], noCache: true };
+          const a = await half.forward(input);
+          const vsHf = maxDiff(a.logits, s.logits);
+          const vsCpu = maxDiff(a.logits, (await cpuHalf.forward(input)).logits);
+          console.log(`float16 T=${T}: |${ep}−HF| ${vsHf.toExponential(1)}, |${ep}−cpu float16| ${vsCpu.toExponential(1)}`);
+          expect(vsHf).toBeLessThan(5e-2);
+          expect(vsCpu).toBeLessThan(5e-2);
+        }
+      } finally {
+        await half.close();
+        await cpuHalf.close();
+      }
     });
   });
 }

@@ -1,9 +1,10 @@
-// `realign generate <model-dir> --prompt "…" [--system "…"] [--raw] [--max-new-tokens N] [--device …] [--json]`
+// `realign generate <model-dir> --prompt "…" [--system "…"] [--raw] [--max-new-tokens N] [--device …] [--dtype float32|float16] [--json]`
 import { existsSync } from "node:fs";
 import { DecoderModel } from "../../engine/model.ts";
 import { generateGreedy } from "../../engine/generate.ts";
 import { loadTokenizer } from "../../engine/tokenizer.ts";
 import { DEVICES, type Device } from "../../engine/session.ts";
+import { COMPUTE_DTYPES, type ComputeDType } from "../../engine/decoder.ts";
 
 export interface GenerateCommandOptions {
   prompt?: string;
@@ -11,6 +12,7 @@ export interface GenerateCommandOptions {
   raw?: boolean;
   maxNewTokens?: number | string;
   device?: string;
+  dtype?: string;
   json?: boolean;
 }
 
@@ -29,6 +31,11 @@ export async function generateCommand(modelDir: string, opts: GenerateCommandOpt
     console.error(`error: --device must be one of ${DEVICES.join(", ")}`);
     return 2;
   }
+  const dtype = (opts.dtype ?? "float32") as ComputeDType;
+  if (!COMPUTE_DTYPES.includes(dtype)) {
+    console.error(`error: --dtype must be one of ${COMPUTE_DTYPES.join(", ")}`);
+    return 2;
+  }
   const maxNewTokens = Number(opts.maxNewTokens ?? 64);
   if (!Number.isInteger(maxNewTokens) || maxNewTokens < 1) {
     console.error("error: --max-new-tokens must be a positive integer");
@@ -38,7 +45,7 @@ export async function generateCommand(modelDir: string, opts: GenerateCommandOpt
   const promptIds = opts.raw
     ? tokenizer.encode(String(opts.prompt))
     : tokenizer.encodeChat(String(opts.prompt), { system: opts.system ?? null }).ids;
-  const model = await DecoderModel.load(modelDir, { device, log: (m) => console.error(m) });
+  const model = await DecoderModel.load(modelDir, { device, dtype, log: (m) => console.error(m) });
   if (!opts.json) console.error(`device: ${model.ep}${model.fallbackReason ? ` (GPU not used: ${model.fallbackReason})` : ""}`);
   const eosIds = tokenizer.eosIds.length ? tokenizer.eosIds : model.checkpoint.eosTokenIds();
   const result = await generateGreedy(model, [promptIds], { maxNewTokens, eosIds, padId: tokenizer.padId ?? 0 });
