@@ -11,6 +11,7 @@ import type { DecoderConfig } from "./config.ts";
 import { ExternalDataWriter, OnnxGraph } from "./onnx/graph.ts";
 import { DEFAULT_ACCURACY_LEVEL, describeQuantization, type QuantizeConfig } from "./quantize.ts";
 import { openSession, ort, type Device } from "./session.ts";
+import { graphCacheLimit, makeRoom, touchGraph } from "./graph-cache.ts";
 
 /** Bump when the graph layout changes, so cached graphs are rebuilt. */
 const GRAPH_VERSION = "4";
@@ -101,9 +102,12 @@ export class DecoderModel {
       .update(JSON.stringify({ v: GRAPH_VERSION, fp: checkpoint.fingerprint(), files: checkpoint.shards().map((f) => [statSync(f).size, statSync(f).mtimeMs]), interventions, dtype, quantize: quantize ?? undefined }))
       .digest("hex")
       .slice(0, 24);
-    const graphDir = join(opts.cacheDir ?? defaultCacheDir(), "graphs", key);
+    const graphsDir = join(opts.cacheDir ?? defaultCacheDir(), "graphs");
+    const graphDir = join(graphsDir, key);
     const graphPath = join(graphDir, "model.onnx");
     if (!existsSync(graphPath)) {
+      const limit = graphCacheLimit();
+      if (limit !== null) makeRoom(graphsDir, estimatedGraphBytes(checkpoint, dtype, quantize), limit, opts.log);
       opts.log?.(`building ONNX graph for ${dir} (cached in ${graphDir})`);
       // Build into a temporary folder and rename: a killed build never looks complete.
       const tmp = `${graphDir}.tmp-${process.pid}-${Date.now()}`;
@@ -120,7 +124,8 @@ export class DecoderModel {
         throw e;
       }
     }
-    const { session, ep, fallbackReason } = await openSession(graphPath, opts.device ?? "auto", { prepack: quantize !== null, halfPrecision: dtype === "float16" });
+    touchGraph(graphDir);
+    const { session, ep, fallbackReason } = await openSession(graphPath, opts.device ?? "auto", { prepack: quantize !== null });
     return new DecoderModel(dir, checkpoint, builder.cfg, session, ep, fallbackReason, interventions, graphPath, describeQuantization(quantize), dtype);
   }
 
@@ -183,6 +188,19 @@ export class DecoderModel {
     await this.session.release();
     this.checkpoint.close();
   }
+}
+
+/** About how many bytes a built graph's weights take (for the cache cap). */
+function estimatedGraphBytes(checkpoint: Checkpoint, dtype: ComputeDType, quantize: QuantizeConfig | null): number {
+  const element = dtype === "float16" ? 2 : 4;
+  let bytes = 0;
+  for (const n of checkpoint.names()) {
+    const count = checkpoint.info(n).shape.reduce((a, b) => a * b, 1);
+    // Quantised projection matrices: bits/8 per weight plus one scale per block; everything else at `element`.
+    const quantised = quantize !== null && /(proj|lm_head)\.weight$/.test(n);
+    bytes += quantised ? count * (quantize.bits / 8 + element / quantize.blockSize) : count * element;
+  }
+  return bytes;
 }
 
 /**

@@ -44,7 +44,7 @@ function bundled(ep: string): boolean {
   return ort.listSupportedBackends().some((b) => b.name === ep && b.bundled);
 }
 
-export async function openSession(modelPath: string, device: Device, opts: { prepack?: boolean; halfPrecision?: boolean } = {}): Promise<OpenedSession> {
+export async function openSession(modelPath: string, device: Device, opts: { prepack?: boolean } = {}): Promise<OpenedSession> {
   const prepack = opts.prepack ?? false;
   if (!DEVICES.includes(device)) throw new DeviceError(`unknown device "${device}"; use one of ${DEVICES.join(", ")}`);
   if (device === "cpu") return { session: await tryOpen(modelPath, "cpu", prepack), ep: "cpu", fallbackReason: null };

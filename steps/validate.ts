@@ -159,12 +159,12 @@ export const validateStep: Step<Settings> = {
     const passed = checks.every((c) => c.passed);
     const reasons = checks.filter((c) => !c.passed).map((c) => `${c.name}: ${c.value === null ? "not measured" : c.value.toFixed(3)} (needs ${c.threshold})`);
     const seconds = (performance.now() - t0) / 1000;
-    const validation = { baseline: before.metrics, realigned: after.metrics, gate: { passed, reasons, checks }, judge: judgeInfo, quantization, batch_size: batchSize, eval_sizes: { harmful: data.harmful.length, harmless: data.harmless.length, borderline: borderline.length, jailbreak: jailbreak.length, utility: data.utilityTask?.length ?? data.mc.length }, device: ep, generation_tokens_per_s: { original: before.tokensPerSecond, realigned: after.tokensPerSecond }, seconds };
+    const validation = { baseline: before.metrics, realigned: after.metrics, gate: { passed, reasons, checks }, judge: judgeInfo, quantization, dtype: patched.model.dtype, batch_size: batchSize, eval_sizes: { harmful: data.harmful.length, harmless: data.harmless.length, borderline: borderline.length, jailbreak: jailbreak.length, utility: data.utilityTask?.length ?? data.mc.length }, device: ep, generation_tokens_per_s: { original: before.tokensPerSecond, realigned: after.tokensPerSecond }, seconds };
     writeFileSync(join(ctx.tmpDir, "validation.json"), JSON.stringify(validation, null, 2));
     writeFileSync(join(ctx.tmpDir, "samples.json"), JSON.stringify({ prompts: { harmful: data.harmful, harmless: data.harmless }, original: before.samples, realigned: after.samples }, null, 2));
     const fmt = (x: number | null | undefined) => (x === null || x === undefined ? "—" : `${(x * 100).toFixed(1)} %`);
     ctx.log(`harmful refusal ${fmt(before.metrics.harmful_refusal)} → ${fmt(after.metrics.harmful_refusal)}; harmless refusal ${fmt(before.metrics.harmless_refusal)} → ${fmt(after.metrics.harmless_refusal)}; KL ${after.metrics.kl?.toFixed(3)}; utility ${fmt(before.metrics.utility)} → ${fmt(after.metrics.utility)}; gate ${passed ? "passed" : "FAILED"}`);
-    const report = { baseline: before.metrics, realigned: after.metrics, gate: { passed, reasons, checks }, details: { validation_device: ep, quantization, batch_size: batchSize, generation_tokens_per_s: validation.generation_tokens_per_s, eval_sizes: validation.eval_sizes, judge: judgeInfo } };
+    const report = { baseline: before.metrics, realigned: after.metrics, gate: { passed, reasons, checks }, details: { validation_device: ep, dtype: patched.model.dtype, quantization, batch_size: batchSize, generation_tokens_per_s: validation.generation_tokens_per_s, eval_sizes: validation.eval_sizes, judge: judgeInfo } };
     if (!passed && !ctx.forced) throw new GateFailedError(reasons, report);
     if (!passed) ctx.log(`gate FAILED (${reasons.join("; ")}); continuing to publish because of --force — the model card says so`);
     return { report };

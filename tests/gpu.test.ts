@@ -151,5 +151,47 @@ for (const ep of eps) {
   });
 }
 
+// The behaviour metrics on a trained chat model (the demo organism, which travels with the tree): the GPU EP
+// must give the CPU's figures within float noise. Under the safety system prompt about half of the
+// built-in harmful prompts are refused, so both judgments are exercised.
+for (const ep of eps) {
+  describe.skipIf(skipReason !== null || (!models[ep] && !(requested && ep === "webgpu")))(`${ep} vs cpu: organism behaviour metrics`, () => {
+    test("refusal judgments on 48 harmful prompts and exact-answer utility on 32 items match the CPU's", async () => {
+      const { loadTokenizer } = await import("../engine/tokenizer.ts");
+      const { isRefusal } = await import("../steps/judge.ts");
+      const { encodeAll, generateTexts, mean } = await import("../steps/lm.ts");
+      const { loadPrompts } = await import("../steps/datasets.ts");
+      const { utilitySplit } = await import("../steps/common.ts");
+      const { loadSystemPrompt } = await import("../steps/system-prompt.ts");
+      const organism = join(import.meta.dir, "..", "demo", "organism-llama");
+      const tok = await loadTokenizer(organism);
+      const system = loadSystemPrompt(null, "organism").text;
+      const harmful = (await loadPrompts("builtin", { kind: "harmful" })).prompts.slice(0, 48);
+      const utility = utilitySplit(organism, 0, 64)!.eval.slice(0, 32);
+      const harmfulIds = encodeAll(tok, harmful, system).map((e) => e.ids);
+      const utilityIds = utility.map((u) => tok.encodeChat(u.prompt).ids);
+      const measure = async (device: "cpu" | "webgpu" | "cuda") => {
+        const model = await DecoderModel.load(organism, { device, cacheDir });
+        try {
+          expect(model.ep).toBe(device);
+          const refusals = (await generateTexts(model, tok, harmfulIds, { maxNewTokens: 48 })).texts.map((t) => isRefusal(t));
+          const answers = (await generateTexts(model, tok, utilityIds, { maxNewTokens: 48 })).texts;
+          return { refusals, exact: mean(answers.map((t, i) => +(t.trim() === utility[i].answer))) };
+        } finally {
+          await model.close();
+        }
+      };
+      const cpu = await measure("cpu");
+      const gpu = await measure(ep);
+      const rate = (r: boolean[]) => mean(r.map(Number));
+      console.log(`organism: refusal cpu ${rate(cpu.refusals).toFixed(3)} ${ep} ${rate(gpu.refusals).toFixed(3)}; utility cpu ${cpu.exact.toFixed(3)} ${ep} ${gpu.exact.toFixed(3)}`);
+      expect(rate(cpu.refusals)).toBeGreaterThan(0.2);
+      expect(mean(cpu.refusals.map((r, i) => +(r === gpu.refusals[i])))).toBeGreaterThanOrEqual(0.95);
+      expect(Math.abs(rate(cpu.refusals) - rate(gpu.refusals))).toBeLessThanOrEqual(0.02);
+      expect(Math.abs(cpu.exact - gpu.exact)).toBeLessThanOrEqual(1 / 32);
+    }, 600_000);
+  });
+}
+
 // A skipped entry that carries the reason, so the summary shows why rather than "0 tests".
 if (skipReason) test.skip(`GPU tests: ${skipReason}`, () => {});
