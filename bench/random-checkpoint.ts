@@ -17,6 +17,23 @@ export interface ShapeConfig {
 }
 
 export const SHAPES: Record<string, ShapeConfig> = {
+  // The demo organism's shape: smoke runs of the GPU scripts in seconds.
+  "llama-tiny": {
+    architectures: ["LlamaForCausalLM"],
+    model_type: "llama",
+    hidden_size: 256,
+    intermediate_size: 688,
+    num_hidden_layers: 4,
+    num_attention_heads: 8,
+    num_key_value_heads: 4,
+    vocab_size: 4096,
+    max_position_embeddings: 2048,
+    rms_norm_eps: 1e-5,
+    rope_theta: 10000,
+    tie_word_embeddings: false,
+    hidden_act: "silu",
+    torch_dtype: "bfloat16",
+  },
   "qwen2.5-0.5b": {
     architectures: ["Qwen2ForCausalLM"],
     model_type: "qwen2",
