@@ -61,6 +61,7 @@ export interface Settings {
   harmless: string;
   evalHarmful: string;
   evalHarmless: string;
+  utility: string;
   nTrain: number;
   nVal: number;
   nEval: number;
@@ -130,6 +131,7 @@ export const FIELDS: readonly FieldSpec[] = [
   f("harmless", { t: "string" }, "harmless training prompts (dataset spec)", { arg: "spec" }),
   f("evalHarmful", { t: "string" }, "harmful evaluation prompts (dataset spec)", { arg: "spec" }),
   f("evalHarmless", { t: "string" }, "harmless evaluation prompts (dataset spec)", { arg: "spec" }),
+  f("utility", { t: "string" }, "multiple-choice utility questions (ARC / MMLU layouts; CSV, JSON, JSONL or Parquet, local or hf:<owner>/<dataset>[@rev]/<file>); default: the built-in set", { arg: "spec" }),
   f("nTrain", { t: "int", min: 1 }, "prompts per class for extraction"),
   f("nVal", { t: "int", min: 1 }, "prompts per class for calibration"),
   f("nEval", { t: "int", min: 1 }, "prompts per class for evaluation"),
@@ -172,6 +174,7 @@ export const DEFAULTS: Omit<Settings, "model" | "out"> = {
   harmless: "builtin",
   evalHarmful: "builtin",
   evalHarmless: "builtin",
+  utility: "builtin",
   nTrain: 64,
   nVal: 32,
   nEval: 64,

@@ -3,12 +3,13 @@
 // A dataset spec names where prompts come from:
 //   builtin                        the project's own set of the caller's `kind` (data/builtin/<kind>.json)
 //   builtin:harmful | builtin:harmless | builtin:borderline
-//   path/to/file.csv|.json|.jsonl[#column]
+//   path/to/file.csv|.json|.jsonl|.parquet[#column]
 //   hf:<owner>/<dataset>[@revision]/<path/in/repo>[#column]   (a Hugging Face Hub dataset file)
 // Without `#column` the first present of DEFAULT_COLUMNS is used.
 import { existsSync, readFileSync } from "node:fs";
 import { dirname, extname, isAbsolute, join, resolve } from "node:path";
 import { downloadFile } from "@huggingface/hub";
+import { parquetReadObjects } from "hyparquet";
 import { UsageError } from "../pipeline/errors.ts";
 
 export type DatasetSpec = string;
@@ -45,7 +46,7 @@ export const DEFAULT_COLUMNS = ["instruction", "goal", "prompt", "Goal", "Behavi
 
 export const BUILTIN_DIR = resolve(import.meta.dir, "..", "data", "builtin");
 const BUILTIN_KINDS: readonly PromptKind[] = ["harmful", "harmless", "borderline"];
-const SUPPORTED_EXTENSIONS = [".csv", ".json", ".jsonl"];
+const SUPPORTED_EXTENSIONS = [".csv", ".json", ".jsonl", ".parquet"];
 
 /** Loads, trims, de-duplicates (first occurrence wins, order kept) and checks a prompt set. */
 export async function loadPrompts(spec: DatasetSpec, opts: LoadPromptsOptions): Promise<PromptSet> {
@@ -62,24 +63,32 @@ export async function loadPrompts(spec: DatasetSpec, opts: LoadPromptsOptions): 
     return { source: `builtin:${kind}`, prompts, license: "MIT" };
   }
 
-  if (trimmedSpec.startsWith("hf:")) return loadFromHub(trimmedSpec, opts);
+  const { source, rows, column, license } = await readTable(trimmedSpec, opts, `${opts.kind} prompts`);
+  const prompts = finish(extractColumn(rows, source, column), source);
+  return license === undefined ? { source, prompts } : { source, prompts, license };
+}
 
-  const { path, column } = splitColumn(trimmedSpec);
+/** A local or Hub data file (any supported format) as rows, with the `#column` of the spec. */
+async function readTable(spec: string, opts: HubOptions & { baseDir?: string }, what: string): Promise<{ source: string; rows: Rows; column?: string; license?: string }> {
+  if (spec.startsWith("hf:")) return readFromHub(spec, opts);
+  const { path, column } = splitColumn(spec);
   const file = isAbsolute(path) ? path : resolve(opts.baseDir ?? process.cwd(), path);
   const ext = extname(file).toLowerCase();
   if (!SUPPORTED_EXTENSIONS.includes(ext)) {
     throw new DatasetError(`${file}: unsupported extension '${ext || "(none)"}'; use one of ${SUPPORTED_EXTENSIONS.join(", ")}`);
   }
-  if (!existsSync(file)) throw new DatasetError(`${file}: file not found (${opts.kind} prompts, spec '${spec}')`);
-  const prompts = finish(extractColumn(parseByExtension(readText(file), ext, file), file, column), file);
-  const license = licenceBeside(file);
-  return license === undefined ? { source: file, prompts } : { source: file, prompts, license };
+  if (!existsSync(file)) throw new DatasetError(`${file}: file not found (${what}, spec '${spec}')`);
+  const bytes = readFileSync(file);
+  const rows = await parseByExtension(bytes, ext, file);
+  return { source: file, rows, column, license: licenceBeside(file) };
 }
 
 // ---------------------------------------------------------------------------------------------
 // Hub datasets
 
-async function loadFromHub(spec: string, opts: LoadPromptsOptions): Promise<PromptSet> {
+type HubOptions = Pick<LoadPromptsOptions, "hubUrl" | "token" | "fetch">;
+
+async function readFromHub(spec: string, opts: HubOptions): Promise<{ source: string; rows: Rows; column?: string }> {
   const { path: rest, column } = splitColumn(spec.slice("hf:".length));
   const parts = rest.split("/");
   if (parts.length < 3 || parts.some((p) => p === "")) {
@@ -95,7 +104,7 @@ async function loadFromHub(spec: string, opts: LoadPromptsOptions): Promise<Prom
   }
   const hubUrl = opts.hubUrl ?? process.env.HF_ENDPOINT;
   const accessToken = opts.token ?? process.env.HF_TOKEN;
-  let text: string;
+  let bytes: Uint8Array;
   try {
     const blob = await downloadFile({
       repo: { type: "dataset", name },
@@ -106,14 +115,13 @@ async function loadFromHub(spec: string, opts: LoadPromptsOptions): Promise<Prom
       ...(opts.fetch ? { fetch: opts.fetch } : {}),
     });
     if (blob === null) throw new DatasetError(`${spec}: file '${filePath}' not found in dataset ${name}@${revision}`);
-    text = await blob.text();
+    bytes = new Uint8Array(await blob.arrayBuffer());
   } catch (err) {
     if (err instanceof DatasetError) throw err;
     throw new DatasetError(`${spec}: download from dataset ${name}@${revision} failed: ${(err as Error).message}`);
   }
   const source = `hf:${name}@${revision}/${filePath}`;
-  const prompts = finish(extractColumn(parseByExtension(text, ext, source), source, column), source);
-  return { source, prompts };
+  return { source, rows: await parseByExtension(bytes, ext, source), column };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -137,7 +145,19 @@ function splitColumn(spec: string): { path: string; column?: string } {
   return { path: spec.slice(0, hash), column };
 }
 
-function parseByExtension(text: string, ext: string, where: string): Rows {
+async function parseByExtension(bytes: Uint8Array, ext: string, where: string): Promise<Rows> {
+  if (ext === ".parquet") {
+    let values: Record<string, unknown>[];
+    try {
+      const buffer = bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) as ArrayBuffer;
+      values = (await parquetReadObjects({ file: buffer })) as Record<string, unknown>[];
+    } catch (err) {
+      throw new DatasetError(`${where}: not a readable Parquet file (${(err as Error).message})`);
+    }
+    return rowsFromValues(values, where);
+  }
+  // Strip a UTF-8 BOM so the first CSV header is not "\uFEFFgoal".
+  const text = new TextDecoder().decode(bytes).replace(/^\uFEFF/, "");
   if (ext === ".csv") {
     const table = parseCsv(text, where);
     if (table.length === 0) throw new DatasetError(`${where}: CSV file is empty (no header row)`);
@@ -310,12 +330,13 @@ export function parseCsv(text: string, where = "CSV"): string[][] {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Built-in utility questions
+// Utility questions (multiple choice)
 
 export interface UtilityItem {
   question: string;
-  choices: [string, string, string, string];
-  /** Index of the correct choice (0–3). */
+  /** Two or more options (the built-in set has four). */
+  choices: string[];
+  /** Index of the correct choice. */
   answer: number;
   category?: string;
 }
@@ -335,10 +356,76 @@ export function loadUtilityItems(file: string = join(BUILTIN_DIR, "utility.json"
     if (typeof answer !== "number" || !Number.isInteger(answer) || answer < 0 || answer > 3) {
       throw new DatasetError(`${where}: 'answer' must be an integer index 0-3`);
     }
-    const item: UtilityItem = { question, choices: choices as UtilityItem["choices"], answer };
+    const item: UtilityItem = { question, choices: choices as string[], answer };
     if (typeof category === "string") item.category = category;
     return item;
   });
+}
+
+export interface LoadMultipleChoiceOptions extends HubOptions {
+  baseDir?: string;
+}
+
+/**
+ * Multiple-choice questions for the utility check: `builtin` (data/builtin/utility.json) or a data file
+ * (local or `hf:`, CSV / JSON / JSONL / Parquet) in one of the common layouts:
+ *   ARC (allenai/ai2_arc)   question, choices {text[], label[]}, answerKey ("A" or "1")
+ *   ARC original JSONL      question {stem, choices [{text, label}]}, answerKey
+ *   MMLU (cais/mmlu)        question, choices[], answer (0-based index, or a letter)
+ *   letter columns          question | input, A, B, C, D[, E…], answer | target | answerKey (a letter)
+ */
+export async function loadMultipleChoice(spec: string, opts: LoadMultipleChoiceOptions = {}): Promise<{ source: string; items: UtilityItem[]; license?: string }> {
+  const trimmed = spec.trim();
+  if (trimmed === "builtin") return { source: "builtin:utility", items: loadUtilityItems(), license: "MIT" };
+  if (trimmed === "") throw new DatasetError("empty dataset spec for the utility questions");
+  const { source, rows, license } = await readTable(trimmed, opts, "utility questions");
+  if (rows.kind !== "records") throw new DatasetError(`${source}: expected records with a question, choices and an answer, got a list of plain strings`);
+  const items = rows.records.map((rec, i) => multipleChoiceItem(rec, `${source}: row ${i + 1}`));
+  if (items.length === 0) throw new DatasetError(`${source}: no questions`);
+  return license === undefined ? { source, items } : { source, items, license };
+}
+
+const LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+
+function multipleChoiceItem(rec: Record<string, unknown>, where: string): UtilityItem {
+  let question = rec.question ?? rec.input;
+  let texts: unknown = undefined;
+  let labels: unknown = undefined;
+  if (question !== null && typeof question === "object" && !Array.isArray(question)) {
+    const q = question as Record<string, unknown>;
+    question = q.stem;
+    if (Array.isArray(q.choices)) {
+      texts = q.choices.map((c) => (c as Record<string, unknown> | null)?.text);
+      labels = q.choices.map((c) => (c as Record<string, unknown> | null)?.label);
+    }
+  } else if (Array.isArray(rec.choices)) texts = rec.choices;
+  else if (rec.choices !== null && typeof rec.choices === "object") ({ text: texts, label: labels } = rec.choices as Record<string, unknown>);
+  else {
+    const present: string[] = [];
+    for (const l of LETTERS) {
+      if (!(l in rec)) break;
+      present.push(l);
+    }
+    if (present.length) [texts, labels] = [present.map((l) => rec[l]), present];
+  }
+  if (typeof question !== "string" || question.trim() === "") throw new DatasetError(`${where}: no question (expected a 'question' or 'input' string, or ARC's question.stem)`);
+  if (!Array.isArray(texts) || texts.length < 2 || !texts.every((t) => typeof t === "string" && t.trim() !== "")) {
+    throw new DatasetError(`${where}: choices must be two or more non-empty strings (ARC choices.text, MMLU choices, or columns A, B, …)`);
+  }
+  const choiceLabels = Array.isArray(labels) && labels.length === texts.length ? labels.map(String) : [...LETTERS].slice(0, texts.length);
+  const raw = rec.answerKey ?? rec.answer ?? rec.target ?? rec.label;
+  let answer = -1;
+  if (typeof raw === "bigint") answer = Number(raw);
+  else if (typeof raw === "number" && Number.isInteger(raw)) answer = raw;
+  else if (typeof raw === "string") {
+    const key = raw.trim();
+    answer = choiceLabels.indexOf(key);
+    if (answer < 0 && /^[A-Z]$/.test(key)) answer = LETTERS.indexOf(key);
+  }
+  if (answer < 0 || answer >= texts.length) {
+    throw new DatasetError(`${where}: answer ${JSON.stringify(typeof raw === "bigint" ? Number(raw) : raw)} does not name one of the ${texts.length} choices (labels ${choiceLabels.join(", ")})`);
+  }
+  return { question, choices: texts as string[], answer };
 }
 
 // ---------------------------------------------------------------------------------------------

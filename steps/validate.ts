@@ -10,7 +10,7 @@ import type { DecoderModel } from "../engine/model.ts";
 import type { ModelTokenizer } from "../engine/tokenizer.ts";
 import { leftPad } from "../engine/generate.ts";
 import { isRefusal } from "./judge.ts";
-import { loadPrompts, loadUtilityItems, type UtilityItem } from "./datasets.ts";
+import { loadMultipleChoice, loadPrompts, shuffled, type UtilityItem } from "./datasets.ts";
 import { JAILBREAK_TEMPLATES, wrapJailbreak } from "./jailbreaks.ts";
 import { encodeAll, firstTokenLogProbs, generateTexts, klDivergence, logSoftmax, mean } from "./lm.ts";
 import { ClassifierJudge } from "./classifier-judge.ts";
@@ -41,6 +41,15 @@ export async function multipleChoiceAccuracy(model: DecoderModel, tok: ModelToke
     if (scores.indexOf(Math.max(...scores)) === item.answer) correct++;
   }
   return correct / items.length;
+}
+
+/** The multiple-choice questions: the built-in set whole, a given set sampled (seeded) to max(n_eval, 100) items. */
+async function utilityQuestions(ctx: Ctx): Promise<{ items: UtilityItem[]; source: string; license: string | null }> {
+  const s = ctx.settings;
+  const set = await loadMultipleChoice(s.utility, { hubUrl: s.hubUrl, token: ctx.secrets.hfToken ?? undefined });
+  const items = s.utility.trim() === "builtin" ? set.items : shuffled(set.items, s.seed).slice(0, Math.max(s.nEval, 100));
+  ctx.log(`utility questions: ${items.length} of ${set.items.length} from ${set.source}`);
+  return { items, source: set.source, license: set.license ?? null };
 }
 
 interface SideResult {
@@ -104,14 +113,15 @@ export const validateStep: Step<Settings> = {
   version: 3,
   deps: ["pull", "elicit", "inject"],
   outputs: ["validation.json", "samples.json"],
-  inputs: (s) => ({ maxNewTokens: s.maxNewTokens, gate: s.gate, judge: s.judge, seed: s.seed, nEval: s.nEval, quantize: s.quantize, dtype: s.dtype }),
+  inputs: (s) => ({ maxNewTokens: s.maxNewTokens, gate: s.gate, judge: s.judge, seed: s.seed, nEval: s.nEval, quantize: s.quantize, dtype: s.dtype, utility: s.utility }),
   async run(ctx) {
     const s = ctx.settings;
     const source = sourceOf(ctx);
     const splits = splitsOf(ctx);
     const borderline = (await loadPrompts("builtin", { kind: "borderline" })).prompts;
     const jailbreak = splits.harmful.eval.slice(0, 16).flatMap((p) => JAILBREAK_TEMPLATES.map((t) => wrapJailbreak(t.id, p)));
-    const data = { harmful: splits.harmful.eval, harmless: splits.harmless.eval, borderline, jailbreak, utilityTask: utilitySplit(source.dir, s.seed, s.nEval)?.eval ?? null, mc: loadUtilityItems() };
+    const mcSet = await utilityQuestions(ctx);
+    const data = { harmful: splits.harmful.eval, harmless: splits.harmless.eval, borderline, jailbreak, utilityTask: utilitySplit(source.dir, s.seed, s.nEval)?.eval ?? null, mc: mcSet.items };
     const t0 = performance.now();
     const orig = await openModel(ctx, source.dir, false);
     let before: SideResult;
@@ -164,7 +174,7 @@ export const validateStep: Step<Settings> = {
     writeFileSync(join(ctx.tmpDir, "samples.json"), JSON.stringify({ prompts: { harmful: data.harmful, harmless: data.harmless }, original: before.samples, realigned: after.samples }, null, 2));
     const fmt = (x: number | null | undefined) => (x === null || x === undefined ? "—" : `${(x * 100).toFixed(1)} %`);
     ctx.log(`harmful refusal ${fmt(before.metrics.harmful_refusal)} → ${fmt(after.metrics.harmful_refusal)}; harmless refusal ${fmt(before.metrics.harmless_refusal)} → ${fmt(after.metrics.harmless_refusal)}; KL ${after.metrics.kl?.toFixed(3)}; utility ${fmt(before.metrics.utility)} → ${fmt(after.metrics.utility)}; gate ${passed ? "passed" : "FAILED"}`);
-    const report = { baseline: before.metrics, realigned: after.metrics, gate: { passed, reasons, checks }, details: { validation_device: ep, dtype: patched.model.dtype, quantization, batch_size: batchSize, generation_tokens_per_s: validation.generation_tokens_per_s, eval_sizes: validation.eval_sizes, judge: judgeInfo } };
+    const report = { baseline: before.metrics, realigned: after.metrics, gate: { passed, reasons, checks }, details: { validation_device: ep, dtype: patched.model.dtype, utility_questions: { source: mcSet.source, license: mcSet.license, used: mcSet.items.length }, quantization, batch_size: batchSize, generation_tokens_per_s: validation.generation_tokens_per_s, eval_sizes: validation.eval_sizes, judge: judgeInfo } };
     if (!passed && !ctx.forced) throw new GateFailedError(reasons, report);
     if (!passed) ctx.log(`gate FAILED (${reasons.join("; ")}); continuing to publish because of --force — the model card says so`);
     return { report };

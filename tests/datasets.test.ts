@@ -304,7 +304,7 @@ describe("hf: Hub datasets (local server)", () => {
 
   test("malformed hub specs are clear errors", async () => {
     await expect(loadPrompts("hf:acme/prompts", { kind: "harmful", hubUrl })).rejects.toThrow(/bad hub spec 'hf:acme\/prompts'/);
-    await expect(loadPrompts("hf:acme/prompts/data/x.parquet", { kind: "harmful", hubUrl })).rejects.toThrow(/unsupported extension '\.parquet'/);
+    await expect(loadPrompts("hf:acme/prompts/data/x.txt", { kind: "harmful", hubUrl })).rejects.toThrow(/unsupported extension '\.txt'/);
     await expect(loadPrompts("hf:acme/prompts@v1/data/train.csv#nope", { kind: "harmful", hubUrl })).rejects.toThrow(
       /column 'nope' not found; available columns: 'goal', 'target'/,
     );
