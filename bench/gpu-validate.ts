@@ -10,6 +10,7 @@ import cac from "cac";
 import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { defaultCacheDir } from "../engine/model.ts";
+import { numel } from "../engine/safetensors.ts";
 import { SHAPES, tensorPlan, writeRandomCheckpoint } from "./random-checkpoint.ts";
 
 const cli = cac("bench:gpu");
@@ -36,7 +37,7 @@ if (!shape || !["all", "bench", "pipeline"].includes(phase) || !["float16", "flo
 const log = (m: string) => console.error(`[bench:gpu] ${m}`);
 
 // ---- the checkpoint -------------------------------------------------------------------------------
-const params = tensorPlan(shape).reduce((s, t) => s + t.shape.reduce((a, b) => a * b, 1), 0);
+const params = tensorPlan(shape).reduce((s, t) => s + numel(t.shape), 0);
 const dir = join(defaultCacheDir(), "bench", `${shapeName}-random-chat`);
 const t0 = performance.now();
 writeRandomCheckpoint(dir, shape, { shards: params > 2e9 ? 4 : 1, log });
@@ -70,7 +71,7 @@ async function withGpuMemory<T>(work: () => Promise<T>): Promise<{ result: T; pe
       const lines = buffered.split("\n");
       buffered = lines.pop() ?? "";
       for (const line of lines) {
-        const mib = Number.parseInt(line.trim().split("\n")[0], 10);
+        const mib = Number.parseInt(line.trim(), 10);
         if (!Number.isFinite(mib)) continue;
         baseline ??= mib;
         peak = Math.max(peak ?? 0, mib);

@@ -4,6 +4,7 @@ import cac from "cac";
 import { join } from "node:path";
 import { readFileSync, rmSync } from "node:fs";
 import { defaultCacheDir } from "../engine/model.ts";
+import { numel } from "../engine/safetensors.ts";
 import { writeRandomCheckpoint, tensorPlan, type ShapeConfig } from "./random-checkpoint.ts";
 
 const SHAPE: ShapeConfig = {
@@ -44,7 +45,7 @@ const { options } = cli.parse();
 const src = join(defaultCacheDir(), "bench", "llama-1gb-2shard-random");
 writeRandomCheckpoint(src, SHAPE, { shards: 2 });
 const plan = tensorPlan(SHAPE);
-const sizes = plan.map((t) => t.shape.reduce((a, b) => a * b, 1) * 2);
+const sizes = plan.map((t) => numel(t.shape) * 2);
 const total = sizes.reduce((a, b) => a + b, 0);
 const largest = Math.max(...sizes);
 const out = join(defaultCacheDir(), "bench", "llama-1gb-2shard-edited");

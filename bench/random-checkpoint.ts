@@ -2,7 +2,7 @@
 import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { f32ToBf16 } from "../engine/dtype.ts";
-import { SafetensorsStreamWriter, type TensorSpec } from "../engine/safetensors.ts";
+import { numel, SafetensorsStreamWriter, type TensorSpec } from "../engine/safetensors.ts";
 
 export interface ShapeConfig {
   model_type: string;
@@ -131,7 +131,7 @@ export function writeRandomCheckpoint(dir: string, cfg: ShapeConfig, opts: { sha
     const writer = new SafetensorsStreamWriter(join(tmp, file), part, { format: "pt" });
     for (const name of writer.order()) {
       const spec = part.find((t) => t.name === name)!;
-      writer.write(name, noise(spec.shape.reduce((a, b) => a * b, 1), name.endsWith("norm.weight")));
+      writer.write(name, noise(numel(spec.shape), name.endsWith("norm.weight")));
       weightMap[name] = file;
     }
     writer.finish();

@@ -37,7 +37,7 @@ export interface DecoderBuildOptions {
   interventions?: boolean;
   /**
    * Weight-only quantisation of the projection matrices (q/k/v, o, gate/up, down, untied lm_head) to
-   * `com.microsoft.MatMulNBits`; embeddings, norms, biases and a tied lm_head stay float32.
+   * `com.microsoft.MatMulNBits`; embeddings, norms, biases and a tied lm_head stay in the compute type.
    */
   quantize?: QuantizeConfig | null;
   /**
@@ -336,10 +336,11 @@ export class DecoderBuilder {
     const attnFlat = g.op("Reshape", [g.op("Transpose", [context], { perm: [0, 2, 1, 3] }), g.constI64([-1, qOut])]);
 
     const oName = `${p}.o_proj.weight`;
-    const w_o = this.matrixWeight(oName, this.require(oName, [hiddenSize, qOut]), hiddenSize, qOut);
+    const W_o = this.require(oName, [hiddenSize, qOut]);
+    const w_o = this.matrixWeight(oName, W_o, hiddenSize, qOut);
     const b_o = this.optionalBias(`${p}.o_proj.bias`, [`${p}.o_proj.bias`], [hiddenSize], this.cfg.oBias);
     const attnOut = this.gemm(attnFlat, w_o, b_o, `L${l}_o_proj`);
-    return this.intervene(attnOut, attnFlat, oName, 2 * l);
+    return this.intervene(attnOut, attnFlat, oName, W_o, qOut, 2 * l);
   }
 
   protected mlp(l: number, x: string): string {
@@ -352,19 +353,18 @@ export class DecoderBuilder {
     const [gate, up] = g.node("Split", [this.gemm(x, w_gateUp, b_gateUp, `L${l}_gate_up`), g.constI64([intermediateSize, intermediateSize])], { axis: -1 }, { outputs: 2 });
     const hidden = g.op("Mul", [this.activation(gate), up], {}, { name: `L${l}_mlp_hidden` });
     const downName = `${p}.down_proj.weight`;
-    const w_down = this.matrixWeight(downName, this.require(downName, [hiddenSize, intermediateSize]), hiddenSize, intermediateSize);
+    const W_down = this.require(downName, [hiddenSize, intermediateSize]);
+    const w_down = this.matrixWeight(downName, W_down, hiddenSize, intermediateSize);
     const b_down = this.optionalBias(`${p}.down_proj.bias`, [`${p}.down_proj.bias`], [hiddenSize], this.cfg.mlpBias);
     const mlpOut = this.gemm(hidden, w_down, b_down, `L${l}_down_proj`);
-    return this.intervene(mlpOut, hidden, downName, 2 * l + 1);
+    return this.intervene(mlpOut, hidden, downName, W_down, intermediateSize, 2 * l + 1);
   }
 
-  /** out + (x·w̄)·rosi_vectors[row]: the rank-one edit of this matrix, applied at run time. */
-  protected intervene(out: string, x: string, weightName: string, row: number): string {
+  /** out + (x·w̄)·rosi_vectors[row]: the rank-one edit of the [hidden, cols] matrix W, applied at run time. */
+  protected intervene(out: string, x: string, weightName: string, W: Float32Array, cols: number, row: number): string {
     if (!this.opts.interventions) return out;
     const g = this.g;
-    const W = this.weights.readF32(weightName);
-    const [rows, cols] = this.weights.info(weightName).shape;
-    const wBar = meanOfRows(W, rows, cols);
+    const wBar = meanOfRows(W, W.length / cols, cols);
     const coef = g.op("MatMul", [x, this.weight(`${weightName}.wbar`, wBar, [cols, 1])]); // [N,1]
     this.coefficients[row] = coef;
     const vec = g.op("Gather", [this.rosiVectors, g.scalarI64(row)], { axis: 0 }); // [hidden]
@@ -389,8 +389,8 @@ export class DecoderBuilder {
     const { hiddenSize, vocabSize } = this.cfg;
     const normed = this.rmsNorm(hidden, this.normWeight("model.norm.weight"), "final_norm");
     const headName = this.lmHeadName();
-    // A tied head reuses the embedding initializer: Gemm(transB) reads the [vocab, hidden] table directly (float32 even when
-    // quantising, since the Gather needs the float table anyway).
+    // A tied head reuses the embedding initializer: Gemm(transB) reads the [vocab, hidden] table directly (unquantised
+    // even when quantising, since the Gather needs the full-precision table anyway).
     const head = headName === this.embedName() ? this.embedName() : this.matrixWeight(headName, this.require(headName, [vocabSize, hiddenSize]), vocabSize, hiddenSize);
     let logits = this.toFloat(this.gemm(normed, head, null, "lm_head"));
     const cap = this.cfg.finalLogitSoftcap;

@@ -12,6 +12,7 @@ import { ExternalDataWriter, OnnxGraph } from "./onnx/graph.ts";
 import { DEFAULT_ACCURACY_LEVEL, describeQuantization, type QuantizeConfig } from "./quantize.ts";
 import { openSession, ort, type Device } from "./session.ts";
 import { graphCacheLimit, makeRoom, touchGraph } from "./graph-cache.ts";
+import { numel } from "./safetensors.ts";
 
 /** Bump when the graph layout changes, so cached graphs are rebuilt. */
 const GRAPH_VERSION = "4";
@@ -99,7 +100,7 @@ export class DecoderModel {
     // `quantize` is left out of the key when unset (undefined), so float32 graphs keep their cache entries.
     const key = createHash("sha256")
       // The fingerprint covers config and headers; size + mtime of each shard catch weights rewritten in place.
-      .update(JSON.stringify({ v: GRAPH_VERSION, fp: checkpoint.fingerprint(), files: checkpoint.shards().map((f) => [statSync(f).size, statSync(f).mtimeMs]), interventions, dtype, quantize: quantize ?? undefined }))
+      .update(JSON.stringify({ v: GRAPH_VERSION, fp: checkpoint.fingerprint(), files: checkpoint.shards().map((f) => statSync(f)).map((st) => [st.size, st.mtimeMs]), interventions, dtype, quantize: quantize ?? undefined }))
       .digest("hex")
       .slice(0, 24);
     const graphsDir = join(opts.cacheDir ?? defaultCacheDir(), "graphs");
@@ -138,7 +139,6 @@ export class DecoderModel {
 
   async forward(input: ForwardInput): Promise<ForwardOutput> {
     const B = input.inputIds.length;
-    const T = input.inputIds[0]?.length ?? 0;
     const K = input.logitPositions[0]?.length ?? 0;
     const { numLayers, hiddenSize, vocabSize } = this.config;
     const past = input.past ?? this.emptyCache(B);
@@ -180,7 +180,6 @@ export class DecoderModel {
     if (input.residuals) {
       result.residuals = [...Array.from({ length: numLayers }, (_, l) => out[IO.residual(l)].data as Float32Array), out[IO.residualFinal].data as Float32Array];
     }
-    void T;
     return result;
   }
 
@@ -195,7 +194,7 @@ function estimatedGraphBytes(checkpoint: Checkpoint, dtype: ComputeDType, quanti
   const element = dtype === "float16" ? 2 : 4;
   let bytes = 0;
   for (const n of checkpoint.names()) {
-    const count = checkpoint.info(n).shape.reduce((a, b) => a * b, 1);
+    const count = numel(checkpoint.info(n).shape);
     // Quantised projection matrices: bits/8 per weight plus one scale per block; everything else at `element`.
     const quantised = quantize !== null && /(proj|lm_head)\.weight$/.test(n);
     bytes += quantised ? count * (quantize.bits / 8 + element / quantize.blockSize) : count * element;

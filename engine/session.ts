@@ -2,8 +2,9 @@
 // and always says which one it picked.
 import * as ort from "onnxruntime-node";
 
-export type Device = "auto" | "cpu" | "cuda" | "webgpu";
-export const DEVICES: Device[] = ["auto", "cpu", "cuda", "webgpu"];
+import { DEVICES, type Device } from "./device.ts";
+
+export { DEVICES, type Device };
 
 export class DeviceError extends Error {
   override name = "DeviceError";

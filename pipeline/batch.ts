@@ -51,12 +51,12 @@ export interface BatchOptions {
   now?: () => Date;
 }
 
-/** Everything the publish step needs that can be checked up front. */
 /** Whether the run pushes to the Hub (publish on, and not to a local `file:<dir>` target). */
 export function pushesToHub(settings: Settings): boolean {
   return settings.publish && !(settings.pushTo ?? "").startsWith("file:");
 }
 
+/** Everything the publish step needs that can be checked up front. */
 export function checkPublishable(settings: Settings, token: string | null): void {
   if (!pushesToHub(settings)) return;
   if (settings.offline) throw new UsageError("cannot publish while offline: add --no-publish (or publish: false)");

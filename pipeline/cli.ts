@@ -24,6 +24,7 @@ import { consoleUI, formatSeconds } from "./progress.ts";
 import type { RunReport } from "./report.ts";
 import { checkFrom, readDoneRecord, runPipeline, type Step } from "./runner.ts";
 import { getSteps as registrySteps, STEP_NAMES } from "./steps-registry.ts";
+import { generateCommand } from "./commands/generate.ts";
 
 const REPO_ROOT = resolve(import.meta.dir, "..");
 export const DEMO_MODEL_DIR = join(REPO_ROOT, "demo", "organism-llama");
@@ -257,7 +258,7 @@ function installSignals(): { signal: AbortSignal; dispose: () => void } {
 
 function confirmPublish(settings: Settings, opts: Opts, interactive: boolean): void {
   if (!pushesToHub(settings) || opts.yes === true) return;
-  const target = settings.pushTo ?? "<your account>/<model>-realigned";
+  const target = settings.pushTo ?? "<your account>/<model>-ROSI";
   if (!interactive) {
     throw new UsageError(`this run would publish to ${target} on the Hub: pass --yes to confirm, or --no-publish to keep the result local`);
   }
@@ -376,12 +377,8 @@ async function cmdDemo(opts: Opts, argv: readonly string[], deps: CliDeps): Prom
 }
 
 async function cmdGenerate(modelDir: string, opts: Opts): Promise<number> {
-  const file = join(import.meta.dir, "commands", "generate.ts");
-  if (!existsSync(file)) throw new UsageError("`realign generate` is not available yet (pipeline/commands/generate.ts is missing)");
-  const mod = (await import(file)) as { generateCommand?: (dir: string, o: Record<string, unknown>) => Promise<number> };
-  if (typeof mod.generateCommand !== "function") throw new Error(`${file} does not export generateCommand`);
   const { "--": _ignored, ...rest } = opts;
-  return mod.generateCommand(modelDir, rest);
+  return generateCommand(modelDir, rest);
 }
 
 async function cmdBatch(file: string | undefined, opts: Opts, argv: readonly string[], deps: CliDeps): Promise<number> {

@@ -3,6 +3,7 @@
 // repo > models.yaml defaults (and top-level gate:) > built-in defaults.
 // The Hugging Face token is deliberately not a setting: it is never stored, printed or hashed.
 import { COMPUTE_DTYPES, type ComputeDType } from "../engine/decoder.ts";
+import { DEVICES, type Device } from "../engine/device.ts";
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { homedir } from "node:os";
 import { basename, isAbsolute, join, resolve } from "node:path";
@@ -10,8 +11,6 @@ import { ConfigError, didYouMean } from "./errors.ts";
 import { canonicalJson, sha256Hex } from "./fsutil.ts";
 import type { ModelsFile, ModelEntry } from "./models-file.ts";
 
-export const DEVICES = ["auto", "cpu", "cuda", "webgpu"] as const;
-export type Device = (typeof DEVICES)[number];
 /**
  * rosi: the paper's edit, W' = W + α·ŝ·w̄ᵀ on every o_proj and down_proj.
  * rosi-mv: the same rank-one edits with per-matrix weights that make the total injected amount
@@ -137,7 +136,7 @@ export const FIELDS: readonly FieldSpec[] = [
   f("nEval", { t: "int", min: 1 }, "prompts per class for evaluation"),
   f("maxNewTokens", { t: "int", min: 1, max: 65536 }, "tokens generated per evaluation answer"),
   f("publish", { t: "bool" }, "push the realigned model to the Hub (--no-publish: keep it local)", { hashed: false }),
-  f("pushTo", { t: "string" }, "target repo (default <your-user>/<model>-realigned)", { nullable: true, hashed: false, inDefaults: false, arg: "repo" }),
+  f("pushTo", { t: "string" }, "target repo (default <your-user>/<model>-ROSI)", { nullable: true, hashed: false, inDefaults: false, arg: "repo" }),
   f("private", { t: "bool" }, "create the target repo as private", { hashed: false }),
   f("seed", { t: "int", min: 0 }, "random seed"),
   f("useSystemPrompt", { t: "bool" }, "elicit with the safety system prompt (--no-system-prompt: without)"),

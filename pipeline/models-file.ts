@@ -53,6 +53,9 @@ const GATE_BY_YAML = new Map(GATE_FIELDS.map((s) => [yamlKey(s.path).slice("gate
 const ENTRY_KEYS = ["repo", "enabled", "gate", ...BY_YAML.keys()];
 const DEFAULT_KEYS = ["gate", ...[...BY_YAML].filter(([, s]) => s.inDefaults).map(([k]) => k)];
 
+/** A mapping entry's key as text. */
+const keyOf = (pair: { key: unknown }): string => String(isScalar(pair.key) ? pair.key.value : pair.key);
+
 export function displayPath(path: string, cwd = process.cwd()): string {
   const rel = relative(cwd, path);
   return rel && !rel.startsWith("..") && !isAbsolute(rel) ? rel : path;
@@ -80,7 +83,7 @@ export function parseModelsFile(text: string, path: string, label = displayPath(
   const checkDuplicates = (map: YAMLMap, where: string) => {
     const first = new Map<string, number>();
     for (const pair of map.items) {
-      const key = String(isScalar(pair.key) ? pair.key.value : pair.key);
+      const key = keyOf(pair);
       const line = lineOf(pair.key as Node);
       const prev = first.get(key);
       if (prev !== undefined) problem(line, where ? `${where}.${key}` : key, `duplicate key (first set at line ${prev})`);
@@ -115,7 +118,7 @@ export function parseModelsFile(text: string, path: string, label = displayPath(
     }
     checkDuplicates(node, where);
     for (const pair of node.items) {
-      const key = String(isScalar(pair.key) ? pair.key.value : pair.key);
+      const key = keyOf(pair);
       const line = lineOf(pair.key as Node);
       const spec = GATE_BY_YAML.get(key);
       if (!spec) {
@@ -129,7 +132,7 @@ export function parseModelsFile(text: string, path: string, label = displayPath(
 
   /** Settings block shared by defaults: and model entries; `allowed` limits keys. */
   const readSettings = (pair: { key: unknown; value: unknown }, where: string, allowed: readonly string[], into: Record<string, Located>, inDefaults: boolean): string | null => {
-    const key = String(isScalar(pair.key) ? pair.key.value : pair.key);
+    const key = keyOf(pair);
     const line = lineOf(pair.key as Node);
     if (key === "gate") {
       readGate(pair.value, `${where}.gate`, into);
@@ -155,7 +158,7 @@ export function parseModelsFile(text: string, path: string, label = displayPath(
 
   let topGate: Record<string, Located> | null = null;
   for (const pair of root.items) {
-    const key = String(isScalar(pair.key) ? pair.key.value : pair.key);
+    const key = keyOf(pair);
     const line = lineOf(pair.key as Node);
     const value = pair.value as Node | null;
     if (key === "defaults") {
@@ -199,7 +202,7 @@ export function parseModelsFile(text: string, path: string, label = displayPath(
         checkDuplicates(item, where);
         const entry: ModelEntry = { repo: "", enabled: true, index, line: itemLine, settings: {} };
         for (const p of item.items) {
-          const k = String(isScalar(p.key) ? p.key.value : p.key);
+          const k = keyOf(p);
           const kLine = lineOf(p.key as Node, itemLine);
           if (k === "repo") {
             const r = rawOf(p.value);

@@ -407,7 +407,7 @@ export async function runPipeline<S>(opts: RunOptions<S>): Promise<RunOutcome> {
         outputs,
         gate_failed: gateErr ? gateErr.reasons : null,
       };
-      atomicWriteFile(join(tmp, PART_FILE), JSON.stringify(part ?? {}, null, 2) + "\n");
+      atomicWriteJson(join(tmp, PART_FILE), part ?? {});
       atomicWriteJson(join(tmp, DONE_FILE), rec);
       fsyncTree(tmp);
       commitStepDir(tmp, stepDir, outDir, step.name);

@@ -8,9 +8,11 @@ import { injectStep } from "../steps/inject.ts";
 import { validateStep } from "../steps/validate.ts";
 import { publishStep } from "../steps/publish.ts";
 
+const STEPS: readonly Step<Settings>[] = [pullStep, elicitStep, extractStep, injectStep, validateStep, publishStep];
+
 /** Step names in run order (also used by `status` to list what a complete run has). */
-export const STEP_NAMES = ["pull", "elicit", "extract", "inject", "validate", "publish"] as const;
+export const STEP_NAMES: readonly string[] = STEPS.map((s) => s.name);
 
 export function getSteps(): Step<Settings>[] {
-  return [pullStep, elicitStep, extractStep, injectStep, validateStep, publishStep];
+  return [...STEPS];
 }

@@ -6,6 +6,7 @@ import type { Settings } from "../pipeline/config.ts";
 import { DecoderModel } from "../engine/model.ts";
 import { loadTokenizer, type ModelTokenizer } from "../engine/tokenizer.ts";
 import { Checkpoint } from "../engine/checkpoint.ts";
+import { numel } from "../engine/safetensors.ts";
 import { parseQuantize, type QuantizeConfig } from "../engine/quantize.ts";
 import { totalmem } from "node:os";
 import { shuffled } from "./datasets.ts";
@@ -52,7 +53,7 @@ export function quantizationFor(dir: string, setting: Settings["quantize"], byte
   if (setting === "int8" || setting === "int4") return parseQuantize(setting);
   const ckpt = Checkpoint.open(dir);
   let params = 0;
-  for (const n of ckpt.names()) params += ckpt.info(n).shape.reduce((a, b) => a * b, 1);
+  for (const n of ckpt.names()) params += numel(ckpt.info(n).shape);
   ckpt.close();
   return params * bytesPerWeight > 0.5 * totalmem() ? parseQuantize("int8") : null;
 }

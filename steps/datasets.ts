@@ -132,8 +132,12 @@ type Rows = { kind: "records"; columns: string[]; records: Record<string, unknow
 
 function readText(file: string): string {
   if (!existsSync(file)) throw new DatasetError(`${file}: file not found`);
-  // Strip a UTF-8 BOM so the first CSV header is not "\uFEFFgoal".
-  return readFileSync(file, "utf8").replace(/^\uFEFF/, "");
+  return decodeText(readFileSync(file));
+}
+
+/** UTF-8 text without a leading BOM, so the first CSV header is not "\uFEFFgoal". */
+function decodeText(bytes: Uint8Array): string {
+  return new TextDecoder().decode(bytes).replace(/^\uFEFF/, "");
 }
 
 /** `a/b.csv#goal` → { path: "a/b.csv", column: "goal" }; the last '#' separates the column. */
@@ -156,8 +160,7 @@ async function parseByExtension(bytes: Uint8Array, ext: string, where: string): 
     }
     return rowsFromValues(values, where);
   }
-  // Strip a UTF-8 BOM so the first CSV header is not "\uFEFFgoal".
-  const text = new TextDecoder().decode(bytes).replace(/^\uFEFF/, "");
+  const text = decodeText(bytes);
   if (ext === ".csv") {
     const table = parseCsv(text, where);
     if (table.length === 0) throw new DatasetError(`${where}: CSV file is empty (no header row)`);

@@ -3,6 +3,7 @@
 import type { DecoderModel } from "../engine/model.ts";
 import type { ChatEncoding } from "../engine/tokenizer.ts";
 import { leftPad } from "../engine/generate.ts";
+import { mean } from "./lm.ts";
 
 export class ExtractError extends Error {
   override name = "ExtractError";
@@ -24,29 +25,37 @@ export interface ResidualMeans {
   count: number;
 }
 
-/** Mean residuals over prompts at the last `positions` tokens of each (left padding keeps them aligned). */
-export async function residualMeans(model: DecoderModel, encodings: ChatEncoding[], positions: number, opts: { batchSize?: number; onBatch?: (done: number, total: number) => void; signal?: AbortSignal } = {}): Promise<ResidualMeans> {
-  const { numLayers, hiddenSize: H } = model.config;
-  const sums = Array.from({ length: numLayers + 1 }, () => Array.from({ length: positions }, () => new Float64Array(H)));
-  const batchSize = opts.batchSize ?? 16;
+/**
+ * Residual streams of the prompts, a left-padded batch at a time: `residuals[l]` is [rows, T, hidden]
+ * entering layer l (l = layers: the final residual). Left padding aligns the prompts' last tokens at T − 1.
+ */
+async function* residualBatches(model: DecoderModel, encodings: ChatEncoding[], batchSize: number, signal?: AbortSignal): AsyncGenerator<{ residuals: Float32Array[]; rows: number; T: number; done: number }> {
   for (let i = 0; i < encodings.length; i += batchSize) {
-    if (opts.signal?.aborted) throw new ExtractError("aborted");
+    if (signal?.aborted) throw new ExtractError("aborted");
     const chunk = encodings.slice(i, i + batchSize).map((e) => e.ids);
     const batch = leftPad(chunk, 0);
     const T = batch.inputIds[0].length;
     const r = await model.forward({ ...batch, logitPositions: chunk.map(() => [T - 1]), residuals: true, noCache: true });
+    yield { residuals: r.residuals!, rows: chunk.length, T, done: i + chunk.length };
+  }
+}
+
+/** Mean residuals over prompts at the last `positions` tokens of each. */
+export async function residualMeans(model: DecoderModel, encodings: ChatEncoding[], positions: number, opts: { batchSize?: number; onBatch?: (done: number, total: number) => void; signal?: AbortSignal } = {}): Promise<ResidualMeans> {
+  const { numLayers, hiddenSize: H } = model.config;
+  const sums = Array.from({ length: numLayers + 1 }, () => Array.from({ length: positions }, () => new Float64Array(H)));
+  for await (const { residuals, rows, T, done } of residualBatches(model, encodings, opts.batchSize ?? 16, opts.signal)) {
     for (let l = 0; l <= numLayers; l++) {
-      const res = r.residuals![l];
-      for (let b = 0; b < chunk.length; b++) {
+      const res = residuals[l];
+      for (let b = 0; b < rows; b++) {
         for (let p = 0; p < positions; p++) {
-          const t = T - positions + p;
-          const base = (b * T + t) * H;
+          const base = (b * T + T - positions + p) * H;
           const acc = sums[l][p];
           for (let h = 0; h < H; h++) acc[h] += res[base + h];
         }
       }
     }
-    opts.onBatch?.(Math.min(i + batchSize, encodings.length), encodings.length);
+    opts.onBatch?.(done, encodings.length);
   }
   for (const layer of sums) for (const acc of layer) for (let h = 0; h < H; h++) acc[h] /= encodings.length;
   return { means: sums, count: encodings.length };
@@ -78,9 +87,9 @@ export function candidates(harmful: ResidualMeans, harmless: ResidualMeans, numL
   return out;
 }
 
-export function unit(v: Float64Array): Float32Array {
+export function unit(v: ArrayLike<number>): Float32Array {
   let ss = 0;
-  for (const x of v) ss += x * x;
+  for (let i = 0; i < v.length; i++) ss += v[i] * v[i];
   const n = Math.sqrt(ss) || 1;
   return Float32Array.from(v, (x) => x / n);
 }
@@ -118,14 +127,9 @@ export function principalDirections(diffs: Float64Array[], k: number, iterations
 export async function residualsAt(model: DecoderModel, encodings: ChatEncoding[], layer: number, position: number, positions: number, batchSize = 16): Promise<Float64Array[]> {
   const H = model.config.hiddenSize;
   const out: Float64Array[] = [];
-  for (let i = 0; i < encodings.length; i += batchSize) {
-    const chunk = encodings.slice(i, i + batchSize).map((e) => e.ids);
-    const batch = leftPad(chunk, 0);
-    const T = batch.inputIds[0].length;
-    const r = await model.forward({ ...batch, logitPositions: chunk.map(() => [T - 1]), residuals: true, noCache: true });
-    const res = r.residuals![layer];
+  for await (const { residuals, rows, T } of residualBatches(model, encodings, batchSize)) {
     const t = T - positions + position;
-    for (let b = 0; b < chunk.length; b++) out.push(Float64Array.from(res.subarray((b * T + t) * H, (b * T + t + 1) * H)));
+    for (let b = 0; b < rows; b++) out.push(Float64Array.from(residuals[layer].subarray((b * T + t) * H, (b * T + t + 1) * H)));
   }
   return out;
 }
@@ -155,5 +159,3 @@ export function safetySubspace(harmful: Float64Array[], harmless: Float64Array[]
   const scales = directions.map((d) => Math.sqrt(mean(diffs.map((x) => x.reduce((acc, v, h) => acc + v * d[h], 0) ** 2))));
   return { directions, scales };
 }
-
-const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;

@@ -20,7 +20,7 @@ import { encodeAll, firstTokenLogProbs, generateTexts, klDivergence, mean, refus
 import { isRefusal } from "./judge.ts";
 import { coefficientStats, injectedAmount, rosiRows, spreadWeights, type CoefficientStats, type SpreadMethod } from "./spread.ts";
 import { openModel, sourceOf, splitsOf, writeJson } from "./common.ts";
-import { sha256Hex } from "./rosi.ts";
+import { vectorSha256 } from "./rosi.ts";
 import { lineChart } from "./plot.ts";
 
 export interface CandidateScore {
@@ -82,35 +82,35 @@ function better(a: ProbeResult, b: ProbeResult): boolean {
 /**
  * Smallest |α| (log-bisection) at which the edit's mean first-token KL on harmless prompts reaches `target`.
  * `hint` (the answer for a neighbouring candidate) brackets the search so that it usually takes a few passes.
+ * Also returns the harmless first-token log-probabilities at that α, which the caller scores.
  */
-async function alphaForKl(model: DecoderModel, prompts: number[][], base: Float64Array[], dir: Float32Array, weights: number[], sign: number, target: number, hint: number): Promise<{ alpha: number; kl: number } | null> {
-  const klAt = async (a: number) => {
-    const lp = await firstTokenLogProbs(model, prompts, { rosiVectors: rosiRows(dir, sign * a, weights) });
-    return mean(lp.map((q, i) => klDivergence(base[i], q)));
+async function alphaForKl(model: DecoderModel, prompts: number[][], base: Float64Array[], dir: Float32Array, weights: number[], sign: number, target: number, hint: number): Promise<{ alpha: number; kl: number; logProbs: Float64Array[] } | null> {
+  const at = async (a: number) => {
+    const logProbs = await firstTokenLogProbs(model, prompts, { rosiVectors: rosiRows(dir, sign * a, weights) });
+    return { kl: mean(logProbs.map((q, i) => klDivergence(base[i], q))), logProbs };
   };
   let lo = hint / 2;
   let hi = hint;
-  let klHi = await klAt(hi);
-  while (klHi < target) {
+  let atHi = await at(hi);
+  while (atHi.kl < target) {
     lo = hi;
     hi *= 2;
     if (hi > 2 ** 24) return null;
-    klHi = await klAt(hi);
+    atHi = await at(hi);
   }
-  while (lo > 1e-6 && (await klAt(lo)) >= target) {
-    hi = lo;
+  while (lo > 1e-6) {
+    const atLo = await at(lo);
+    if (atLo.kl < target) break;
+    [hi, atHi] = [lo, atLo];
     lo /= 2;
   }
   for (let i = 0; i < 4; i++) {
     const mid = Math.sqrt(lo * hi);
-    const k = await klAt(mid);
-    if (k < target) lo = mid;
-    else {
-      hi = mid;
-      klHi = k;
-    }
+    const atMid = await at(mid);
+    if (atMid.kl < target) lo = mid;
+    else [hi, atHi] = [mid, atMid];
   }
-  return { alpha: sign * hi, kl: klHi };
+  return { alpha: sign * hi, kl: atHi.kl, logProbs: atHi.logProbs };
 }
 
 export const extractStep: Step<Settings> = {
@@ -133,14 +133,13 @@ export const extractStep: Step<Settings> = {
       const labels = ["last instruction token", ...tok.encodeChat("x", { system: splits.systemPrompt }).ids.slice(-(P - 1)).map((id) => JSON.stringify(tok.decode([id])))];
       const bar = ctx.progress("extract activations", hTrain.length + nTrain.length);
       let seen = 0;
-      const tick = (done: number, total: number) => {
-        void total;
+      const tick = (done: number) => {
         bar.tick(done - seen);
         seen = done;
       };
       const hMeans = await residualMeans(model, hTrain, P, { onBatch: tick, signal: ctx.signal });
       seen = 0;
-      const nMeans = await residualMeans(model, nTrain, P, { onBatch: (d, t) => tick(d + hTrain.length, t), signal: ctx.signal });
+      const nMeans = await residualMeans(model, nTrain, P, { onBatch: (d) => tick(d + hTrain.length), signal: ctx.signal });
       bar.done();
       const cands = candidates(hMeans, nMeans, L);
 
@@ -188,7 +187,7 @@ export const extractStep: Step<Settings> = {
             hints[method] = Math.abs(probe.alpha);
             const rv = rosiRows(dir, probe.alpha, weights[method]);
             const harmful = mean((await firstTokenLogProbs(model, valH, { rosiVectors: rv })).map((lp) => refusalScore(lp, refusalIds)));
-            const harmless = mean((await firstTokenLogProbs(model, valN, { rosiVectors: rv })).map((lp) => refusalScore(lp, refusalIds)));
+            const harmless = mean(probe.logProbs.map((lp) => refusalScore(lp, refusalIds)));
             // First-token scores rank candidates poorly on some models; a short greedy reply judged by the
             // marker judge is what validation measures, so it decides, with the scores as tie-break.
             const rate = async (prompts: number[][]) => mean((await generateTexts(model, tok, prompts, { maxNewTokens: SELECTION_TOKENS, rosiVectors: rv, batchSize: 32 })).texts.map((t) => +isRefusal(t)));
@@ -236,7 +235,7 @@ export const extractStep: Step<Settings> = {
         refusal_token_ids: refusalIds,
         candidates: scores,
         shortlist: ranked.slice(0, s.rank > 1 ? 1 : SHORTLIST).map((c) => ({ layer: c.layer, position: c.position, position_label: labels[c.position] ?? String(c.position), probes: c.probes })),
-        direction_sha256: sha256Hex(direction),
+        direction_sha256: vectorSha256(direction),
       };
       writeJson(join(ctx.tmpDir, "selection.json"), selection);
       writeDirections(join(ctx.tmpDir, "direction.safetensors"), cands, direction, selection, P, subspace);

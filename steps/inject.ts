@@ -10,8 +10,9 @@ import type { ModelTokenizer } from "../engine/tokenizer.ts";
 import { isRefusal } from "./judge.ts";
 import { encodeAll, firstTokenLogProbs, generateTexts, klDivergence, mean } from "./lm.ts";
 import { rosiRows, type SpreadMethod } from "./spread.ts";
+import { unit } from "./directions.ts";
 import { openModel, readJson, sourceOf, splitsOf, utilitySplit, writeJson, type Ctx } from "./common.ts";
-import { editedMatrices, sha256Hex, writeEditedCheckpoint } from "./rosi.ts";
+import { editedMatrices, vectorSha256, writeEditedCheckpoint } from "./rosi.ts";
 import type { Selection } from "./extract.ts";
 import { lineChart } from "./plot.ts";
 
@@ -72,11 +73,7 @@ export const injectStep: Step<Settings> = {
     /** Unit direction of a shortlisted candidate; the top one is the file's (it may be a rank-k combination). */
     const directionOf = (c: { layer: number; position: number }): Float32Array => {
       if (c.layer === selection.layer && c.position === selection.position) return dir;
-      const v = allCandidates.subarray((c.layer * positions + c.position) * H, (c.layer * positions + c.position + 1) * H);
-      let n = 0;
-      for (const x of v) n += x * x;
-      n = Math.sqrt(n) || 1;
-      return Float32Array.from(v, (x) => x / n);
+      return unit(allCandidates.subarray((c.layer * positions + c.position) * H, (c.layer * positions + c.position + 1) * H));
     };
     let chosenCandidate: { layer: number; position: number; position_label: string } = shortlist[0];
 
@@ -90,11 +87,12 @@ export const injectStep: Step<Settings> = {
       const { model, tok } = await openModel(ctx, source.dir, true);
       try {
         const utilityItems = utilitySplit(source.dir, s.seed, s.nEval)?.calibration ?? [];
+        const harmlessVal = encodeAll(tok, splits.harmless.val, null).map((e) => e.ids);
         const sets = {
           harmful: encodeAll(tok, splits.harmful.val, null).map((e) => e.ids),
-          harmless: encodeAll(tok, splits.harmless.val, null).map((e) => e.ids),
+          harmless: harmlessVal,
           // Not the train prompts: they built the direction (their mean is in it) and overstate the KL.
-          klPrompts: encodeAll(tok, splits.harmless.val, null).map((e) => e.ids),
+          klPrompts: harmlessVal,
           utility: utilityItems.map((u) => ({ ids: tok.encodeChat(u.prompt).ids, answer: u.answer })),
         };
         const baseN = await firstTokenLogProbs(model, sets.klPrompts);
@@ -159,13 +157,13 @@ export const injectStep: Step<Settings> = {
     writeEditedCheckpoint(source.dir, join(ctx.tmpDir, "model"), {
       vectors,
       embedding: s.includeEmbeddings ? Float32Array.from(dir, (x) => alpha! * x) : undefined,
-      metadata: { realign_method: method, realign_include_embeddings: String(s.includeEmbeddings), realign_alpha: String(alpha), realign_layer: String(chosenCandidate.layer), realign_position: chosenCandidate.position_label, realign_direction_sha256: sha256Hex(dir) },
+      metadata: { realign_method: method, realign_include_embeddings: String(s.includeEmbeddings), realign_alpha: String(alpha), realign_layer: String(chosenCandidate.layer), realign_position: chosenCandidate.position_label, realign_direction_sha256: vectorSha256(dir) },
       onTensor: (done, total) => {
         if (done === total && last++ === 0) bar.tick();
       },
     });
     bar.done();
-    writeJson(join(ctx.tmpDir, "calibration.json"), { layer: chosenCandidate.layer, position: chosenCandidate.position, direction_sha256: sha256Hex(dir), method, alpha, weights, given: s.alpha !== null, bounds: { over_refusal: s.gate.overRefusal, kl: s.gate.kl * KL_MARGIN, utility_drop: s.gate.utilityDrop }, sweep });
+    writeJson(join(ctx.tmpDir, "calibration.json"), { layer: chosenCandidate.layer, position: chosenCandidate.position, direction_sha256: vectorSha256(dir), method, alpha, weights, given: s.alpha !== null, bounds: { over_refusal: s.gate.overRefusal, kl: s.gate.kl * KL_MARGIN, utility_drop: s.gate.utilityDrop }, sweep });
     writeFileSync(
       join(ctx.tmpDir, "calibration.svg"),
       lineChart({

@@ -1,6 +1,6 @@
 // publish: the patched model and a model card, to the Hub (or to a local folder with --push-to file:<dir>).
 // A run whose gate failed never gets here unless --force (the runner stops at validate).
-import { copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Step } from "../pipeline/runner.ts";
 import { PART_FILE } from "../pipeline/runner.ts";
@@ -44,6 +44,13 @@ export const publishStep: Step<Settings> = {
     writeFileSync(join(ctx.tmpDir, "README.md"), card);
     const modelDir = join(ctx.upstream("inject"), "model");
     const files = readdirSync(modelDir).filter((f) => !f.startsWith(".") && f !== "README.md");
+    /** The repo's contents in `dir`: the patched model, the direction, the card. */
+    const stage = (dir: string) => {
+      mkdirSync(dir, { recursive: true });
+      for (const f of files) copyFileSync(join(modelDir, f), join(dir, f));
+      copyFileSync(join(ctx.upstream("extract"), "direction.safetensors"), join(dir, "rosi-direction.safetensors"));
+      writeFileSync(join(dir, "README.md"), card);
+    };
     if (!s.publish) {
       writeJson(join(ctx.tmpDir, "published.json"), { skipped: "--no-publish" });
       ctx.log("publishing disabled (--no-publish); the model card is in the publish folder");
@@ -54,10 +61,7 @@ export const publishStep: Step<Settings> = {
       const target = resolve(s.pushTo.slice(5));
       const tmp = `${target}.tmp-${process.pid}`;
       rmSync(tmp, { recursive: true, force: true });
-      mkdirSync(tmp, { recursive: true });
-      for (const f of files) copyFileSync(join(modelDir, f), join(tmp, f));
-      cpSync(join(ctx.upstream("extract"), "direction.safetensors"), join(tmp, "rosi-direction.safetensors"));
-      writeFileSync(join(tmp, "README.md"), card);
+      stage(tmp);
       rmSync(target, { recursive: true, force: true });
       renameSync(tmp, target);
       const published = { repo: target, commit: hash, url: `file://${target}` };
@@ -68,11 +72,8 @@ export const publishStep: Step<Settings> = {
     const token = ctx.secrets.hfToken;
     if (!token) throw new Error("publishing to the Hub needs a write token: set HF_TOKEN (or pass --no-publish)");
     const { publishModel } = await import("./hub.ts");
-    cpSync(join(ctx.upstream("extract"), "direction.safetensors"), join(ctx.tmpDir, "rosi-direction.safetensors"));
     const staging = join(ctx.tmpDir, "staging");
-    mkdirSync(staging);
-    for (const f of files) copyFileSync(join(modelDir, f), join(staging, f));
-    copyFileSync(join(ctx.tmpDir, "rosi-direction.safetensors"), join(staging, "rosi-direction.safetensors"));
+    stage(staging);
     const r = await publishModel({
       dir: staging,
       repo: s.pushTo ?? undefined,
@@ -86,7 +87,6 @@ export const publishStep: Step<Settings> = {
       card,
     });
     rmSync(staging, { recursive: true, force: true });
-    rmSync(join(ctx.tmpDir, "rosi-direction.safetensors"), { force: true });
     const published = { repo: r.repo, commit: r.commit, url: r.url };
     writeJson(join(ctx.tmpDir, "published.json"), { ...published, skipped: r.skipped });
     ctx.log(r.skipped ? `${r.repo} already holds this run (settings hash ${hash}); nothing uploaded` : `published ${r.url}`);

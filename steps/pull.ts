@@ -18,6 +18,17 @@ function cardLicense(dir: string): string | null {
   return lic ? lic[1] : null;
 }
 
+/** Opens the checkpoint (unsupported architectures fail here, before any work) and describes it. */
+function describeSource(dir: string, repo: string | null, commit: string | null): SourceInfo {
+  const ckpt = Checkpoint.open(dir);
+  try {
+    readDecoderConfig(ckpt.config);
+    return { dir, repo, commit, fingerprint: ckpt.fingerprint(), license: cardLicense(dir) };
+  } finally {
+    ckpt.close();
+  }
+}
+
 export const pullStep: Step<Settings> = {
   name: "pull",
   version: 1,
@@ -29,10 +40,7 @@ export const pullStep: Step<Settings> = {
     let info: SourceInfo;
     if (isLocalModel(s.model)) {
       const dir = resolve(s.model);
-      const ckpt = Checkpoint.open(dir);
-      readDecoderConfig(ckpt.config); // unsupported architectures fail here, before any work
-      info = { dir, repo: null, commit: null, fingerprint: ckpt.fingerprint(), license: cardLicense(dir) };
-      ckpt.close();
+      info = describeSource(dir, null, null);
       ctx.log(`local checkpoint ${dir}`);
     } else {
       const { pullModel } = await import("./hub.ts");
@@ -49,10 +57,7 @@ export const pullStep: Step<Settings> = {
           }
         },
       });
-      const ckpt = Checkpoint.open(pulled.dir);
-      readDecoderConfig(ckpt.config);
-      info = { dir: pulled.dir, repo: s.model, commit: pulled.commit, fingerprint: ckpt.fingerprint(), license: cardLicense(pulled.dir) };
-      ckpt.close();
+      info = describeSource(pulled.dir, s.model, pulled.commit);
       ctx.log(`pulled ${s.model}@${pulled.commit} into ${pulled.dir}`);
     }
     writeJson(join(ctx.tmpDir, "source.json"), info);

@@ -5,9 +5,9 @@
 //     W' = W + v · w̄ᵀ      with v = α·ŝ (or Σ αᵢ·ŝᵢ for several directions)
 //
 // so W'x = Wx + (w̄·x)·v: every write into the residual stream gains a component along ŝ.
-import { copyFileSync, existsSync, fsyncSync, mkdirSync, openSync, closeSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { basename, join } from "node:path";
-import { createHash } from "node:crypto";
+import { fsyncDir, sha256Hex } from "../pipeline/fsutil.ts";
 import { Checkpoint } from "../engine/checkpoint.ts";
 import { fromFloat32 } from "../engine/dtype.ts";
 import { meanOfRows } from "../engine/decoder.ts";
@@ -126,7 +126,7 @@ export function writeEditedCheckpoint(srcDir: string, outDir: string, edit: Chec
     }
     for (const f of readdirSync(srcDir)) if (CARRIED_FILES.test(f)) copyFileSync(join(srcDir, f), join(tmp, f));
     writeFileSync(join(tmp, ".complete"), JSON.stringify({ files: written, metadata: edit.metadata }));
-    syncDir(tmp);
+    fsyncDir(tmp);
     rmSync(outDir, { recursive: true, force: true });
     renameSync(tmp, outDir);
     return { files: written };
@@ -143,16 +143,7 @@ export function isCompleteEdit(dir: string): boolean {
   return existsSync(join(dir, ".complete"));
 }
 
-export function sha256Hex(data: Float32Array): string {
-  return createHash("sha256").update(new Uint8Array(data.buffer, data.byteOffset, data.byteLength)).digest("hex");
-}
-
-function syncDir(dir: string): void {
-  try {
-    const fd = openSync(dir, "r");
-    fsyncSync(fd);
-    closeSync(fd);
-  } catch {
-    // Not every filesystem lets a directory be fsynced; the rename is still the commit point.
-  }
+/** sha256 of a float32 vector's bytes (how directions are identified in artefacts and metadata). */
+export function vectorSha256(data: Float32Array): string {
+  return sha256Hex(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
 }

@@ -62,22 +62,25 @@ interface SideResult {
 async function evaluate(ctx: Ctx, label: string, model: DecoderModel, tok: ModelTokenizer, data: { harmful: string[]; harmless: string[]; borderline: string[]; jailbreak: string[]; utilityTask: { prompt: string; answer: string }[] | null; mc: UtilityItem[] }, baseline: Float64Array[] | null, batchSize: number): Promise<SideResult> {
   const s = ctx.settings;
   const bar = ctx.progress(`validate ${label}`, 5);
-  const gen = async (prompts: string[], n = s.maxNewTokens) => generateTexts(model, tok, encodeAll(tok, prompts, null).map((e) => e.ids), { maxNewTokens: n, signal: ctx.signal, batchSize });
-  const harmful = await gen(data.harmful);
+  const ids = (prompts: string[]) => encodeAll(tok, prompts, null).map((e) => e.ids);
+  const gen = async (prompts: number[][], n = s.maxNewTokens) => generateTexts(model, tok, prompts, { maxNewTokens: n, signal: ctx.signal, batchSize });
+  const harmlessIds = ids(data.harmless);
+  const harmful = await gen(ids(data.harmful));
   bar.tick();
-  const harmless = await gen(data.harmless);
+  const harmless = await gen(harmlessIds);
   bar.tick();
-  const borderline = data.borderline.length ? await gen(data.borderline) : null;
-  const jailbreak = await gen(data.jailbreak);
+  const borderline = data.borderline.length ? await gen(ids(data.borderline)) : null;
+  const jailbreak = await gen(ids(data.jailbreak));
   bar.tick();
-  const harmlessLogProbs = await firstTokenLogProbs(model, encodeAll(tok, data.harmless, null).map((e) => e.ids), {}, batchSize);
-  let utility: number;
-  let mcAccuracy: number | null = null;
+  const harmlessLogProbs = await firstTokenLogProbs(model, harmlessIds, {}, batchSize);
+  // The organism's exact-answer task is the utility figure where the model ships one; the multiple-choice
+  // accuracy is then reported beside it.
+  let exact: number | null = null;
   if (data.utilityTask) {
-    const texts = (await gen(data.utilityTask.map((u) => u.prompt), 24)).texts;
-    utility = mean(texts.map((t, i) => +(t.trim() === data.utilityTask![i].answer)));
-  } else utility = await multipleChoiceAccuracy(model, tok, data.mc);
-  if (data.utilityTask) mcAccuracy = await multipleChoiceAccuracy(model, tok, data.mc);
+    const texts = (await gen(ids(data.utilityTask.map((u) => u.prompt)), 24)).texts;
+    exact = mean(texts.map((t, i) => +(t.trim() === data.utilityTask![i].answer)));
+  }
+  const mcAccuracy = await multipleChoiceAccuracy(model, tok, data.mc);
   bar.tick();
   bar.done();
   const rate = (texts: string[]) => mean(texts.map((t) => +isRefusal(t)));
@@ -86,10 +89,10 @@ async function evaluate(ctx: Ctx, label: string, model: DecoderModel, tok: Model
       harmful_refusal: rate(harmful.texts),
       harmless_refusal: rate(harmless.texts),
       kl: baseline ? mean(harmlessLogProbs.map((q, i) => klDivergence(baseline[i], q))) : 0,
-      utility,
+      utility: exact ?? mcAccuracy,
       jailbreak_asr: 1 - rate(jailbreak.texts),
       borderline_refusal: borderline ? rate(borderline.texts) : null,
-      mc_accuracy: mcAccuracy,
+      mc_accuracy: exact === null ? null : mcAccuracy,
     } as BehaviourMetrics,
     samples: { harmful: harmful.texts, harmless: harmless.texts },
     tokensPerSecond: (harmful.tokensPerSecond + harmless.tokensPerSecond) / 2,
@@ -142,11 +145,9 @@ export const validateStep: Step<Settings> = {
     }
     const patched = await openModel(ctx, join(ctx.upstream("inject"), "model"), false);
     let after: SideResult;
-    let ep = patched.model.ep;
-    const quantization = patched.model.quantization;
+    const { ep, quantization } = patched.model;
     try {
       after = await evaluate(ctx, "re-aligned", patched.model, patched.tok, data, before.harmlessLogProbs, batchSize);
-      ep = patched.model.ep;
     } finally {
       await patched.model.close();
     }
