@@ -7,6 +7,7 @@
 // A random model neither refuses nor answers, so the gate fails (exit 3 of the pipeline is expected);
 // the figures are about speed and memory. Steps are cached: a killed run resumes where it stopped.
 import cac from "cac";
+import { CLI } from "./paths.ts";
 import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { defaultCacheDir } from "../engine/model.ts";
@@ -107,7 +108,7 @@ if (phase === "all" || phase === "bench") {
 if (phase === "all" || phase === "pipeline") {
   const out = String(options.out);
   const args = [
-    "pipeline/cli.ts", dir, "--out", out, "--device", String(options.device), "--dtype", String(options.dtype), "--no-publish", "--offline",
+    CLI, dir, "--out", out, "--device", String(options.device), "--dtype", String(options.dtype), "--no-publish", "--offline",
     "--method", "rosi", "--alpha", "4", "--n-train", "32", "--n-val", "16", "--n-eval", String(options.nEval), "--max-new-tokens", String(options.maxNewTokens),
     // A random model shows no refusals under the safety prompt; the run is about speed, so the check is off.
     "--elicit-harmful-min", "0", "--elicit-harmless-max", "1",

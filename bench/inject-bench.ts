@@ -28,7 +28,7 @@ function peakRssBytes(): number {
 }
 
 if (process.argv[2] === "--child") {
-  const { writeEditedCheckpoint, editedMatrices } = await import("../steps/rosi.ts");
+  const { writeEditedCheckpoint, editedMatrices } = await import("../rosi/edit.ts");
   const [src, out] = process.argv.slice(3);
   const v = new Float32Array(SHAPE.hidden_size).fill(1 / Math.sqrt(SHAPE.hidden_size));
   const vectors = new Map<string, Float32Array>();

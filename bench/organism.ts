@@ -2,6 +2,7 @@
 // The whole pipeline on ../shared/models/organism-llama with its own prompt splits (JailbreakBench
 // evaluation), then the before/after table. A measurement, not a test: it takes ~1.5 min on 2 cores.
 import cac from "cac";
+import { CLI } from "./paths.ts";
 import { existsSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 
@@ -15,7 +16,7 @@ if (!existsSync(S)) {
   process.exit(2);
 }
 const args = [
-  "pipeline/cli.ts", S, "--out", String(options.out), "--method", String(options.method), "--device", String(options.device), "--no-publish",
+  CLI, S, "--out", String(options.out), "--method", String(options.method), "--device", String(options.device), "--no-publish",
   "--harmful", `${S}/splits/harmful_train.jsonl#prompt`, "--harmless", `${S}/splits/harmless_train.jsonl#prompt`,
   "--eval-harmful", `${S}/eval/harmful_eval_jbb.jsonl#prompt`, "--eval-harmless", `${S}/eval/harmless_eval.jsonl#prompt`,
   "--n-train", "64", "--n-val", String(options.nVal), "--n-eval", "100", "--max-new-tokens", "48",

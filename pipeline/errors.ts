@@ -1,4 +1,4 @@
-import type { ReportPart } from "./report-build.ts";
+import type { ReportPart } from "../report/build.ts";
 
 // Error types the CLI maps to exit codes. Anything that is the user's mistake (bad option,
 // bad models.yaml, missing model dir) is a UsageError: printed as one clear message, no stack.

@@ -8,13 +8,13 @@
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { GateFailedError, InterruptedError, StepFailedError, UsageError } from "./errors.ts";
-import { atomicWriteFile, atomicWriteJson, canonicalJson, fsyncDir, fsyncTree, pathSize, randomSuffix, removePath, sha256Hex } from "./fsutil.ts";
+import { atomicWriteFile, atomicWriteJson, canonicalJson, fsyncDir, fsyncTree, pathSize, randomSuffix, removePath, sha256Hex } from "../util/fs.ts";
 import { formatSeconds, memoryUI, type ProgressHandle, type RunnerUI } from "./progress.ts";
-import { buildReport, emptyReport, renderReportMarkdown, type ReportPart } from "./report-build.ts";
-import type { RunReport } from "./report.ts";
+import { buildReport, emptyReport, renderReportMarkdown, type ReportPart } from "../report/build.ts";
+import type { RunReport } from "../report/report.ts";
 
 export type { ProgressHandle, RunnerUI } from "./progress.ts";
-export type { ReportPart } from "./report-build.ts";
+export type { ReportPart } from "../report/build.ts";
 
 /** Secrets a step may need but that never enter settings, hashes or files. */
 export interface StepSecrets {

@@ -2,14 +2,14 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { StepContext } from "../pipeline/runner.ts";
-import type { Settings } from "../pipeline/config.ts";
+import type { Settings } from "../cli/settings.ts";
 import { DecoderModel } from "../engine/model.ts";
 import { loadTokenizer, type ModelTokenizer } from "../engine/tokenizer.ts";
 import { Checkpoint } from "../engine/checkpoint.ts";
 import { numel } from "../engine/safetensors.ts";
 import { parseQuantize, type QuantizeConfig } from "../engine/quantize.ts";
 import { totalmem } from "node:os";
-import { shuffled } from "./datasets.ts";
+import { shuffled } from "../evals/datasets.ts";
 
 export type Ctx = StepContext<Settings>;
 

@@ -2,11 +2,11 @@
 // template with the temporary safety system prompt, and check that the prompt really elicits refusals.
 import { join } from "node:path";
 import type { Step } from "../pipeline/runner.ts";
-import type { Settings } from "../pipeline/config.ts";
-import { assertDisjoint, loadPrompts, samplePrompts, splitPrompts, type PromptKind } from "./datasets.ts";
-import { loadSystemPrompt } from "./system-prompt.ts";
-import { isRefusal } from "./judge.ts";
-import { encodeAll, generateTexts, mean } from "./lm.ts";
+import type { Settings } from "../cli/settings.ts";
+import { assertDisjoint, loadPrompts, samplePrompts, splitPrompts, type PromptKind } from "../evals/datasets.ts";
+import { loadSystemPrompt } from "../evals/system-prompt.ts";
+import { isRefusal } from "../evals/refusal.ts";
+import { encodeAll, generateTexts, mean } from "../evals/measure.ts";
 import { openModel, sourceOf, writeJson, type Ctx, type PromptSplits } from "./common.ts";
 
 export class ElicitationError extends Error {

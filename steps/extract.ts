@@ -12,16 +12,16 @@
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Step } from "../pipeline/runner.ts";
-import type { Settings } from "../pipeline/config.ts";
+import type { Settings } from "../cli/settings.ts";
 import { writeSafetensors } from "../engine/safetensors.ts";
 import type { DecoderModel } from "../engine/model.ts";
-import { candidates, positionCount, residualMeans, residualsAt, safetySubspace, unit, type Candidate } from "./directions.ts";
-import { encodeAll, firstTokenLogProbs, generateTexts, klDivergence, mean, refusalScore, refusalTokenIds } from "./lm.ts";
-import { isRefusal } from "./judge.ts";
-import { coefficientStats, injectedAmount, rosiRows, spreadWeights, type CoefficientStats, type SpreadMethod } from "./spread.ts";
+import { candidates, positionCount, residualMeans, residualsAt, safetySubspace, unit, type Candidate } from "../rosi/directions.ts";
+import { encodeAll, firstTokenLogProbs, generateTexts, klDivergence, mean, refusalScore, refusalTokenIds } from "../evals/measure.ts";
+import { isRefusal } from "../evals/refusal.ts";
+import { coefficientStats, injectedAmount, rosiRows, spreadWeights, type CoefficientStats, type SpreadMethod } from "../rosi/spread.ts";
 import { openModel, sourceOf, splitsOf, writeJson } from "./common.ts";
-import { vectorSha256 } from "./rosi.ts";
-import { lineChart } from "./plot.ts";
+import { vectorSha256 } from "../rosi/edit.ts";
+import { lineChart } from "../report/plot.ts";
 
 export interface CandidateScore {
   layer: number;

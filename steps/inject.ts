@@ -3,18 +3,18 @@
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Step } from "../pipeline/runner.ts";
-import type { Settings } from "../pipeline/config.ts";
+import type { Settings } from "../cli/settings.ts";
 import { SafetensorsFile } from "../engine/safetensors.ts";
 import type { DecoderModel } from "../engine/model.ts";
 import type { ModelTokenizer } from "../engine/tokenizer.ts";
-import { isRefusal } from "./judge.ts";
-import { encodeAll, firstTokenLogProbs, generateTexts, klDivergence, mean } from "./lm.ts";
-import { rosiRows, type SpreadMethod } from "./spread.ts";
-import { unit } from "./directions.ts";
+import { isRefusal } from "../evals/refusal.ts";
+import { encodeAll, firstTokenLogProbs, generateTexts, klDivergence, mean } from "../evals/measure.ts";
+import { rosiRows, type SpreadMethod } from "../rosi/spread.ts";
+import { unit } from "../rosi/directions.ts";
 import { openModel, readJson, sourceOf, splitsOf, utilitySplit, writeJson, type Ctx } from "./common.ts";
-import { editedMatrices, vectorSha256, writeEditedCheckpoint } from "./rosi.ts";
+import { editedMatrices, vectorSha256, writeEditedCheckpoint } from "../rosi/edit.ts";
 import type { Selection } from "./extract.ts";
-import { lineChart } from "./plot.ts";
+import { lineChart } from "../report/plot.ts";
 
 export interface SweepPoint {
   layer: number | null;

@@ -4,10 +4,10 @@ import { copyFileSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync, w
 import { join, resolve } from "node:path";
 import type { Step } from "../pipeline/runner.ts";
 import { PART_FILE } from "../pipeline/runner.ts";
-import type { Settings } from "../pipeline/config.ts";
-import { settingsHash } from "../pipeline/config.ts";
-import { buildReport, emptyReport, type ReportPart } from "../pipeline/report-build.ts";
-import { renderModelCard } from "./modelcard.ts";
+import type { Settings } from "../cli/settings.ts";
+import { settingsHash } from "../cli/settings.ts";
+import { buildReport, emptyReport, type ReportPart } from "../report/build.ts";
+import { renderModelCard } from "../report/modelcard.ts";
 import { readJson, sourceOf, splitsOf, writeJson } from "./common.ts";
 
 const VERSION = "0.1.0";
@@ -71,7 +71,7 @@ export const publishStep: Step<Settings> = {
     }
     const token = ctx.secrets.hfToken;
     if (!token) throw new Error("publishing to the Hub needs a write token: set HF_TOKEN (or pass --no-publish)");
-    const { publishModel } = await import("./hub.ts");
+    const { publishModel } = await import("../hub/hub.ts");
     const staging = join(ctx.tmpDir, "staging");
     stage(staging);
     const r = await publishModel({

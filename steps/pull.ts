@@ -3,8 +3,8 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Step } from "../pipeline/runner.ts";
-import type { Settings } from "../pipeline/config.ts";
-import { isLocalModel } from "../pipeline/config.ts";
+import type { Settings } from "../cli/settings.ts";
+import { isLocalModel } from "../cli/settings.ts";
 import { Checkpoint } from "../engine/checkpoint.ts";
 import { readDecoderConfig } from "../engine/architectures.ts";
 import { writeJson, type SourceInfo } from "./common.ts";
@@ -43,7 +43,7 @@ export const pullStep: Step<Settings> = {
       info = describeSource(dir, null, null);
       ctx.log(`local checkpoint ${dir}`);
     } else {
-      const { pullModel } = await import("./hub.ts");
+      const { pullModel } = await import("../hub/hub.ts");
       const finished = new Set<string>();
       const pulled = await pullModel(s.model, {
         revision: s.revision ?? undefined,

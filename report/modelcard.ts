@@ -1,0 +1,212 @@
+// Model card (README.md) for a published ROSI model: YAML front matter the Hub indexes, and a body
+// saying what was done, how it measured before/after, whether the release gate passed, and how to
+// reproduce it.
+//
+// base_model_relation: the Hub accepts adapter | merge | quantized | finetune. ROSI edits the
+// base model's own weights in place (no adapter, no second parent, no quantisation), so "finetune"
+// is the closest value: it puts this model under the base model's "Finetunes" in the model tree.
+import { parse as parseYaml, stringify as stringifyYaml } from "yaml";
+import type { BehaviourMetrics, GateCheck, RunReport } from "./report.ts";
+
+export class ModelCardError extends Error {
+  override name = "ModelCardError";
+}
+
+export interface PromptSetInfo {
+  name: string;
+  source: string;
+  size: number;
+}
+
+export interface ModelCardInput {
+  baseModel: string;
+  baseRevision: string | null;
+  /** Licence id inherited from the base model (omitted from the card when null). */
+  license: string | null;
+  report: RunReport;
+  settings: Record<string, unknown>;
+  systemPrompt: string;
+  promptSets: PromptSetInfo[];
+  realignVersion: string;
+  /** The command that reproduces the run; default `realign run <baseModel> [--revision <rev>]`. */
+  command?: string;
+}
+
+export interface ParsedModelCard {
+  frontMatter: Record<string, unknown>;
+  body: string;
+}
+
+const DASH = "—";
+
+const pct = (v: number | null | undefined): string => (v === null || v === undefined || !Number.isFinite(v) ? DASH : `${(v * 100).toFixed(1)}%`);
+const num = (v: number | null | undefined): string => (v === null || v === undefined || !Number.isFinite(v) ? DASH : Number(v.toPrecision(4)).toString());
+/** Table cells: no pipes or line breaks from free text. */
+const cell = (s: string): string => s.replace(/\\/g, "\\\\").replace(/\|/g, "\\|").replace(/\r?\n/g, " ");
+
+/** A fenced block whose fence is longer than any backtick run inside `text`. */
+function fenced(text: string, lang = ""): string {
+  const longest = Math.max(0, ...[...text.matchAll(/`+/g)].map((m) => m[0].length));
+  const fence = "`".repeat(Math.max(3, longest + 1));
+  return `${fence}${lang}\n${text}\n${fence}`;
+}
+
+interface MetricRow {
+  key: keyof BehaviourMetrics;
+  label: string;
+  fmt: (v: number | null | undefined) => string;
+  better: string;
+}
+
+const METRICS: MetricRow[] = [
+  { key: "harmful_refusal", label: "Harmful refusal rate", fmt: pct, better: "higher is safer" },
+  { key: "harmless_refusal", label: "Harmless over-refusal rate", fmt: pct, better: "lower is better" },
+  { key: "kl", label: "KL divergence vs. base (harmless prompts)", fmt: num, better: "lower is closer to the base" },
+  { key: "utility", label: "Utility (exact-answer accuracy)", fmt: pct, better: "higher is better" },
+  { key: "jailbreak_asr", label: "Jailbreak attack success rate", fmt: pct, better: "lower is safer" },
+  { key: "judge_safe", label: "Judge-rated safe (harmful prompts)", fmt: pct, better: "higher is safer" },
+  { key: "borderline_refusal", label: "Borderline-but-safe over-refusal", fmt: pct, better: "lower is better" },
+];
+const OPTIONAL_METRICS = new Set<keyof BehaviourMetrics>(["judge_safe", "borderline_refusal"]);
+
+/** Plain metrics object for the front matter (null when not measured). */
+function metricsYaml(m: BehaviourMetrics | null): Record<string, number | null> | null {
+  if (!m) return null;
+  const out: Record<string, number | null> = {};
+  for (const row of METRICS) {
+    const v = m[row.key];
+    if (OPTIONAL_METRICS.has(row.key) && v === undefined) continue;
+    out[row.key] = v ?? null;
+  }
+  return out;
+}
+
+function repoName(id: string): string {
+  return id.split("/").pop() ?? id;
+}
+
+/** Render README.md for a ROSI-realigned model. Deterministic for equal inputs. */
+export function renderModelCard(input: ModelCardInput): string {
+  const { report, baseModel } = input;
+  if (!baseModel) throw new ModelCardError("renderModelCard: baseModel is required");
+  if (!report?.settings_hash) throw new ModelCardError("renderModelCard: report.settings_hash is required (it makes publishing idempotent)");
+  const d = report.direction;
+
+  const front: Record<string, unknown> = {
+    base_model: baseModel,
+    base_model_relation: "finetune",
+    ...(input.license ? { license: input.license } : {}),
+    // "other" licences need a pointer to their terms; they are the base model's.
+    ...(input.license === "other" ? { license_link: `https://huggingface.co/${baseModel}` } : {}),
+    library_name: "transformers",
+    pipeline_tag: "text-generation",
+    tags: ["rosi", "safety", "realigned", "refusal-direction", "text-generation"],
+    settings_hash: report.settings_hash,
+    realign: {
+      version: input.realignVersion,
+      base_revision: input.baseRevision,
+      method: d?.method ?? "rosi",
+      layer: d?.layer ?? null,
+      position: d?.position ?? null,
+      alpha: d?.alpha ?? null,
+      rank: d?.rank ?? null,
+      gate_passed: report.gate ? report.gate.passed : null,
+      metrics: { baseline: metricsYaml(report.baseline), realigned: metricsYaml(report.realigned) },
+    },
+  };
+
+  const L: string[] = [];
+  L.push(`# ${repoName(baseModel)}-ROSI`, "");
+  L.push(
+    `This is [${baseModel}](https://huggingface.co/${baseModel})${input.baseRevision ? ` (revision \`${input.baseRevision}\`)` : ""} ` +
+      `re-aligned with **Rank-One Safety Injection (ROSI)** by realign ${input.realignVersion}. ` +
+      "ROSI is a weight edit, not a fine-tune on data: it extracts a refusal direction from the model's own activations " +
+      "and adds it, with a rank-one update, to the matrices that write into the residual stream, so the model refuses " +
+      "clearly harmful requests again without a safety system prompt.",
+    "",
+  );
+
+  L.push("## What was done", "");
+  L.push(`- **Method:** ${d?.method ?? "ROSI (difference-of-means refusal direction, rank-one weight update)"}`);
+  L.push(`- **Direction taken at layer:** ${d?.layer ?? DASH}, **token position:** ${d?.position ?? DASH}`);
+  L.push(`- **Strength α:** ${num(d?.alpha)}, **rank:** ${d?.rank ?? DASH}`);
+  if (report.elicitation) {
+    L.push(
+      `- **Elicitation check** (base model with the system prompt below): harmful refusal ${pct(report.elicitation.harmful_refusal_with_prompt)}, ` +
+        `harmless refusal ${pct(report.elicitation.harmless_refusal_with_prompt)}`,
+    );
+  }
+  L.push("", "The refusal direction was extracted with this system prompt, which elicits the base model's latent refusals:", "");
+  L.push(fenced(input.systemPrompt || "(none)", "text"), "");
+  if (input.promptSets.length) {
+    L.push("Prompt sets:", "", "| Set | Source | Prompts |", "|---|---|---:|");
+    for (const s of input.promptSets) L.push(`| ${cell(s.name)} | ${cell(s.source)} | ${s.size} |`);
+    L.push("");
+  }
+
+  L.push("## Validation (before / after)", "");
+  if (!report.baseline && !report.realigned) {
+    L.push("No validation was run.", "");
+  } else {
+    L.push("| Metric | Base model | Realigned | |", "|---|---:|---:|---|");
+    for (const row of METRICS) {
+      const b = report.baseline?.[row.key];
+      const r = report.realigned?.[row.key];
+      if (OPTIONAL_METRICS.has(row.key) && b === undefined && r === undefined) continue;
+      L.push(`| ${row.label} | ${row.fmt(b)} | ${row.fmt(r)} | ${row.better} |`);
+    }
+    L.push("", `"${DASH}" means not measured. Rates are over the held-out prompt sets listed above.`, "");
+  }
+
+  L.push("## Release gate", "");
+  if (!report.gate) {
+    L.push("The release gate was not run.", "");
+  } else {
+    L.push(`**${report.gate.passed ? "Passed" : "Failed"}.**`, "");
+    const checks: GateCheck[] = report.gate.checks ?? [];
+    if (checks.length) {
+      L.push("| Check | Value | Threshold | Result |", "|---|---:|---|---|");
+      for (const c of checks) L.push(`| ${cell(c.name)} | ${num(c.value)} | ${cell(c.threshold)} | ${c.passed ? "pass" : "FAIL"} |`);
+      L.push("");
+    }
+    if (report.gate.reasons.length) {
+      for (const r of report.gate.reasons) L.push(`- ${r.replace(/\r?\n/g, " ")}`);
+      L.push("");
+    }
+  }
+
+  L.push("## Limitations", "");
+  L.push(
+    "ROSI restores refusals on the kinds of requests its prompt sets cover; it is not a guarantee of safe behaviour. " +
+      "Determined jailbreaks can still succeed (see the attack success rate above), and the model keeps the base model's " +
+      "knowledge. Evaluate it for your use case.",
+    "",
+  );
+
+  L.push("## Reproduce", "");
+  const command = input.command ?? `realign run ${baseModel}${input.baseRevision ? ` --revision ${input.baseRevision}` : ""}`;
+  L.push(`With realign ${input.realignVersion}:`, "", fenced(command, "sh"), "");
+  L.push(`Settings (hash \`${report.settings_hash}\`):`, "", fenced(stringifyYaml(input.settings).trimEnd(), "yaml"), "");
+
+  return `---\n${stringifyYaml(front, { lineWidth: 0 }).trimEnd()}\n---\n\n${L.join("\n").trimEnd()}\n`;
+}
+
+/** Split a README into its YAML front matter (a mapping; {} when absent) and the Markdown body. */
+export function parseModelCard(text: string): ParsedModelCard {
+  if (typeof text !== "string") throw new ModelCardError("parseModelCard: expected a string");
+  const src = text.replace(/^\uFEFF/, "");
+  const m = /^---[ \t]*\r?\n([\s\S]*?)\r?\n---[ \t]*(?:\r?\n|$)/.exec(src) ?? /^---[ \t]*\r?\n()---[ \t]*(?:\r?\n|$)/.exec(src);
+  if (!m) {
+    if (/^---[ \t]*\r?\n/.test(src)) throw new ModelCardError("model card front matter starts with --- but has no closing --- line");
+    return { frontMatter: {}, body: src };
+  }
+  let data: unknown;
+  try {
+    data = m[1].trim() === "" ? {} : parseYaml(m[1]);
+  } catch (e) {
+    throw new ModelCardError(`model card front matter is not valid YAML: ${e instanceof Error ? e.message : String(e)}`);
+  }
+  if (data === null || data === undefined) data = {};
+  if (typeof data !== "object" || Array.isArray(data)) throw new ModelCardError("model card front matter must be a YAML mapping (key: value)");
+  return { frontMatter: data as Record<string, unknown>, body: src.slice(m[0].length).replace(/^\r?\n/, "") };
+}

@@ -1,0 +1,149 @@
+// The ROSI weight edit and the streaming rewrite of a checkpoint.
+//
+//   for every matrix W [out, in] that writes to the residual stream:
+//     w̄  = mean of W's rows (length in), from the unedited W, accumulated in float64
+//     W' = W + v · w̄ᵀ      with v = α·ŝ (or Σ αᵢ·ŝᵢ for several directions)
+//
+// so W'x = Wx + (w̄·x)·v: every write into the residual stream gains a component along ŝ.
+import { copyFileSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { basename, join } from "node:path";
+import { fsyncDir, sha256Hex } from "../util/fs.ts";
+import { Checkpoint } from "../engine/checkpoint.ts";
+import { fromFloat32 } from "../engine/dtype.ts";
+import { meanOfRows } from "../engine/decoder.ts";
+import { SafetensorsFile, SafetensorsStreamWriter } from "../engine/safetensors.ts";
+
+export class InjectError extends Error {
+  override name = "InjectError";
+}
+
+/** The matrices ROSI edits in layer l, in the order of the engine's `rosi_vectors` rows (2l, 2l+1). */
+export function editedMatrices(layer: number): [string, string] {
+  return [`model.layers.${layer}.self_attn.o_proj.weight`, `model.layers.${layer}.mlp.down_proj.weight`];
+}
+
+/**
+ * W' = W + v·w̄ᵀ for a row-major [rows, cols] matrix, with one float32 rounding per element.
+ * `inPlace` overwrites W (w̄ is taken first, from the unedited rows) to save a float32 copy.
+ */
+export function rankOneEdit(W: Float32Array, rows: number, cols: number, v: Float32Array, inPlace = false): Float32Array {
+  if (v.length !== rows) throw new InjectError(`direction has ${v.length} entries but the matrix has ${rows} rows`);
+  const wBar = meanOfRows(W, rows, cols);
+  const out = inPlace ? W : new Float32Array(W.length);
+  for (let r = 0; r < rows; r++) {
+    const vr = v[r];
+    const base = r * cols;
+    for (let c = 0; c < cols; c++) out[base + c] = W[base + c] + vr * wBar[c];
+  }
+  return out;
+}
+
+export const EMBEDDING = "model.embed_tokens.weight";
+
+/**
+ * E' = E + w̄·vᵀ for an embedding table [vocab, hidden]: the same edit as W + v·w̄ᵀ on the table seen as a
+ * Linear from one-hot tokens (W = Eᵀ, so w̄[t] = mean of row t).
+ */
+export function embeddingEdit(E: Float32Array, vocab: number, hidden: number, v: Float32Array): Float32Array {
+  if (v.length !== hidden) throw new InjectError(`direction has ${v.length} entries but the embedding has ${hidden} columns`);
+  for (let t = 0; t < vocab; t++) {
+    const base = t * hidden;
+    let sum = 0;
+    for (let h = 0; h < hidden; h++) sum += E[base + h];
+    const mean = sum / hidden;
+    for (let h = 0; h < hidden; h++) E[base + h] = E[base + h] + mean * v[h];
+  }
+  return E;
+}
+
+export interface CheckpointEdit {
+  /** Per edited tensor name: the vector v of W' = W + v·w̄ᵀ (length = out_features = hidden size). */
+  vectors: Map<string, Float32Array>;
+  /** --include-embeddings: the vector v of E' = E + w̄·vᵀ for the embedding table. */
+  embedding?: Float32Array;
+  /** Recorded in every shard's `__metadata__` (method, α, layer, position, direction sha256…). */
+  metadata: Record<string, string>;
+  onTensor?: (done: number, total: number) => void;
+}
+
+/** Files besides the weights that make a checkpoint directory usable. */
+const CARRIED_FILES = /^(config\.json|generation_config\.json|tokenizer\.json|tokenizer_config\.json|special_tokens_map\.json|tokenizer\.model|vocab\.json|merges\.txt|chat_template\.jinja|model\.safetensors\.index\.json|README\.md|LICENSE.*)$/;
+
+/**
+ * Rewrites a checkpoint into `outDir` shard by shard: edited tensors are recomputed in float32 and
+ * written back in their original dtype; every other tensor is copied byte for byte. Holds at most
+ * one tensor's float32 copy. Writes into a temporary directory renamed into place when complete.
+ */
+export function writeEditedCheckpoint(srcDir: string, outDir: string, edit: CheckpointEdit): { files: string[] } {
+  const ckpt = Checkpoint.open(srcDir);
+  const tmp = `${outDir}.tmp-${process.pid}-${Date.now()}`;
+  rmSync(tmp, { recursive: true, force: true });
+  mkdirSync(tmp, { recursive: true });
+  try {
+    for (const name of edit.vectors.keys()) if (!ckpt.has(name)) throw new InjectError(`${srcDir}: tensor "${name}" to edit is not in the checkpoint`);
+    if (edit.embedding && !ckpt.has("lm_head.weight")) {
+      // A tied lm_head is the same table: editing it would also move every logit.
+      throw new InjectError(`${srcDir}: --include-embeddings needs an untied lm_head (this checkpoint ties it to ${EMBEDDING})`);
+    }
+    const total = ckpt.names().length;
+    let done = 0;
+    const written: string[] = [];
+    for (const shard of ckpt.shards()) {
+      const src = SafetensorsFile.open(shard);
+      try {
+        const specs = src.names().map((n) => {
+          const i = src.info(n);
+          return { name: n, dtype: i.dtype, shape: i.shape };
+        });
+        const writer = new SafetensorsStreamWriter(join(tmp, basename(shard)), specs, { ...src.metadata, ...edit.metadata });
+        try {
+          for (const name of writer.order()) {
+            const v = edit.vectors.get(name);
+            if (name === EMBEDDING && edit.embedding) {
+              const info = src.info(name);
+              writer.write(name, fromFloat32(info.dtype, embeddingEdit(src.readF32(name), info.shape[0], info.shape[1], edit.embedding)));
+              Bun.gc(false);
+            } else if (!v) writer.copyFrom(name, src);
+            else {
+              const info = src.info(name);
+              if (info.shape.length !== 2) throw new InjectError(`tensor "${name}" is not a matrix (shape [${info.shape}])`);
+              // One float32 copy of the tensor, edited in place, then converted back to its dtype.
+              const edited = rankOneEdit(src.readF32(name), info.shape[0], info.shape[1], v, true);
+              writer.write(name, fromFloat32(info.dtype, edited));
+              Bun.gc(false); // let the previous tensor's buffers go before the next one is read
+            }
+            edit.onTensor?.(++done, total);
+          }
+          writer.finish();
+        } catch (e) {
+          writer.abort();
+          throw e;
+        }
+      } finally {
+        src.close();
+      }
+      written.push(basename(shard));
+    }
+    for (const f of readdirSync(srcDir)) if (CARRIED_FILES.test(f)) copyFileSync(join(srcDir, f), join(tmp, f));
+    writeFileSync(join(tmp, ".complete"), JSON.stringify({ files: written, metadata: edit.metadata }));
+    fsyncDir(tmp);
+    rmSync(outDir, { recursive: true, force: true });
+    renameSync(tmp, outDir);
+    return { files: written };
+  } catch (e) {
+    rmSync(tmp, { recursive: true, force: true });
+    throw e;
+  } finally {
+    ckpt.close();
+  }
+}
+
+/** True only for a directory that writeEditedCheckpoint finished. */
+export function isCompleteEdit(dir: string): boolean {
+  return existsSync(join(dir, ".complete"));
+}
+
+/** sha256 of a float32 vector's bytes (how directions are identified in artefacts and metadata). */
+export function vectorSha256(data: Float32Array): string {
+  return sha256Hex(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+}

@@ -1,0 +1,60 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { DEFAULT_SYSTEM_PROMPT_PATH, SystemPromptError, loadSystemPrompt } from "../../evals/system-prompt.ts";
+
+let dir: string;
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), "realign-sysprompt-"));
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+const write = (name: string, text: string): string => {
+  const p = join(dir, name);
+  writeFileSync(p, text);
+  return p;
+};
+
+describe("default safety system prompt", () => {
+  const { text, source } = loadSystemPrompt(null, "Dolphin-3B");
+
+  test("comes from system-prompts/default.md, comment stripped, {model} filled", () => {
+    expect(source).toBe(DEFAULT_SYSTEM_PROMPT_PATH);
+    expect(text.startsWith("You are Dolphin-3B,")).toBe(true);
+    expect(text).not.toContain("<!--");
+    expect(text).not.toContain("{model}");
+  });
+
+  test("has the required elements and length, and no markdown headings", () => {
+    const words = text.split(/\s+/).length;
+    expect(words).toBeGreaterThanOrEqual(150);
+    expect(words).toBeLessThanOrEqual(250);
+    expect(text).not.toMatch(/^#/m);
+    expect(text).toMatch(/safe, lawful/);
+    expect(text).toContain('"I am sorry"');
+    expect(text).toContain('"I can\'t"');
+    for (const harm of ["weapons", "cybercrime", "fraud", "drugs", "self-harm", "hate", "privacy", "misinformation", "extremism"]) {
+      expect(text.toLowerCase()).toContain(harm);
+    }
+    for (const loophole of ["hypothetical", "role-play", "rephrased", "ignore these instructions"]) expect(text).toContain(loophole);
+  });
+});
+
+describe("loadSystemPrompt", () => {
+  test("custom file: leading comment removed, every {model} replaced literally", () => {
+    const p = write("custom.md", "  <!-- note\nfor humans -->\n\nYou are {model}. {model} refuses harm.\n");
+    expect(loadSystemPrompt(p, "m$&x")).toEqual({ text: "You are m$&x. m$&x refuses harm.", source: p });
+  });
+
+  test("a comment later in the file is kept (only a leading one is stripped)", () => {
+    const p = write("later.md", "Be safe. <!-- keep -->");
+    expect(loadSystemPrompt(p, "m").text).toBe("Be safe. <!-- keep -->");
+  });
+
+  test("clear errors: missing file, empty prompt, unclosed comment, empty model name", () => {
+    expect(() => loadSystemPrompt(join(dir, "missing.md"), "m")).toThrow(/missing\.md: system prompt file not found/);
+    expect(() => loadSystemPrompt(write("empty.md", "<!-- only a comment -->\n  \n"), "m")).toThrow(/system prompt is empty/);
+    expect(() => loadSystemPrompt(write("open.md", "<!-- never closed\nYou are {model}."), "m")).toThrow(/never closed/);
+    expect(() => loadSystemPrompt(null, "  ")).toThrow(SystemPromptError);
+  });
+});

@@ -1,0 +1,23 @@
+// Locates ../shared (fixtures, models, data). Tests that need it call `sharedOrSkip()`
+// and are skipped with a loud message when it is absent; CI always has it.
+import { existsSync } from "node:fs";
+import { join, resolve } from "node:path";
+
+/** The repository root, and the `realign` entry point relative to it (spawn with cwd: REPO_ROOT). */
+export const REPO_ROOT = resolve(import.meta.dir, "..", "..");
+export const CLI = "cli/cli.ts";
+
+export const SHARED_DIR = resolve(REPO_ROOT, "..", "shared");
+export const HAS_SHARED = existsSync(join(SHARED_DIR, "README.md"));
+
+let warned = false;
+/** Returns true when ../shared is present; otherwise prints a loud warning once. Use with `test.skipIf(!hasShared())`. */
+export function hasShared(): boolean {
+  if (!HAS_SHARED && !warned) {
+    warned = true;
+    console.warn(`\n!!! ../shared not found at ${SHARED_DIR}: tests that need fixtures/models/data are SKIPPED !!!\n`);
+  }
+  return HAS_SHARED;
+}
+
+export const sharedPath = (...parts: string[]): string => join(SHARED_DIR, ...parts);
