@@ -3,9 +3,12 @@
 // is skipped. `--schedule` keeps running the batch on the file's cron schedule.
 import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { checkSettingsPaths, resolveSettings, settingsHash, type Settings } from "./settings.ts";
+import { checkSettingsPaths, resolveSettings } from "./settings.ts";
+import { settingsHash, type Settings } from "../steps/settings.ts";
 import { nextRun, parseCron } from "./cron.ts";
-import { ConfigError, InterruptedError, UsageError, exitCodeFor, EXIT_FAILED, EXIT_GATE, EXIT_OK } from "../pipeline/errors.ts";
+import { ConfigError, UsageError } from "../util/errors.ts";
+import { InterruptedError } from "../pipeline/errors.ts";
+import { exitCodeFor, EXIT_FAILED, EXIT_GATE, EXIT_OK } from "./errors.ts";
 import { atomicWriteJson } from "../util/fs.ts";
 import type { ModelsFile } from "./models-file.ts";
 import { formatSeconds, memoryUI, type RunnerUI } from "../pipeline/progress.ts";

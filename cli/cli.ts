@@ -5,20 +5,12 @@ import { cac, type CAC, type Command } from "cac";
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { checkPublishable, pushesToHub, runBatch, runSchedule } from "./batch.ts";
-import {
-  checkSettingsPaths,
-  cliFlag,
-  DEFAULTS,
-  FIELDS,
-  formatSettings,
-  isLocalModel,
-  resolveSettings,
-  resolveToken,
-  settingsHash,
-  type FieldSpec,
-  type Settings,
-} from "./settings.ts";
-import { ConfigError, didYouMean, exitCodeFor, InterruptedError, StepFailedError, UsageError, EXIT_GATE, EXIT_OK } from "../pipeline/errors.ts";
+import { checkSettingsPaths, formatSettings, resolveSettings } from "./settings.ts";
+import { cliFlag, DEFAULTS, FIELDS, settingsHash, type FieldSpec, type Settings } from "../steps/settings.ts";
+import { isLocalModel, resolveToken } from "../hub/repo.ts";
+import { ConfigError, didYouMean, UsageError } from "../util/errors.ts";
+import { exitCodeFor, EXIT_GATE, EXIT_OK } from "./errors.ts";
+import { InterruptedError, StepFailedError } from "../pipeline/errors.ts";
 import { loadModelsFile, type ModelsFile } from "./models-file.ts";
 import { consoleUI, formatSeconds } from "../pipeline/progress.ts";
 import type { RunReport } from "../report/report.ts";

@@ -14,9 +14,10 @@
 import { existsSync, readFileSync } from "node:fs";
 import { dirname, isAbsolute, relative, resolve } from "node:path";
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node, type YAMLMap } from "yaml";
-import { coerceValue, FIELDS, HF_REPO_RE, yamlKey, type FieldSpec } from "./settings.ts";
+import { coerceValue, FIELDS, yamlKey, type FieldSpec } from "../steps/settings.ts";
+import { HF_REPO_RE } from "../hub/repo.ts";
 import { CronError, parseCron } from "./cron.ts";
-import { ConfigError, didYouMean } from "../pipeline/errors.ts";
+import { ConfigError, didYouMean } from "../util/errors.ts";
 
 /** A validated value and the line it came from. */
 export interface Located<T = unknown> {

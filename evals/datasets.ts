@@ -10,7 +10,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { dirname, extname, isAbsolute, join, resolve } from "node:path";
 import { downloadFile } from "@huggingface/hub";
 import { parquetReadObjects } from "hyparquet";
-import { UsageError } from "../pipeline/errors.ts";
+import { UsageError } from "../util/errors.ts";
 
 export type DatasetSpec = string;
 export type PromptKind = "harmful" | "harmless" | "borderline";

@@ -1,7 +1,7 @@
 // Jailbreak wrappers for robustness evaluation: each template puts a harmful instruction inside
 // a common attack framing, to check that a re-aligned model still refuses. Written for this
 // project; every template contains the placeholder {instruction} exactly once.
-import { UsageError } from "../pipeline/errors.ts";
+import { UsageError } from "../util/errors.ts";
 
 /** An unknown template id or empty instruction: a UsageError (the CLI prints it, exit 2). */
 export class JailbreakError extends UsageError {

@@ -4,7 +4,7 @@
 import { DecoderModel, type LoadOptions } from "../engine/model.ts";
 import type { Device } from "../engine/session.ts";
 import { loadTokenizer, type ModelTokenizer } from "../engine/tokenizer.ts";
-import { isLocalModel } from "../cli/settings.ts";
+import { isLocalModel } from "../hub/repo.ts";
 import { JudgeError, formatLlamaGuard3Prompt, parseLlamaGuardVerdict, type LlamaGuardPromptOptions } from "./refusal.ts";
 import { generateTexts } from "./measure.ts";
 

@@ -2,7 +2,7 @@
 // "with system prompt" evaluation condition).
 import { existsSync, readFileSync } from "node:fs";
 import { resolve } from "node:path";
-import { UsageError } from "../pipeline/errors.ts";
+import { UsageError } from "../util/errors.ts";
 
 /** A bad spec, file or option: a UsageError, so the CLI prints one clear message (exit 2). */
 export class SystemPromptError extends UsageError {

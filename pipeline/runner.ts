@@ -7,7 +7,8 @@
 // (deleted on the next start) and the step re-runs; after it the step is done.
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, writeSync } from "node:fs";
 import { join } from "node:path";
-import { GateFailedError, InterruptedError, StepFailedError, UsageError } from "./errors.ts";
+import { GateFailedError, InterruptedError, StepFailedError } from "./errors.ts";
+import { UsageError } from "../util/errors.ts";
 import { atomicWriteFile, atomicWriteJson, canonicalJson, fsyncDir, fsyncTree, pathSize, randomSuffix, removePath, sha256Hex } from "../util/fs.ts";
 import { formatSeconds, memoryUI, type ProgressHandle, type RunnerUI } from "./progress.ts";
 import { buildReport, emptyReport, renderReportMarkdown, type ReportPart } from "../report/build.ts";

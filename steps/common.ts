@@ -2,7 +2,7 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { StepContext } from "../pipeline/runner.ts";
-import type { Settings } from "../cli/settings.ts";
+import type { Settings } from "./settings.ts";
 import { DecoderModel } from "../engine/model.ts";
 import { loadTokenizer, type ModelTokenizer } from "../engine/tokenizer.ts";
 import { Checkpoint } from "../engine/checkpoint.ts";

@@ -2,7 +2,7 @@
 // template with the temporary safety system prompt, and check that the prompt really elicits refusals.
 import { join } from "node:path";
 import type { Step } from "../pipeline/runner.ts";
-import type { Settings } from "../cli/settings.ts";
+import type { Settings } from "./settings.ts";
 import { assertDisjoint, loadPrompts, samplePrompts, splitPrompts, type PromptKind } from "../evals/datasets.ts";
 import { loadSystemPrompt } from "../evals/system-prompt.ts";
 import { isRefusal } from "../evals/refusal.ts";

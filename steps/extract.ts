@@ -12,7 +12,7 @@
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Step } from "../pipeline/runner.ts";
-import type { Settings } from "../cli/settings.ts";
+import type { Settings } from "./settings.ts";
 import { writeSafetensors } from "../engine/safetensors.ts";
 import type { DecoderModel } from "../engine/model.ts";
 import { candidates, positionCount, residualMeans, residualsAt, safetySubspace, unit, type Candidate } from "../rosi/directions.ts";

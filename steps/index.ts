@@ -1,5 +1,5 @@
 // The real pipeline's steps, in run order.
-import type { Settings } from "../cli/settings.ts";
+import type { Settings } from "./settings.ts";
 import type { Step } from "../pipeline/runner.ts";
 import { pullStep } from "./pull.ts";
 import { elicitStep } from "./elicit.ts";

@@ -3,7 +3,7 @@
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Step } from "../pipeline/runner.ts";
-import type { Settings } from "../cli/settings.ts";
+import type { Settings } from "./settings.ts";
 import { SafetensorsFile } from "../engine/safetensors.ts";
 import type { DecoderModel } from "../engine/model.ts";
 import type { ModelTokenizer } from "../engine/tokenizer.ts";

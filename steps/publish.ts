@@ -4,8 +4,8 @@ import { copyFileSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync, w
 import { join, resolve } from "node:path";
 import type { Step } from "../pipeline/runner.ts";
 import { PART_FILE } from "../pipeline/runner.ts";
-import type { Settings } from "../cli/settings.ts";
-import { settingsHash } from "../cli/settings.ts";
+import type { Settings } from "./settings.ts";
+import { settingsHash } from "./settings.ts";
 import { buildReport, emptyReport, type ReportPart } from "../report/build.ts";
 import { renderModelCard } from "../report/modelcard.ts";
 import { readJson, sourceOf, splitsOf, writeJson } from "./common.ts";

@@ -3,8 +3,8 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Step } from "../pipeline/runner.ts";
-import type { Settings } from "../cli/settings.ts";
-import { isLocalModel } from "../cli/settings.ts";
+import type { Settings } from "./settings.ts";
+import { isLocalModel } from "../hub/repo.ts";
 import { Checkpoint } from "../engine/checkpoint.ts";
 import { readDecoderConfig } from "../engine/architectures.ts";
 import { writeJson, type SourceInfo } from "./common.ts";

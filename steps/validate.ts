@@ -4,7 +4,7 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Step } from "../pipeline/runner.ts";
 import { GateFailedError } from "../pipeline/errors.ts";
-import type { Settings } from "../cli/settings.ts";
+import type { Settings } from "./settings.ts";
 import type { BehaviourMetrics, GateCheck } from "../report/report.ts";
 import type { DecoderModel } from "../engine/model.ts";
 import type { ModelTokenizer } from "../engine/tokenizer.ts";

@@ -4,9 +4,11 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { DEFAULTS, envName, resolveSettings, resolveToken, settingsHash, type Settings } from "../../cli/settings.ts";
+import { DEFAULTS, envName, settingsHash, type Settings } from "../../steps/settings.ts";
+import { resolveSettings } from "../../cli/settings.ts";
+import { resolveToken } from "../../hub/repo.ts";
 import { cronMatches, nextRun, parseCron } from "../../cli/cron.ts";
-import { ConfigError } from "../../pipeline/errors.ts";
+import { ConfigError } from "../../util/errors.ts";
 import { loadModelsFile, parseModelsFile } from "../../cli/models-file.ts";
 import { REPO_ROOT, CLI } from "../helpers/shared.ts";
 

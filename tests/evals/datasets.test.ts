@@ -312,6 +312,6 @@ describe("hf: Hub datasets (local server)", () => {
 });
 
 test("DatasetError is a UsageError (the CLI reports it as a user mistake)", async () => {
-  const { UsageError } = await import("../../pipeline/errors.ts");
+  const { UsageError } = await import("../../util/errors.ts");
   await expect(loadPrompts("missing-file.csv", { kind: "harmful", baseDir: "/nonexistent" })).rejects.toBeInstanceOf(UsageError);
 });

@@ -5,8 +5,10 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, 
 import { tmpdir } from "node:os";
 import { join, relative, resolve } from "node:path";
 import { runBatch, runSchedule } from "../../cli/batch.ts";
-import { resolveSettings, settingsHash, type Settings } from "../../cli/settings.ts";
-import { InterruptedError, StepFailedError, UsageError } from "../../pipeline/errors.ts";
+import { resolveSettings } from "../../cli/settings.ts";
+import { settingsHash, type Settings } from "../../steps/settings.ts";
+import { InterruptedError, StepFailedError } from "../../pipeline/errors.ts";
+import { UsageError } from "../../util/errors.ts";
 import { parseModelsFile } from "../../cli/models-file.ts";
 import { consoleUI } from "../../pipeline/progress.ts";
 import type { RunReport } from "../../report/report.ts";

@@ -4,7 +4,7 @@
 import { createHash } from "node:crypto";
 import { appendFileSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import type { Settings } from "../../../cli/settings.ts";
+import type { Settings } from "../../../steps/settings.ts";
 import { GateFailedError } from "../../../pipeline/errors.ts";
 import type { Step } from "../../../pipeline/runner.ts";
 

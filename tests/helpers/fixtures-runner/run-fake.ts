@@ -1,5 +1,6 @@
 // Child process for the SIGKILL/resume test: runs the fake pipeline into argv[2] via the runner.
-import { resolveSettings, settingsHash } from "../../../cli/settings.ts";
+import { resolveSettings } from "../../../cli/settings.ts";
+import { settingsHash } from "../../../steps/settings.ts";
 import { runPipeline } from "../../../pipeline/runner.ts";
 import { fakeOptionsFromEnv, makeFakeSteps } from "./fake-steps.ts";
 
