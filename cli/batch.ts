@@ -14,6 +14,7 @@ import type { ModelsFile } from "./models-file.ts";
 import { formatSeconds, memoryUI, type RunnerUI } from "../pipeline/progress.ts";
 import type { RunReport } from "../report/report.ts";
 import { planRun, runPipeline, type RunOutcome, type Step } from "../pipeline/runner.ts";
+import { writeRunReport } from "../report/build.ts";
 
 export type BatchStatus = "ok" | "gate-failed" | "failed" | "skipped" | "disabled";
 
@@ -146,10 +147,10 @@ export async function runBatch(opts: BatchOptions): Promise<BatchResult> {
         force: opts.force,
         signal: opts.signal,
         ui,
-        reportBase: { model: settings.model, revision: settings.revision, settings_hash: settingsHash(settings) },
         secrets: { hfToken: opts.token ?? null },
       });
-      rowFromReport(row, outcome.report);
+      const report = writeRunReport({ outDir: settings.out, run: outcome, base: { model: settings.model, revision: settings.revision, settings_hash: settingsHash(settings) } });
+      rowFromReport(row, report);
       if (outcome.gateFailed) {
         row.status = "gate-failed";
         row.gate = "failed";

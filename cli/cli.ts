@@ -17,6 +17,7 @@ import type { RunReport } from "../report/report.ts";
 import { checkFrom, readDoneRecord, runPipeline, type Step } from "../pipeline/runner.ts";
 import { getSteps as registrySteps, STEP_NAMES } from "../steps/index.ts";
 import { generateCommand } from "./generate.ts";
+import { writeRunReport } from "../report/build.ts";
 
 const REPO_ROOT = resolve(import.meta.dir, "..");
 export const DEMO_MODEL_DIR = join(REPO_ROOT, "demo", "organism-llama");
@@ -299,11 +300,11 @@ async function executeRun(req: RunRequest): Promise<number> {
       force: req.force,
       signal,
       ui: consoleUI(),
-      reportBase: { model: settings.model, revision: settings.revision, settings_hash: hash },
       secrets: { hfToken: req.token },
     });
+    const report = writeRunReport({ outDir: settings.out, run: outcome, base: { model: settings.model, revision: settings.revision, settings_hash: hash } });
     out();
-    for (const l of summarizeReport(outcome.report)) out(l);
+    for (const l of summarizeReport(report)) out(l);
     out(`report: ${join(settings.out, "report.md")}`);
     if (outcome.gateFailed) {
       err(`gate failed: ${outcome.gateFailed.join("; ")}; not published`);

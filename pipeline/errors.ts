@@ -1,5 +1,5 @@
 // Errors the runner raises or understands: a failed gate (a verdict, committed), a failed step, an interrupt.
-import type { ReportPart } from "../report/build.ts";
+import type { ReportPart } from "./runner.ts";
 
 /**
  * Thrown by a step (usually validate) when the realigned model does not pass the release gate.

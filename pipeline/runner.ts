@@ -9,17 +9,20 @@ import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, 
 import { join } from "node:path";
 import { GateFailedError, InterruptedError, StepFailedError } from "./errors.ts";
 import { UsageError } from "../util/errors.ts";
-import { atomicWriteFile, atomicWriteJson, canonicalJson, fsyncDir, fsyncTree, pathSize, randomSuffix, removePath, sha256Hex } from "../util/fs.ts";
+import { atomicWriteJson, canonicalJson, fsyncDir, fsyncTree, pathSize, randomSuffix, removePath, sha256Hex } from "../util/fs.ts";
 import { formatSeconds, memoryUI, type ProgressHandle, type RunnerUI } from "./progress.ts";
-import { buildReport, emptyReport, renderReportMarkdown, type ReportPart } from "../report/build.ts";
-import type { RunReport } from "../report/report.ts";
 
 export type { ProgressHandle, RunnerUI } from "./progress.ts";
-export type { ReportPart } from "../report/build.ts";
+/** What a step contributes to the run's report: a JSON object the runner stores and hands back, unread. */
+export type ReportPart = Record<string, unknown>;
 
-/** Secrets a step may need but that never enter settings, hashes or files. */
-export interface StepSecrets {
-  hfToken: string | null;
+/** Secrets a step may need (e.g. a Hub token) but that never enter settings, hashes or files. */
+export type StepSecrets = Readonly<Record<string, string | null>>;
+
+/** A committed step's report part. */
+export interface StepPart {
+  step: string;
+  part: ReportPart | null;
 }
 
 export interface StepContext<S> {
@@ -36,7 +39,9 @@ export interface StepContext<S> {
   progress(label: string, total: number): ProgressHandle;
   /** Aborted on Ctrl-C; long loops should check it (or pass it on) and stop. */
   signal: AbortSignal;
-  secrets: Readonly<StepSecrets>;
+  secrets: StepSecrets;
+  /** The report parts of the committed upstream steps listed in `deps`, in run order. */
+  reportParts(): StepPart[];
   /** --force was given: besides re-running every step, a failed gate does not stop publishing. */
   forced: boolean;
 }
@@ -102,8 +107,6 @@ export interface RunOptions<S> extends PlanOptions {
   outDir: string;
   signal?: AbortSignal;
   ui?: RunnerUI;
-  /** model / revision / settings_hash for the report; steps fill in the rest. */
-  reportBase?: { model: string; revision: string | null; settings_hash: string };
   secrets?: StepSecrets;
   /** How long to wait for a step to notice an abort before giving up on it (ms). */
   abortGraceMs?: number;
@@ -117,7 +120,10 @@ export interface StepOutcome {
 }
 
 export interface RunOutcome {
-  report: RunReport;
+  /** Every step's report part, in step order (cached steps' parts too), up to where the run stopped. */
+  parts: StepPart[];
+  /** Seconds per step (a cached step: the time it took when it ran), and `total` for this run. */
+  timings: Record<string, number>;
   steps: StepOutcome[];
   /** Gate failure reasons when a step returned a failed verdict (exit code 3); null when it passed or had no gate. */
   gateFailed: string[] | null;
@@ -299,7 +305,7 @@ function commitStepDir(tmp: string, stepDir: string, outDir: string, name: strin
 
 /**
  * Runs the steps in order, skipping those whose results are current. Writes <out>/settings.json at
- * the start and <out>/report.json + report.md at the end (also when a gate fails).
+ * the start; returns the steps' report parts and timings (the application writes its report from them).
  * Throws StepFailedError (a step threw), InterruptedError (signal), UsageError (out dir locked).
  */
 export async function runPipeline<S>(opts: RunOptions<S>): Promise<RunOutcome> {
@@ -318,7 +324,7 @@ export async function runPipeline<S>(opts: RunOptions<S>): Promise<RunOutcome> {
     atomicWriteJson(join(outDir, "settings.json"), settings);
 
     const plan = planRun(steps, settings, outDir, opts);
-    const parts: (ReportPart | null)[] = [];
+    const parts: StepPart[] = [];
     const timings: Record<string, number> = {};
     const outcomes: StepOutcome[] = [];
     let gateFailed: string[] | null = null;
@@ -331,7 +337,7 @@ export async function runPipeline<S>(opts: RunOptions<S>): Promise<RunOutcome> {
 
       if (planned.action === "cached") {
         const rec = readDoneRecord(stepDir)!;
-        parts.push(readPart(stepDir));
+        parts.push({ step: step.name, part: readPart(stepDir) });
         timings[step.name] = rec.seconds;
         outcomes.push({ name: step.name, status: "cached", seconds: rec.seconds, hash: planned.hash });
         ui.info(`${step.name}: up to date (took ${formatSeconds(rec.seconds)}, finished ${rec.finished})${rec.gate_failed ? "; its gate verdict: failed" : ""}`);
@@ -364,7 +370,8 @@ export async function runPipeline<S>(opts: RunOptions<S>): Promise<RunOutcome> {
           return h;
         },
         signal,
-        secrets: opts.secrets ?? { hfToken: null },
+        secrets: opts.secrets ?? {},
+        reportParts: () => parts.filter((p) => step.deps.includes(p.step)),
         forced: opts.force === true,
       };
 
@@ -413,7 +420,7 @@ export async function runPipeline<S>(opts: RunOptions<S>): Promise<RunOutcome> {
       fsyncTree(tmp);
       commitStepDir(tmp, stepDir, outDir, step.name);
 
-      parts.push(part);
+      parts.push({ step: step.name, part });
       timings[step.name] = rec.seconds;
       outcomes.push({ name: step.name, status: "ran", seconds: rec.seconds, hash: planned.hash });
       ui.info(`${step.name}: done in ${formatSeconds(seconds)}`);
@@ -425,17 +432,7 @@ export async function runPipeline<S>(opts: RunOptions<S>): Promise<RunOutcome> {
 
     if (signal.aborted) throw interrupted(signal);
     timings.total = Math.round(((performance.now() - runStart) / 1000) * 1000) / 1000;
-    const base = opts.reportBase ?? { model: outDir, revision: null, settings_hash: "" };
-    const report = buildReport(emptyReport(base.model, base.revision, base.settings_hash), parts, timings);
-    if (gateFailed && !report.gate) report.gate = { passed: false, reasons: gateFailed };
-    atomicWriteJson(join(outDir, "report.json"), report);
-    // Plots that steps left behind (SVG), linked relative to report.md.
-    const plots = readdirSync(outDir, { withFileTypes: true })
-      .filter((d) => d.isDirectory() && !d.name.startsWith("."))
-      .flatMap((d) => readdirSync(join(outDir, d.name)).filter((f) => f.endsWith(".svg")).map((f) => `${d.name}/${f}`));
-    const plotSection = plots.length ? `\n## Plots\n\n${plots.map((p) => `![${p}](${p})`).join("\n\n")}\n` : "";
-    atomicWriteFile(join(outDir, "report.md"), renderReportMarkdown(report) + plotSection);
-    return { report, steps: outcomes, gateFailed };
+    return { parts, timings, steps: outcomes, gateFailed };
   } finally {
     ui.close();
     release();

@@ -1,5 +1,8 @@
 // Builds the run report from the parts steps contribute. Each step returns a ReportPart; the runner
 // stores it as <step>/report-part.json (so cached steps still contribute) and merges parts in step order.
+import { readdirSync } from "node:fs";
+import { join } from "node:path";
+import { atomicWriteFile, atomicWriteJson } from "../util/fs.ts";
 import type { BehaviourMetrics, RunReport } from "./report.ts";
 
 type DeepPartial<T> = T extends readonly unknown[] ? T : T extends object ? { [K in keyof T]?: DeepPartial<T[K]> | null } : T;
@@ -100,4 +103,28 @@ export function renderReportMarkdown(r: RunReport): string {
     lines.push("## Details", "", "```json", JSON.stringify(r.details, null, 2), "```", "");
   }
   return lines.join("\n");
+}
+
+/** What the runner hands back (a structural subset of pipeline's RunOutcome). */
+export interface RunParts {
+  parts: { step: string; part: Record<string, unknown> | null }[];
+  timings: Record<string, number>;
+  gateFailed: string[] | null;
+}
+
+/**
+ * Writes <out>/report.json and report.md (with the SVG plots the steps left, linked relative to it)
+ * from a run's parts; also when a gate failed. Returns the report.
+ */
+export function writeRunReport(opts: { outDir: string; run: RunParts; base: { model: string; revision: string | null; settings_hash: string } }): RunReport {
+  const { outDir, run, base } = opts;
+  const report = buildReport(emptyReport(base.model, base.revision, base.settings_hash), run.parts.map((p) => p.part as ReportPart | null), run.timings);
+  if (run.gateFailed && !report.gate) report.gate = { passed: false, reasons: run.gateFailed };
+  atomicWriteJson(join(outDir, "report.json"), report);
+  const plots = readdirSync(outDir, { withFileTypes: true })
+    .filter((d) => d.isDirectory() && !d.name.startsWith("."))
+    .flatMap((d) => readdirSync(join(outDir, d.name)).filter((f) => f.endsWith(".svg")).map((f) => `${d.name}/${f}`));
+  const plotSection = plots.length ? `\n## Plots\n\n${plots.map((p) => `![${p}](${p})`).join("\n\n")}\n` : "";
+  atomicWriteFile(join(outDir, "report.md"), renderReportMarkdown(report) + plotSection);
+  return report;
 }

@@ -1,14 +1,13 @@
 // publish: the patched model and a model card, to the Hub (or to a local folder with --push-to file:<dir>).
 // A run whose gate failed never gets here unless --force (the runner stops at validate).
-import { copyFileSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Step } from "../pipeline/runner.ts";
-import { PART_FILE } from "../pipeline/runner.ts";
 import type { Settings } from "./settings.ts";
 import { settingsHash } from "./settings.ts";
 import { buildReport, emptyReport, type ReportPart } from "../report/build.ts";
 import { renderModelCard } from "../report/modelcard.ts";
-import { readJson, sourceOf, splitsOf, writeJson } from "./common.ts";
+import { sourceOf, splitsOf, writeJson } from "./common.ts";
 
 const VERSION = "0.1.0";
 const UPSTREAM = ["pull", "elicit", "extract", "inject", "validate"];
@@ -24,10 +23,7 @@ export const publishStep: Step<Settings> = {
     const source = sourceOf(ctx);
     const splits = splitsOf(ctx);
     const hash = settingsHash(s);
-    const parts = UPSTREAM.map((n) => {
-      const f = join(ctx.upstream(n), PART_FILE);
-      return existsSync(f) ? readJson<ReportPart>(f) : null;
-    });
+    const parts = ctx.reportParts().map((p) => p.part as ReportPart | null);
     const report = buildReport(emptyReport(source.repo ?? s.model, source.commit ?? s.revision, hash), parts, {});
     const baseModel = source.repo ?? s.model.split("/").filter(Boolean).pop() ?? s.model;
     const card = renderModelCard({

@@ -15,6 +15,7 @@ import type { RunReport } from "../../report/report.ts";
 import { planRun, readDoneRecord, runPipeline, type Step } from "../../pipeline/runner.ts";
 import { makeFakeSteps, type FakeOptions } from "../helpers/fixtures-runner/fake-steps.ts";
 import { REPO_ROOT } from "../helpers/shared.ts";
+import { writeRunReport } from "../../report/build.ts";
 
 const ROOT = mkdtempSync(join(tmpdir(), "realign-runner-"));
 afterAll(() => rmSync(ROOT, { recursive: true, force: true }));
@@ -33,11 +34,12 @@ async function run(settings: Settings, fake: FakeOptions = {}, extra: { from?: s
     steps: makeFakeSteps({ ...fake, runs }),
     settings,
     outDir: settings.out,
-    reportBase: { model: settings.model, revision: settings.revision, settings_hash: settingsHash(settings) },
     abortGraceMs: 200,
     ...extra,
   });
-  return { runs, outcome };
+  // The application's report, written from what the runner handed back (as the CLI does).
+  const report = writeRunReport({ outDir: settings.out, run: outcome, base: { model: settings.model, revision: settings.revision, settings_hash: settingsHash(settings) } });
+  return { runs, outcome: { ...outcome, report } };
 }
 
 /** Every file under dir (relative path → content), minus run metadata that legitimately differs. */

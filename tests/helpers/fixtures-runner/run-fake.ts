@@ -3,6 +3,7 @@ import { resolveSettings } from "../../../cli/settings.ts";
 import { settingsHash } from "../../../steps/settings.ts";
 import { runPipeline } from "../../../pipeline/runner.ts";
 import { fakeOptionsFromEnv, makeFakeSteps } from "./fake-steps.ts";
+import { writeRunReport } from "../../../report/build.ts";
 
 const out = process.argv[2];
 if (!out) throw new Error("usage: run-fake.ts <out>");
@@ -11,6 +12,6 @@ const outcome = await runPipeline({
   steps: makeFakeSteps(fakeOptionsFromEnv()),
   settings,
   outDir: out,
-  reportBase: { model: settings.model, revision: settings.revision, settings_hash: settingsHash(settings) },
 });
+writeRunReport({ outDir: out, run: outcome, base: { model: settings.model, revision: settings.revision, settings_hash: settingsHash(settings) } });
 console.log(`DONE ${outcome.steps.map((s) => `${s.name}:${s.status}`).join(" ")}`);
