@@ -29,10 +29,12 @@ function peakRssBytes(): number {
 
 if (process.argv[2] === "--child") {
   const { writeEditedCheckpoint, editedMatrices } = await import("../rosi/edit.ts");
+  const { readDecoderConfig } = await import("../engine/architectures.ts");
+  const cfg = readDecoderConfig(SHAPE);
   const [src, out] = process.argv.slice(3);
   const v = new Float32Array(SHAPE.hidden_size).fill(1 / Math.sqrt(SHAPE.hidden_size));
   const vectors = new Map<string, Float32Array>();
-  for (let l = 0; l < SHAPE.num_hidden_layers; l++) for (const n of editedMatrices(l)) vectors.set(n, v);
+  for (let l = 0; l < SHAPE.num_hidden_layers; l++) for (const n of editedMatrices(cfg, l)) vectors.set(n, v);
   const t = performance.now();
   writeEditedCheckpoint(src, out, { vectors, metadata: { realign_method: "rosi" } });
   console.log(JSON.stringify({ seconds: (performance.now() - t) / 1000, peak_rss_bytes: peakRssBytes() }));

@@ -38,7 +38,7 @@ export interface DecoderConfig {
   embeddingScale: number | null;
   /** RMSNorm multiplies by (1 + w) instead of w (Gemma). */
   normAddsOne: boolean;
-  /** Extra norms after attention and after the MLP (Gemma 2). */
+  /** Extra norms after attention and after the MLP (Gemma 2): read by writers.ts to name each writer's post-norm; Gemma2Builder builds them. */
   sandwichNorms: boolean;
   bosTokenId: number | null;
   eosTokenIds: number[];
@@ -94,9 +94,7 @@ export function readLlamaConfig(cfg: Json): DecoderConfig {
   const act = (cfg.hidden_act ?? cfg.hidden_activation ?? "silu") as string;
   const activation = act === "silu" || act === "swish" ? "silu" : act === "gelu_pytorch_tanh" || act === "gelu_tanh" ? "gelu_tanh" : null;
   if (!activation) throw new ModelConfigError(`config.json: hidden activation "${act}" is not supported (supported: silu, gelu_pytorch_tanh)`);
-  if ((cfg.pretraining_tp as number | undefined) !== undefined && (cfg.pretraining_tp as number) > 1) {
-    // HF only splits the matmuls for pretraining_tp > 1; the math is the same.
-  }
+  // pretraining_tp > 1 only makes HF split the matmuls into slices; the math is the same, so it is ignored.
   return {
     modelType: String(cfg.model_type),
     hiddenSize,

@@ -11,6 +11,7 @@ import { OnnxGraph } from "./onnx/graph.ts";
 import type { DecoderConfig } from "./config.ts";
 import { DEFAULT_ACCURACY_LEVEL, quantizeBlockwise, validateQuantizeConfig, type QuantizeConfig } from "./quantize.ts";
 import { f32ToF16 } from "./dtype.ts";
+import { EMBEDDING_NAME, layerPrefix, residualWriters } from "./writers.ts";
 
 /** Element type of weights, activations and the KV cache inside the graph (inputs/outputs other than the cache stay float32). */
 export type ComputeDType = "float32" | "float16";
@@ -55,7 +56,7 @@ export const IO = {
   positionIds: "position_ids",
   logitPositions: "logit_positions",
   rosiVectors: "rosi_vectors",
-  /** [hidden]: rank-one edit vector of the embedding table (--include-embeddings). */
+  /** [hidden]: rank-one edit vector of the embedding table (E' = E + rowmean(E)·vᵀ). */
   rosiEmbed: "rosi_embed",
   /** [B, T, 2·layers]: each edited matrix's coefficient w̄·x (needs interventions). */
   rosiCoefficients: "rosi_coefficients",
@@ -98,10 +99,10 @@ export class DecoderBuilder {
 
   // ---- weight names (HF state-dict keys) -------------------------------------------------
   protected layerPrefix(l: number): string {
-    return `model.layers.${l}`;
+    return layerPrefix(l);
   }
   protected embedName(): string {
-    return "model.embed_tokens.weight";
+    return EMBEDDING_NAME;
   }
   protected lmHeadName(): string {
     return this.cfg.tieWordEmbeddings ? this.embedName() : "lm_head.weight";
@@ -284,7 +285,7 @@ export class DecoderBuilder {
     return mask;
   }
 
-  /** Attention scores before the mask; Gemma 2 overrides to softcap them. */
+  /** Attention scores before the mask: softcapped when the config sets attnLogitSoftcap (Gemma 2). */
   protected scoreTransform(scores: string): string {
     const cap = this.cfg.attnLogitSoftcap;
     if (cap === null) return scores;
@@ -335,12 +336,13 @@ export class DecoderBuilder {
     if (group !== 1) context = g.op("Reshape", [context, g.constI64([0, numHeads, -1, headDim])]);
     const attnFlat = g.op("Reshape", [g.op("Transpose", [context], { perm: [0, 2, 1, 3] }), g.constI64([-1, qOut])]);
 
-    const oName = `${p}.o_proj.weight`;
+    const writer = residualWriters(this.cfg, l)[0];
+    const oName = writer.name;
     const W_o = this.require(oName, [hiddenSize, qOut]);
     const w_o = this.matrixWeight(oName, W_o, hiddenSize, qOut);
     const b_o = this.optionalBias(`${p}.o_proj.bias`, [`${p}.o_proj.bias`], [hiddenSize], this.cfg.oBias);
     const attnOut = this.gemm(attnFlat, w_o, b_o, `L${l}_o_proj`);
-    return this.intervene(attnOut, attnFlat, oName, W_o, qOut, 2 * l);
+    return this.intervene(attnOut, attnFlat, oName, W_o, qOut, writer.row);
   }
 
   protected mlp(l: number, x: string): string {
@@ -352,12 +354,13 @@ export class DecoderBuilder {
     const b_gateUp = this.optionalBias(`${p}.gate_up_proj.bias`, gateUpNames.map((n) => n.replace(/weight$/, "bias")), [intermediateSize, intermediateSize], this.cfg.mlpBias);
     const [gate, up] = g.node("Split", [this.gemm(x, w_gateUp, b_gateUp, `L${l}_gate_up`), g.constI64([intermediateSize, intermediateSize])], { axis: -1 }, { outputs: 2 });
     const hidden = g.op("Mul", [this.activation(gate), up], {}, { name: `L${l}_mlp_hidden` });
-    const downName = `${p}.down_proj.weight`;
+    const writer = residualWriters(this.cfg, l)[1];
+    const downName = writer.name;
     const W_down = this.require(downName, [hiddenSize, intermediateSize]);
     const w_down = this.matrixWeight(downName, W_down, hiddenSize, intermediateSize);
     const b_down = this.optionalBias(`${p}.down_proj.bias`, [`${p}.down_proj.bias`], [hiddenSize], this.cfg.mlpBias);
     const mlpOut = this.gemm(hidden, w_down, b_down, `L${l}_down_proj`);
-    return this.intervene(mlpOut, hidden, downName, W_down, intermediateSize, 2 * l + 1);
+    return this.intervene(mlpOut, hidden, downName, W_down, intermediateSize, writer.row);
   }
 
   /** out + (x·w̄)·rosi_vectors[row]: the rank-one edit of the [hidden, cols] matrix W, applied at run time. */

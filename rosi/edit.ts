@@ -11,15 +11,18 @@ import { fsyncDir, sha256Hex } from "../util/fs.ts";
 import { Checkpoint } from "../engine/checkpoint.ts";
 import { fromFloat32 } from "../engine/dtype.ts";
 import { meanOfRows } from "../engine/decoder.ts";
+import type { DecoderConfig } from "../engine/config.ts";
+import { EMBEDDING_NAME, residualWriters } from "../engine/writers.ts";
 import { SafetensorsFile, SafetensorsStreamWriter } from "../engine/safetensors.ts";
 
 export class InjectError extends Error {
   override name = "InjectError";
 }
 
-/** The matrices ROSI edits in layer l, in the order of the engine's `rosi_vectors` rows (2l, 2l+1). */
-export function editedMatrices(layer: number): [string, string] {
-  return [`model.layers.${layer}.self_attn.o_proj.weight`, `model.layers.${layer}.mlp.down_proj.weight`];
+/** The matrices ROSI edits in layer l (the architecture's residual writers), in the engine's row order (2l, 2l+1). */
+export function editedMatrices(cfg: DecoderConfig, layer: number): [string, string] {
+  const [o, down] = residualWriters(cfg, layer);
+  return [o.name, down.name];
 }
 
 /**
@@ -38,7 +41,7 @@ export function rankOneEdit(W: Float32Array, rows: number, cols: number, v: Floa
   return out;
 }
 
-export const EMBEDDING = "model.embed_tokens.weight";
+const EMBEDDING = EMBEDDING_NAME;
 
 /**
  * E' = E + w̄·vᵀ for an embedding table [vocab, hidden]: the same edit as W + v·w̄ᵀ on the table seen as a

@@ -5,6 +5,7 @@ import { join } from "node:path";
 import type { Step } from "../pipeline/runner.ts";
 import type { Settings } from "./settings.ts";
 import { SafetensorsFile } from "../engine/safetensors.ts";
+import { readDecoderConfig } from "../engine/architectures.ts";
 import type { DecoderModel } from "../engine/model.ts";
 import type { ModelTokenizer } from "../engine/tokenizer.ts";
 import { isRefusal } from "../evals/refusal.ts";
@@ -146,11 +147,12 @@ export const injectStep: Step<Settings> = {
     }
     ctx.log(`${method}, α = ${alpha.toPrecision(5)}${s.alpha === null ? " (calibrated)" : " (given)"}`);
 
-    const numLayers = (readJson<{ num_hidden_layers: number }>(join(source.dir, "config.json"))).num_hidden_layers;
+    const cfg = readDecoderConfig(readJson<Record<string, unknown>>(join(source.dir, "config.json")));
+    const numLayers = cfg.numLayers;
     const weights = spread[method];
     const vectors = new Map<string, Float32Array>();
     for (let l = 0; l < numLayers; l++) {
-      editedMatrices(l).forEach((n, k) => vectors.set(n, Float32Array.from(dir, (x) => alpha! * weights[2 * l + k] * x)));
+      editedMatrices(cfg, l).forEach((n, k) => vectors.set(n, Float32Array.from(dir, (x) => alpha! * weights[2 * l + k] * x)));
     }
     const bar = ctx.progress("write patched shards", 1);
     let last = 0;

@@ -320,7 +320,7 @@ describe.skipIf(!hasShared())("MatMulNBits with ROSI interventions (hf-golden ll
     const rows = new Float32Array(2 * model.config.numLayers * H);
     const v = fixture.s.map((x) => x * fixture.alpha);
     for (let r = 0; r < 2 * model.config.numLayers; r++) rows.set(v, r * H);
-    expect(editedMatrices(0).length).toBe(2); // o_proj and down_proj per layer, the two rows per layer above
+    expect(editedMatrices(model.config, 0).length).toBe(2); // o_proj and down_proj per layer, the two rows per layer above
     try {
       for (const [i, s] of fixture.single.entries()) {
         const T = s.input_ids.length;

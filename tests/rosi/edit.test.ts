@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { DecoderModel } from "../../engine/model.ts";
 import { generateGreedy } from "../../engine/generate.ts";
 import { SafetensorsFile } from "../../engine/safetensors.ts";
+import { readDecoderConfig } from "../../engine/architectures.ts";
 import { editedMatrices, isCompleteEdit, writeEditedCheckpoint } from "../../rosi/edit.ts";
 import { hasShared, sharedPath } from "../helpers/shared.ts";
 
@@ -33,7 +34,8 @@ describe.skipIf(!hasShared())("ROSI rank-one edit (hf-golden llama/edit)", () =>
     fixture = JSON.parse(readFileSync(join(src, "edit", "expected-edit.json"), "utf8"));
     const v = new Float32Array(fixture.s.map((x) => x * fixture.alpha));
     vectors = new Map();
-    for (let l = 0; l < 3; l++) for (const n of editedMatrices(l)) vectors.set(n, v);
+    const cfg = readDecoderConfig(JSON.parse(readFileSync(join(src, "config.json"), "utf8")));
+    for (let l = 0; l < cfg.numLayers; l++) for (const n of editedMatrices(cfg, l)) vectors.set(n, v);
   });
   afterAll(() => rmSync(work, { recursive: true, force: true }));
 
@@ -73,7 +75,7 @@ describe.skipIf(!hasShared())("ROSI rank-one edit (hf-golden llama/edit)", () =>
     const model = await DecoderModel.load(src, { device: "cpu", cacheDir: join(work, "cache"), interventions: true });
     const H = model.config.hiddenSize;
     const rows = new Float32Array(2 * model.config.numLayers * H);
-    for (let r = 0; r < 2 * model.config.numLayers; r++) rows.set(vectors.get(editedMatrices(0)[0])!, r * H);
+    for (let r = 0; r < 2 * model.config.numLayers; r++) rows.set(vectors.get(editedMatrices(model.config, 0)[0])!, r * H);
     for (const s of fixture.single) {
       const T = s.input_ids.length;
       const feed = { inputIds: [s.input_ids], attentionMask: [s.input_ids.map(() => 1)], positionIds: [[...Array(T).keys()]], logitPositions: [[...Array(T).keys()]], noCache: true };
