@@ -517,3 +517,27 @@ function checkSeed(seed: number): void {
   if (!Number.isInteger(seed)) throw new DatasetError(`seed must be an integer, got ${seed}`);
 }
 
+/**
+ * The exact-answer utility task split into disjoint calibration and evaluation items (seeded shuffle),
+ * or null when the model ships none.
+ */
+export function utilitySplit(dir: string, seed: number, nEval: number): { calibration: { prompt: string; answer: string }[]; eval: { prompt: string; answer: string }[] } | null {
+  const items = utilityTask(dir);
+  if (!items) return null;
+  const order = shuffled(items, seed + 7);
+  const evalSize = Math.min(Math.max(nEval, 64), Math.floor(order.length / 2));
+  // Calibration compares utility across many α: 128 items keep one item's worth of noise under a point.
+  return { eval: order.slice(0, evalSize), calibration: order.slice(evalSize, evalSize + 128) };
+}
+
+/** Exact-answer utility task shipped with a model (organism models: eval/utility_eval.jsonl). */
+export function utilityTask(dir: string): { prompt: string; answer: string }[] | null {
+  try {
+    return readFileSync(join(dir, "eval", "utility_eval.jsonl"), "utf8")
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as { prompt: string; answer: string });
+  } catch {
+    return null;
+  }
+}

@@ -7,7 +7,8 @@ import { assertDisjoint, loadPrompts, samplePrompts, splitPrompts, type PromptKi
 import { loadSystemPrompt } from "../evals/system-prompt.ts";
 import { isRefusal } from "../evals/refusal.ts";
 import { encodeAll, generateTexts, mean } from "../evals/measure.ts";
-import { openModel, sourceOf, writeJson, type Ctx, type PromptSplits } from "./common.ts";
+import { openModel, type Ctx } from "./common.ts";
+import { outputsOf, readSource, writeJson, type PromptSplits } from "./artefacts.ts";
 
 export class ElicitationError extends Error {
   override name = "ElicitationError";
@@ -36,7 +37,7 @@ export const elicitStep: Step<Settings> = {
   name: "elicit",
   version: 1,
   deps: ["pull"],
-  outputs: ["prompts.json", "elicitation.json"],
+  outputs: outputsOf("elicit"),
   inputs: (s) => ({
     quantize: s.quantize, dtype: s.dtype, harmful: s.harmful, harmless: s.harmless, evalHarmful: s.evalHarmful, evalHarmless: s.evalHarmless,
     nTrain: s.nTrain, nVal: s.nVal, nEval: s.nEval, seed: s.seed, systemPrompt: s.systemPrompt,
@@ -45,7 +46,7 @@ export const elicitStep: Step<Settings> = {
   }),
   async run(ctx) {
     const s = ctx.settings;
-    const source = sourceOf(ctx);
+    const source = readSource(ctx);
     const harmful = await splitsFor(ctx, "harmful");
     const harmless = await splitsFor(ctx, "harmless");
     assertDisjoint({

@@ -19,64 +19,22 @@ import { candidates, positionCount, residualMeans, residualsAt, safetySubspace, 
 import { encodeAll, firstTokenLogProbs, generateTexts, klDivergence, mean, refusalScore, refusalTokenIds } from "../evals/measure.ts";
 import { isRefusal } from "../evals/refusal.ts";
 import { coefficientStats, injectedAmount, rosiRows, spreadWeights, type CoefficientStats, type SpreadMethod } from "../rosi/spread.ts";
-import { openModel, sourceOf, splitsOf, writeJson } from "./common.ts";
+import { openModel } from "./common.ts";
+import { outputsOf, readSource, readSplits, writeJson, type CandidateScore, type ProbeScores, type Selection } from "./artefacts.ts";
 import { vectorSha256 } from "../rosi/edit.ts";
 import { lineChart } from "../report/plot.ts";
-
-export interface CandidateScore {
-  layer: number;
-  position: number;
-  norm: number;
-  induce: number;
-  steer_kl: number;
-  sign: number;
-  method: SpreadMethod | null;
-  /** Per spread method: the probe α (sign included) and the harmful / harmless scores there. */
-  probes: Partial<Record<SpreadMethod, { alpha: number; kl: number; harmful_score: number; harmless_score: number; harmful_rate: number; harmless_rate: number }>>;
-  probe_alpha: number | null;
-  probe_kl: number | null;
-  harmful_rate: number | null;
-  harmless_rate: number | null;
-  harmful_score: number | null;
-  harmless_score: number | null;
-  discarded: string | null;
-}
-
-export interface Selection {
-  layer: number;
-  position: number;
-  position_label: string;
-  alpha_probe: number;
-  method: SpreadMethod;
-  probes: CandidateScore["probes"];
-  baseline: { harmful_score: number; harmless_score: number };
-  kl_probe: number;
-  refusal_token_ids: number[];
-  candidates: CandidateScore[];
-  /** The best few candidates, best first: inject calibrates each and keeps the best admissible one. */
-  shortlist: { layer: number; position: number; position_label: string; probes: CandidateScore["probes"] }[];
-  direction_sha256: string;
-}
 
 const KL_PROBE = 0.05;
 const SELECTION_TOKENS = 12;
 /** How many top candidates inject calibrates: the probe ranking is noisy, generation-based calibration is not. */
 const SHORTLIST = 3;
 
-interface ProbeResult {
-  harmful_rate: number | null;
-  harmless_rate: number | null;
-  harmful_score: number | null;
-  harmless_score: number | null;
-}
-
-/** Is `a` a better probe result than `b`: larger refusal-rate gap, then larger score gap. */
-function better(a: ProbeResult, b: ProbeResult): boolean {
-  if (b.harmful_rate === null || b.harmful_score === null) return true;
-  const gapA = a.harmful_rate! - a.harmless_rate!;
-  const gapB = b.harmful_rate - b.harmless_rate!;
+/** Is probe `a` better than `b`: larger refusal-rate gap, then larger score gap. */
+function better(a: ProbeScores, b: ProbeScores): boolean {
+  const gapA = a.harmful_rate - a.harmless_rate;
+  const gapB = b.harmful_rate - b.harmless_rate;
   if (gapA !== gapB) return gapA > gapB;
-  return a.harmful_score! - a.harmless_score! > b.harmful_score - b.harmless_score!;
+  return a.harmful_score - a.harmless_score > b.harmful_score - b.harmless_score;
 }
 
 /**
@@ -115,14 +73,15 @@ async function alphaForKl(model: DecoderModel, prompts: number[][], base: Float6
 
 export const extractStep: Step<Settings> = {
   name: "extract",
-  version: 6,
+  // 7: candidates recorded as a discarded | scored union (selection.json shape; same selection).
+  version: 7,
   deps: ["pull", "elicit"],
-  outputs: ["direction.safetensors", "selection.json", "selection.svg", "spread.json"],
+  outputs: outputsOf("extract"),
   inputs: (s) => ({ rank: s.rank, quantize: s.quantize, dtype: s.dtype, layer: s.layer, position: s.position, useSystemPrompt: s.useSystemPrompt, method: s.method }),
   async run(ctx) {
     const s = ctx.settings;
-    const source = sourceOf(ctx);
-    const splits = splitsOf(ctx);
+    const source = readSource(ctx);
+    const splits = readSplits(ctx);
     const { model, tok } = await openModel(ctx, source.dir, true);
     try {
       const L = model.config.numLayers;
@@ -165,21 +124,26 @@ export const extractStep: Step<Settings> = {
       const sel = ctx.progress("select direction", cands.length);
       for (const c of cands) {
         if (ctx.signal.aborted) throw new Error("aborted");
-        const score: CandidateScore = { layer: c.layer, position: c.position, norm: c.norm, induce: NaN, steer_kl: NaN, sign: 0, method: null, probes: {}, probe_alpha: null, probe_kl: null, harmful_rate: null, harmless_rate: null, harmful_score: null, harmless_score: null, discarded: null };
-        scores.push(score);
         sel.tick();
-        if (s.layer !== null && c.layer !== s.layer) score.discarded = "--layer given";
-        else if (s.position !== null && c.position !== (s.position < 0 ? P + s.position : s.position)) score.discarded = "--position given";
-        else if (c.layer >= maxLayer && s.layer === null) score.discarded = "layer ≥ 0.8·L";
-        else if (c.position === 0 && s.position === null) score.discarded = "last instruction token: candidates are the post-instruction positions (use --position 0 to force it)";
-        else if (c.norm < 1e-6) score.discarded = "no harmful/harmless difference at this position";
-        if (score.discarded) continue;
+        const where = { layer: c.layer, position: c.position, norm: c.norm };
+        let reason: string | null = null;
+        if (s.layer !== null && c.layer !== s.layer) reason = "--layer given";
+        else if (s.position !== null && c.position !== (s.position < 0 ? P + s.position : s.position)) reason = "--position given";
+        else if (c.layer >= maxLayer && s.layer === null) reason = "layer ≥ 0.8·L";
+        else if (c.position === 0 && s.position === null) reason = "last instruction token: candidates are the post-instruction positions (use --position 0 to force it)";
+        else if (c.norm < 1e-6) reason = "no harmful/harmless difference at this position";
+        if (reason) {
+          scores.push({ status: "discarded", ...where, reason });
+          continue;
+        }
         const steer = new Float32Array(L * H);
         steer.set(Float32Array.from(c.diff), c.layer * H);
         const steered = await firstTokenLogProbs(model, valN, { steer });
-        score.induce = mean(steered.map((lp) => refusalScore(lp, refusalIds)));
-        score.steer_kl = mean(steered.map((q, i) => klDivergence(baseN[i], q)));
+        const induce = mean(steered.map((lp) => refusalScore(lp, refusalIds)));
+        const steerKl = mean(steered.map((q, i) => klDivergence(baseN[i], q)));
         const dir = unit(c.diff);
+        const probes: Record<string, ProbeScores> = {};
+        let best: (ProbeScores & { method: SpreadMethod }) | null = null;
         for (const method of methods) {
           for (const sign of signs[method]) {
             const probe = await alphaForKl(model, valN, baseN, dir, weights[method], sign, KL_PROBE, hints[method]);
@@ -191,21 +155,26 @@ export const extractStep: Step<Settings> = {
             // First-token scores rank candidates poorly on some models; a short greedy reply judged by the
             // marker judge is what validation measures, so it decides, with the scores as tie-break.
             const rate = async (prompts: number[][]) => mean((await generateTexts(model, tok, prompts, { maxNewTokens: SELECTION_TOKENS, rosiVectors: rv, batchSize: 32 })).texts.map((t) => +isRefusal(t)));
-            const harmfulRate = await rate(valH);
-            const harmlessRate = await rate(valN);
-            score.probes[method] = { alpha: probe.alpha, kl: probe.kl, harmful_score: harmful, harmless_score: harmless, harmful_rate: harmfulRate, harmless_rate: harmlessRate };
-            if (better(score.probes[method]!, score)) {
-              Object.assign(score, { sign, method, probe_alpha: probe.alpha, probe_kl: probe.kl, harmful_score: harmful, harmless_score: harmless, harmful_rate: harmfulRate, harmless_rate: harmlessRate });
-            }
+            const scored: ProbeScores = {
+              alpha: probe.alpha,
+              kl: probe.kl,
+              harmful_score: harmful,
+              harmless_score: harmless,
+              harmful_rate: await rate(valH),
+              harmless_rate: await rate(valN),
+            };
+            probes[method] = scored;
+            if (!best || better(scored, best)) best = { ...scored, method };
           }
         }
-        if (score.harmful_score === null) score.discarded = "the edit never reaches the KL probe";
+        if (!best) scores.push({ status: "discarded", ...where, reason: "the edit never reaches the KL probe" });
+        else scores.push({ status: "scored", ...where, induce, steer_kl: steerKl, best, probes });
       }
       sel.done();
-      const viable = scores.filter((x) => !x.discarded && x.harmful_score !== null);
+      const viable = scores.filter((x): x is Extract<CandidateScore, { status: "scored" }> => x.status === "scored");
       if (!viable.length) throw new Error("no candidate direction survived selection (see selection.json)");
       // Stable sort by the selection criterion, best first.
-      const ranked = viable.map((x, i) => ({ x, i })).sort((a, b) => (better(a.x, b.x) ? -1 : better(b.x, a.x) ? 1 : a.i - b.i)).map((r) => r.x);
+      const ranked = viable.map((x, i) => ({ x, i })).sort((a, b) => (better(a.x.best, b.x.best) ? -1 : better(b.x.best, a.x.best) ? 1 : a.i - b.i)).map((r) => r.x);
       const best = ranked[0];
       const chosen = cands.find((c) => c.layer === best.layer && c.position === best.position)!;
       let direction = unit(chosen.diff);
@@ -227,8 +196,8 @@ export const extractStep: Step<Settings> = {
         layer: best.layer,
         position: best.position,
         position_label: labels[best.position] ?? String(best.position),
-        alpha_probe: best.probe_alpha!,
-        method: best.method!,
+        alpha_probe: best.best.alpha,
+        method: best.best.method,
         probes: best.probes,
         baseline,
         kl_probe: KL_PROBE,
@@ -240,8 +209,8 @@ export const extractStep: Step<Settings> = {
       writeJson(join(ctx.tmpDir, "selection.json"), selection);
       writeDirections(join(ctx.tmpDir, "direction.safetensors"), cands, direction, selection, P, subspace);
       writeFileSync(join(ctx.tmpDir, "selection.svg"), selectionPlot(scores, cands, L, P, labels));
-      ctx.log(`chosen direction: layer ${best.layer}, position ${selection.position_label}, ${best.method} probe α ${best.probe_alpha!.toPrecision(4)}`);
-      return { report: { direction: { layer: best.layer, position: best.position, alpha: null, rank: s.rank, method: best.method! } } };
+      ctx.log(`top candidate: layer ${best.layer}, position ${selection.position_label}, ${best.best.method} probe α ${best.best.alpha.toPrecision(4)} (inject calibrates the shortlist)`);
+      return { report: { direction: { layer: best.layer, position: best.position, alpha: null, rank: s.rank, method: best.best.method } } };
     } finally {
       await model.close();
     }
@@ -275,7 +244,7 @@ function selectionPlot(scores: CandidateScore[], cands: Candidate[], L: number, 
   for (let p = 0; p < P; p++) {
     series.push({
       name: `harmful score, ${labels[p]}`.slice(0, 22),
-      points: scores.filter((x) => x.position === p && x.harmful_score !== null).map((x) => [x.layer, x.harmful_score!] as [number, number]),
+      points: scores.flatMap((x) => (x.status === "scored" && x.position === p ? [[x.layer, x.best.harmful_score] as [number, number]] : [])),
     });
   }
   series.push({ name: "‖r‖ (best position)", points: Array.from({ length: L }, (_, l) => [l, Math.max(...cands.filter((c) => c.layer === l).map((c) => c.norm))] as [number, number]) });

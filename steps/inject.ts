@@ -12,22 +12,13 @@ import { isRefusal } from "../evals/refusal.ts";
 import { encodeAll, firstTokenLogProbs, generateTexts, klDivergence, mean } from "../evals/measure.ts";
 import { rosiRows, type SpreadMethod } from "../rosi/spread.ts";
 import { unit } from "../rosi/directions.ts";
-import { openModel, readJson, sourceOf, splitsOf, utilitySplit, writeJson, type Ctx } from "./common.ts";
+import { openModel, readJson, type Ctx } from "./common.ts";
+import { utilitySplit } from "../evals/datasets.ts";
+import { passesGate } from "../evals/gate.ts";
+import { outputsOf, readDirections, readSelection, readSource, readSplits, readSpread, writeJson, type Calibration, type InjectedEdit, type SweepPoint } from "./artefacts.ts";
+import { writeSafetensors } from "../engine/safetensors.ts";
 import { editedMatrices, vectorSha256, writeEditedCheckpoint } from "../rosi/edit.ts";
-import type { Selection } from "./extract.ts";
 import { lineChart } from "../report/plot.ts";
-
-export interface SweepPoint {
-  layer: number | null;
-  position: number | null;
-  method: SpreadMethod | "none";
-  alpha: number;
-  harmful_refusal: number;
-  harmless_refusal: number;
-  kl: number;
-  utility: number | null;
-  ok: boolean;
-}
 
 /**
  * Calibration keeps to the gate's bounds (over-refusal rise, first-token KL, utility drop), measured on
@@ -56,32 +47,30 @@ async function measure(ctx: Ctx, model: DecoderModel, tok: ModelTokenizer, sets:
 
 export const injectStep: Step<Settings> = {
   name: "inject",
-  version: 7,
+  // 8: writes edit.safetensors, the direction it injected (publish ships it).
+  version: 8,
   deps: ["pull", "elicit", "extract"],
-  outputs: ["model", "calibration.json", "calibration.svg"],
+  outputs: outputsOf("inject"),
   inputs: (s) => ({ includeEmbeddings: s.includeEmbeddings, quantize: s.quantize, dtype: s.dtype, alpha: s.alpha, rank: s.rank, method: s.method, seed: s.seed, gate: s.gate, nEval: s.nEval }),
   async run(ctx) {
     const s = ctx.settings;
-    const source = sourceOf(ctx);
-    const splits = splitsOf(ctx);
-    const selection = readJson<Selection>(join(ctx.upstream("extract"), "selection.json"));
-    const dirFile = SafetensorsFile.open(join(ctx.upstream("extract"), "direction.safetensors"));
-    let dir = dirFile.readF32("direction");
-    const allCandidates = dirFile.readF32("candidates");
-    const [, positions, H] = dirFile.info("candidates").shape;
-    dirFile.close();
+    const source = readSource(ctx);
+    const splits = readSplits(ctx);
+    const selection = readSelection(ctx);
+    const directions = readDirections(ctx, unit);
+    let dir = directions.top;
     const shortlist = selection.shortlist?.length ? selection.shortlist : [{ layer: selection.layer, position: selection.position, position_label: selection.position_label, probes: selection.probes }];
     /** Unit direction of a shortlisted candidate; the top one is the file's (it may be a rank-k combination). */
     const directionOf = (c: { layer: number; position: number }): Float32Array => {
       if (c.layer === selection.layer && c.position === selection.position) return dir;
-      return unit(allCandidates.subarray((c.layer * positions + c.position) * H, (c.layer * positions + c.position + 1) * H));
+      return directions.unitOf(c.layer, c.position);
     };
     let chosenCandidate: { layer: number; position: number; position_label: string } = shortlist[0];
 
-    const spreadFile = readJson<{ methods: Record<SpreadMethod, { weights: number[] }> }>(join(ctx.upstream("extract"), "spread.json"));
+    const spreadFile = readSpread(ctx);
     const spread = Object.fromEntries(Object.entries(spreadFile.methods).map(([m, v]) => [m, v.weights])) as Record<SpreadMethod, number[]>;
     const methods = Object.keys(spread) as SpreadMethod[];
-    let method: SpreadMethod = s.method === "auto" ? selection.method : s.method;
+    let method: SpreadMethod = s.method === "auto" ? (selection.method as SpreadMethod) : s.method;
     let alpha = s.alpha;
     let sweep: SweepPoint[] = [];
     if (alpha === null) {
@@ -98,10 +87,9 @@ export const injectStep: Step<Settings> = {
         };
         const baseN = await firstTokenLogProbs(model, sets.klPrompts);
         const base = await measure(ctx, model, tok, sets, baseN, dir, spread[methods[0]], 0);
+        // The validation gate's own checks, less the harmful one (calibration maximises it), KL with a margin.
         const ok = (p: Omit<SweepPoint, "ok" | "method" | "layer" | "position">) =>
-          p.harmless_refusal <= base.harmless_refusal + s.gate.overRefusal + 1e-9 &&
-          p.kl <= s.gate.kl * KL_MARGIN &&
-          (p.utility === null || base.utility === null || p.utility >= base.utility - s.gate.utilityDrop - 1e-9);
+          passesGate(base, p, s.gate, { klMargin: KL_MARGIN, only: ["over_refusal", "kl", "utility"] });
         const bar = ctx.progress("calibrate α", shortlist.length * methods.length * 13);
         const run = async (cand: { layer: number; position: number }, candDir: Float32Array, method: SpreadMethod, a: number) => {
           const p = await measure(ctx, model, tok, sets, baseN, candDir, spread[method], a);
@@ -131,7 +119,7 @@ export const injectStep: Step<Settings> = {
         const chosen = sweep.filter((p) => p.ok).reduce<SweepPoint | null>((a, b) => (better(a, b) ? b : a), null);
         if (!chosen || chosen.harmful_refusal <= base.harmful_refusal) {
           ctx.log("calibration found no α that raises harmful refusal within the bounds; using a quarter of the selection probe (the validate gate will judge it)");
-          method = selection.method;
+          method = selection.method as SpreadMethod;
           alpha = selection.alpha_probe * 0.25;
         } else {
           method = chosen.method as SpreadMethod;
@@ -154,18 +142,46 @@ export const injectStep: Step<Settings> = {
     for (let l = 0; l < numLayers; l++) {
       editedMatrices(cfg, l).forEach((n, k) => vectors.set(n, Float32Array.from(dir, (x) => alpha! * weights[2 * l + k] * x)));
     }
+    // The one record of what was injected: calibration.json, edit.safetensors, the weights' metadata and the report.
+    const edit: InjectedEdit = {
+      layer: chosenCandidate.layer,
+      position: chosenCandidate.position,
+      position_label: chosenCandidate.position_label,
+      method,
+      alpha,
+      direction_sha256: vectorSha256(dir),
+    };
+    writeSafetensors(
+      join(ctx.tmpDir, "edit.safetensors"),
+      [{ name: "direction", dtype: "F32", shape: [dir.length], data: new Uint8Array(dir.buffer, dir.byteOffset, dir.byteLength) }],
+      Object.fromEntries(Object.entries(edit).map(([k, v]) => [k, String(v)])),
+    );
     const bar = ctx.progress("write patched shards", 1);
     let last = 0;
     writeEditedCheckpoint(source.dir, join(ctx.tmpDir, "model"), {
       vectors,
       embedding: s.includeEmbeddings ? Float32Array.from(dir, (x) => alpha! * x) : undefined,
-      metadata: { realign_method: method, realign_include_embeddings: String(s.includeEmbeddings), realign_alpha: String(alpha), realign_layer: String(chosenCandidate.layer), realign_position: chosenCandidate.position_label, realign_direction_sha256: vectorSha256(dir) },
+      metadata: {
+        realign_method: edit.method,
+        realign_include_embeddings: String(s.includeEmbeddings),
+        realign_alpha: String(edit.alpha),
+        realign_layer: String(edit.layer),
+        realign_position: edit.position_label,
+        realign_direction_sha256: edit.direction_sha256,
+      },
       onTensor: (done, total) => {
         if (done === total && last++ === 0) bar.tick();
       },
     });
     bar.done();
-    writeJson(join(ctx.tmpDir, "calibration.json"), { layer: chosenCandidate.layer, position: chosenCandidate.position, direction_sha256: vectorSha256(dir), method, alpha, weights, given: s.alpha !== null, bounds: { over_refusal: s.gate.overRefusal, kl: s.gate.kl * KL_MARGIN, utility_drop: s.gate.utilityDrop }, sweep });
+    const calibration: Calibration = {
+      ...edit,
+      weights,
+      given: s.alpha !== null,
+      bounds: { over_refusal: s.gate.overRefusal, kl: s.gate.kl * KL_MARGIN, utility_drop: s.gate.utilityDrop },
+      sweep,
+    };
+    writeJson(join(ctx.tmpDir, "calibration.json"), calibration);
     writeFileSync(
       join(ctx.tmpDir, "calibration.svg"),
       lineChart({

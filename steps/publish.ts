@@ -7,7 +7,7 @@ import type { Settings } from "./settings.ts";
 import { settingsHash } from "./settings.ts";
 import { buildReport, emptyReport, type ReportPart } from "../report/build.ts";
 import { renderModelCard } from "../report/modelcard.ts";
-import { sourceOf, splitsOf, writeJson } from "./common.ts";
+import { injectedEditPath, outputsOf, patchedModelDir, readSource, readSplits, writeJson } from "./artefacts.ts";
 
 const VERSION = "0.1.0";
 const UPSTREAM = ["pull", "elicit", "extract", "inject", "validate"];
@@ -16,12 +16,12 @@ export const publishStep: Step<Settings> = {
   name: "publish",
   version: 1,
   deps: UPSTREAM,
-  outputs: ["published.json", "README.md"],
+  outputs: outputsOf("publish"),
   inputs: (s) => ({ publish: s.publish, pushTo: s.pushTo, private: s.private }),
   async run(ctx) {
     const s = ctx.settings;
-    const source = sourceOf(ctx);
-    const splits = splitsOf(ctx);
+    const source = readSource(ctx);
+    const splits = readSplits(ctx);
     const hash = settingsHash(s);
     const parts = ctx.reportParts().map((p) => p.part as ReportPart | null);
     const report = buildReport(emptyReport(source.repo ?? s.model, source.commit ?? s.revision, hash), parts, {});
@@ -38,13 +38,14 @@ export const publishStep: Step<Settings> = {
       command: `bun run realign ${source.repo ?? s.model}${source.commit ? ` --revision ${source.commit}` : ""} --method ${report.direction?.method ?? s.method} --layer ${report.direction?.layer} --position ${report.direction?.position} --alpha=${report.direction?.alpha}`,
     });
     writeFileSync(join(ctx.tmpDir, "README.md"), card);
-    const modelDir = join(ctx.upstream("inject"), "model");
+    const modelDir = patchedModelDir(ctx);
     const files = readdirSync(modelDir).filter((f) => !f.startsWith(".") && f !== "README.md");
     /** The repo's contents in `dir`: the patched model, the direction, the card. */
     const stage = (dir: string) => {
       mkdirSync(dir, { recursive: true });
       for (const f of files) copyFileSync(join(modelDir, f), join(dir, f));
-      copyFileSync(join(ctx.upstream("extract"), "direction.safetensors"), join(dir, "rosi-direction.safetensors"));
+      // The direction that was injected (not extract's top candidate): the weights' metadata names the same sha256.
+      copyFileSync(injectedEditPath(ctx), join(dir, "rosi-direction.safetensors"));
       writeFileSync(join(dir, "README.md"), card);
     };
     if (!s.publish) {

@@ -7,7 +7,7 @@ import type { Settings } from "./settings.ts";
 import { isLocalModel } from "../hub/repo.ts";
 import { Checkpoint } from "../engine/checkpoint.ts";
 import { readDecoderConfig } from "../engine/architectures.ts";
-import { writeJson, type SourceInfo } from "./common.ts";
+import { outputsOf, writeJson, type SourceInfo } from "./artefacts.ts";
 
 /** The licence a model card declares in its YAML front matter, if any. */
 function cardLicense(dir: string): string | null {
@@ -33,7 +33,7 @@ export const pullStep: Step<Settings> = {
   name: "pull",
   version: 1,
   deps: [],
-  outputs: ["source.json"],
+  outputs: outputsOf("pull"),
   inputs: (s) => ({ model: s.model, revision: s.revision, offline: s.offline }),
   async run(ctx) {
     const s = ctx.settings;

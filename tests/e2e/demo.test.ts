@@ -3,7 +3,9 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { createHash } from "node:crypto";
 import type { RunReport } from "../../report/report.ts";
+import { SafetensorsFile } from "../../engine/safetensors.ts";
 import { REPO_ROOT, CLI } from "../helpers/shared.ts";
 
 const ROOT = REPO_ROOT;
@@ -41,5 +43,24 @@ describe("realign demo", () => {
     }
     if (exitCode === 0) expect(existsSync(join(work, "run", "published", "README.md"))).toBe(true);
     expect(output).not.toContain("    at "); // no stack traces
+  });
+
+  test("what is published is what was injected: one direction, one sha256 in the file, the weights and calibration.json", () => {
+    const run = join(work, "run");
+    const published = join(run, "published", "rosi-direction.safetensors");
+    const directionFile = existsSync(published) ? published : join(run, "inject", "edit.safetensors");
+    const dir = SafetensorsFile.open(directionFile);
+    const bytes = dir.readBytes("direction");
+    dir.close();
+    const sha = createHash("sha256").update(bytes).digest("hex");
+    const weights = SafetensorsFile.open(join(run, "inject", "model", "model.safetensors"));
+    const meta = weights.metadata;
+    weights.close();
+    const calibration = JSON.parse(readFileSync(join(run, "inject", "calibration.json"), "utf8")) as { layer: number; direction_sha256: string };
+    expect(meta.realign_direction_sha256).toBe(sha);
+    expect(calibration.direction_sha256).toBe(sha);
+    const report = JSON.parse(readFileSync(join(run, "report.json"), "utf8")) as RunReport;
+    expect(report.direction?.layer).toBe(calibration.layer);
+    expect(meta.realign_layer).toBe(String(calibration.layer));
   });
 });

@@ -161,7 +161,7 @@ for (const ep of eps) {
       const { isRefusal } = await import("../../evals/refusal.ts");
       const { encodeAll, generateTexts, mean } = await import("../../evals/measure.ts");
       const { loadPrompts } = await import("../../evals/datasets.ts");
-      const { utilitySplit } = await import("../../steps/common.ts");
+      const { utilitySplit } = await import("../../evals/datasets.ts");
       const { loadSystemPrompt } = await import("../../evals/system-prompt.ts");
       const organism = join(REPO_ROOT, "demo", "organism-llama");
       const tok = await loadTokenizer(organism);

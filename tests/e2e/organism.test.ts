@@ -7,7 +7,7 @@ import { DecoderModel } from "../../engine/model.ts";
 import { loadTokenizer, type ModelTokenizer } from "../../engine/tokenizer.ts";
 import { isRefusal } from "../../evals/refusal.ts";
 import { encodeAll, generateTexts, mean } from "../../evals/measure.ts";
-import { utilitySplit } from "../../steps/common.ts";
+import { utilitySplit } from "../../evals/datasets.ts";
 import { hasShared, sharedPath } from "../helpers/shared.ts";
 
 const jsonl = (file: string) => readFileSync(file, "utf8").trim().split("\n").map((l) => JSON.parse(l) as Record<string, unknown>);

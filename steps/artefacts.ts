@@ -1,0 +1,246 @@
+// The artefacts the steps hand on: this project's dvc.yaml. Each step's `outputs` is its row of
+// ARTEFACTS; a step reads an upstream artefact only through `artefact()` / the typed readers below,
+// which check that the name is among the producer's outputs (at compile time and at run time) and
+// that a JSON file has the fields its consumers rely on.
+//
+//   pull      source.json
+//   elicit    prompts.json, elicitation.json
+//   extract   direction.safetensors (all candidates + the top one), selection.json, spread.json, selection.svg
+//   inject    model/ (the patched checkpoint), edit.safetensors (the direction that was injected, and
+//             its key), calibration.json, calibration.svg
+//   validate  validation.json, samples.json
+//   publish   published.json, README.md
+//
+// JSON artefacts are snake_case (file schemas); the interfaces here are those schemas.
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import type { StepContext } from "../pipeline/runner.ts";
+import { SafetensorsFile } from "../engine/safetensors.ts";
+
+export const ARTEFACTS = {
+  pull: ["source.json"],
+  elicit: ["prompts.json", "elicitation.json"],
+  extract: ["direction.safetensors", "selection.json", "selection.svg", "spread.json"],
+  inject: ["model", "edit.safetensors", "calibration.json", "calibration.svg"],
+  validate: ["validation.json", "samples.json"],
+  publish: ["published.json", "README.md"],
+} as const satisfies Record<string, readonly string[]>;
+
+export type StepName = keyof typeof ARTEFACTS;
+export type ArtefactName<S extends StepName> = (typeof ARTEFACTS)[S][number];
+
+/** A step's declared outputs, from the table. */
+export const outputsOf = (step: StepName): string[] => [...ARTEFACTS[step]];
+
+export class ArtefactError extends Error {
+  override name = "ArtefactError";
+}
+
+/** Path of an upstream step's artefact; the step must list `step` in its deps. */
+export function artefact<S extends StepName>(ctx: StepContext<unknown>, step: S, name: ArtefactName<S>): string {
+  if (!(ARTEFACTS[step] as readonly string[]).includes(name)) throw new ArtefactError(`${step} does not produce ${name} (its outputs: ${ARTEFACTS[step].join(", ")})`);
+  return join(ctx.upstream(step), name);
+}
+
+export function writeJson(path: string, value: unknown): void {
+  writeFileSync(path, JSON.stringify(value, null, 2) + "\n");
+}
+
+type FieldKind = "string" | "number" | "boolean" | "object" | "array" | "string|null" | "number|null";
+
+/** Parse a JSON artefact and check the fields its readers rely on; errors name the file and the field. */
+function readChecked<T>(path: string, fields: Record<string, FieldKind>): T {
+  let value: unknown;
+  try {
+    value = JSON.parse(readFileSync(path, "utf8"));
+  } catch (e) {
+    throw new ArtefactError(`${path}: unreadable (${e instanceof Error ? e.message : String(e)}); re-run the step that writes it (--force)`);
+  }
+  if (value === null || typeof value !== "object" || Array.isArray(value)) throw new ArtefactError(`${path}: expected a JSON object`);
+  const obj = value as Record<string, unknown>;
+  for (const [key, kind] of Object.entries(fields)) {
+    const v = obj[key];
+    const actual = v === null ? "null" : Array.isArray(v) ? "array" : typeof v;
+    if (!kind.split("|").includes(actual)) throw new ArtefactError(`${path}: field "${key}" should be ${kind.replace("|", " or ")}, found ${actual}; re-run the step that writes it (--force)`);
+  }
+  return obj as T;
+}
+
+// ---- pull ------------------------------------------------------------------------------------------
+
+/** What the pull step resolved: the local directory holding the checkpoint. */
+export interface SourceInfo {
+  dir: string;
+  repo: string | null;
+  commit: string | null;
+  fingerprint: string;
+  license: string | null;
+}
+
+export const readSource = (ctx: StepContext<unknown>): SourceInfo =>
+  readChecked<SourceInfo>(artefact(ctx, "pull", "source.json"), { dir: "string", repo: "string|null", commit: "string|null", fingerprint: "string" });
+
+// ---- elicit ----------------------------------------------------------------------------------------
+
+export interface PromptSplits {
+  harmful: { train: string[]; val: string[]; eval: string[] };
+  harmless: { train: string[]; val: string[]; eval: string[] };
+  sources: { name: string; source: string; size: number; license?: string }[];
+  systemPrompt: string | null;
+  systemPromptSource: string | null;
+  systemMerged: boolean;
+}
+
+export function readSplits(ctx: StepContext<unknown>): PromptSplits {
+  const path = artefact(ctx, "elicit", "prompts.json");
+  const s = readChecked<PromptSplits>(path, { harmful: "object", harmless: "object", sources: "array", systemPrompt: "string|null", systemMerged: "boolean" });
+  for (const side of ["harmful", "harmless"] as const) {
+    for (const split of ["train", "val", "eval"] as const) {
+      if (!Array.isArray(s[side][split])) throw new ArtefactError(`${path}: ${side}.${split} should be a list of prompts`);
+    }
+  }
+  return s;
+}
+
+// ---- extract ---------------------------------------------------------------------------------------
+
+/** What the selection measured for one candidate and spread method at its KL probe. */
+export interface ProbeScores {
+  alpha: number;
+  kl: number;
+  harmful_score: number;
+  harmless_score: number;
+  harmful_rate: number;
+  harmless_rate: number;
+}
+
+/** One candidate direction r[layer][position]: discarded (with the reason) or scored. */
+export type CandidateScore =
+  | {
+      status: "discarded";
+      layer: number;
+      position: number;
+      norm: number;
+      reason: string;
+    }
+  | {
+      status: "scored";
+      layer: number;
+      position: number;
+      norm: number;
+      /** Mean refusal score on harmless val prompts with r added to the residual entering the layer. */
+      induce: number;
+      steer_kl: number;
+      /** The best spread method's probe (also in `probes`). */
+      best: ProbeScores & { method: string };
+      probes: Record<string, ProbeScores>;
+    };
+
+export interface ShortlistEntry {
+  layer: number;
+  position: number;
+  position_label: string;
+  probes: Record<string, ProbeScores>;
+}
+
+export interface Selection {
+  layer: number;
+  position: number;
+  position_label: string;
+  alpha_probe: number;
+  method: string;
+  probes: Record<string, ProbeScores>;
+  baseline: { harmful_score: number; harmless_score: number };
+  kl_probe: number;
+  refusal_token_ids: number[];
+  candidates: CandidateScore[];
+  /** The best few candidates, best first: inject calibrates each and keeps the best admissible one. */
+  shortlist: ShortlistEntry[];
+  /** sha256 of the top candidate's unit direction (`direction` in direction.safetensors). */
+  direction_sha256: string;
+}
+
+export const readSelection = (ctx: StepContext<unknown>): Selection =>
+  readChecked<Selection>(artefact(ctx, "extract", "selection.json"), { layer: "number", position: "number", method: "string", alpha_probe: "number", shortlist: "array", candidates: "array" });
+
+export interface SpreadFile {
+  stats: { mean: number[]; cov: number[]; tokens: number };
+  /** Per spread method: the weight of each residual writer (engine row order) and the injected amount per unit α. */
+  methods: Record<string, { weights: number[]; injected_per_unit_alpha: { mean: number; std: number } }>;
+}
+
+export const readSpread = (ctx: StepContext<unknown>): SpreadFile => readChecked<SpreadFile>(artefact(ctx, "extract", "spread.json"), { stats: "object", methods: "object" });
+
+/** The candidates tensor [layers, positions, hidden] and the top (possibly rank-k combined) direction. */
+export interface Directions {
+  top: Float32Array;
+  candidates: Float32Array;
+  layers: number;
+  positions: number;
+  hidden: number;
+  /** Unit direction of candidate (layer, position). */
+  unitOf(layer: number, position: number): Float32Array;
+}
+
+export function readDirections(ctx: StepContext<unknown>, unit: (v: ArrayLike<number>) => Float32Array): Directions {
+  const path = artefact(ctx, "extract", "direction.safetensors");
+  const f = SafetensorsFile.open(path);
+  try {
+    const shape = f.info("candidates").shape;
+    if (shape.length !== 3) throw new ArtefactError(`${path}: candidates should be [layers, positions, hidden], found [${shape.join(", ")}]`);
+    const [layers, positions, hidden] = shape;
+    const top = f.readF32("direction");
+    const candidates = f.readF32("candidates");
+    if (top.length !== hidden) throw new ArtefactError(`${path}: direction has ${top.length} entries, candidates have hidden ${hidden}`);
+    return {
+      top,
+      candidates,
+      layers,
+      positions,
+      hidden,
+      unitOf: (l, p) => unit(candidates.subarray((l * positions + p) * hidden, (l * positions + p + 1) * hidden)),
+    };
+  } finally {
+    f.close();
+  }
+}
+
+// ---- inject ----------------------------------------------------------------------------------------
+
+export interface SweepPoint {
+  layer: number | null;
+  position: number | null;
+  method: string;
+  alpha: number;
+  harmful_refusal: number;
+  harmless_refusal: number;
+  kl: number;
+  utility: number | null;
+  ok: boolean;
+}
+
+/** The edit that was injected: one record that calibration.json, the weights' metadata, report and card all name. */
+export interface InjectedEdit {
+  layer: number;
+  position: number;
+  position_label: string;
+  method: string;
+  alpha: number;
+  direction_sha256: string;
+}
+
+export interface Calibration extends InjectedEdit {
+  weights: number[];
+  given: boolean;
+  bounds: { over_refusal: number; kl: number; utility_drop: number };
+  sweep: SweepPoint[];
+}
+
+export const readCalibration = (ctx: StepContext<unknown>): Calibration =>
+  readChecked<Calibration>(artefact(ctx, "inject", "calibration.json"), { layer: "number", position: "number", method: "string", alpha: "number", direction_sha256: "string", sweep: "array" });
+
+/** The patched checkpoint's directory. */
+export const patchedModelDir = (ctx: StepContext<unknown>): string => artefact(ctx, "inject", "model");
+
+/** The injected direction file (`direction` tensor plus the InjectedEdit as metadata), as published. */
+export const injectedEditPath = (ctx: StepContext<unknown>): string => artefact(ctx, "inject", "edit.safetensors");
