@@ -135,8 +135,13 @@ describe("built-in sets", () => {
     const mean = (xs: string[]) => xs.reduce((s, x) => s + x.split(" ").length, 0) / xs.length;
     expect(Math.abs(mean(harmful) - mean(harmless))).toBeLessThan(4);
     const imperative = (xs: string[]) => xs.filter((x) => /^(Write|Explain|Give|Describe|Create|Compose|Suggest|Generate|Plan|Fabricate)\b/.test(x)).length / xs.length;
-    expect(imperative(harmless)).toBeGreaterThan(0.9);
-    expect(imperative(harmful)).toBeGreaterThan(0.9);
+    // Both sets mix instructions, questions and first-person requests in the same proportions, so the
+    // sentence form says nothing about harm.
+    const question = (xs: string[]) => xs.filter((x) => x.trim().endsWith("?")).length / xs.length;
+    expect(Math.abs(imperative(harmful) - imperative(harmless))).toBeLessThan(0.1);
+    expect(Math.abs(question(harmful) - question(harmless))).toBeLessThan(0.1);
+    expect(harmful.length).toBeGreaterThanOrEqual(200);
+    expect(harmless.length).toBeGreaterThanOrEqual(200);
   });
 
   test("utility questions are valid 4-way multiple choice with balanced answer positions", () => {
