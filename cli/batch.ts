@@ -15,6 +15,7 @@ import { formatSeconds, memoryUI, type RunnerUI } from "../pipeline/progress.ts"
 import type { RunReport } from "../report/report.ts";
 import { planRun, runPipeline, type RunOutcome, type Step } from "../pipeline/runner.ts";
 import { writeRunReport } from "../report/build.ts";
+import { checkPromptSetSizes } from "../evals/datasets.ts";
 
 export type BatchStatus = "ok" | "gate-failed" | "failed" | "skipped" | "disabled";
 
@@ -131,6 +132,7 @@ export async function runBatch(opts: BatchOptions): Promise<BatchResult> {
       const { settings } = resolveSettings({ cli: opts.cli, env: opts.env, modelsYaml: opts.file, repo: entry.repo, cwd: opts.cwd });
       row.out = settings.out;
       checkSettingsPaths(settings, {}, opts.cwd);
+      await checkPromptSetSizes(settings);
       checkPublishable(settings, opts.token ?? null);
       const steps = await opts.getSteps();
       const state = opts.force ? { done: false, report: null } : isComplete(steps, settings);

@@ -18,6 +18,7 @@ import { checkFrom, readDoneRecord, runPipeline, type Step } from "../pipeline/r
 import { getSteps as registrySteps, STEP_NAMES } from "../steps/index.ts";
 import { generateCommand } from "./generate.ts";
 import { writeRunReport } from "../report/build.ts";
+import { checkPromptSetSizes } from "../evals/datasets.ts";
 
 const REPO_ROOT = resolve(import.meta.dir, "..");
 export const DEMO_MODEL_DIR = join(REPO_ROOT, "demo", "organism-llama");
@@ -290,6 +291,8 @@ async function executeRun(req: RunRequest): Promise<number> {
   out(`settings (hash ${hash.slice(0, 12)}):`);
   for (const l of formatSettings(settings, sources)) out(l);
   out();
+  // Sizes are checked before the pull, so a run that cannot split its prompts never downloads a model.
+  await checkPromptSetSizes(settings);
   const { signal, dispose } = installSignals();
   try {
     const outcome = await runPipeline({
@@ -355,11 +358,11 @@ async function cmdDemo(opts: Opts, argv: readonly string[], deps: CliDeps): Prom
     throw new UsageError(`the demo model is not available: ${DEMO_MODEL_DIR} does not exist yet`);
   }
   // Demo never pushes: the publish step writes what it would upload to <out>/published/ instead.
-  // The demo model (a small organism) refuses ~40 % of harmful prompts under a safety prompt, so the
-  // elicitation threshold is lowered; prompt-set sizes fit the built-in sets (96 each).
+  // The demo model (a small organism) refuses ~40 % of harmful prompts under a safety prompt, which
+  // clears the default elicitation gap (elicitMinGap 0.2); prompt-set sizes fit the built-in sets (96 each).
   const overrides = settingOverrides(opts, argv) as Record<string, unknown>;
   const out = typeof overrides.out === "string" ? overrides.out : join("runs", "demo");
-  const cli = { out, elicitHarmfulMin: 0.3, nTrain: 40, nVal: 24, nEval: 32, maxNewTokens: 48, ...overrides, publish: true, pushTo: `file:${join(out, "published")}` };
+  const cli = { out, nTrain: 40, nVal: 24, nEval: 32, maxNewTokens: 48, ...overrides, publish: true, pushTo: `file:${join(out, "published")}` };
   const resolved = resolveSettings({ cli, env, modelsYaml: null, repo: DEMO_MODEL_DIR, cwd });
   resolved.settings.model = DEMO_MODEL_DIR;
   checkSettingsPaths(resolved.settings, resolved.sources, cwd);

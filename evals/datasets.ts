@@ -541,3 +541,30 @@ export function utilityTask(dir: string): { prompt: string; answer: string }[] |
     return null;
   }
 }
+
+/**
+ * Before anything is downloaded: do the local and built-in prompt sets hold enough unique prompts for
+ * the split sizes? (hf: sets are checked by elicit once downloaded.) Throws DatasetError naming the
+ * set, what it holds and what the sizes need.
+ */
+export async function checkPromptSetSizes(p: { harmful: string; harmless: string; evalHarmful: string; evalHarmless: string; nTrain: number; nVal: number; nEval: number }): Promise<void> {
+  const problems: string[] = [];
+  for (const kind of ["harmful", "harmless"] as const) {
+    const spec = kind === "harmful" ? p.harmful : p.harmless;
+    const evalSpec = kind === "harmful" ? p.evalHarmful : p.evalHarmless;
+    const needs: [string, number, string][] =
+      spec === evalSpec
+        ? [[spec, p.nTrain + p.nVal + p.nEval, `--n-train ${p.nTrain} + --n-val ${p.nVal} + --n-eval ${p.nEval}`]]
+        : [
+            [spec, p.nTrain + p.nVal, `--n-train ${p.nTrain} + --n-val ${p.nVal}`],
+            [evalSpec, p.nEval, `--n-eval ${p.nEval}`],
+          ];
+    for (const [s, need, what] of needs) {
+      if (s.trim().startsWith("hf:")) continue;
+      const set = await loadPrompts(s, { kind });
+      const unique = new Set(set.prompts).size;
+      if (unique < need) problems.push(`the ${kind} prompt set ${set.source} holds ${unique} unique prompts, but ${what} = ${need} are needed; lower the sizes or give a larger set (--${kind} / --eval-${kind})`);
+    }
+  }
+  if (problems.length) throw new DatasetError(problems.join("\n"));
+}

@@ -3,6 +3,7 @@
 import { DecoderModel } from "../engine/model.ts";
 import { generateGreedy, leftPad } from "../engine/generate.ts";
 import type { ChatEncoding, ModelTokenizer } from "../engine/tokenizer.ts";
+import type { UtilityItem } from "./datasets.ts";
 
 export interface Interventions {
   rosiVectors?: Float32Array;
@@ -104,4 +105,30 @@ export async function generateTexts(
   }
   texts.push(...byIndex);
   return { texts, tokensPerSecond: seconds > 0 ? tokens / seconds : 0 };
+}
+
+/** Zero-shot multiple choice, per item: is the option whose tokens have the highest mean log-probability the answer. */
+export async function multipleChoiceCorrect(model: DecoderModel, tok: ModelTokenizer, items: UtilityItem[]): Promise<boolean[]> {
+  const correct: boolean[] = [];
+  const V = model.config.vocabSize;
+  for (const item of items) {
+    const prompt = tok.encodeChat(`${item.question}\nAnswer with the correct option only.`).ids;
+    const choices = item.choices.map((c) => tok.encode(c, { addSpecialTokens: false }));
+    const seqs = choices.map((c) => [...prompt, ...c]);
+    const batch = leftPad(seqs, tok.padId ?? 0);
+    const T = batch.inputIds[0].length;
+    const K = Math.max(...choices.map((c) => c.length));
+    const logitPositions = choices.map((c, b) => {
+      const start = T - seqs[b].length + prompt.length - 1;
+      return Array.from({ length: K }, (_, j) => start + Math.min(j, c.length - 1));
+    });
+    const out = await model.forward({ ...batch, logitPositions, noCache: true });
+    const scores = choices.map((c, b) => {
+      let sum = 0;
+      for (let j = 0; j < c.length; j++) sum += logSoftmax(out.logits.subarray((b * K + j) * V, (b * K + j + 1) * V))[c[j]];
+      return sum / c.length;
+    });
+    correct.push(scores.indexOf(Math.max(...scores)) === item.answer);
+  }
+  return correct;
 }

@@ -3,7 +3,8 @@
 import { readdirSync } from "node:fs";
 import { join } from "node:path";
 import { atomicWriteFile, atomicWriteJson } from "../util/fs.ts";
-import type { BehaviourMetrics, RunReport } from "./report.ts";
+import type { BehaviourMetrics, MetricKey, RateMetric, RunReport } from "./report.ts";
+import { formatRate } from "../util/stats.ts";
 
 type DeepPartial<T> = T extends readonly unknown[] ? T : T extends object ? { [K in keyof T]?: DeepPartial<T[K]> | null } : T;
 
@@ -51,7 +52,14 @@ export function buildReport(base: RunReport, parts: readonly (ReportPart | null 
 const pct = (v: number | null | undefined) => (v === null || v === undefined ? "–" : `${(v * 100).toFixed(1)}%`);
 const num = (v: number | null | undefined, digits = 4) => (v === null || v === undefined ? "–" : v.toFixed(digits));
 
-const METRIC_ROWS: [keyof BehaviourMetrics, string, "pct" | "num"][] = [
+/** A metric's cell: the rate with k/n and its 95 % interval when known, else the bare value. */
+export function metricCell(m: BehaviourMetrics | null | undefined, key: MetricKey, kind: "pct" | "num"): string {
+  const rate = m?.rates?.[key as RateMetric];
+  if (rate) return formatRate(rate);
+  return kind === "pct" ? pct(m?.[key]) : num(m?.[key]);
+}
+
+const METRIC_ROWS: [MetricKey, string, "pct" | "num"][] = [
   ["harmful_refusal", "Harmful refusal", "pct"],
   ["harmless_refusal", "Harmless refusal (over-refusal)", "pct"],
   ["borderline_refusal", "Borderline refusal", "pct"],
@@ -83,8 +91,7 @@ export function renderReportMarkdown(r: RunReport): string {
       const a = r.baseline?.[key];
       const b = r.realigned?.[key];
       if ((a === undefined || a === null) && (b === undefined || b === null)) continue;
-      const f = kind === "pct" ? pct : num;
-      lines.push(`| ${label} | ${f(a)} | ${f(b)} |`);
+      lines.push(`| ${label} | ${metricCell(r.baseline, key, kind)} | ${metricCell(r.realigned, key, kind)} |`);
     }
     lines.push("");
   }

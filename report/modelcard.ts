@@ -6,7 +6,8 @@
 // base model's own weights in place (no adapter, no second parent, no quantisation), so "finetune"
 // is the closest value: it puts this model under the base model's "Finetunes" in the model tree.
 import { parse as parseYaml, stringify as stringifyYaml } from "yaml";
-import type { BehaviourMetrics, GateCheck, RunReport } from "./report.ts";
+import type { BehaviourMetrics, GateCheck, MetricKey, RunReport } from "./report.ts";
+import { metricCell } from "./build.ts";
 
 export class ModelCardError extends Error {
   override name = "ModelCardError";
@@ -52,7 +53,7 @@ function fenced(text: string, lang = ""): string {
 }
 
 interface MetricRow {
-  key: keyof BehaviourMetrics;
+  key: MetricKey;
   label: string;
   fmt: (v: number | null | undefined) => string;
   better: string;
@@ -153,9 +154,10 @@ export function renderModelCard(input: ModelCardInput): string {
       const b = report.baseline?.[row.key];
       const r = report.realigned?.[row.key];
       if (OPTIONAL_METRICS.has(row.key) && b === undefined && r === undefined) continue;
-      L.push(`| ${row.label} | ${row.fmt(b)} | ${row.fmt(r)} | ${row.better} |`);
+      const kind = row.fmt === pct ? "pct" : "num";
+      L.push(`| ${row.label} | ${metricCell(report.baseline, row.key, kind)} | ${metricCell(report.realigned, row.key, kind)} | ${row.better} |`);
     }
-    L.push("", `"${DASH}" means not measured. Rates are over the held-out prompt sets listed above.`, "");
+    L.push("", `"${DASH}" means not measured. Rates are over the held-out prompt sets listed above, as k/n with a 95 % Wilson interval.`, "");
   }
 
   L.push("## Release gate", "");

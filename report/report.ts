@@ -1,5 +1,10 @@
 // The run report: what `report.json` holds and what the model card and `status` read.
-// Rates are fractions in [0, 1]; a metric that was not run is null.
+// Rates are fractions in [0, 1]; a metric that was not run is null. Each rate also comes with its
+// count, n and 95 % Wilson interval in `rates`.
+import type { Rate } from "../util/stats.ts";
+
+/** The metrics that are rates (a share of n judged items). */
+export type RateMetric = "harmful_refusal" | "harmless_refusal" | "borderline_refusal" | "jailbreak_asr" | "judge_safe" | "utility";
 
 export interface BehaviourMetrics {
   harmful_refusal: number | null;
@@ -11,7 +16,12 @@ export interface BehaviourMetrics {
   judge_safe?: number | null;
   /** Harmless over-refusal on the borderline-but-safe set, when it ran. */
   borderline_refusal?: number | null;
+  /** Each measured rate with k, n and its 95 % Wilson interval. */
+  rates?: Partial<Record<RateMetric, Rate>>;
 }
+
+/** The numeric metrics (everything but `rates`). */
+export type MetricKey = Exclude<keyof BehaviourMetrics, "rates">;
 
 export interface GateCheck {
   name: string;

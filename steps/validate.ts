@@ -8,43 +8,17 @@ import type { Settings } from "./settings.ts";
 import type { BehaviourMetrics, GateCheck } from "../report/report.ts";
 import type { DecoderModel } from "../engine/model.ts";
 import type { ModelTokenizer } from "../engine/tokenizer.ts";
-import { leftPad } from "../engine/generate.ts";
 import { isRefusal } from "../evals/refusal.ts";
 import { loadMultipleChoice, loadPrompts, shuffled, type UtilityItem } from "../evals/datasets.ts";
 import { JAILBREAK_TEMPLATES, wrapJailbreak } from "../evals/jailbreaks.ts";
-import { encodeAll, firstTokenLogProbs, generateTexts, klDivergence, logSoftmax, mean } from "../evals/measure.ts";
+import { encodeAll, firstTokenLogProbs, generateTexts, klDivergence, mean, multipleChoiceCorrect } from "../evals/measure.ts";
 import { ClassifierJudge } from "../evals/llama-guard.ts";
 import { chooseGenerationBatchSize } from "../engine/batching.ts";
 import { openModel, type Ctx } from "./common.ts";
 import { gateChecks } from "../evals/gate.ts";
+import { rateOf, type Rate } from "../evals/stats.ts";
 import { utilitySplit } from "../evals/datasets.ts";
 import { outputsOf, patchedModelDir, readSource, readSplits } from "./artefacts.ts";
-
-/** Zero-shot multiple choice: the option whose tokens have the highest mean log-probability wins. */
-export async function multipleChoiceAccuracy(model: DecoderModel, tok: ModelTokenizer, items: UtilityItem[]): Promise<number> {
-  let correct = 0;
-  const V = model.config.vocabSize;
-  for (const item of items) {
-    const prompt = tok.encodeChat(`${item.question}\nAnswer with the correct option only.`).ids;
-    const choices = item.choices.map((c) => tok.encode(c, { addSpecialTokens: false }));
-    const seqs = choices.map((c) => [...prompt, ...c]);
-    const batch = leftPad(seqs, tok.padId ?? 0);
-    const T = batch.inputIds[0].length;
-    const K = Math.max(...choices.map((c) => c.length));
-    const logitPositions = choices.map((c, b) => {
-      const start = T - seqs[b].length + prompt.length - 1;
-      return Array.from({ length: K }, (_, j) => start + Math.min(j, c.length - 1));
-    });
-    const out = await model.forward({ ...batch, logitPositions, noCache: true });
-    const scores = choices.map((c, b) => {
-      let sum = 0;
-      for (let j = 0; j < c.length; j++) sum += logSoftmax(out.logits.subarray((b * K + j) * V, (b * K + j + 1) * V))[c[j]];
-      return sum / c.length;
-    });
-    if (scores.indexOf(Math.max(...scores)) === item.answer) correct++;
-  }
-  return correct / items.length;
-}
 
 /** The multiple-choice questions: the built-in set whole, a given set sampled (seeded) to max(n_eval, 100) items. */
 async function utilityQuestions(ctx: Ctx): Promise<{ items: UtilityItem[]; source: string; license: string | null }> {
@@ -78,24 +52,33 @@ async function evaluate(ctx: Ctx, label: string, model: DecoderModel, tok: Model
   const harmlessLogProbs = await firstTokenLogProbs(model, harmlessIds, {}, batchSize);
   // The organism's exact-answer task is the utility figure where the model ships one; the multiple-choice
   // accuracy is then reported beside it.
-  let exact: number | null = null;
+  let exact: Rate | null = null;
   if (data.utilityTask) {
     const texts = (await gen(ids(data.utilityTask.map((u) => u.prompt)), 24)).texts;
-    exact = mean(texts.map((t, i) => +(t.trim() === data.utilityTask![i].answer)));
+    exact = rateOf(texts.map((t, i) => t.trim() === data.utilityTask![i].answer));
   }
-  const mcAccuracy = await multipleChoiceAccuracy(model, tok, data.mc);
+  const mc = rateOf(await multipleChoiceCorrect(model, tok, data.mc));
+  const mcAccuracy = mc.rate;
   bar.tick();
   bar.done();
-  const rate = (texts: string[]) => mean(texts.map((t) => +isRefusal(t)));
+  const refusals = (texts: string[]) => rateOf(texts.map((t) => isRefusal(t)));
+  const rates = {
+    harmful_refusal: refusals(harmful.texts),
+    harmless_refusal: refusals(harmless.texts),
+    jailbreak_asr: rateOf(jailbreak.texts.map((t) => !isRefusal(t))),
+    utility: exact ?? mc,
+    ...(borderline ? { borderline_refusal: refusals(borderline.texts) } : {}),
+  };
   return {
     metrics: {
-      harmful_refusal: rate(harmful.texts),
-      harmless_refusal: rate(harmless.texts),
+      harmful_refusal: rates.harmful_refusal.rate,
+      harmless_refusal: rates.harmless_refusal.rate,
       kl: baseline ? mean(harmlessLogProbs.map((q, i) => klDivergence(baseline[i], q))) : 0,
-      utility: exact ?? mcAccuracy,
-      jailbreak_asr: 1 - rate(jailbreak.texts),
-      borderline_refusal: borderline ? rate(borderline.texts) : null,
+      utility: rates.utility.rate,
+      jailbreak_asr: rates.jailbreak_asr.rate,
+      borderline_refusal: borderline ? rates.borderline_refusal!.rate : null,
       mc_accuracy: exact === null ? null : mcAccuracy,
+      rates,
     } as BehaviourMetrics,
     samples: { harmful: harmful.texts, harmless: harmless.texts },
     tokensPerSecond: (harmful.tokensPerSecond + harmless.tokensPerSecond) / 2,

@@ -59,6 +59,16 @@ describe("usage errors: exit 2, a clear message, nothing written", () => {
     noStack(r.stderr);
   });
 
+  test("split sizes the prompt sets cannot hold: exit 2 before anything is pulled or written", () => {
+    const out = fresh("out");
+    const r = cli([join(REPO, "demo", "organism-llama"), "--out", out, "--no-publish", "--n-eval", "5000"]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/the harmful prompt set builtin:harmful holds \d+ unique prompts, but --n-train 64 \+ --n-val 32 \+ --n-eval 5000 = 5096 are needed/);
+    expect(r.stderr).toContain("the harmless prompt set builtin:harmless");
+    expect(existsSync(out)).toBe(false);
+    noStack(r.stderr);
+  });
+
   test("model directory without *.safetensors", () => {
     const dir = fresh("model");
     mkdirSync(dir);

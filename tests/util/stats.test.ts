@@ -1,7 +1,7 @@
 // Wilson intervals against closed forms (k = 0: hi = z²/(n+z²); k = n: lo = n/(n+z²)) and a value computed
 // separately in Python (float64) from the textbook formula.
 import { expect, test } from "bun:test";
-import { formatRate, rateOf, wilson, worstHalfWidth } from "../../evals/stats.ts";
+import { formatRate, rateOf, wilson, worstHalfWidth } from "../../util/stats.ts";
 
 test("wilson matches the reference values", () => {
   const [lo, hi] = wilson(4, 32);
