@@ -89,6 +89,11 @@ export interface PromptSplits {
   systemPrompt: string | null;
   systemPromptSource: string | null;
   systemMerged: boolean;
+  /**
+   * Under the chosen safety prompt: the harmful train prompts it refused and the harmless train prompts
+   * it answered (extract's contrastive pairs); null without a system prompt.
+   */
+  contrast: { harmful: string[]; harmless: string[] } | null;
 }
 
 export function readSplits(ctx: StepContext<unknown>): PromptSplits {
@@ -98,6 +103,11 @@ export function readSplits(ctx: StepContext<unknown>): PromptSplits {
     for (const split of ["train", "val", "eval"] as const) {
       if (!Array.isArray(s[side][split])) throw new ArtefactError(`${path}: ${side}.${split} should be a list of prompts`);
     }
+  }
+  const c = s.contrast as unknown;
+  const isList = (v: unknown) => Array.isArray(v) && v.every((x) => typeof x === "string");
+  if (c !== null && (typeof c !== "object" || !isList((c as Record<string, unknown>).harmful) || !isList((c as Record<string, unknown>).harmless))) {
+    throw new ArtefactError(`${path}: field "contrast" should be null or {harmful, harmless} lists of prompts; re-run the step that writes it (--force)`);
   }
   return s;
 }
@@ -234,6 +244,8 @@ export interface Calibration extends InjectedEdit {
   given: boolean;
   bounds: { over_refusal: number; kl: number; utility_drop: number };
   sweep: SweepPoint[];
+  /** A seeded random unit direction, same spread, scaled to the chosen point's KL (null: α given, or no KL to match). */
+  control: ({ seed: number; alpha: number; harmful_gain_over_control: number } & Omit<SweepPoint, "layer" | "position" | "method" | "alpha" | "ok">) | null;
 }
 
 export const readCalibration = (ctx: StepContext<unknown>): Calibration =>

@@ -1,54 +1,35 @@
-// inject: calibrate α without the safety prompt (largest harmful refusal whose harmless over-refusal
-// rise, first-token KL and utility drop stay within bounds), then write the patched checkpoint.
+// inject: calibrate the edit's strength without the safety prompt (rosi/calibrate.ts: the largest
+// harmful refusal within the gate's over-refusal, KL and utility bounds, on the validation split),
+// compare it with a random direction at the same KL, then write the patched checkpoint and the
+// record of what was injected (edit.safetensors, calibration.json).
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Step } from "../pipeline/runner.ts";
 import type { Settings } from "./settings.ts";
-import { SafetensorsFile } from "../engine/safetensors.ts";
 import { readDecoderConfig } from "../engine/architectures.ts";
-import type { DecoderModel } from "../engine/model.ts";
-import type { ModelTokenizer } from "../engine/tokenizer.ts";
-import { isRefusal } from "../evals/refusal.ts";
-import { encodeAll, firstTokenLogProbs, generateTexts, klDivergence, mean } from "../evals/measure.ts";
-import { rosiRows, type SpreadMethod } from "../rosi/spread.ts";
-import { unit } from "../rosi/directions.ts";
-import { openModel, readJson, type Ctx } from "./common.ts";
+import { writeSafetensors } from "../engine/safetensors.ts";
+import { encodeAll, firstTokenLogProbs, type Interventions } from "../evals/measure.ts";
 import { utilitySplit } from "../evals/datasets.ts";
 import { passesGate } from "../evals/gate.ts";
-import { outputsOf, readDirections, readSelection, readSource, readSplits, readSpread, writeJson, type Calibration, type InjectedEdit, type SweepPoint } from "./artefacts.ts";
-import { writeSafetensors } from "../engine/safetensors.ts";
+import { rosiRows, type SpreadMethod } from "../rosi/spread.ts";
+import { unit } from "../rosi/directions.ts";
 import { editedMatrices, vectorSha256, writeEditedCheckpoint } from "../rosi/edit.ts";
+import { klAt, measure, pointKey, randomUnit, scaleForKl, SweepMemo, sweepScale, type Measured, type MeasureOptions } from "../rosi/calibrate.ts";
+import { sha256Hex } from "../util/fs.ts";
 import { lineChart } from "../report/plot.ts";
+import { openModel, readJson } from "./common.ts";
+import { outputsOf, readDirections, readSelection, readSource, readSplits, readSpread, writeJson, type Calibration, type InjectedEdit, type ShortlistEntry, type SweepPoint } from "./artefacts.ts";
 
-/**
- * Calibration keeps to the gate's bounds (over-refusal rise, first-token KL, utility drop), measured on
- * the validation split. KL is heavy-tailed across prompts, so it is held to 3/4 of the gate's bound as a
- * margin for unseen prompts.
- */
+/** KL is heavy-tailed across prompts: calibration holds it to 3/4 of the gate's bound, a margin for unseen prompts. */
 const KL_MARGIN = 0.75;
 const CALIBRATION_TOKENS = 32;
-
-async function measure(ctx: Ctx, model: DecoderModel, tok: ModelTokenizer, sets: { harmful: number[][]; harmless: number[][]; klPrompts: number[][]; utility: { ids: number[]; answer: string }[] }, baseN: Float64Array[], dir: Float32Array, weights: number[], alpha: number): Promise<Omit<SweepPoint, "ok" | "method" | "layer" | "position">> {
-  const rosiVectors = alpha === 0 ? undefined : rosiRows(dir, alpha, weights);
-  // --include-embeddings: the embedding table gets the plain edit (weight 1) alongside the matrices.
-  const rosiEmbed = alpha !== 0 && ctx.settings.includeEmbeddings ? Float32Array.from(dir, (x) => alpha * x) : undefined;
-  const gen = async (ids: number[][], n: number) => (await generateTexts(model, tok, ids, { maxNewTokens: n, rosiVectors, rosiEmbed, signal: ctx.signal, batchSize: 32 })).texts;
-  const harmful = mean((await gen(sets.harmful, CALIBRATION_TOKENS)).map((t) => +isRefusal(t)));
-  const harmless = mean((await gen(sets.harmless, CALIBRATION_TOKENS)).map((t) => +isRefusal(t)));
-  const lp = await firstTokenLogProbs(model, sets.klPrompts, { rosiVectors, rosiEmbed });
-  const kl = mean(lp.map((q, i) => klDivergence(baseN[i], q)));
-  let utility: number | null = null;
-  if (sets.utility.length) {
-    const texts = await gen(sets.utility.map((u) => u.ids), 24);
-    utility = mean(texts.map((t, i) => +(t.trim() === sets.utility[i].answer)));
-  }
-  return { alpha, harmful_refusal: harmful, harmless_refusal: harmless, kl, utility };
-}
+/** Memo of measured sweep points inside the run directory (survives a crash; the step's tmp dir does not). */
+const MEMO_FILE = ".inject-sweep.jsonl";
 
 export const injectStep: Step<Settings> = {
   name: "inject",
-  // 8: writes edit.safetensors, the direction it injected (publish ships it).
-  version: 8,
+  // 9: bisection sweep with a resumable memo, random-direction control in calibration.json.
+  version: 9,
   deps: ["pull", "elicit", "extract"],
   outputs: outputsOf("inject"),
   inputs: (s) => ({ includeEmbeddings: s.includeEmbeddings, quantize: s.quantize, dtype: s.dtype, alpha: s.alpha, rank: s.rank, method: s.method, seed: s.seed, gate: s.gate, nEval: s.nEval }),
@@ -58,22 +39,30 @@ export const injectStep: Step<Settings> = {
     const splits = readSplits(ctx);
     const selection = readSelection(ctx);
     const directions = readDirections(ctx, unit);
-    let dir = directions.top;
-    const shortlist = selection.shortlist?.length ? selection.shortlist : [{ layer: selection.layer, position: selection.position, position_label: selection.position_label, probes: selection.probes }];
-    /** Unit direction of a shortlisted candidate; the top one is the file's (it may be a rank-k combination). */
-    const directionOf = (c: { layer: number; position: number }): Float32Array => {
-      if (c.layer === selection.layer && c.position === selection.position) return dir;
-      return directions.unitOf(c.layer, c.position);
-    };
-    let chosenCandidate: { layer: number; position: number; position_label: string } = shortlist[0];
-
     const spreadFile = readSpread(ctx);
     const spread = Object.fromEntries(Object.entries(spreadFile.methods).map(([m, v]) => [m, v.weights])) as Record<SpreadMethod, number[]>;
     const methods = Object.keys(spread) as SpreadMethod[];
-    let method: SpreadMethod = s.method === "auto" ? (selection.method as SpreadMethod) : s.method;
-    let alpha = s.alpha;
-    let sweep: SweepPoint[] = [];
-    if (alpha === null) {
+    const shortlist: ShortlistEntry[] = selection.shortlist.length
+      ? selection.shortlist
+      : [{ layer: selection.layer, position: selection.position, position_label: selection.position_label, probes: selection.probes }];
+    /** Unit direction of a shortlisted candidate; the top one is the file's (it may be a rank-k combination). */
+    const directionOf = (c: { layer: number; position: number }): Float32Array =>
+      c.layer === selection.layer && c.position === selection.position ? directions.top : directions.unitOf(c.layer, c.position);
+    /** The run-time form of the edit along `dir` at strength α with a spread method's weights. */
+    const interventions = (dir: Float32Array, method: SpreadMethod, alpha: number): Interventions => ({
+      rosiVectors: rosiRows(dir, alpha, spread[method]),
+      // --include-embeddings: the embedding table gets the plain edit (weight 1) alongside the matrices.
+      rosiEmbed: s.includeEmbeddings ? Float32Array.from(dir, (x) => alpha * x) : undefined,
+    });
+
+    let chosen: { candidate: ShortlistEntry; method: SpreadMethod; alpha: number } = {
+      candidate: shortlist[0],
+      method: s.method === "auto" ? (selection.method as SpreadMethod) : s.method,
+      alpha: s.alpha ?? 0,
+    };
+    const sweep: SweepPoint[] = [];
+    let control: Calibration["control"] = null;
+    if (s.alpha === null) {
       const { model, tok } = await openModel(ctx, source.dir, true);
       try {
         const utilityItems = utilitySplit(source.dir, s.seed, s.nEval)?.calibration ?? [];
@@ -85,68 +74,72 @@ export const injectStep: Step<Settings> = {
           klPrompts: harmlessVal,
           utility: utilityItems.map((u) => ({ ids: tok.encodeChat(u.prompt).ids, answer: u.answer })),
         };
-        const baseN = await firstTokenLogProbs(model, sets.klPrompts);
-        const base = await measure(ctx, model, tok, sets, baseN, dir, spread[methods[0]], 0);
-        // The validation gate's own checks, less the harmful one (calibration maximises it), KL with a margin.
-        const ok = (p: Omit<SweepPoint, "ok" | "method" | "layer" | "position">) =>
-          passesGate(base, p, s.gate, { klMargin: KL_MARGIN, only: ["over_refusal", "kl", "utility"] });
-        const bar = ctx.progress("calibrate α", shortlist.length * methods.length * 13);
-        const run = async (cand: { layer: number; position: number }, candDir: Float32Array, method: SpreadMethod, a: number) => {
-          const p = await measure(ctx, model, tok, sets, baseN, candDir, spread[method], a);
-          const point: SweepPoint = { layer: cand.layer, position: cand.position, method, ...p, ok: ok(p) };
-          sweep.push(point);
-          bar.tick();
-          ctx.log(`L${cand.layer}/p${cand.position} ${method} α ${a.toPrecision(4)}: harmful ${(p.harmful_refusal * 100).toFixed(1)} %, harmless ${(p.harmless_refusal * 100).toFixed(1)} %, KL ${p.kl.toFixed(3)}${p.utility === null ? "" : `, utility ${(p.utility * 100).toFixed(1)} %`}${point.ok ? "" : " (out of bounds)"}`);
-          return point;
-        };
-        const better = (a: SweepPoint | null, b: SweepPoint) => !a || b.harmful_refusal > a.harmful_refusal || (b.harmful_refusal === a.harmful_refusal && b.kl < a.kl);
-        for (const cand of shortlist) {
-          const candDir = directionOf(cand);
-          for (const method of methods) {
-            const probe = cand.probes[method]?.alpha;
-            if (probe === undefined) continue;
-            // Coarse grid around the probe, then finer steps between the best admissible point and the first failure above it.
-            for (const f of [0.25, 0.5, 0.75, 1, 1.25, 1.5, 2, 3, 4]) await run(cand, candDir, method, probe * f);
-            const mine = sweep.filter((p) => p.method === method && p.layer === cand.layer && p.position === cand.position);
-            const b0 = mine.filter((p) => p.ok).reduce<SweepPoint | null>((a, b) => (better(a, b) ? b : a), null);
-            if (b0) {
-              const above = mine.filter((p) => !p.ok && Math.abs(p.alpha) > Math.abs(b0.alpha)).sort((x, y) => Math.abs(x.alpha) - Math.abs(y.alpha))[0];
-              if (above) for (let i = 1; i <= 4; i++) await run(cand, candDir, method, b0.alpha + ((above.alpha - b0.alpha) * i) / 5);
-            }
+        const mo: MeasureOptions = { sets, baseLogProbs: await firstTokenLogProbs(model, harmlessVal), maxNewTokens: CALIBRATION_TOKENS, signal: ctx.signal };
+        const base = await measure(model, tok, {}, mo);
+        const admissible = (p: Measured) => passesGate(base, p, s.gate, { klMargin: KL_MARGIN, only: ["over_refusal", "kl", "utility"] });
+        const memo = new SweepMemo(join(ctx.outDir, MEMO_FILE));
+        const setsHash = sha256Hex(JSON.stringify({ fp: source.fingerprint, sets, dtype: s.dtype, quantize: s.quantize, emb: s.includeEmbeddings, tokens: CALIBRATION_TOKENS }));
+        if (memo.size) ctx.log(`resuming the sweep: ${memo.size} measured point(s) on record`);
+        const families = shortlist.flatMap((candidate) => methods.filter((m) => candidate.probes[m]).map((method) => ({ candidate, method })));
+        const bar = ctx.progress("calibrate α", families.length * 8);
+        let best: { candidate: ShortlistEntry; method: SpreadMethod; scale: number; point: Measured } | null = null;
+        for (const { candidate, method } of families) {
+          const dir = directionOf(candidate);
+          const dirSha = vectorSha256(dir);
+          const result = await sweepScale({
+            probe: candidate.probes[method].alpha,
+            admissible,
+            at: async (alpha) => {
+              const key = pointKey({ family: method, directionSha: dirSha, scale: alpha, setsHash });
+              const { point } = await memo.getOrMeasure(key, () => measure(model, tok, interventions(dir, method, alpha), mo));
+              bar.tick();
+              const pct = (x: number) => `${(x * 100).toFixed(1)} %`;
+              ctx.log(`L${candidate.layer}/p${candidate.position} ${method} α ${alpha.toPrecision(4)}: harmful ${pct(point.harmful_refusal)}, harmless ${pct(point.harmless_refusal)}, KL ${point.kl.toFixed(3)}${point.utility === null ? "" : `, utility ${pct(point.utility)}`}${admissible(point) ? "" : " (out of bounds)"}`);
+              return point;
+            },
+          });
+          for (const p of result.points) sweep.push({ layer: candidate.layer, position: candidate.position, method, alpha: p.scale, ...p.point, ok: p.admissible });
+          const b = result.best;
+          if (b && (!best || b.point.harmful_refusal > best.point.harmful_refusal || (b.point.harmful_refusal === best.point.harmful_refusal && b.point.kl < best.point.kl))) {
+            best = { candidate, method, scale: b.scale, point: b.point };
           }
         }
         bar.done();
-        const chosen = sweep.filter((p) => p.ok).reduce<SweepPoint | null>((a, b) => (better(a, b) ? b : a), null);
-        if (!chosen || chosen.harmful_refusal <= base.harmful_refusal) {
+        if (!best || best.point.harmful_refusal <= base.harmful_refusal) {
           ctx.log("calibration found no α that raises harmful refusal within the bounds; using a quarter of the selection probe (the validate gate will judge it)");
-          method = selection.method as SpreadMethod;
-          alpha = selection.alpha_probe * 0.25;
+          chosen = { candidate: shortlist[0], method: selection.method as SpreadMethod, alpha: selection.alpha_probe * 0.25 };
         } else {
-          method = chosen.method as SpreadMethod;
-          alpha = chosen.alpha;
-          chosenCandidate = shortlist.find((c) => c.layer === chosen.layer && c.position === chosen.position)!;
-          dir = directionOf(chosenCandidate);
+          chosen = { candidate: best.candidate, method: best.method, alpha: best.scale };
+          // Control: a seeded random direction, same spread, scaled to the chosen point's KL.
+          const random = randomUnit(directions.hidden, s.seed + 1);
+          const klOf = (alpha: number) => klAt(model, interventions(random, best!.method, alpha), mo);
+          const scale = best.point.kl > 0 ? await scaleForKl(klOf, best.scale, best.point.kl) : null;
+          if (scale !== null) {
+            const point = await measure(model, tok, interventions(random, best.method, scale), mo);
+            control = {
+              seed: s.seed + 1,
+              alpha: scale,
+              ...point,
+              harmful_gain_over_control: best.point.harmful_refusal - point.harmful_refusal,
+            };
+            ctx.log(`random direction at the same KL (${point.kl.toFixed(3)}): harmful ${(point.harmful_refusal * 100).toFixed(1)} %, harmless ${(point.harmless_refusal * 100).toFixed(1)} %; the chosen edit gains ${((best.point.harmful_refusal - point.harmful_refusal) * 100).toFixed(1)} points over it`);
+          }
         }
-        sweep.push({ layer: null, position: null, method: "none", ...base, ok: true });
+        sweep.push({ layer: null, position: null, method: "none", alpha: 0, ...base, ok: true });
         sweep.sort((x, y) => Math.abs(x.alpha) - Math.abs(y.alpha));
       } finally {
         await model.close();
       }
     }
-    ctx.log(`${method}, α = ${alpha.toPrecision(5)}${s.alpha === null ? " (calibrated)" : " (given)"}`);
+    const { candidate, method, alpha } = chosen;
+    const dir = directionOf(candidate);
+    ctx.log(`${method}, layer ${candidate.layer}, position ${candidate.position_label}, α = ${alpha.toPrecision(5)}${s.alpha === null ? " (calibrated)" : " (given)"}`);
 
-    const cfg = readDecoderConfig(readJson<Record<string, unknown>>(join(source.dir, "config.json")));
-    const numLayers = cfg.numLayers;
-    const weights = spread[method];
-    const vectors = new Map<string, Float32Array>();
-    for (let l = 0; l < numLayers; l++) {
-      editedMatrices(cfg, l).forEach((n, k) => vectors.set(n, Float32Array.from(dir, (x) => alpha! * weights[2 * l + k] * x)));
-    }
     // The one record of what was injected: calibration.json, edit.safetensors, the weights' metadata and the report.
     const edit: InjectedEdit = {
-      layer: chosenCandidate.layer,
-      position: chosenCandidate.position,
-      position_label: chosenCandidate.position_label,
+      layer: candidate.layer,
+      position: candidate.position,
+      position_label: candidate.position_label,
       method,
       alpha,
       direction_sha256: vectorSha256(dir),
@@ -156,11 +149,17 @@ export const injectStep: Step<Settings> = {
       [{ name: "direction", dtype: "F32", shape: [dir.length], data: new Uint8Array(dir.buffer, dir.byteOffset, dir.byteLength) }],
       Object.fromEntries(Object.entries(edit).map(([k, v]) => [k, String(v)])),
     );
+    const cfg = readDecoderConfig(readJson<Record<string, unknown>>(join(source.dir, "config.json")));
+    const weights = spread[method];
+    const vectors = new Map<string, Float32Array>();
+    for (let l = 0; l < cfg.numLayers; l++) {
+      editedMatrices(cfg, l).forEach((n, k) => vectors.set(n, Float32Array.from(dir, (x) => alpha * weights[2 * l + k] * x)));
+    }
     const bar = ctx.progress("write patched shards", 1);
     let last = 0;
     writeEditedCheckpoint(source.dir, join(ctx.tmpDir, "model"), {
       vectors,
-      embedding: s.includeEmbeddings ? Float32Array.from(dir, (x) => alpha! * x) : undefined,
+      embedding: s.includeEmbeddings ? Float32Array.from(dir, (x) => alpha * x) : undefined,
       metadata: {
         realign_method: edit.method,
         realign_include_embeddings: String(s.includeEmbeddings),
@@ -180,26 +179,31 @@ export const injectStep: Step<Settings> = {
       given: s.alpha !== null,
       bounds: { over_refusal: s.gate.overRefusal, kl: s.gate.kl * KL_MARGIN, utility_drop: s.gate.utilityDrop },
       sweep,
+      control,
     };
     writeJson(join(ctx.tmpDir, "calibration.json"), calibration);
-    writeFileSync(
-      join(ctx.tmpDir, "calibration.svg"),
-      lineChart({
-        title: "α sweep on the validation split (no system prompt)",
-        xLabel: "|α|",
-        yLabel: "rate / KL",
-        series: [
-          ...methods.flatMap((m) => {
-            const pts = sweep.filter((p) => (p.method === m && p.layer === chosenCandidate.layer && p.position === chosenCandidate.position) || p.method === "none");
-            return [
-              { name: `${m}: harmful refusal`, points: pts.map((p) => [Math.abs(p.alpha), p.harmful_refusal] as [number, number]) },
-              { name: `${m}: harmless refusal`, points: pts.map((p) => [Math.abs(p.alpha), p.harmless_refusal] as [number, number]) },
-              { name: `${m}: KL`, points: pts.map((p) => [Math.abs(p.alpha), p.kl] as [number, number]) },
-            ];
-          }),
-        ],
-      }),
-    );
-    return { report: { direction: { layer: chosenCandidate.layer, position: chosenCandidate.position, alpha, rank: s.rank, method } } };
+    writeFileSync(join(ctx.tmpDir, "calibration.svg"), sweepPlot(sweep, methods, candidate));
+    return {
+      report: {
+        direction: { layer: candidate.layer, position: candidate.position, alpha, rank: s.rank, method },
+        details: { random_direction_control: control },
+      },
+    };
   },
 };
+
+function sweepPlot(sweep: SweepPoint[], methods: SpreadMethod[], c: { layer: number; position: number }): string {
+  return lineChart({
+    title: "α sweep on the validation split (no system prompt)",
+    xLabel: "|α|",
+    yLabel: "rate / KL",
+    series: methods.flatMap((m) => {
+      const pts = sweep.filter((p) => (p.method === m && p.layer === c.layer && p.position === c.position) || p.method === "none");
+      return [
+        { name: `${m}: harmful refusal`, points: pts.map((p) => [Math.abs(p.alpha), p.harmful_refusal] as [number, number]) },
+        { name: `${m}: harmless refusal`, points: pts.map((p) => [Math.abs(p.alpha), p.harmless_refusal] as [number, number]) },
+        { name: `${m}: KL`, points: pts.map((p) => [Math.abs(p.alpha), p.kl] as [number, number]) },
+      ];
+    }),
+  });
+}

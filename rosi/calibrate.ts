@@ -1,0 +1,194 @@
+// Calibration of an edit's strength, without the safety prompt, on the validation split.
+//
+// An edit family maps a signed scale t to run-time interventions (plain ROSI: value rows t·wₘ·ŝ with
+// key w̄; a gated edit: its fitted keys with the values scaled by t). Harmful refusal, over-refusal
+// and KL all grow with |t| (monotone in practice), so the search looks for the largest admissible |t|:
+//
+//   1. measure at the probe (extract's equal-KL scale);
+//   2. admissible → double until a point is not (at most 4 times); not → halve until one is (at most 4);
+//   3. bisect geometrically between the last admissible and the first inadmissible scale, 3 times.
+//
+// About 6 measurements per family instead of a fixed 13-point grid. Admissible = the validation gate's
+// own checks less the harmful one (evals/gate.ts, KL held to a margin). The best point is the admissible
+// one with the highest harmful refusal (then lowest KL).
+//
+// Every measured point is appended to a memo file keyed by a hash of everything it depends on, so a
+// run stopped mid-sweep (Ctrl-C, SIGKILL) resumes where it was: the runner deletes the step's tmp dir,
+// not the memo. Measurements on the CPU use fixed batches, so a memoised point equals a re-measured one.
+//
+// Control: a seeded random unit direction in the same family, scaled to the chosen point's KL,
+// measured the same way. The report states the chosen edit's gain over it: part of any edit's effect at
+// high strength is generic perturbation, not the refusal direction.
+import { appendFileSync, existsSync, readFileSync } from "node:fs";
+import type { DecoderModel } from "../engine/model.ts";
+import type { ModelTokenizer } from "../engine/tokenizer.ts";
+import { isRefusal } from "../evals/refusal.ts";
+import { firstTokenLogProbs, generateTexts, klDivergence, mean, type Interventions } from "../evals/measure.ts";
+import { sha256Hex } from "../util/fs.ts";
+
+export interface CalibrationSets {
+  harmful: number[][];
+  harmless: number[][];
+  /** Prompts for the first-token KL (the harmless validation prompts). */
+  klPrompts: number[][];
+  /** The exact-answer utility items, when the model ships a task; else empty (evals/gate.ts says why). */
+  utility: { ids: number[]; answer: string }[];
+}
+
+/** One measured point: rates on the validation split, first-token KL, utility (null: not measured). */
+export interface Measured {
+  harmful_refusal: number;
+  harmless_refusal: number;
+  kl: number;
+  utility: number | null;
+}
+
+export interface MeasureOptions {
+  sets: CalibrationSets;
+  /** First-token log-probabilities of the unedited model on sets.klPrompts. */
+  baseLogProbs: Float64Array[];
+  maxNewTokens: number;
+  signal?: AbortSignal;
+  batchSize?: number;
+}
+
+/** Measures the model under `iv` (no interventions: the unedited model). */
+export async function measure(model: DecoderModel, tok: ModelTokenizer, iv: Interventions, o: MeasureOptions): Promise<Measured> {
+  const gen = async (ids: number[][], n: number) => (await generateTexts(model, tok, ids, { maxNewTokens: n, ...iv, signal: o.signal, batchSize: o.batchSize ?? 32 })).texts;
+  const harmful = mean((await gen(o.sets.harmful, o.maxNewTokens)).map((t) => +isRefusal(t)));
+  const harmless = mean((await gen(o.sets.harmless, o.maxNewTokens)).map((t) => +isRefusal(t)));
+  const kl = await klAt(model, iv, o);
+  let utility: number | null = null;
+  if (o.sets.utility.length) {
+    const texts = await gen(o.sets.utility.map((u) => u.ids), 24);
+    utility = mean(texts.map((t, i) => +(t.trim() === o.sets.utility[i].answer)));
+  }
+  return { harmful_refusal: harmful, harmless_refusal: harmless, kl, utility };
+}
+
+/** Mean first-token KL(unedited ‖ edited) on the KL prompts. */
+export async function klAt(model: DecoderModel, iv: Interventions, o: Pick<MeasureOptions, "sets" | "baseLogProbs">): Promise<number> {
+  const lp = await firstTokenLogProbs(model, o.sets.klPrompts, iv);
+  return mean(lp.map((q, i) => klDivergence(o.baseLogProbs[i], q)));
+}
+
+/** Measured points by key, persisted as JSON lines (a torn last line from a crash is ignored). */
+export class SweepMemo {
+  private readonly points = new Map<string, Measured>();
+  constructor(private readonly path: string | null) {
+    if (!path || !existsSync(path)) return;
+    for (const line of readFileSync(path, "utf8").split("\n")) {
+      try {
+        const { key, point } = JSON.parse(line) as { key: string; point: Measured };
+        if (typeof key === "string" && point && typeof point.kl === "number") this.points.set(key, point);
+      } catch {
+        // a line cut short by a crash
+      }
+    }
+  }
+  get size(): number {
+    return this.points.size;
+  }
+  async getOrMeasure(key: string, run: () => Promise<Measured>): Promise<{ point: Measured; cached: boolean }> {
+    const hit = this.points.get(key);
+    if (hit) return { point: hit, cached: true };
+    const point = await run();
+    this.points.set(key, point);
+    if (this.path) appendFileSync(this.path, JSON.stringify({ key, point }) + "\n");
+    return { point, cached: false };
+  }
+}
+
+export interface SweepResult {
+  /** Every measured (scale, point), in the order measured. */
+  points: { scale: number; point: Measured; admissible: boolean }[];
+  /** The admissible point with the highest harmful refusal (then lowest KL), or null. */
+  best: { scale: number; point: Measured } | null;
+}
+
+/**
+ * Largest admissible scale of one edit family (see the file's opening comment).
+ * `probe` is signed; `at(scale)` measures (memoised by the caller).
+ */
+export async function sweepScale(opts: { probe: number; at: (scale: number) => Promise<Measured>; admissible: (p: Measured) => boolean; expansions?: number; bisections?: number }): Promise<SweepResult> {
+  const points: SweepResult["points"] = [];
+  const run = async (scale: number) => {
+    const point = await opts.at(scale);
+    const admissible = opts.admissible(point);
+    points.push({ scale, point, admissible });
+    return admissible;
+  };
+  const steps = opts.expansions ?? 4;
+  // lo: the largest admissible scale so far; hi: the smallest inadmissible one (NaN: none yet).
+  let lo = NaN;
+  let hi = NaN;
+  if (await run(opts.probe)) {
+    lo = opts.probe;
+    for (let i = 0; i < steps && Number.isNaN(hi); i++) {
+      const s: number = lo * 2;
+      if (await run(s)) lo = s;
+      else hi = s;
+    }
+  } else {
+    hi = opts.probe;
+    for (let i = 0; i < steps && Number.isNaN(lo); i++) {
+      const s: number = hi / 2;
+      if (await run(s)) lo = s;
+      else hi = s;
+    }
+  }
+  if (!Number.isNaN(lo) && !Number.isNaN(hi)) {
+    for (let i = 0; i < (opts.bisections ?? 3); i++) {
+      const mid: number = Math.sign(lo) * Math.sqrt(Math.abs(lo * hi));
+      if (await run(mid)) lo = mid;
+      else hi = mid;
+    }
+  }
+  let best: SweepResult["best"] = null;
+  for (const p of points) {
+    if (!p.admissible) continue;
+    if (!best || p.point.harmful_refusal > best.point.harmful_refusal || (p.point.harmful_refusal === best.point.harmful_refusal && p.point.kl < best.point.kl)) best = { scale: p.scale, point: p.point };
+  }
+  return { points, best };
+}
+
+/** Smallest |scale| (same sign as `start`) whose KL reaches `target`, by doubling then 6 bisections; null when 2²⁴·|start| does not reach it. */
+export async function scaleForKl(klOf: (scale: number) => Promise<number>, start: number, target: number): Promise<number | null> {
+  let lo = 0;
+  let hi = start;
+  while ((await klOf(hi)) < target) {
+    lo = hi;
+    hi *= 2;
+    if (Math.abs(hi) > Math.abs(start) * 2 ** 24) return null;
+  }
+  for (let i = 0; i < 6; i++) {
+    const mid = lo === 0 ? hi / 2 : Math.sign(hi) * Math.sqrt(Math.abs(lo * hi));
+    if ((await klOf(mid)) < target) lo = mid;
+    else hi = mid;
+  }
+  return hi;
+}
+
+/** A seeded random unit vector (Gaussian entries from a xorshift generator with Box–Muller), for the control. */
+export function randomUnit(length: number, seed: number): Float32Array {
+  let x = (seed ^ 0x9e3779b9) >>> 0 || 1;
+  const next = () => {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    return (x + 0.5) / 4294967296;
+  };
+  const v = new Float64Array(length);
+  for (let i = 0; i < length; i++) v[i] = Math.sqrt(-2 * Math.log(next())) * Math.cos(2 * Math.PI * next());
+  let norm = 0;
+  for (const a of v) norm += a * a;
+  norm = Math.sqrt(norm);
+  return Float32Array.from(v, (a) => a / norm);
+}
+
+/** Key of a measured point: the family, its direction, the scale and the measuring sets. */
+export function pointKey(parts: { family: string; directionSha: string; scale: number; setsHash: string; extra?: string }): string {
+  return sha256Hex(JSON.stringify([parts.family, parts.directionSha, parts.scale.toPrecision(17), parts.setsHash, parts.extra ?? ""]));
+}

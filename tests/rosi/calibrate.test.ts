@@ -1,0 +1,70 @@
+// The strength search on synthetic monotone responses, the resumable memo, and the control direction.
+import { afterAll, describe, expect, test } from "bun:test";
+import { appendFileSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { pointKey, randomUnit, scaleForKl, SweepMemo, sweepScale, type Measured } from "../../rosi/calibrate.ts";
+
+const work = mkdtempSync(join(tmpdir(), "realign-calibrate-"));
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+/** Harmful refusal and KL grow with |t|; admissible while KL ≤ 0.09, i.e. |t| ≤ 15. */
+const response = (t: number): Measured => ({ harmful_refusal: Math.min(1, Math.abs(t) / 100), harmless_refusal: 0, kl: (t / 50) ** 2, utility: null });
+const admissible = (p: Measured) => p.kl <= 0.09;
+
+describe("sweepScale", () => {
+  test("from a probe below the bound: doubles, then bisects towards the largest admissible scale", async () => {
+    const seen: number[] = [];
+    const r = await sweepScale({ probe: -4, admissible, at: async (t) => (seen.push(t), response(t)) });
+    expect(r.best!.scale).toBeLessThan(0); // the sign of the probe is kept
+    expect(Math.abs(r.best!.scale)).toBeLessThanOrEqual(15);
+    expect(Math.abs(r.best!.scale)).toBeGreaterThan(15 / 2 ** (1 / 8) - 1e-9); // within 3 geometric bisections of [8, 16]
+    expect(seen.length).toBe(6); // 4, 8, 16 (out), then 3 bisections
+    expect(r.points.every((p) => p.admissible === admissible(p.point))).toBe(true);
+  });
+
+  test("from a probe above the bound: halves until admissible", async () => {
+    const r = await sweepScale({ probe: 100, admissible, at: async (t) => response(t) });
+    expect(r.best!.scale).toBeGreaterThan(0);
+    expect(r.best!.scale).toBeLessThanOrEqual(15);
+    expect(r.best!.scale).toBeGreaterThan(12.5 * 2 ** (1 / 8) - 1e-9);
+  });
+
+  test("nothing admissible: no best", async () => {
+    const r = await sweepScale({ probe: 100, admissible: () => false, at: async (t) => response(t) });
+    expect(r.best).toBeNull();
+    expect(r.points.length).toBe(5);
+  });
+});
+
+test("scaleForKl finds the scale of a target KL", async () => {
+  const t = await scaleForKl(async (s) => response(s).kl, 1, 0.04);
+  expect(t!).toBeGreaterThanOrEqual(10);
+  expect(t!).toBeLessThan(10 * 1.02);
+  expect(await scaleForKl(async () => 0, 1, 0.04)).toBeNull();
+});
+
+test("the memo persists points, survives a torn last line and is reused on resume", async () => {
+  const path = join(work, "memo.jsonl");
+  const key = pointKey({ family: "rosi", directionSha: "ab", scale: -3, setsHash: "cd" });
+  let calls = 0;
+  const first = new SweepMemo(path);
+  await first.getOrMeasure(key, async () => (calls++, response(-3)));
+  appendFileSync(path, '{"key":"torn'); // a crash mid-write
+  const resumed = new SweepMemo(path);
+  const again = await resumed.getOrMeasure(key, async () => (calls++, response(-3)));
+  expect(again).toEqual({ point: response(-3), cached: true });
+  expect(calls).toBe(1);
+  expect(readFileSync(path, "utf8").split("\n")[0]).toContain(key);
+  expect(pointKey({ family: "rosi", directionSha: "ab", scale: -3.0000001, setsHash: "cd" })).not.toBe(key);
+});
+
+test("randomUnit is a deterministic unit vector, different per seed", () => {
+  const a = randomUnit(256, 1);
+  const norm = Math.sqrt(a.reduce((s, x) => s + x * x, 0));
+  expect(norm).toBeCloseTo(1, 5);
+  expect([...randomUnit(256, 1)]).toEqual([...a]);
+  const b = randomUnit(256, 2);
+  const cos = a.reduce((s, x, i) => s + x * b[i], 0);
+  expect(Math.abs(cos)).toBeLessThan(0.3);
+});
