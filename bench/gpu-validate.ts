@@ -111,7 +111,7 @@ if (phase === "all" || phase === "pipeline") {
     CLI, dir, "--out", out, "--device", String(options.device), "--dtype", String(options.dtype), "--no-publish", "--offline",
     "--method", "rosi", "--alpha", "4", "--n-train", "32", "--n-val", "16", "--n-eval", String(options.nEval), "--max-new-tokens", String(options.maxNewTokens),
     // A random model shows no refusals under the safety prompt; the run is about speed, so the check is off.
-    "--elicit-harmful-min", "0", "--elicit-harmless-max", "1",
+    "--elicit-min-gap", "0",
   ];
   log(`pipeline: bun ${args.join(" ")}`);
   const { result, peakMiB, baselineMiB } = await withGpuMemory(() => run(args, false));

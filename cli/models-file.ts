@@ -16,6 +16,7 @@ import { dirname, isAbsolute, relative, resolve } from "node:path";
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node, type YAMLMap } from "yaml";
 import { coerceValue, FIELDS, yamlKey, type FieldSpec } from "../steps/settings.ts";
 import { HF_REPO_RE } from "../hub/repo.ts";
+import { isAutoSystemPrompt } from "../evals/system-prompt.ts";
 import { CronError, parseCron } from "./cron.ts";
 import { ConfigError, didYouMean } from "../util/errors.ts";
 
@@ -105,7 +106,7 @@ export function parseModelsFile(text: string, path: string, label = displayPath(
     try {
       let v = coerceValue(spec, rawOf(node));
       // Relative paths in the file are relative to the file, not to wherever realign runs.
-      if (spec.path === "systemPrompt" && typeof v === "string") v = resolve(dirname(abs), v);
+      if (spec.path === "systemPrompt" && typeof v === "string" && !isAutoSystemPrompt(v)) v = resolve(dirname(abs), v);
       into[spec.path] = { value: v, line };
     } catch (msg) {
       problem(line, where, String(msg));

@@ -6,6 +6,7 @@ import { homedir } from "node:os";
 import { basename, join, resolve } from "node:path";
 import { ConfigError, didYouMean } from "../util/errors.ts";
 import { HF_REPO_RE, isLocalModel } from "../hub/repo.ts";
+import { isAutoSystemPrompt } from "../evals/system-prompt.ts";
 import { cliFlag, coerceValue, DEFAULTS, envName, FIELD_BY_PATH, FIELDS, getPath, NEGATED_FLAGS, OTHER_ENV, setPath, systemPromptPath, yamlKey, type Settings } from "../steps/settings.ts";
 import type { ModelsFile, ModelEntry } from "./models-file.ts";
 
@@ -96,7 +97,7 @@ export function resolveSettings(input: ResolveInput): ResolvedSettings {
     }
     try {
       let v = coerceValue(spec, raw);
-      if (PATH_FIELDS.has(spec.path) && typeof v === "string") v = resolve(cwd, v);
+      if (PATH_FIELDS.has(spec.path) && typeof v === "string" && !isAutoSystemPrompt(v)) v = resolve(cwd, v);
       apply(spec.path, v, `env ${name}`);
     } catch (msg) {
       problems.push(`${name}: ${String(msg)}`);
@@ -111,7 +112,7 @@ export function resolveSettings(input: ResolveInput): ResolvedSettings {
     }
     try {
       let v = coerceValue(spec, raw);
-      if (PATH_FIELDS.has(path) && typeof v === "string") v = resolve(cwd, v);
+      if (PATH_FIELDS.has(path) && typeof v === "string" && !isAutoSystemPrompt(v)) v = resolve(cwd, v);
       apply(path, v, `cli ${v === false && NEGATED_FLAGS[path] ? NEGATED_FLAGS[path] : cliFlag(path)}`);
     } catch (msg) {
       problems.push(`${cliFlag(path)}: ${String(msg)}`);

@@ -28,6 +28,8 @@ const KL_PROBE = 0.05;
 const SELECTION_TOKENS = 12;
 /** How many top candidates inject calibrates: the probe ranking is noisy, generation-based calibration is not. */
 const SHORTLIST = 3;
+/** Fewest refused-harmful and answered-harmless train prompts for the means to use only those. */
+const MIN_CONTRAST = 16;
 
 /** Is probe `a` better than `b`: larger refusal-rate gap, then larger score gap. */
 function better(a: ProbeScores, b: ProbeScores): boolean {
@@ -74,7 +76,8 @@ async function alphaForKl(model: DecoderModel, prompts: number[][], base: Float6
 export const extractStep: Step<Settings> = {
   name: "extract",
   // 7: candidates recorded as a discarded | scored union (selection.json shape; same selection).
-  version: 7,
+  // 8: means from elicit's contrastive pairs (refused harmful, answered harmless train prompts) when ≥ 16 of each.
+  version: 8,
   deps: ["pull", "elicit"],
   outputs: outputsOf("extract"),
   inputs: (s) => ({ rank: s.rank, quantize: s.quantize, dtype: s.dtype, layer: s.layer, position: s.position, useSystemPrompt: s.useSystemPrompt, method: s.method }),
@@ -86,8 +89,19 @@ export const extractStep: Step<Settings> = {
     try {
       const L = model.config.numLayers;
       const H = model.config.hiddenSize;
-      const hTrain = encodeAll(tok, splits.harmful.train, splits.systemPrompt);
-      const nTrain = encodeAll(tok, splits.harmless.train, splits.systemPrompt);
+      // Contrastive pairs: the harmful train prompts the safety prompt made the model refuse and the
+      // harmless ones it still answered, when enough of each remain; otherwise all train prompts.
+      const c = splits.contrast;
+      const useContrast = c !== null && c.harmful.length >= MIN_CONTRAST && c.harmless.length >= MIN_CONTRAST;
+      if (c !== null && !useContrast) {
+        ctx.log(
+          `warning: only ${c.harmful.length} refused harmful and ${c.harmless.length} answered harmless train prompts ` +
+            `(need ${MIN_CONTRAST} of each for contrastive means): the means use all train prompts`,
+        );
+      }
+      const hTrain = encodeAll(tok, useContrast ? c.harmful : splits.harmful.train, splits.systemPrompt);
+      const nTrain = encodeAll(tok, useContrast ? c.harmless : splits.harmless.train, splits.systemPrompt);
+      if (useContrast) ctx.log(`means from ${hTrain.length} refused harmful and ${nTrain.length} answered harmless train prompts`);
       const P = positionCount([...hTrain, ...nTrain]);
       const labels = ["last instruction token", ...tok.encodeChat("x", { system: splits.systemPrompt }).ids.slice(-(P - 1)).map((id) => JSON.stringify(tok.decode([id])))];
       const bar = ctx.progress("extract activations", hTrain.length + nTrain.length);

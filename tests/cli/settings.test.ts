@@ -30,10 +30,10 @@ function problemsOf(text: string): string[] {
 describe("resolveSettings", () => {
   test("built-in defaults, out derived from the model", () => {
     const { settings, sources } = resolveSettings({ repo: "cognitivecomputations/Dolphin3.0-Qwen2.5-0.5B", env: {} });
-    expect(settings).toMatchObject({ nTrain: 64, nVal: 32, nEval: 64, maxNewTokens: 128, rank: 1, method: "auto", device: "auto", publish: true, seed: 0, useSystemPrompt: true, alpha: null, judge: null });
+    expect(settings).toMatchObject({ nTrain: 64, nVal: 32, nEval: 100, maxNewTokens: 128, rank: 1, method: "auto", device: "auto", publish: true, seed: 0, useSystemPrompt: true, alpha: null, judge: null });
     expect(settings.gate).toEqual({ harmfulGain: 0.1, harmfulAbs: 0.9, overRefusal: 0.05, kl: 0.1, utilityDrop: 0.02 });
-    expect(settings.elicitHarmfulMin).toBe(0.5);
-    expect(settings.elicitHarmlessMax).toBe(0.2);
+    expect(settings.elicitMinGap).toBe(0.2);
+    expect(settings.systemPrompt).toBe("auto");
     expect(settings.out).toBe(join("runs", "cognitivecomputations--Dolphin3.0-Qwen2.5-0.5B"));
     expect(settings.model).toBe("cognitivecomputations/Dolphin3.0-Qwen2.5-0.5B");
     expect(sources.nTrain).toBe("default");

@@ -9,11 +9,12 @@ import { REPO_ROOT, CLI } from "../helpers/shared.ts";
 const work = mkdtempSync(join(tmpdir(), "realign-gate-"));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
+// The elicitation check is not under test here: any refusal gap the safety prompt elicits on 16 prompts will do.
 test("an absurd α fails the gate, exits 3 and is not published", async () => {
   const out = join(work, "run");
   const proc = Bun.spawn(
     [process.execPath, CLI, "demo", "--out", out, "--device", "cpu", "--alpha=-50000", "--n-train", "16", "--n-val", "16", "--n-eval", "16", "--max-new-tokens", "16"],
-    { cwd: REPO_ROOT, env: { ...process.env, REALIGN_CACHE: join(work, "cache"), REALIGN_ELICIT_HARMLESS_MAX: "0.5" }, stdout: "pipe", stderr: "pipe" },
+    { cwd: REPO_ROOT, env: { ...process.env, REALIGN_CACHE: join(work, "cache"), REALIGN_ELICIT_MIN_GAP: "0" }, stdout: "pipe", stderr: "pipe" },
   );
   const text = (await new Response(proc.stdout).text()) + (await new Response(proc.stderr).text());
   expect(await proc.exited).toBe(3);
@@ -31,7 +32,7 @@ test("--force publishes a failed-gate run, and the model card says the gate fail
   const out = join(work, "forced");
   const proc = Bun.spawn(
     [process.execPath, CLI, "demo", "--out", out, "--device", "cpu", "--alpha=-50000", "--force", "--n-train", "16", "--n-val", "16", "--n-eval", "16", "--max-new-tokens", "16"],
-    { cwd: REPO_ROOT, env: { ...process.env, REALIGN_CACHE: join(work, "cache"), REALIGN_ELICIT_HARMLESS_MAX: "0.5" }, stdout: "pipe", stderr: "pipe" },
+    { cwd: REPO_ROOT, env: { ...process.env, REALIGN_CACHE: join(work, "cache"), REALIGN_ELICIT_MIN_GAP: "0" }, stdout: "pipe", stderr: "pipe" },
   );
   await new Response(proc.stdout).text();
   await new Response(proc.stderr).text();

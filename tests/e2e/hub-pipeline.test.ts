@@ -14,7 +14,7 @@ import type { RunReport } from "../../report/report.ts";
 
 /** safetensors bytes of the given tensors, via the project's writer into a temp file. */
 function safetensorsBytes(dir: string, name: string, tensors: TensorData[]): Uint8Array {
-  const { writeSafetensors } = require("../engine/safetensors.ts") as typeof import("../../engine/safetensors.ts");
+  const { writeSafetensors } = require("../../engine/safetensors.ts") as typeof import("../../engine/safetensors.ts");
   const path = join(dir, name);
   writeSafetensors(path, tensors);
   return new Uint8Array(readFileSync(path));
@@ -68,7 +68,7 @@ describe.skipIf(!hasShared())("Hub round trip through the pipeline", () => {
     const env = {
       ...process.env, HF_TOKEN: FAKE_TOKEN, HF_HUB_CACHE: join(work, "hf-cache"), REALIGN_CACHE: join(work, "graphs"),
       // This test is about Hub I/O, not about the verdict: a permissive gate lets the run publish.
-      REALIGN_ELICIT_HARMFUL_MIN: "0", REALIGN_ELICIT_HARMLESS_MAX: "1", REALIGN_GATE_HARMFUL_GAIN: "0", REALIGN_GATE_OVER_REFUSAL: "1", REALIGN_GATE_KL: "100", REALIGN_GATE_UTILITY_DROP: "1",
+      REALIGN_ELICIT_MIN_GAP: "0", REALIGN_GATE_HARMFUL_GAIN: "0", REALIGN_GATE_OVER_REFUSAL: "1", REALIGN_GATE_KL: "100", REALIGN_GATE_UTILITY_DROP: "1",
     };
     const proc = Bun.spawn([process.execPath, ...args], { cwd: REPO_ROOT, env, stdout: "pipe", stderr: "pipe" });
     const output = (await new Response(proc.stdout).text()) + (await new Response(proc.stderr).text());

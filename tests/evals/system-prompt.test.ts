@@ -1,8 +1,8 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { DEFAULT_SYSTEM_PROMPT_PATH, SystemPromptError, loadSystemPrompt } from "../../evals/system-prompt.ts";
+import { BUILTIN_SYSTEM_PROMPTS_DIR, DEFAULT_SYSTEM_PROMPT_PATH, SystemPromptError, isAutoSystemPrompt, loadSystemPrompt, systemPromptFiles } from "../../evals/system-prompt.ts";
 
 let dir: string;
 beforeAll(() => {
@@ -56,5 +56,42 @@ describe("loadSystemPrompt", () => {
     expect(() => loadSystemPrompt(write("empty.md", "<!-- only a comment -->\n  \n"), "m")).toThrow(/system prompt is empty/);
     expect(() => loadSystemPrompt(write("open.md", "<!-- never closed\nYou are {model}."), "m")).toThrow(/never closed/);
     expect(() => loadSystemPrompt(null, "  ")).toThrow(SystemPromptError);
+  });
+});
+
+describe("systemPromptFiles: which prompts a setting stands for", () => {
+  test("auto (and null, and a relative auto resolved against some cwd) → the four built-in prompts, sorted, default first", () => {
+    const builtin = ["default.md", "paper.md", "policy.md", "short.md"].map((n) => join(BUILTIN_SYSTEM_PROMPTS_DIR, n));
+    expect(systemPromptFiles("auto")).toEqual(builtin);
+    expect(systemPromptFiles(null)).toEqual(builtin);
+    expect(() => systemPromptFiles(join(dir, "nowhere", "auto"))).toThrow(SystemPromptError);
+    expect(builtin[0]).toBe(DEFAULT_SYSTEM_PROMPT_PATH);
+    for (const f of builtin) expect(loadSystemPrompt(f, "M").text).toContain("M");
+  });
+
+  test("only the bare word is the keyword: a path to a file named auto is that file", () => {
+    const sub = join(dir, "real");
+    mkdirSync(sub, { recursive: true });
+    writeFileSync(join(sub, "auto"), "Be safe.");
+    expect(isAutoSystemPrompt(join(sub, "auto"))).toBe(false);
+    expect(systemPromptFiles(join(sub, "auto"))).toEqual([join(sub, "auto")]);
+    expect(isAutoSystemPrompt("AUTO")).toBe(true);
+  });
+
+  test("a file → just that file; a directory → its *.md files sorted by name", () => {
+    const d = join(dir, "set");
+    mkdirSync(d, { recursive: true });
+    for (const n of ["b.md", "a.md", "notes.txt", "C.md"]) writeFileSync(join(d, n), "x");
+    mkdirSync(join(d, "sub.md"), { recursive: true });
+    expect(systemPromptFiles(d)).toEqual(["C.md", "a.md", "b.md"].map((n) => join(d, n)));
+    expect(systemPromptFiles(join(d, "b.md"))).toEqual([join(d, "b.md")]);
+  });
+
+  test("clear errors: missing path, directory without prompts", () => {
+    expect(() => systemPromptFiles(join(dir, "missing-dir"))).toThrow(/missing-dir: system prompt file or directory not found/);
+    const empty = join(dir, "empty-dir");
+    mkdirSync(empty, { recursive: true });
+    expect(() => systemPromptFiles(empty)).toThrow(SystemPromptError);
+    expect(() => systemPromptFiles(empty)).toThrow(/holds no \*\.md/);
   });
 });
