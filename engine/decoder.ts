@@ -11,7 +11,7 @@ import { OnnxGraph } from "./onnx/graph.ts";
 import type { DecoderConfig } from "./config.ts";
 import { DEFAULT_ACCURACY_LEVEL, quantizeBlockwise, validateQuantizeConfig, type QuantizeConfig } from "./quantize.ts";
 import { f32ToF16 } from "./dtype.ts";
-import { EMBEDDING_NAME, layerPrefix, residualWriters } from "./writers.ts";
+import { EMBEDDING_NAME, layerPrefix, residualWriters, type ResidualWriter } from "./writers.ts";
 
 /** Element type of weights, activations and the KV cache inside the graph (inputs/outputs other than the cache stay float32). */
 export type ComputeDType = "float32" | "float16";
@@ -31,9 +31,13 @@ export class MissingWeightError extends Error {
 export interface DecoderBuildOptions {
   /**
    * Adds runtime inputs for interventions (DecoderModel feeds zeros when none are given, leaving the model unchanged):
-   * - `rosi_vectors` [2·layers, hidden]: row 2l adds (x·w̄)·row to layer l's o_proj output, row 2l+1 to its down_proj
-   *   output, with w̄ the mean of that matrix's rows — the rank-one edit W + v·w̄ᵀ without rewriting W.
+   * - `rosi_vectors` [2·layers, hidden]: row 2l adds (x·k)·row to layer l's o_proj output, row 2l+1 to its down_proj
+   *   output — the rank-one edit W + v·kᵀ without rewriting W. The key is k = w̄ + Δ, with w̄ the mean of that
+   *   matrix's rows (an initializer) and Δ its row of `edit_keys_attn` (o_proj) or `edit_keys_mlp` (down_proj).
+   * - `edit_keys_attn` [layers, heads·head_dim], `edit_keys_mlp` [layers, intermediate]: Δ of each layer's o_proj /
+   *   down_proj key (zeros: the key is w̄, the plain ROSI edit). DecoderModel feeds key − w̄ for a chosen key.
    * - `steer` [layers, hidden]: added to the residual stream entering each layer.
+   * It also adds the outputs `rosi_coefficients` and `writer_input.{row}` (see IO).
    */
   interventions?: boolean;
   /**
@@ -58,8 +62,14 @@ export const IO = {
   rosiVectors: "rosi_vectors",
   /** [hidden]: rank-one edit vector of the embedding table (E' = E + rowmean(E)·vᵀ). */
   rosiEmbed: "rosi_embed",
-  /** [B, T, 2·layers]: each edited matrix's coefficient w̄·x (needs interventions). */
+  /** [B, T, 2·layers]: each edited matrix's coefficient k·x, k = w̄ + Δ its key (needs interventions). */
   rosiCoefficients: "rosi_coefficients",
+  /** [layers, heads·head_dim]: key − w̄ of each layer's o_proj edit (needs interventions; zeros = key w̄). */
+  editKeysAttn: "edit_keys_attn",
+  /** [layers, intermediate]: key − w̄ of each layer's down_proj edit (needs interventions; zeros = key w̄). */
+  editKeysMlp: "edit_keys_mlp",
+  /** [B, T, cols] float32: the input x of residual writer `row` (2l o_proj, 2l+1 down_proj; needs interventions). */
+  writerInput: (row: number) => `writer_input.${row}`,
   steer: "steer",
   logits: "logits",
   pastKey: (l: number) => `past_key_values.${l}.key`,
@@ -88,6 +98,8 @@ export class DecoderBuilder {
   protected rosiVectors = IO.rosiVectors as string;
   protected rosiEmbed = IO.rosiEmbed as string;
   protected steer = IO.steer as string;
+  protected editKeysAttn = IO.editKeysAttn as string;
+  protected editKeysMlp = IO.editKeysMlp as string;
 
   constructor(
     readonly cfg: DecoderConfig,
@@ -342,7 +354,7 @@ export class DecoderBuilder {
     const w_o = this.matrixWeight(oName, W_o, hiddenSize, qOut);
     const b_o = this.optionalBias(`${p}.o_proj.bias`, [`${p}.o_proj.bias`], [hiddenSize], this.cfg.oBias);
     const attnOut = this.gemm(attnFlat, w_o, b_o, `L${l}_o_proj`);
-    return this.intervene(attnOut, attnFlat, oName, W_o, qOut, writer.row);
+    return this.intervene(attnOut, attnFlat, writer, W_o);
   }
 
   protected mlp(l: number, x: string): string {
@@ -360,17 +372,28 @@ export class DecoderBuilder {
     const w_down = this.matrixWeight(downName, W_down, hiddenSize, intermediateSize);
     const b_down = this.optionalBias(`${p}.down_proj.bias`, [`${p}.down_proj.bias`], [hiddenSize], this.cfg.mlpBias);
     const mlpOut = this.gemm(hidden, w_down, b_down, `L${l}_down_proj`);
-    return this.intervene(mlpOut, hidden, downName, W_down, intermediateSize, writer.row);
+    return this.intervene(mlpOut, hidden, writer, W_down);
   }
 
-  /** out + (x·w̄)·rosi_vectors[row]: the rank-one edit of the [hidden, cols] matrix W, applied at run time. */
-  protected intervene(out: string, x: string, weightName: string, W: Float32Array, cols: number, row: number): string {
+  /**
+   * out + (x·k)·rosi_vectors[row] with k = w̄ + Δ: the rank-one edit W + v·kᵀ of the writer's [hidden, cols] matrix W,
+   * applied at run time to its output (before any post-norm, where a rewritten W would act). Δ is this layer's row of
+   * edit_keys_attn / edit_keys_mlp; zeros leave the key at w̄. Also exposes x as `writer_input.{row}`.
+   */
+  protected intervene(out: string, x: string, writer: ResidualWriter, W: Float32Array): string {
     if (!this.opts.interventions) return out;
     const g = this.g;
-    const wBar = meanOfRows(W, W.length / cols, cols);
-    const coef = g.op("MatMul", [x, this.weight(`${weightName}.wbar`, wBar, [cols, 1])]); // [N,1]
+    const { row, inFeatures: cols, name: weightName, layer } = writer;
+    const wBar = this.weight(`${weightName}.wbar`, meanOfRows(W, W.length / cols, cols), [cols, 1]);
+    const keys = writer.kind === "o_proj" ? this.editKeysAttn : this.editKeysMlp;
+    const delta = g.op("Unsqueeze", [g.op("Gather", [keys, g.scalarI64(layer)], { axis: 0 }), g.constI64([1])]); // [cols,1]
+    const key = g.op("Add", [wBar, delta], {}, { name: `edit_key_${row}` });
+    const coef = g.op("MatMul", [x, key], {}, { name: `rosi_coef_${row}` }); // [N,1]
     this.coefficients[row] = coef;
     const vec = g.op("Gather", [this.rosiVectors, g.scalarI64(row)], { axis: 0 }); // [hidden]
+    const { B, T } = this.batchTokens;
+    g.op("Reshape", [this.toFloat(x), g.op("Concat", [B, T, g.constI64([cols])], { axis: 0 })], {}, { output: IO.writerInput(row) });
+    g.output(IO.writerInput(row), DT.FLOAT, ["batch", "tokens", cols]);
     return g.op("Add", [out, g.op("Mul", [coef, vec])], {}, { name: `rosi_${row}` });
   }
 
@@ -404,7 +427,7 @@ export class DecoderBuilder {
   build(graph: OnnxGraph): OnnxGraph {
     this.g = graph;
     const g = graph;
-    const { hiddenSize, numLayers, vocabSize } = this.cfg;
+    const { hiddenSize, numLayers, vocabSize, numHeads, headDim, intermediateSize } = this.cfg;
     const inputIds = g.input(IO.inputIds, DT.INT64, ["batch", "tokens"]);
     const attentionMask = g.input(IO.attentionMask, DT.INT64, ["batch", "total"]);
     const positionIds = g.input(IO.positionIds, DT.INT64, ["batch", "tokens"]);
@@ -414,7 +437,9 @@ export class DecoderBuilder {
       g.input(IO.rosiVectors, DT.FLOAT, [2 * numLayers, hiddenSize]);
       g.input(IO.steer, DT.FLOAT, [numLayers, hiddenSize]);
       g.input(IO.rosiEmbed, DT.FLOAT, [hiddenSize]);
-      [this.rosiVectors, this.steer, this.rosiEmbed] = [IO.rosiVectors, IO.steer, IO.rosiEmbed].map((x) => this.toAct(x));
+      g.input(IO.editKeysAttn, DT.FLOAT, [numLayers, numHeads * headDim]);
+      g.input(IO.editKeysMlp, DT.FLOAT, [numLayers, intermediateSize]);
+      [this.rosiVectors, this.steer, this.rosiEmbed, this.editKeysAttn, this.editKeysMlp] = [IO.rosiVectors, IO.steer, IO.rosiEmbed, IO.editKeysAttn, IO.editKeysMlp].map((x) => this.toAct(x));
     }
     const idsShape = g.op("Shape", [inputIds]);
     this.batchTokens = {
@@ -435,7 +460,7 @@ export class DecoderBuilder {
     const finalResidual = asBTH(this.toFloat(residual), IO.residualFinal);
     g.output(IO.residualFinal, DT.FLOAT, ["batch", "tokens", hiddenSize]);
     if (this.opts.interventions) {
-      // The edit's input-dependent scale per matrix and token, for calibrating how the edit is spread.
+      // The edit's input-dependent scale x·k per matrix and token, for calibrating how the edit is spread.
       const coefs = this.toFloat(g.op("Concat", this.coefficients, { axis: 1 })); // [N, 2L]
       g.op("Reshape", [coefs, g.op("Concat", [this.batchTokens.B, this.batchTokens.T, g.constI64([2 * numLayers])], { axis: 0 })], {}, { output: IO.rosiCoefficients });
       g.output(IO.rosiCoefficients, DT.FLOAT, ["batch", "tokens", 2 * numLayers]);

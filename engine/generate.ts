@@ -17,6 +17,8 @@ export interface GenerateOptions {
   rosiVectors?: Float32Array;
   rosiEmbed?: Float32Array;
   steer?: Float32Array;
+  /** Keys of the rank-one edits (ForwardInput.editKeys), for every forward pass. */
+  editKeys?: Float32Array[];
   onStep?: (step: number, maxSteps: number) => void;
   signal?: AbortSignal;
 }
@@ -80,7 +82,7 @@ export async function generateGreedy(model: DecoderModel, prompts: number[][], o
   const firstLogits: Float32Array[] = [];
   const stepLogits: Float32Array[][] = prompts.map(() => []);
   const stats = { prefillTokens: 0, prefillSeconds: 0, decodeTokens: 0, decodeSeconds: 0 };
-  const interventions = { rosiVectors: opts.rosiVectors, rosiEmbed: opts.rosiEmbed, steer: opts.steer };
+  const interventions = { rosiVectors: opts.rosiVectors, rosiEmbed: opts.rosiEmbed, steer: opts.steer, editKeys: opts.editKeys };
 
   let input: ForwardInput = {
     ...batch,

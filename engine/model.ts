@@ -6,16 +6,17 @@ import { homedir } from "node:os";
 import { join } from "node:path";
 import { Checkpoint, type CheckpointOptions } from "./checkpoint.ts";
 import { createBuilder } from "./architectures.ts";
-import { COMPUTE_DTYPES, IO, OPSETS, type ComputeDType } from "./decoder.ts";
+import { COMPUTE_DTYPES, IO, OPSETS, meanOfRows, type ComputeDType } from "./decoder.ts";
 import type { DecoderConfig } from "./config.ts";
 import { ExternalDataWriter, OnnxGraph } from "./onnx/graph.ts";
 import { DEFAULT_ACCURACY_LEVEL, describeQuantization, type QuantizeConfig } from "./quantize.ts";
 import { openSession, ort, type Device } from "./session.ts";
 import { graphCacheLimit, makeRoom, touchGraph } from "./graph-cache.ts";
 import { numel } from "./safetensors.ts";
+import { allResidualWriters } from "./writers.ts";
 
 /** Bump when the graph layout changes, so cached graphs are rebuilt. */
-const GRAPH_VERSION = "4";
+const GRAPH_VERSION = "5";
 
 export interface LoadOptions extends CheckpointOptions {
   device?: Device;
@@ -53,8 +54,16 @@ export interface ForwardInput {
   rosiEmbed?: Float32Array;
   /** [layers][hidden] additions to the residual entering each layer; needs interventions. */
   steer?: Float32Array;
-  /** Return each edited matrix's coefficient w̄·x ([B, T, 2·layers]); needs interventions. */
+  /**
+   * 2·layers keys in rosiVectors row order (2l: o_proj of layer l, 2l+1: down_proj), each as long as its matrix's
+   * input (writerWidths()): the edit of matrix m becomes W + vₘ·keyₘᵀ, i.e. the key replaces w̄. Absent: every key
+   * is w̄. Needs interventions.
+   */
+  editKeys?: Float32Array[];
+  /** Return each edited matrix's coefficient k·x ([B, T, 2·layers], k = its key: w̄ or editKeys); needs interventions. */
   coefficients?: boolean;
+  /** Return the input x of every residual writer (writerInputs); needs interventions. */
+  writerInputs?: boolean;
   /** Skip fetching the KV cache (one-shot scoring). */
   noCache?: boolean;
 }
@@ -64,8 +73,10 @@ export interface ForwardOutput {
   logits: Float32Array;
   dims: { batch: number; positions: number; vocab: number };
   present?: KVCache;
-  /** [B, T, 2·layers] w̄·x of each edited matrix (row order of rosi_vectors). */
+  /** [B, T, 2·layers] k·x of each edited matrix (row order of rosi_vectors; k = w̄ or its editKeys entry). */
   coefficients?: Float32Array;
+  /** writerInputs[m] is [B, T, writerWidths()[m]]: the input x of residual writer m (rosi_vectors row order). */
+  writerInputs?: Float32Array[];
   /** residuals[l] is [B, T, hidden] entering layer l; residuals[layers] is the final pre-norm residual. */
   residuals?: Float32Array[];
 }
@@ -89,6 +100,61 @@ export class DecoderModel {
     /** Element type of weights, activations and the KV cache in the graph. */
     readonly dtype: ComputeDType,
   ) {}
+
+  private rowMeans: Float32Array[] | null = null;
+  private zeroKeys: { attn: ort.Tensor; mlp: ort.Tensor } | null = null;
+
+  /** Input width of every residual writer, in rosi_vectors row order (o_proj: heads·head_dim, down_proj: intermediate). */
+  writerWidths(): number[] {
+    return allResidualWriters(this.config).map((w) => w.inFeatures);
+  }
+
+  /**
+   * w̄ of every residual writer (the mean of its rows, from the checkpoint, accumulated in float64 as the graph's
+   * w̄ initializers are), in rosi_vectors row order. Computed once, on first use. Do not modify the arrays.
+   */
+  writerRowMeans(): Float32Array[] {
+    if (!this.rowMeans) {
+      const { hiddenSize } = this.config;
+      this.rowMeans = allResidualWriters(this.config).map((w) => meanOfRows(this.checkpoint.readF32(w.name), hiddenSize, w.inFeatures));
+    }
+    return this.rowMeans;
+  }
+
+  /** The edit_keys_* feeds: key − w̄ per writer, or zeros (every key w̄). */
+  private editKeyFeeds(keys: Float32Array[] | undefined): { attn: ort.Tensor; mlp: ort.Tensor } {
+    const { numLayers, numHeads, headDim, intermediateSize } = this.config;
+    const attnCols = numHeads * headDim;
+    const dims = { attn: [numLayers, attnCols], mlp: [numLayers, intermediateSize] };
+    if (!keys) {
+      this.zeroKeys ??= {
+        attn: new ort.Tensor("float32", new Float32Array(numLayers * attnCols), dims.attn),
+        mlp: new ort.Tensor("float32", new Float32Array(numLayers * intermediateSize), dims.mlp),
+      };
+      return this.zeroKeys;
+    }
+    const widths = this.writerWidths();
+    if (!Array.isArray(keys) || keys.length !== widths.length) {
+      throw new Error(`editKeys must hold ${widths.length} keys (2 per layer: o_proj, down_proj), got ${Array.isArray(keys) ? keys.length : typeof keys}`);
+    }
+    keys.forEach((k, m) => {
+      if (!(k instanceof Float32Array) || k.length !== widths[m]) {
+        const kind = m % 2 === 0 ? "o_proj" : "down_proj";
+        throw new Error(`editKeys[${m}] (layer ${m >> 1} ${kind}) must be a Float32Array of ${widths[m]} entries (the matrix's input width), got ${k instanceof Float32Array ? k.length : typeof k}`);
+      }
+    });
+    const means = this.writerRowMeans();
+    const attn = new Float32Array(numLayers * attnCols);
+    const mlp = new Float32Array(numLayers * intermediateSize);
+    for (let m = 0; m < keys.length; m++) {
+      const [target, cols] = m % 2 === 0 ? [attn, attnCols] : [mlp, intermediateSize];
+      const base = (m >> 1) * cols;
+      const k = keys[m];
+      const w = means[m];
+      for (let c = 0; c < cols; c++) target[base + c] = k[c] - w[c];
+    }
+    return { attn: new ort.Tensor("float32", attn, dims.attn), mlp: new ort.Tensor("float32", mlp, dims.mlp) };
+  }
 
   static async load(dir: string, opts: LoadOptions = {}): Promise<DecoderModel> {
     const checkpoint = Checkpoint.open(dir, opts);
@@ -152,8 +218,14 @@ export class DecoderModel {
       feeds[IO.pastKey(l)] = nativeHalf(past.keys[l]);
       feeds[IO.pastValue(l)] = nativeHalf(past.values[l]);
     }
-    if ((input.rosiVectors || input.steer || input.rosiEmbed) && !this.interventions) throw new Error("this model was loaded without interventions; load it with { interventions: true }");
+    if (!this.interventions) {
+      const asked = (["rosiVectors", "rosiEmbed", "steer", "editKeys", "coefficients", "writerInputs"] as const).filter((k) => input[k]);
+      if (asked.length) throw new Error(`${asked.join(", ")} need${asked.length === 1 ? "s" : ""} interventions, but this model was loaded without them; load it with { interventions: true }`);
+    }
     if (this.interventions) {
+      const keys = this.editKeyFeeds(input.editKeys);
+      feeds[IO.editKeysAttn] = keys.attn;
+      feeds[IO.editKeysMlp] = keys.mlp;
       feeds[IO.rosiVectors] = new ort.Tensor("float32", input.rosiVectors ?? new Float32Array(2 * numLayers * hiddenSize), [2 * numLayers, hiddenSize]);
       feeds[IO.steer] = new ort.Tensor("float32", input.steer ?? new Float32Array(numLayers * hiddenSize), [numLayers, hiddenSize]);
       feeds[IO.rosiEmbed] = new ort.Tensor("float32", input.rosiEmbed ?? new Float32Array(hiddenSize), [hiddenSize]);
@@ -165,6 +237,8 @@ export class DecoderModel {
       fetches.push(IO.residualFinal);
     }
     if (input.coefficients) fetches.push(IO.rosiCoefficients);
+    const writers = 2 * numLayers;
+    if (input.writerInputs) for (let m = 0; m < writers; m++) fetches.push(IO.writerInput(m));
     const out = await this.session.run(feeds, fetches);
     const result: ForwardOutput = {
       logits: out[IO.logits].data as Float32Array,
@@ -177,6 +251,7 @@ export class DecoderModel {
       };
     }
     if (input.coefficients) result.coefficients = out[IO.rosiCoefficients].data as Float32Array;
+    if (input.writerInputs) result.writerInputs = Array.from({ length: writers }, (_, m) => out[IO.writerInput(m)].data as Float32Array);
     if (input.residuals) {
       result.residuals = [...Array.from({ length: numLayers }, (_, l) => out[IO.residual(l)].data as Float32Array), out[IO.residualFinal].data as Float32Array];
     }

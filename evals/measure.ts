@@ -9,6 +9,8 @@ export interface Interventions {
   rosiVectors?: Float32Array;
   rosiEmbed?: Float32Array;
   steer?: Float32Array;
+  /** Per residual writer (rosi_vectors row order): the key of its edit W + v·keyᵀ; absent = w̄ (ForwardInput.editKeys). */
+  editKeys?: Float32Array[];
 }
 
 /** Openers whose first token marks a refusal (Arditi et al.'s refusal-token idea, derived per tokenizer). */
@@ -96,6 +98,7 @@ export async function generateTexts(
       rosiVectors: opts.rosiVectors,
       rosiEmbed: opts.rosiEmbed,
       steer: opts.steer,
+      editKeys: opts.editKeys,
       signal: opts.signal,
     });
     tokens += r.stats.decodeTokens + chunk.length;

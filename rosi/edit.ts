@@ -1,10 +1,14 @@
 // The ROSI weight edit and the streaming rewrite of a checkpoint.
 //
 //   for every matrix W [out, in] that writes to the residual stream:
-//     w̄  = mean of W's rows (length in), from the unedited W, accumulated in float64
-//     W' = W + v · w̄ᵀ      with v = α·ŝ (or Σ αᵢ·ŝᵢ for several directions)
+//     k  = the edit's key (length in): by default w̄, the mean of W's rows, from the unedited W,
+//          accumulated in float64; or a chosen key (CheckpointEdit.keys)
+//     W' = W + v · kᵀ      with v = α·ŝ (or Σ αᵢ·ŝᵢ for several directions)
 //
-// so W'x = Wx + (w̄·x)·v: every write into the residual stream gains a component along ŝ.
+// so W'x = Wx + (k·x)·v: every write into the residual stream gains a component along ŝ, scaled by
+// how much the input x points along k. With k = w̄ that is plain ROSI; a chosen key makes the edit
+// "gated": it fires only on inputs with a large k·x. The run-time edit in the graph (interventions,
+// ForwardInput.editKeys) computes the same (k·x)·v at the same place.
 import { copyFileSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { basename, join } from "node:path";
 import { fsyncDir, sha256Hex } from "../util/fs.ts";
@@ -26,17 +30,20 @@ export function editedMatrices(cfg: DecoderConfig, layer: number): [string, stri
 }
 
 /**
- * W' = W + v·w̄ᵀ for a row-major [rows, cols] matrix, with one float32 rounding per element.
- * `inPlace` overwrites W (w̄ is taken first, from the unedited rows) to save a float32 copy.
+ * W' = W + v·keyᵀ for a row-major [rows, cols] matrix, with one float32 rounding per element. `key` (length cols)
+ * defaults to w̄, the mean of W's rows. `inPlace` overwrites W (w̄ is taken first, from the unedited rows) to save
+ * a float32 copy.
  */
-export function rankOneEdit(W: Float32Array, rows: number, cols: number, v: Float32Array, inPlace = false): Float32Array {
+export function rankOneEdit(W: Float32Array, rows: number, cols: number, v: Float32Array, inPlace = false, key?: Float32Array): Float32Array {
+  if (W.length !== rows * cols) throw new InjectError(`matrix has ${W.length} entries, expected ${rows}×${cols}`);
   if (v.length !== rows) throw new InjectError(`direction has ${v.length} entries but the matrix has ${rows} rows`);
-  const wBar = meanOfRows(W, rows, cols);
+  if (key && key.length !== cols) throw new InjectError(`key has ${key.length} entries but the matrix has ${cols} columns (its input width)`);
+  const k = key ?? meanOfRows(W, rows, cols);
   const out = inPlace ? W : new Float32Array(W.length);
   for (let r = 0; r < rows; r++) {
     const vr = v[r];
     const base = r * cols;
-    for (let c = 0; c < cols; c++) out[base + c] = W[base + c] + vr * wBar[c];
+    for (let c = 0; c < cols; c++) out[base + c] = W[base + c] + vr * k[c];
   }
   return out;
 }
@@ -60,8 +67,10 @@ export function embeddingEdit(E: Float32Array, vocab: number, hidden: number, v:
 }
 
 export interface CheckpointEdit {
-  /** Per edited tensor name: the vector v of W' = W + v·w̄ᵀ (length = out_features = hidden size). */
+  /** Per edited tensor name: the vector v of W' = W + v·keyᵀ (length = out_features = hidden size). */
   vectors: Map<string, Float32Array>;
+  /** Per edited tensor name: the key of W' = W + v·keyᵀ (length = in_features); a tensor absent here uses w̄. */
+  keys?: Map<string, Float32Array>;
   /** --include-embeddings: the vector v of E' = E + w̄·vᵀ for the embedding table. */
   embedding?: Float32Array;
   /** Recorded in every shard's `__metadata__` (method, α, layer, position, direction sha256…). */
@@ -84,6 +93,12 @@ export function writeEditedCheckpoint(srcDir: string, outDir: string, edit: Chec
   mkdirSync(tmp, { recursive: true });
   try {
     for (const name of edit.vectors.keys()) if (!ckpt.has(name)) throw new InjectError(`${srcDir}: tensor "${name}" to edit is not in the checkpoint`);
+    for (const [name, key] of edit.keys ?? []) {
+      if (!edit.vectors.has(name)) throw new InjectError(`a key is given for tensor "${name}", which has no edit vector`);
+      const shape = ckpt.info(name).shape;
+      if (shape.length !== 2) throw new InjectError(`tensor "${name}" is not a matrix (shape [${shape}])`);
+      if (key.length !== shape[1]) throw new InjectError(`the key for "${name}" has ${key.length} entries but the tensor's input width is ${shape[1]} (shape [${shape}])`);
+    }
     if (edit.embedding && !ckpt.has("lm_head.weight")) {
       // A tied lm_head is the same table: editing it would also move every logit.
       throw new InjectError(`${srcDir}: --include-embeddings needs an untied lm_head (this checkpoint ties it to ${EMBEDDING})`);
@@ -111,7 +126,7 @@ export function writeEditedCheckpoint(srcDir: string, outDir: string, edit: Chec
               const info = src.info(name);
               if (info.shape.length !== 2) throw new InjectError(`tensor "${name}" is not a matrix (shape [${info.shape}])`);
               // One float32 copy of the tensor, edited in place, then converted back to its dtype.
-              const edited = rankOneEdit(src.readF32(name), info.shape[0], info.shape[1], v, true);
+              const edited = rankOneEdit(src.readF32(name), info.shape[0], info.shape[1], v, true, edit.keys?.get(name));
               writer.write(name, fromFloat32(info.dtype, edited));
               Bun.gc(false); // let the previous tensor's buffers go before the next one is read
             }

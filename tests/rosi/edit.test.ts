@@ -8,7 +8,8 @@ import { DecoderModel } from "../../engine/model.ts";
 import { generateGreedy } from "../../engine/generate.ts";
 import { SafetensorsFile } from "../../engine/safetensors.ts";
 import { readDecoderConfig } from "../../engine/architectures.ts";
-import { editedMatrices, isCompleteEdit, writeEditedCheckpoint } from "../../rosi/edit.ts";
+import { editedMatrices, InjectError, isCompleteEdit, rankOneEdit, writeEditedCheckpoint } from "../../rosi/edit.ts";
+import { mulberry32 } from "../../evals/datasets.ts";
 import { hasShared, sharedPath } from "../helpers/shared.ts";
 
 interface EditFixture {
@@ -162,5 +163,98 @@ describe.skipIf(!hasShared())("--include-embeddings (hf-golden llama, untied)", 
   test("a tied checkpoint is refused with a clear error", () => {
     expect(() => writeEditedCheckpoint(sharedPath("fixtures", "hf-golden", "qwen2"), join(work, "tied"), { vectors: new Map(), embedding: new Float32Array(64), metadata: {} })).toThrow(/untied lm_head/);
     expect(existsSync(join(work, "tied"))).toBe(false);
+  });
+});
+
+/** W + v·kᵀ in float64, with k = the float64 mean of W's rows when no key is given: the naive reference. */
+function naiveEdit(W: Float32Array, rows: number, cols: number, v: ArrayLike<number>, key?: ArrayLike<number>): Float64Array {
+  const k = key ? Float64Array.from(key) : new Float64Array(cols);
+  if (!key) {
+    for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) k[c] += W[r * cols + c];
+    for (let c = 0; c < cols; c++) k[c] /= rows;
+  }
+  const out = new Float64Array(rows * cols);
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[r * cols + c] = W[r * cols + c] + v[r] * k[c];
+  return out;
+}
+
+describe("rankOneEdit with a key", () => {
+  const rand = mulberry32(7);
+  const rows = 24;
+  const cols = 40;
+  const W = Float32Array.from({ length: rows * cols }, () => rand() - 0.3);
+  const v = Float32Array.from({ length: rows }, () => 2 * rand() - 1);
+  const key = Float32Array.from({ length: cols }, () => 3 * rand() - 1.5);
+
+  test("W + v·keyᵀ equals a float64 reference (one float32 rounding); W is untouched unless inPlace", () => {
+    const copy = W.slice();
+    const out = rankOneEdit(W, rows, cols, v, false, key);
+    expect(W).toEqual(copy);
+    const ref = naiveEdit(W, rows, cols, v, key);
+    let worst = 0;
+    for (let i = 0; i < out.length; i++) worst = Math.max(worst, Math.abs(out[i] - ref[i]) / Math.max(Math.abs(ref[i]), 1e-30));
+    expect(worst).toBeLessThan(1.2e-7); // float32 half-ulp
+    // A key really is used: the default edit differs.
+    expect(maxDiff(rankOneEdit(W, rows, cols, v), ref)).toBeGreaterThan(1e-2);
+    const inPlace = W.slice();
+    expect(rankOneEdit(inPlace, rows, cols, v, true, key)).toBe(inPlace);
+    expect(maxDiff(inPlace, out)).toBe(0);
+  });
+
+  test("the default key is w̄ of the unedited W, also in place", () => {
+    const ref = naiveEdit(W, rows, cols, v);
+    expect(maxDiff(rankOneEdit(W, rows, cols, v), ref)).toBeLessThan(1e-6);
+    const inPlace = W.slice();
+    rankOneEdit(inPlace, rows, cols, v, true);
+    expect(maxDiff(inPlace, ref)).toBeLessThan(1e-6);
+  });
+
+  test("a key of the wrong length is refused", () => {
+    expect(() => rankOneEdit(W, rows, cols, v, false, new Float32Array(cols - 1))).toThrow(InjectError);
+    expect(() => rankOneEdit(W, rows, cols, v, false, new Float32Array(rows))).toThrow(`key has ${rows} entries but the matrix has ${cols} columns`);
+  });
+});
+
+describe.skipIf(!hasShared())("writeEditedCheckpoint with keys (hf-golden llama)", () => {
+  const src = sharedPath("fixtures", "hf-golden", "llama");
+  let work = "";
+  beforeAll(() => {
+    work = mkdtempSync(join(tmpdir(), "realign-keyed-edit-"));
+  });
+  afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+  test("keyed tensors are W + v·keyᵀ, tensors without a key use w̄, the rest are byte-identical", () => {
+    const rand = mulberry32(11);
+    const cfg = readDecoderConfig(JSON.parse(readFileSync(join(src, "config.json"), "utf8")));
+    const names = Array.from({ length: cfg.numLayers }, (_, l) => editedMatrices(cfg, l)).flat();
+    const base = SafetensorsFile.open(join(src, "model.safetensors"));
+    const vectors = new Map(names.map((n) => [n, Float32Array.from({ length: cfg.hiddenSize }, () => rand() - 0.5)]));
+    // Every tensor but the last gets its own key.
+    const keys = new Map(names.slice(0, -1).map((n) => [n, Float32Array.from({ length: base.info(n).shape[1] }, () => rand() - 0.5)]));
+    const out = join(work, "keyed");
+    writeEditedCheckpoint(src, out, { vectors, keys, metadata: {} });
+    const mine = SafetensorsFile.open(join(out, "model.safetensors"));
+    for (const n of base.names()) {
+      if (!vectors.has(n)) {
+        expect(Buffer.compare(Buffer.from(mine.readBytes(n)), Buffer.from(base.readBytes(n)))).toBe(0);
+        continue;
+      }
+      const [rows, cols] = base.info(n).shape;
+      const ref = naiveEdit(base.readF32(n), rows, cols, vectors.get(n)!, keys.get(n));
+      expect(maxDiff(mine.readF32(n), ref)).toBeLessThan(1e-6);
+      if (keys.has(n)) expect(maxDiff(mine.readF32(n), naiveEdit(base.readF32(n), rows, cols, vectors.get(n)!))).toBeGreaterThan(1e-2);
+    }
+    base.close();
+    mine.close();
+  });
+
+  test("a key of the wrong length, or for a tensor without a vector, is refused before anything is written", () => {
+    const name = "model.layers.0.mlp.down_proj.weight";
+    const vectors = new Map([[name, new Float32Array(64)]]);
+    const out = join(work, "bad");
+    expect(() => writeEditedCheckpoint(src, out, { vectors, keys: new Map([[name, new Float32Array(64)]]), metadata: {} })).toThrow(`the key for "${name}" has 64 entries but the tensor's input width is 128`);
+    expect(() => writeEditedCheckpoint(src, out, { vectors, keys: new Map([["model.layers.0.self_attn.o_proj.weight", new Float32Array(64)]]), metadata: {} })).toThrow(/has no edit vector/);
+    expect(existsSync(out)).toBe(false);
+    expect(readdirSync(work).filter((f) => f.startsWith("bad"))).toEqual([]);
   });
 });
