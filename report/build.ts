@@ -53,10 +53,10 @@ const pct = (v: number | null | undefined) => (v === null || v === undefined ? "
 const num = (v: number | null | undefined, digits = 4) => (v === null || v === undefined ? "–" : v.toFixed(digits));
 
 /** A metric's cell: the rate with k/n and its 95 % interval when known, else the bare value. */
-export function metricCell(m: BehaviourMetrics | null | undefined, key: MetricKey, kind: "pct" | "num"): string {
+export function metricCell(m: BehaviourMetrics | null | undefined, key: MetricKey, format: (v: number | null | undefined) => string): string {
   const rate = m?.rates?.[key as RateMetric];
   if (rate) return formatRate(rate);
-  return kind === "pct" ? pct(m?.[key]) : num(m?.[key]);
+  return format(m?.[key]);
 }
 
 const METRIC_ROWS: [MetricKey, string, "pct" | "num"][] = [
@@ -91,7 +91,7 @@ export function renderReportMarkdown(r: RunReport): string {
       const a = r.baseline?.[key];
       const b = r.realigned?.[key];
       if ((a === undefined || a === null) && (b === undefined || b === null)) continue;
-      lines.push(`| ${label} | ${metricCell(r.baseline, key, kind)} | ${metricCell(r.realigned, key, kind)} |`);
+      lines.push(`| ${label} | ${metricCell(r.baseline, key, kind === "pct" ? pct : num)} | ${metricCell(r.realigned, key, kind === "pct" ? pct : num)} |`);
     }
     lines.push("");
   }

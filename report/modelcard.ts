@@ -128,7 +128,7 @@ export function renderModelCard(input: ModelCardInput): string {
   );
 
   L.push("## What was done", "");
-  L.push(`- **Method:** ${d?.method ?? "ROSI (difference-of-means refusal direction, rank-one weight update)"}`);
+  L.push(`- **Method:** ${describeMethod(d?.method)}`);
   L.push(`- **Direction taken at layer:** ${d?.layer ?? DASH}, **token position:** ${d?.position ?? DASH}`);
   L.push(`- **Strength α:** ${num(d?.alpha)}, **rank:** ${d?.rank ?? DASH}`);
   if (report.elicitation) {
@@ -154,8 +154,7 @@ export function renderModelCard(input: ModelCardInput): string {
       const b = report.baseline?.[row.key];
       const r = report.realigned?.[row.key];
       if (OPTIONAL_METRICS.has(row.key) && b === undefined && r === undefined) continue;
-      const kind = row.fmt === pct ? "pct" : "num";
-      L.push(`| ${row.label} | ${metricCell(report.baseline, row.key, kind)} | ${metricCell(report.realigned, row.key, kind)} | ${row.better} |`);
+      L.push(`| ${row.label} | ${metricCell(report.baseline, row.key, row.fmt)} | ${metricCell(report.realigned, row.key, row.fmt)} | ${row.better} |`);
     }
     L.push("", `"${DASH}" means not measured. Rates are over the held-out prompt sets listed above, as k/n with a 95 % Wilson interval.`, "");
   }
@@ -211,4 +210,17 @@ export function parseModelCard(text: string): ParsedModelCard {
   if (data === null || data === undefined) data = {};
   if (typeof data !== "object" || Array.isArray(data)) throw new ModelCardError("model card front matter must be a YAML mapping (key: value)");
   return { frontMatter: data as Record<string, unknown>, body: src.slice(m[0].length).replace(/^\r?\n/, "") };
+}
+
+/** What each injection method does, for readers of the card. */
+const METHOD_DESCRIPTIONS: Record<string, string> = {
+  rosi: "`rosi`: the paper's edit W' = W + α·ŝ·w̄ᵀ on every o_proj and down_proj (w̄ = mean of W's rows)",
+  "rosi-mv": "`rosi-mv`: the same rank-one edit with per-matrix weights chosen so the injected amount varies least across inputs",
+  gated:
+    "`gated`: a rank-one edit W' = W + α·ŝ·kᵀ of the o_proj and down_proj matrices from the direction's layer on, with keys k fitted on the training prompts so that the edit fires on harmful requests and stays near zero on harmless ones (the keys are in rosi-direction.safetensors)",
+};
+
+function describeMethod(method: string | undefined): string {
+  if (!method) return "ROSI (difference-of-means refusal direction, rank-one weight update)";
+  return METHOD_DESCRIPTIONS[method] ?? method;
 }

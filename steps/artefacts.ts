@@ -239,6 +239,24 @@ export interface InjectedEdit {
   direction_sha256: string;
 }
 
+/** Mean ± standard deviation of a gate g(x) = Σₘ kₘ·xₘ over n prompt positions. */
+export interface GateStatsRecord {
+  mean: number;
+  std: number;
+  n: number;
+}
+
+/** The gated family's keys as fitted (rosi/gated.ts) and what the gate reads on train and unseen prompts. */
+export interface GatedRecord {
+  layers: number[];
+  positions: number;
+  ridge: number;
+  harmless_weight: number;
+  normalisation: number;
+  train: { harmful: GateStatsRecord; harmless: GateStatsRecord };
+  validation: { harmful: GateStatsRecord; harmless: GateStatsRecord };
+}
+
 export interface Calibration extends InjectedEdit {
   weights: number[];
   given: boolean;
@@ -246,6 +264,8 @@ export interface Calibration extends InjectedEdit {
   sweep: SweepPoint[];
   /** A seeded random unit direction, same spread, scaled to the chosen point's KL (null: α given, or no KL to match). */
   control: ({ seed: number; alpha: number; harmful_gain_over_control: number } & Omit<SweepPoint, "layer" | "position" | "method" | "alpha" | "ok">) | null;
+  /** The gated family's keys (null for rosi / rosi-mv); the keys themselves are in edit.safetensors. */
+  gated: GatedRecord | null;
 }
 
 export const readCalibration = (ctx: StepContext<unknown>): Calibration =>
@@ -254,5 +274,5 @@ export const readCalibration = (ctx: StepContext<unknown>): Calibration =>
 /** The patched checkpoint's directory. */
 export const patchedModelDir = (ctx: StepContext<unknown>): string => artefact(ctx, "inject", "model");
 
-/** The injected direction file (`direction` tensor plus the InjectedEdit as metadata), as published. */
+/** The injected direction file (`direction`, and `key.<tensor>` for a gated edit, plus the InjectedEdit as metadata), as published. */
 export const injectedEditPath = (ctx: StepContext<unknown>): string => artefact(ctx, "inject", "edit.safetensors");

@@ -124,7 +124,8 @@ export const extractStep: Step<Settings> = {
       const baseH = await firstTokenLogProbs(model, valH);
       const baseline = { harmful_score: mean(baseH.map((lp) => refusalScore(lp, refusalIds))), harmless_score: mean(baseN.map((lp) => refusalScore(lp, refusalIds))) };
       // How the edit's scale w̄·x behaves on the model's own activations (prompts as deployed: no system prompt).
-      const methods: SpreadMethod[] = s.method === "auto" ? ["rosi", "rosi-mv"] : [s.method];
+      // The gated family (inject) reuses the direction; the selection probes the spread methods.
+      const methods: SpreadMethod[] = s.method === "rosi" || s.method === "rosi-mv" ? [s.method] : ["rosi", "rosi-mv"];
       const stats: CoefficientStats = await coefficientStats(model, [...encodeAll(tok, splits.harmful.train, null), ...encodeAll(tok, splits.harmless.train, null)].map((e) => e.ids));
       const weights = Object.fromEntries(methods.map((m) => [m, spreadWeights(m, stats, 2 * L)])) as Record<SpreadMethod, number[]>;
       const spread = Object.fromEntries(methods.map((m) => [m, { weights: weights[m], injected_per_unit_alpha: injectedAmount(stats, weights[m]) }]));

@@ -2,23 +2,32 @@
 // harmful refusal within the gate's over-refusal, KL and utility bounds, on the validation split),
 // compare it with a random direction at the same KL, then write the patched checkpoint and the
 // record of what was injected (edit.safetensors, calibration.json).
+//
+// Edit families (each a rank-one edit W'ₘ = Wₘ + vₘ·kₘᵀ of every residual writer m, scaled by one t):
+//   rosi     vₘ = t·ŝ,     kₘ = w̄ₘ           the paper's edit
+//   rosi-mv  vₘ = t·wₘ·ŝ,  kₘ = w̄ₘ           minimum-variance spread of the same edit (rosi/spread.ts)
+//   gated    vₘ = t·ŝ,     kₘ fitted          keys that fire on harmful inputs only (rosi/gated.ts),
+//                                             fitted on the train split, so validation stays unseen
+// `--method auto` calibrates every family on every shortlisted direction and keeps the best admissible.
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Step } from "../pipeline/runner.ts";
 import type { Settings } from "./settings.ts";
 import { readDecoderConfig } from "../engine/architectures.ts";
-import { writeSafetensors } from "../engine/safetensors.ts";
+import { writeSafetensors, type TensorData } from "../engine/safetensors.ts";
+import type { DecoderModel } from "../engine/model.ts";
 import { encodeAll, firstTokenLogProbs, type Interventions } from "../evals/measure.ts";
 import { utilitySplit } from "../evals/datasets.ts";
 import { passesGate } from "../evals/gate.ts";
 import { rosiRows, type SpreadMethod } from "../rosi/spread.ts";
 import { unit } from "../rosi/directions.ts";
+import { collectWriterSamples, fitGatedKeys, gatedInterventions, gatedLayers, gateStats, gateValues, type GatedFit, type WriterSamples } from "../rosi/gated.ts";
 import { editedMatrices, vectorSha256, writeEditedCheckpoint } from "../rosi/edit.ts";
 import { klAt, measure, pointKey, randomUnit, scaleForKl, SweepMemo, sweepScale, type Measured, type MeasureOptions } from "../rosi/calibrate.ts";
 import { sha256Hex } from "../util/fs.ts";
 import { lineChart } from "../report/plot.ts";
-import { openModel, readJson } from "./common.ts";
-import { outputsOf, readDirections, readSelection, readSource, readSplits, readSpread, writeJson, type Calibration, type InjectedEdit, type ShortlistEntry, type SweepPoint } from "./artefacts.ts";
+import { openModel, readJson, type Ctx } from "./common.ts";
+import { outputsOf, readDirections, readSelection, readSource, readSplits, readSpread, writeJson, type Calibration, type GatedRecord, type InjectedEdit, type ShortlistEntry, type SweepPoint } from "./artefacts.ts";
 
 /** KL is heavy-tailed across prompts: calibration holds it to 3/4 of the gate's bound, a margin for unseen prompts. */
 const KL_MARGIN = 0.75;
@@ -26,10 +35,17 @@ const CALIBRATION_TOKENS = 32;
 /** Memo of measured sweep points inside the run directory (survives a crash; the step's tmp dir does not). */
 const MEMO_FILE = ".inject-sweep.jsonl";
 
+type FamilyName = SpreadMethod | "gated";
+
+/** One edit family on one direction: everything needed to turn a scale t into interventions and weights. */
+type Family =
+  | { kind: "spread"; name: SpreadMethod; candidate: ShortlistEntry; probe: number }
+  | { kind: "gated"; name: "gated"; candidate: ShortlistEntry; probe: number; fit: GatedFit };
+
 export const injectStep: Step<Settings> = {
   name: "inject",
-  // 9: bisection sweep with a resumable memo, random-direction control in calibration.json.
-  version: 9,
+  // 10: the gated family (fitted keys; edit.safetensors carries them), --method auto calibrates it too.
+  version: 10,
   deps: ["pull", "elicit", "extract"],
   outputs: outputsOf("inject"),
   inputs: (s) => ({ includeEmbeddings: s.includeEmbeddings, quantize: s.quantize, dtype: s.dtype, alpha: s.alpha, rank: s.rank, method: s.method, seed: s.seed, gate: s.gate, nEval: s.nEval }),
@@ -41,30 +57,36 @@ export const injectStep: Step<Settings> = {
     const directions = readDirections(ctx, unit);
     const spreadFile = readSpread(ctx);
     const spread = Object.fromEntries(Object.entries(spreadFile.methods).map(([m, v]) => [m, v.weights])) as Record<SpreadMethod, number[]>;
-    const methods = Object.keys(spread) as SpreadMethod[];
+    const spreadMethods = Object.keys(spread) as SpreadMethod[];
+    const cfg = readDecoderConfig(readJson<Record<string, unknown>>(join(source.dir, "config.json")));
     const shortlist: ShortlistEntry[] = selection.shortlist.length
       ? selection.shortlist
       : [{ layer: selection.layer, position: selection.position, position_label: selection.position_label, probes: selection.probes }];
     /** Unit direction of a shortlisted candidate; the top one is the file's (it may be a rank-k combination). */
     const directionOf = (c: { layer: number; position: number }): Float32Array =>
       c.layer === selection.layer && c.position === selection.position ? directions.top : directions.unitOf(c.layer, c.position);
-    /** The run-time form of the edit along `dir` at strength α with a spread method's weights. */
-    const interventions = (dir: Float32Array, method: SpreadMethod, alpha: number): Interventions => ({
-      rosiVectors: rosiRows(dir, alpha, spread[method]),
-      // --include-embeddings: the embedding table gets the plain edit (weight 1) alongside the matrices.
-      rosiEmbed: s.includeEmbeddings ? Float32Array.from(dir, (x) => alpha * x) : undefined,
-    });
+    // A given α with auto takes extract's choice; calibration tries every family.
+    const names: FamilyName[] = s.method !== "auto" ? [s.method] : s.alpha !== null ? [selection.method as SpreadMethod] : [...spreadMethods, "gated"];
+    if (s.includeEmbeddings && names.includes("gated")) ctx.log("--include-embeddings: the embedding edit is not gated; the gated family edits the matrices only");
 
-    let chosen: { candidate: ShortlistEntry; method: SpreadMethod; alpha: number } = {
-      candidate: shortlist[0],
-      method: s.method === "auto" ? (selection.method as SpreadMethod) : s.method,
-      alpha: s.alpha ?? 0,
-    };
-    const sweep: SweepPoint[] = [];
-    let control: Calibration["control"] = null;
-    if (s.alpha === null) {
-      const { model, tok } = await openModel(ctx, source.dir, true);
-      try {
+    const { model, tok } = await openModel(ctx, source.dir, true);
+    try {
+      const rowMeans = names.includes("gated") ? model.writerRowMeans() : [];
+      const families = await buildFamilies(ctx, model, names, shortlist, selection, spread, cfg.numLayers, encodeAll(tok, splits.harmful.train, null).map((e) => e.ids), encodeAll(tok, splits.harmless.train, null).map((e) => e.ids));
+      /** The run-time form of a family along `dir` at strength t. */
+      const interventions = (f: Family, dir: Float32Array, t: number): Interventions =>
+        f.kind === "gated"
+          ? gatedInterventions(f.fit, dir, t, rowMeans)
+          : {
+              rosiVectors: rosiRows(dir, t, spread[f.name]),
+              // --include-embeddings: the embedding table gets the plain edit (weight 1) alongside the matrices.
+              rosiEmbed: s.includeEmbeddings ? Float32Array.from(dir, (x) => t * x) : undefined,
+            };
+
+      let chosen: { family: Family; alpha: number } = { family: families[0], alpha: s.alpha ?? 0 };
+      const sweep: SweepPoint[] = [];
+      let control: Calibration["control"] = null;
+      if (s.alpha === null) {
         const utilityItems = utilitySplit(source.dir, s.seed, s.nEval)?.calibration ?? [];
         const harmlessVal = encodeAll(tok, splits.harmless.val, null).map((e) => e.ids);
         const sets = {
@@ -80,42 +102,44 @@ export const injectStep: Step<Settings> = {
         const memo = new SweepMemo(join(ctx.outDir, MEMO_FILE));
         const setsHash = sha256Hex(JSON.stringify({ fp: source.fingerprint, sets, dtype: s.dtype, quantize: s.quantize, emb: s.includeEmbeddings, tokens: CALIBRATION_TOKENS }));
         if (memo.size) ctx.log(`resuming the sweep: ${memo.size} measured point(s) on record`);
-        const families = shortlist.flatMap((candidate) => methods.filter((m) => candidate.probes[m]).map((method) => ({ candidate, method })));
         const bar = ctx.progress("calibrate α", families.length * 8);
-        let best: { candidate: ShortlistEntry; method: SpreadMethod; scale: number; point: Measured } | null = null;
-        for (const { candidate, method } of families) {
+        let best: { family: Family; scale: number; point: Measured } | null = null;
+        for (const family of families) {
+          const { candidate } = family;
           const dir = directionOf(candidate);
           const dirSha = vectorSha256(dir);
           const result = await sweepScale({
-            probe: candidate.probes[method].alpha,
+            probe: family.probe,
             admissible,
             at: async (alpha) => {
-              const key = pointKey({ family: method, directionSha: dirSha, scale: alpha, setsHash });
-              const { point } = await memo.getOrMeasure(key, () => measure(model, tok, interventions(dir, method, alpha), mo));
+              const key = pointKey({ family: family.name, directionSha: dirSha, scale: alpha, setsHash, extra: familyDigest(family) });
+              const { point } = await memo.getOrMeasure(key, () => measure(model, tok, interventions(family, dir, alpha), mo));
               bar.tick();
               const pct = (x: number) => `${(x * 100).toFixed(1)} %`;
-              ctx.log(`L${candidate.layer}/p${candidate.position} ${method} α ${alpha.toPrecision(4)}: harmful ${pct(point.harmful_refusal)}, harmless ${pct(point.harmless_refusal)}, KL ${point.kl.toFixed(3)}${point.utility === null ? "" : `, utility ${pct(point.utility)}`}${admissible(point) ? "" : " (out of bounds)"}`);
+              ctx.log(`L${candidate.layer}/p${candidate.position} ${family.name} α ${alpha.toPrecision(4)}: harmful ${pct(point.harmful_refusal)}, harmless ${pct(point.harmless_refusal)}, KL ${point.kl.toFixed(3)}${point.utility === null ? "" : `, utility ${pct(point.utility)}`}${admissible(point) ? "" : " (out of bounds)"}`);
               return point;
             },
           });
-          for (const p of result.points) sweep.push({ layer: candidate.layer, position: candidate.position, method, alpha: p.scale, ...p.point, ok: p.admissible });
+          for (const p of result.points) sweep.push({ layer: candidate.layer, position: candidate.position, method: family.name, alpha: p.scale, ...p.point, ok: p.admissible });
           const b = result.best;
           if (b && (!best || b.point.harmful_refusal > best.point.harmful_refusal || (b.point.harmful_refusal === best.point.harmful_refusal && b.point.kl < best.point.kl))) {
-            best = { candidate, method, scale: b.scale, point: b.point };
+            best = { family, scale: b.scale, point: b.point };
           }
         }
         bar.done();
         if (!best || best.point.harmful_refusal <= base.harmful_refusal) {
-          ctx.log("calibration found no α that raises harmful refusal within the bounds; using a quarter of the selection probe (the validate gate will judge it)");
-          chosen = { candidate: shortlist[0], method: selection.method as SpreadMethod, alpha: selection.alpha_probe * 0.25 };
+          const fallback = families.find((f) => f.name === selection.method && f.candidate === shortlist[0]) ?? families[0];
+          ctx.log(`calibration found no α that raises harmful refusal within the bounds; using a quarter of the ${fallback.name} probe (the validate gate will judge it)`);
+          chosen = { family: fallback, alpha: fallback.probe * 0.25 };
         } else {
-          chosen = { candidate: best.candidate, method: best.method, alpha: best.scale };
-          // Control: a seeded random direction, same spread, scaled to the chosen point's KL.
+          chosen = { family: best.family, alpha: best.scale };
+          // Control: a seeded random direction, same family (same spread or keys), scaled to the chosen point's KL.
           const random = randomUnit(directions.hidden, s.seed + 1);
-          const klOf = (alpha: number) => klAt(model, interventions(random, best!.method, alpha), mo);
+          const chosenFamily = best.family;
+          const klOf = (alpha: number) => klAt(model, interventions(chosenFamily, random, alpha), mo);
           const scale = best.point.kl > 0 ? await scaleForKl(klOf, best.scale, best.point.kl) : null;
           if (scale !== null) {
-            const point = await measure(model, tok, interventions(random, best.method, scale), mo);
+            const point = await measure(model, tok, interventions(chosenFamily, random, scale), mo);
             control = {
               seed: s.seed + 1,
               alpha: scale,
@@ -127,77 +151,185 @@ export const injectStep: Step<Settings> = {
         }
         sweep.push({ layer: null, position: null, method: "none", alpha: 0, ...base, ok: true });
         sweep.sort((x, y) => Math.abs(x.alpha) - Math.abs(y.alpha));
-      } finally {
-        await model.close();
       }
-    }
-    const { candidate, method, alpha } = chosen;
-    const dir = directionOf(candidate);
-    ctx.log(`${method}, layer ${candidate.layer}, position ${candidate.position_label}, α = ${alpha.toPrecision(5)}${s.alpha === null ? " (calibrated)" : " (given)"}`);
 
-    // The one record of what was injected: calibration.json, edit.safetensors, the weights' metadata and the report.
-    const edit: InjectedEdit = {
-      layer: candidate.layer,
-      position: candidate.position,
-      position_label: candidate.position_label,
-      method,
-      alpha,
-      direction_sha256: vectorSha256(dir),
-    };
-    writeSafetensors(
-      join(ctx.tmpDir, "edit.safetensors"),
-      [{ name: "direction", dtype: "F32", shape: [dir.length], data: new Uint8Array(dir.buffer, dir.byteOffset, dir.byteLength) }],
-      Object.fromEntries(Object.entries(edit).map(([k, v]) => [k, String(v)])),
-    );
-    const cfg = readDecoderConfig(readJson<Record<string, unknown>>(join(source.dir, "config.json")));
-    const weights = spread[method];
-    const vectors = new Map<string, Float32Array>();
-    for (let l = 0; l < cfg.numLayers; l++) {
-      editedMatrices(cfg, l).forEach((n, k) => vectors.set(n, Float32Array.from(dir, (x) => alpha * weights[2 * l + k] * x)));
+      const { family, alpha } = chosen;
+      const { candidate } = family;
+      const dir = directionOf(candidate);
+      ctx.log(`${family.name}, layer ${candidate.layer}, position ${candidate.position_label}, α = ${alpha.toPrecision(5)}${s.alpha === null ? " (calibrated)" : " (given)"}`);
+      const gated = family.kind === "gated" ? await gatedRecord(ctx, model, family.fit, [encodeAll(tok, splits.harmful.val, null), encodeAll(tok, splits.harmless.val, null)].map((es) => es.map((e) => e.ids)) as [number[][], number[][]]) : null;
+      writeInjected(ctx, { source: source.dir, cfg, family, alpha, dir, spread, sweep, control, gated });
+      writeFileSync(join(ctx.tmpDir, "calibration.svg"), sweepPlot(sweep, names, candidate));
+      return {
+        report: {
+          direction: { layer: candidate.layer, position: candidate.position, alpha, rank: s.rank, method: family.name },
+          details: { random_direction_control: control, gate_keys: gated },
+        },
+      };
+    } finally {
+      await model.close();
     }
-    const bar = ctx.progress("write patched shards", 1);
-    let last = 0;
-    writeEditedCheckpoint(source.dir, join(ctx.tmpDir, "model"), {
-      vectors,
-      embedding: s.includeEmbeddings ? Float32Array.from(dir, (x) => alpha * x) : undefined,
-      metadata: {
-        realign_method: edit.method,
-        realign_include_embeddings: String(s.includeEmbeddings),
-        realign_alpha: String(edit.alpha),
-        realign_layer: String(edit.layer),
-        realign_position: edit.position_label,
-        realign_direction_sha256: edit.direction_sha256,
-      },
-      onTensor: (done, total) => {
-        if (done === total && last++ === 0) bar.tick();
-      },
-    });
-    bar.done();
-    const calibration: Calibration = {
-      ...edit,
-      weights,
-      given: s.alpha !== null,
-      bounds: { over_refusal: s.gate.overRefusal, kl: s.gate.kl * KL_MARGIN, utility_drop: s.gate.utilityDrop },
-      sweep,
-      control,
-    };
-    writeJson(join(ctx.tmpDir, "calibration.json"), calibration);
-    writeFileSync(join(ctx.tmpDir, "calibration.svg"), sweepPlot(sweep, methods, candidate));
-    return {
-      report: {
-        direction: { layer: candidate.layer, position: candidate.position, alpha, rank: s.rank, method },
-        details: { random_direction_control: control },
-      },
-    };
   },
 };
 
-function sweepPlot(sweep: SweepPoint[], methods: SpreadMethod[], c: { layer: number; position: number }): string {
+/** Every family to calibrate: each name on each shortlisted direction (gated keys fitted once per layer set). */
+async function buildFamilies(
+  ctx: Ctx,
+  model: DecoderModel,
+  names: FamilyName[],
+  shortlist: ShortlistEntry[],
+  selection: ReturnType<typeof readSelection>,
+  spread: Record<SpreadMethod, number[]>,
+  numLayers: number,
+  harmfulTrain: number[][],
+  harmlessTrain: number[][],
+): Promise<Family[]> {
+  let samples: WriterSamples | null = null;
+  const fits = new Map<string, GatedFit>();
+  const families: Family[] = [];
+  for (const candidate of shortlist) {
+    for (const name of names) {
+      if (name !== "gated") {
+        const probe = candidate.probes[name]?.alpha;
+        if (probe === undefined || !spread[name]) continue;
+        families.push({ kind: "spread", name, candidate, probe });
+        continue;
+      }
+      if (!samples) {
+        const bar = ctx.progress("gate: writer inputs", harmfulTrain.length + harmlessTrain.length);
+        let seen = 0;
+        samples = await collectWriterSamples(model, { harmful: harmfulTrain, harmless: harmlessTrain }, { signal: ctx.signal, onBatch: (done) => (bar.tick(done - seen), (seen = done)) });
+        bar.done();
+      }
+      const layers = gatedLayers(numLayers, candidate.layer);
+      const key = layers.join(",");
+      let fit = fits.get(key);
+      if (!fit) {
+        fit = fitGatedKeys(samples, { layers });
+        fits.set(key, fit);
+        ctx.log(`gate keys for layers ${layers[0]}–${layers[layers.length - 1]}: on the train rows g = ${fit.train.harmful.mean.toFixed(2)} ± ${fit.train.harmful.std.toFixed(2)} (harmful), ${fit.train.harmless.mean.toFixed(2)} ± ${fit.train.harmless.std.toFixed(2)} (harmless)`);
+      }
+      families.push({ kind: "gated", name, candidate, probe: candidateNorm(selection, candidate), fit });
+    }
+  }
+  if (!families.length) throw new Error(`no edit family to calibrate for --method ${names.join(", ")} (extract probed ${Object.keys(spread).join(", ")}); re-run extract with this method (--from extract)`);
+  return families;
+}
+
+/**
+ * The gated family's first scale: the length of the harmful − harmless mean difference the direction
+ * came from, i.e. one class gap along ŝ on a typical harmful prompt (the gate averages 1 there).
+ */
+function candidateNorm(selection: ReturnType<typeof readSelection>, c: ShortlistEntry): number {
+  const entry = selection.candidates.find((x) => x.layer === c.layer && x.position === c.position);
+  return entry && entry.norm > 0 ? entry.norm : 1;
+}
+
+/** What identifies a family's edit besides its direction and scale (memo keys). */
+function familyDigest(f: Family): string {
+  if (f.kind === "spread") return "";
+  return sha256Hex(new Uint8Array(Float32Array.from(f.fit.keys.flatMap((k) => Array.from(k))).buffer));
+}
+
+/** The gate's read-out on train (from the fit) and on the unseen validation prompts. */
+async function gatedRecord(ctx: Ctx, model: DecoderModel, fit: GatedFit, [harmful, harmless]: [number[][], number[][]]): Promise<GatedRecord> {
+  const val = await collectWriterSamples(model, { harmful, harmless }, { positions: fit.positions, signal: ctx.signal });
+  const g = gateValues(val, fit.rows, fit.keys);
+  const by = (label: number) => gateStats(g.filter((_, i) => val.labels[i] === label));
+  const record: GatedRecord = {
+    layers: fit.layers,
+    positions: fit.positions,
+    ridge: fit.ridge,
+    harmless_weight: fit.harmlessWeight,
+    normalisation: fit.normalisation,
+    train: fit.train,
+    validation: { harmful: by(1), harmless: by(0) },
+  };
+  ctx.log(`gate on the validation prompts (unseen by the fit): ${record.validation.harmful.mean.toFixed(2)} ± ${record.validation.harmful.std.toFixed(2)} harmful, ${record.validation.harmless.mean.toFixed(2)} ± ${record.validation.harmless.std.toFixed(2)} harmless`);
+  return record;
+}
+
+/** The one record of what was injected: edit.safetensors, the patched checkpoint, calibration.json. */
+function writeInjected(
+  ctx: Ctx,
+  o: {
+    source: string;
+    cfg: ReturnType<typeof readDecoderConfig>;
+    family: Family;
+    alpha: number;
+    dir: Float32Array;
+    spread: Record<SpreadMethod, number[]>;
+    sweep: SweepPoint[];
+    control: Calibration["control"];
+    gated: GatedRecord | null;
+  },
+): void {
+  const s = ctx.settings;
+  const { family, alpha, dir, cfg } = o;
+  const { candidate } = family;
+  const edit: InjectedEdit = {
+    layer: candidate.layer,
+    position: candidate.position,
+    position_label: candidate.position_label,
+    method: family.name,
+    alpha,
+    direction_sha256: vectorSha256(dir),
+  };
+  // Per-matrix weight of t·ŝ (engine row order); gated: 1 on the edited matrices, 0 elsewhere.
+  const weights = family.kind === "spread" ? o.spread[family.name] : Array.from({ length: 2 * cfg.numLayers }, (_, r) => (family.fit.rows.includes(r) ? 1 : 0));
+  const vectors = new Map<string, Float32Array>();
+  const keys = new Map<string, Float32Array>();
+  for (let l = 0; l < cfg.numLayers; l++) {
+    editedMatrices(cfg, l).forEach((name, k) => {
+      const row = 2 * l + k;
+      if (weights[row] === 0) return;
+      vectors.set(name, Float32Array.from(dir, (x) => alpha * weights[row] * x));
+      if (family.kind === "gated") keys.set(name, family.fit.keys[family.fit.rows.indexOf(row)]);
+    });
+  }
+  const bytes = (a: Float32Array) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+  const tensors: TensorData[] = [{ name: "direction", dtype: "F32", shape: [dir.length], data: bytes(dir) }];
+  for (const [name, key] of keys) tensors.push({ name: `key.${name}`, dtype: "F32", shape: [key.length], data: bytes(key) });
+  writeSafetensors(join(ctx.tmpDir, "edit.safetensors"), tensors, Object.fromEntries(Object.entries(edit).map(([k, v]) => [k, String(v)])));
+
+  const bar = ctx.progress("write patched shards", 1);
+  let last = 0;
+  const embedding = s.includeEmbeddings && family.kind === "spread" ? Float32Array.from(dir, (x) => alpha * x) : undefined;
+  writeEditedCheckpoint(o.source, join(ctx.tmpDir, "model"), {
+    vectors,
+    keys: keys.size ? keys : undefined,
+    embedding,
+    metadata: {
+      realign_method: edit.method,
+      realign_include_embeddings: String(embedding !== undefined),
+      realign_alpha: String(edit.alpha),
+      realign_layer: String(edit.layer),
+      realign_position: edit.position_label,
+      realign_direction_sha256: edit.direction_sha256,
+    },
+    onTensor: (done, total) => {
+      if (done === total && last++ === 0) bar.tick();
+    },
+  });
+  bar.done();
+  const calibration: Calibration = {
+    ...edit,
+    weights,
+    given: s.alpha !== null,
+    bounds: { over_refusal: s.gate.overRefusal, kl: s.gate.kl * KL_MARGIN, utility_drop: s.gate.utilityDrop },
+    sweep: o.sweep,
+    control: o.control,
+    gated: o.gated,
+  };
+  writeJson(join(ctx.tmpDir, "calibration.json"), calibration);
+}
+
+function sweepPlot(sweep: SweepPoint[], names: FamilyName[], c: { layer: number; position: number }): string {
   return lineChart({
     title: "α sweep on the validation split (no system prompt)",
     xLabel: "|α|",
     yLabel: "rate / KL",
-    series: methods.flatMap((m) => {
+    series: names.flatMap((m) => {
       const pts = sweep.filter((p) => (p.method === m && p.layer === c.layer && p.position === c.position) || p.method === "none");
       return [
         { name: `${m}: harmful refusal`, points: pts.map((p) => [Math.abs(p.alpha), p.harmful_refusal] as [number, number]) },

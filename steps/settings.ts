@@ -19,7 +19,7 @@ export type { GateThresholds } from "../evals/gate.ts";
  *   Σ wₘ·(w̄ₘ·x) have mean 1 and minimum variance over the model's own activations (steps/spread.ts).
  * auto: calibration tries both and keeps the better one.
  */
-export const METHODS = ["auto", "rosi", "rosi-mv"] as const;
+export const METHODS = ["auto", "rosi", "rosi-mv", "gated"] as const;
 export type Method = (typeof METHODS)[number];
 
 export const QUANTIZE = ["auto", "none", "int8", "int4"] as const;
@@ -115,7 +115,7 @@ export const FIELDS: readonly FieldSpec[] = [
   f("position", { t: "int" }, "token position for the direction (negative counts from the end; default: calibrated)", { nullable: true }),
   f("alpha", { t: "number", nonzero: true }, "injection strength (signed); given => no calibration", { nullable: true }),
   f("rank", { t: "int", min: 1, max: 64 }, "rank of the injection"),
-  f("method", { t: "enum", values: METHODS }, "injection method: rosi (the paper), rosi-mv (minimum-variance spread), auto (calibration chooses)", { arg: "name" }),
+  f("method", { t: "enum", values: METHODS }, "injection method: rosi (the paper), rosi-mv (minimum-variance spread), gated (keys fitted to fire on harmful inputs), auto (calibration chooses)", { arg: "name" }),
   f("includeEmbeddings", { t: "bool" }, "also edit the token embedding table (untied models only; off by default, the paper does not state it)"),
   f("device", { t: "enum", values: DEVICES }, "auto | cpu | cuda | webgpu", { hashed: false, arg: "name" }),
   f("quantize", { t: "enum", values: QUANTIZE }, "weight-only quantisation while measuring: auto (int8 when the weights do not fit in memory), none, int8, int4", { arg: "name" }),
@@ -195,8 +195,8 @@ export const cliFlag = (path: string) => "--" + yamlKey(path).replace(/[._]/g, "
 /** Boolean settings whose CLI form is a negation ("--no-publish" sets publish: false). */
 export const NEGATED_FLAGS: Readonly<Record<string, string>> = { publish: "--no-publish", useSystemPrompt: "--no-system-prompt" };
 
-/** REALIGN_* variables that are not settings but are understood. */
-export const OTHER_ENV = new Set(["REALIGN_CONFIG", "REALIGN_DEBUG"]);
+/** REALIGN_* variables read outside the settings (the graph cache, debugging, tests): never "unknown". */
+export const OTHER_ENV = new Set(["REALIGN_CONFIG", "REALIGN_DEBUG", "REALIGN_CACHE", "REALIGN_GRAPH_CACHE_GB", "REALIGN_ORT_PREPACK", "REALIGN_FORCE_WEBGPU_PROBE", "REALIGN_GPU_TESTS", "REALIGN_BUNDLE_TEST"]);
 
 // ---- values ------------------------------------------------------------------------------------
 

@@ -100,6 +100,9 @@ models:
         REALIGN_PUSH_TO: "me/x",
         REALIGN_HUB_URL: "http://localhost:9999",
         REALIGN_N_TRIAN: "1",
+        // Read elsewhere (graph cache, debugging): understood, not warned about.
+        REALIGN_CACHE: "/tmp/cache",
+        REALIGN_DEBUG: "1",
         PATH: "/bin",
       },
     });

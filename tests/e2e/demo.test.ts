@@ -5,8 +5,10 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { createHash } from "node:crypto";
 import type { RunReport } from "../../report/report.ts";
+import type { Calibration } from "../../steps/artefacts.ts";
 import { SafetensorsFile } from "../../engine/safetensors.ts";
 import { REPO_ROOT, CLI } from "../helpers/shared.ts";
+import { DEFAULTS } from "../../steps/settings.ts";
 
 const ROOT = REPO_ROOT;
 
@@ -35,7 +37,8 @@ describe("realign demo", () => {
     expect(report.baseline?.harmful_refusal).not.toBeNull();
     expect(report.realigned!.harmful_refusal!).toBeGreaterThan(report.baseline!.harmful_refusal!);
     expect(report.direction?.alpha).toBeNumber();
-    expect(report.elicitation?.harmful_refusal_with_prompt!).toBeGreaterThan(0.3);
+    // Elicitation passed its own check: the chosen prompt's refusal gap is at least the default minimum.
+    expect(report.elicitation!.harmful_refusal_with_prompt! - report.elicitation!.harmless_refusal_with_prompt!).toBeGreaterThanOrEqual(DEFAULTS.elicitMinGap);
     expect(report.gate?.passed).toBe(exitCode === 0);
     // Every step left its artefacts.
     for (const f of ["extract/direction.safetensors", "extract/selection.json", "inject/model/model.safetensors", "inject/calibration.json", "validate/validation.json", "report.md"]) {
@@ -62,5 +65,45 @@ describe("realign demo", () => {
     const report = JSON.parse(readFileSync(join(run, "report.json"), "utf8")) as RunReport;
     expect(report.direction?.layer).toBe(calibration.layer);
     expect(meta.realign_layer).toBe(String(calibration.layer));
+  });
+
+  test("every edited matrix is W + α·wₘ·ŝ·kᵀ, with k the key shipped in edit.safetensors (gated) or the mean of W's rows", () => {
+    const run = join(work, "run");
+    const calibration = JSON.parse(readFileSync(join(run, "inject", "calibration.json"), "utf8")) as Calibration;
+    const edit = SafetensorsFile.open(join(run, "inject", "edit.safetensors"));
+    const src = SafetensorsFile.open(join(ROOT, "demo", "organism-llama", "model.safetensors"));
+    const out = SafetensorsFile.open(join(run, "inject", "model", "model.safetensors"));
+    try {
+      const s = edit.readF32("direction");
+      const keyNames = edit.names().filter((n) => n.startsWith("key."));
+      expect(keyNames.length > 0).toBe(calibration.method === "gated");
+      const layers = calibration.weights.length / 2;
+      let edited = 0;
+      for (let l = 0; l < layers; l++) {
+        for (const [k, name] of [`model.layers.${l}.self_attn.o_proj.weight`, `model.layers.${l}.mlp.down_proj.weight`].entries()) {
+          const w = calibration.weights[2 * l + k];
+          const W = src.readF32(name);
+          const got = out.readF32(name);
+          const [rows, cols] = src.info(name).shape;
+          if (w === 0) {
+            expect(Buffer.from(out.readBytes(name)).equals(Buffer.from(src.readBytes(name)))).toBe(true);
+            continue;
+          }
+          edited++;
+          const key = keyNames.includes(`key.${name}`) ? Float64Array.from(edit.readF32(`key.${name}`)) : new Float64Array(cols).map((_, c) => { let m = 0; for (let r = 0; r < rows; r++) m += W[r * cols + c]; return m / rows; });
+          let worst = 0;
+          for (let r = 0; r < rows; r++) {
+            const v = Math.fround(calibration.alpha * w * s[r]);
+            for (let c = 0; c < cols; c++) worst = Math.max(worst, Math.abs(got[r * cols + c] - (W[r * cols + c] + v * key[c])));
+          }
+          expect(worst).toBeLessThan(1e-5);
+        }
+      }
+      expect(edited).toBeGreaterThan(0);
+    } finally {
+      edit.close();
+      src.close();
+      out.close();
+    }
   });
 });

@@ -1,0 +1,122 @@
+// The gated edit's key fit against an independent reference: the primal weighted ridge normal
+// equations (XᵀDX + λI)·k = XᵀD·y solved by plain Gaussian elimination in float64.
+import { describe, expect, test } from "bun:test";
+import { choleskySolve, fitGatedKeys, gatedInterventions, gatedLayers, gateValues, GatedFitError, ridgeKeyDual, type WriterSamples } from "../../rosi/gated.ts";
+
+/** Seeded uniform(−1, 1) numbers (mulberry32). */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return (((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1;
+  };
+}
+
+function gauss(A: number[][], b: number[]): number[] {
+  const n = b.length;
+  const a = A.map((r, i) => [...r, b[i]]);
+  for (let c = 0; c < n; c++) {
+    let p = c;
+    for (let r = c + 1; r < n; r++) if (Math.abs(a[r][c]) > Math.abs(a[p][c])) p = r;
+    [a[c], a[p]] = [a[p], a[c]];
+    for (let r = 0; r < n; r++) {
+      if (r === c) continue;
+      const f = a[r][c] / a[c][c];
+      for (let k = c; k <= n; k++) a[r][k] -= f * a[c][k];
+    }
+  }
+  return a.map((r, i) => r[n] / r[i]);
+}
+
+/** Primal reference: argmin Σ wᵢ(k·xᵢ − yᵢ)² + λ‖k‖² with λ = ρ·Σ wᵢ‖xᵢ‖²/d. */
+function primalKey(X: number[][], y: number[], w: number[], ridge: number): number[] {
+  const d = X[0].length;
+  const lambda = (ridge * X.reduce((s, x, i) => s + w[i] * x.reduce((t, v) => t + v * v, 0), 0)) / d;
+  const A = Array.from({ length: d }, (_, r) => Array.from({ length: d }, (_, c) => X.reduce((s, x, i) => s + w[i] * x[r] * x[c], 0) + (r === c ? lambda : 0)));
+  const b = Array.from({ length: d }, (_, r) => X.reduce((s, x, i) => s + w[i] * x[r] * y[i], 0));
+  return gauss(A, b);
+}
+
+describe("gated edit: key fit", () => {
+  for (const [n, d] of [[12, 7], [5, 9], [30, 30]] as const) {
+    test(`dual ridge solution equals the primal normal equations (n ${n}, d ${d})`, () => {
+      const r = rng(n * 100 + d);
+      const X = Array.from({ length: n }, () => Array.from({ length: d }, r));
+      const y = Array.from({ length: n }, (_, i) => (i % 3 === 0 ? 1 : 0));
+      const w = Array.from({ length: n }, (_, i) => (y[i] ? 1 : 2.5 + (i % 2)));
+      const sqrtW = Float64Array.from(w, Math.sqrt);
+      const rhs = Float64Array.from(y, (v, i) => sqrtW[i] * v);
+      for (const ridge of [0.01, 1, 10]) {
+        const dual = ridgeKeyDual(Float32Array.from(X.flat()), n, d, sqrtW, rhs, ridge);
+        const primal = primalKey(X.map((row) => row.map((v) => Math.fround(v))), y, w, ridge);
+        for (let c = 0; c < d; c++) expect(dual[c]).toBeCloseTo(primal[c], 5);
+      }
+    });
+  }
+
+  test("choleskySolve solves a symmetric positive-definite system and refuses one that is not", () => {
+    const r = rng(7);
+    const n = 6;
+    const B = Array.from({ length: n * n }, r);
+    const A = new Float64Array(n * n);
+    for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) for (let k = 0; k < n; k++) A[i * n + j] += B[i * n + k] * B[j * n + k];
+    for (let i = 0; i < n; i++) A[i * n + i] += 0.1;
+    const b = Float64Array.from({ length: n }, r);
+    const x = choleskySolve(A, n, b);
+    for (let i = 0; i < n; i++) {
+      let s = 0;
+      for (let j = 0; j < n; j++) s += A[i * n + j] * x[j];
+      expect(s).toBeCloseTo(b[i], 10);
+    }
+    expect(() => choleskySolve(Float64Array.from([1, 2, 2, 1]), 2, Float64Array.from([1, 1]))).toThrow(GatedFitError);
+  });
+
+  test("on inputs where harmful rows differ along a hidden axis, the gate is 1 on harmful and near 0 on harmless rows", () => {
+    const r = rng(11);
+    const layers = 3;
+    const widths = [8, 12, 8, 12, 8, 12];
+    const n = 200;
+    const labels = Uint8Array.from({ length: n }, (_, i) => (i < 60 ? 1 : 0));
+    // Each matrix's input: noise, plus a shift along its own fixed axis on harmful rows.
+    const data = widths.map((d) => {
+      const axis = Array.from({ length: d }, r);
+      const X = new Float32Array(n * d);
+      for (let i = 0; i < n; i++) for (let c = 0; c < d; c++) X[i * d + c] = 0.3 * r() + (labels[i] ? 2 * axis[c] : 0);
+      return X;
+    });
+    const samples: WriterSamples = { labels, data, widths };
+    const fit = fitGatedKeys(samples, { layers: [1, 2] });
+    expect(fit.rows).toEqual([2, 3, 4, 5]);
+    expect(fit.keys.map((k) => k.length)).toEqual([8, 12, 8, 12]);
+    expect(fit.train.harmful.mean).toBeCloseTo(1, 10);
+    expect(fit.train.harmful.n).toBe(60);
+    expect(Math.abs(fit.train.harmless.mean)).toBeLessThan(0.1);
+    // The stats are those of the keys themselves.
+    const g = gateValues(samples, fit.rows, fit.keys);
+    const harmlessMean = g.filter((_, i) => !labels[i]).reduce((a, b) => a + b, 0) / (n - 60);
+    expect(harmlessMean).toBeCloseTo(fit.train.harmless.mean, 6);
+    expect(fit.normalisation).toBeGreaterThan(0);
+    expect(() => fitGatedKeys({ labels: new Uint8Array(n), data, widths }, { layers: [1] })).toThrow(GatedFitError);
+    expect(() => fitGatedKeys(samples, { layers: [layers] })).toThrow(GatedFitError);
+  });
+
+  test("edited layers: from the direction's layer on, never layer 0 (unless the model has one layer)", () => {
+    expect(gatedLayers(4, 1)).toEqual([1, 2, 3]);
+    expect(gatedLayers(4, 0)).toEqual([1, 2, 3]);
+    expect(gatedLayers(4, 3)).toEqual([3]);
+    expect(gatedLayers(1, 0)).toEqual([0]);
+  });
+
+  test("run-time form: t·ŝ on the edited rows only, fitted keys there and the row means elsewhere", () => {
+    const hidden = 3;
+    const rowMeans = [0, 1, 2, 3].map((m) => Float32Array.from([m, m, m]));
+    const fit = { rows: [2, 3], keys: [Float32Array.from([9, 9, 9]), Float32Array.from([8, 8, 8])] } as Parameters<typeof gatedInterventions>[0];
+    const iv = gatedInterventions(fit, Float32Array.from([1, 0, -1]), 2, rowMeans);
+    expect(Array.from(iv.rosiVectors)).toEqual([0, 0, 0, 0, 0, 0, 2, 0, -2, 2, 0, -2]);
+    expect(iv.editKeys.map((k) => k[0])).toEqual([0, 1, 9, 8]);
+    expect(iv.rosiVectors.length).toBe(4 * hidden);
+  });
+});
