@@ -568,3 +568,15 @@ export async function checkPromptSetSizes(p: { harmful: string; harmless: string
   }
   if (problems.length) throw new DatasetError(problems.join("\n"));
 }
+
+/**
+ * The built-in borderline-but-safe prompts split in two disjoint halves (seeded): `fit` joins the
+ * harmless rows the gated edit is fitted on (they are where a gate over-fires), `eval` is what
+ * validation measures borderline refusal on.
+ */
+export async function borderlineSplit(seed: number): Promise<{ fit: string[]; eval: string[] }> {
+  const all = (await loadPrompts("builtin", { kind: "borderline" })).prompts;
+  const order = shuffled(all, seed + 11);
+  const half = Math.floor(order.length / 2);
+  return { fit: order.slice(0, half), eval: order.slice(half) };
+}

@@ -6,7 +6,9 @@
 //
 //   1. measure at the probe (extract's equal-KL scale);
 //   2. admissible → double until a point is not (at most 4 times); not → halve until one is (at most 4);
-//   3. bisect geometrically between the last admissible and the first inadmissible scale, 3 times.
+//   3. bisect geometrically between the last admissible and the first inadmissible scale, 3 times;
+//   4. refusal can peak and fall again as the push grows: while the smallest admissible scale is the
+//      best, step down by √2 (at most twice).
 //
 // About 6 measurements per family instead of a fixed 13-point grid. Admissible = the validation gate's
 // own checks less the harmful one (evals/gate.ts, KL held to a margin). The best point is the admissible
@@ -110,7 +112,7 @@ export interface SweepResult {
  * Largest admissible scale of one edit family (see the file's opening comment).
  * `probe` is signed; `at(scale)` measures (memoised by the caller).
  */
-export async function sweepScale(opts: { probe: number; at: (scale: number) => Promise<Measured>; admissible: (p: Measured) => boolean; expansions?: number; bisections?: number }): Promise<SweepResult> {
+export async function sweepScale(opts: { probe: number; at: (scale: number) => Promise<Measured>; admissible: (p: Measured) => boolean; expansions?: number; bisections?: number; descents?: number }): Promise<SweepResult> {
   const points: SweepResult["points"] = [];
   const run = async (scale: number) => {
     const point = await opts.at(scale);
@@ -144,12 +146,25 @@ export async function sweepScale(opts: { probe: number; at: (scale: number) => P
       else hi = mid;
     }
   }
-  let best: SweepResult["best"] = null;
-  for (const p of points) {
-    if (!p.admissible) continue;
-    if (!best || p.point.harmful_refusal > best.point.harmful_refusal || (p.point.harmful_refusal === best.point.harmful_refusal && p.point.kl < best.point.kl)) best = { scale: p.scale, point: p.point };
+  const bestOf = (): SweepResult["best"] => {
+    let best: SweepResult["best"] = null;
+    for (const p of points) {
+      if (!p.admissible) continue;
+      if (!best || p.point.harmful_refusal > best.point.harmful_refusal || (p.point.harmful_refusal === best.point.harmful_refusal && p.point.kl < best.point.kl)) best = { scale: p.scale, point: p.point };
+    }
+    return best;
+  };
+  // Refusal is not always monotone in the scale (a strong push can overshoot into text that is neither
+  // a refusal nor an answer): when the smallest admissible scale measured is the best, step down.
+  for (let i = 0; i < (opts.descents ?? 2); i++) {
+    const best = bestOf();
+    const admissibleScales = points.filter((p) => p.admissible).map((p) => Math.abs(p.scale));
+    if (!best || best.point.harmful_refusal === 0 || Math.abs(best.scale) > Math.min(...admissibleScales)) break;
+    const before = best.point.harmful_refusal;
+    await run(best.scale / Math.SQRT2);
+    if (bestOf()!.point.harmful_refusal <= before) break;
   }
-  return { points, best };
+  return { points, best: bestOf() };
 }
 
 /** Smallest |scale| (same sign as `start`) whose KL reaches `target`, by doubling then 6 bisections; null when 2²⁴·|start| does not reach it. */

@@ -7,8 +7,9 @@
 //   mean of Wₘ's rows, whose gate is an input-dependent scale that is the same sign for every prompt.)
 //
 // Fit: weighted ridge regression of the class label on each writer's inputs, on the train prompts
-// rendered without the safety prompt, at the last P prompt positions (the chat template's closing tokens,
-// where the first reply token is decided):
+// rendered without the safety prompt (as deployed). Rows: the last P prompt positions (the chat
+// template's closing tokens, where the first reply token is decided) of every prompt, and, for harmless
+// prompts (borderline-but-safe ones included), a few earlier tokens too, where the gate must stay quiet:
 //   minimise Σᵢ wᵢ·(kₘ·xₘᵢ − yᵢ/M)² + λₘ·‖kₘ‖²      yᵢ = 1 harmful, 0 harmless; M = matrices edited
 //   wᵢ = 1 on harmful rows, H·n_harmful/n_harmless on harmless rows (the harmless class weighs H times more)
 //   λₘ = ρ · Σᵢ wᵢ‖xₘᵢ‖² / dₘ                       (ρ × the mean diagonal of XᵀWX: free of units)
@@ -16,6 +17,13 @@
 //   kₘ = Xₘᵀ·D^½·β     with (D^½·Xₘ·Xₘᵀ·D^½ + λₘ·I)·β = D^½·y/M     (Cholesky, float64)
 // then every key is multiplied by one factor so that g averages exactly 1 on the harmful train rows,
 // which makes t the length of the step along ŝ on a typical harmful prompt.
+//
+// ρ (GATE_RIDGES) and whether the earlier harmless tokens join the fit are chosen by measurement, on
+// train prompts held out of the fit (chooseGateFit): the score is (mean g on held-out harmful)² over
+// the mean of g² on held-out harmless rows — how far the edit pushes harmful inputs per unit of push
+// on harmless ones, which is what the KL and over-refusal bounds charge for. The chosen setting is then
+// refitted on all train prompts. Splitting the target evenly over the matrices (rather than fitting
+// them jointly) keeps each solve independent and no single matrix carrying the edit.
 //
 // Edited layers: those from the direction's layer on (its writers feed the residual ŝ was read from and
 // everything after), never layer 0, whose inputs are little more than token embeddings.
@@ -33,29 +41,51 @@ export const HARMLESS_WEIGHT = 16;
 /** Ridge strength ρ, relative to the mean diagonal of XᵀWX. */
 export const RIDGE = 10;
 
-/** Writer inputs at the last prompt positions: per engine row (2l: o_proj, 2l+1: down_proj), [n, width] row-major. */
+/** Writer inputs at prompt positions: per engine row (2l: o_proj, 2l+1: down_proj), [n, width] row-major. */
 export interface WriterSamples {
   /** Row r of every matrix is one (prompt, position); labels[r] = 1 harmful, 0 harmless. */
   labels: Uint8Array;
+  /** 1 where the row is one of the prompt's last GATE_POSITIONS tokens, 0 for an earlier token. */
+  last: Uint8Array;
   /** data[m] is [n, widths[m]]. */
   data: Float32Array[];
   widths: number[];
 }
 
-/** The writer inputs of the prompts at their last `positions` tokens (one forward pass per batch). */
+/** Earlier tokens read per harmless prompt besides its last ones (the gate must stay quiet there too). */
+export const HARMLESS_EARLIER_POSITIONS = 4;
+
+/**
+ * The writer inputs of the prompts (one forward pass per batch): every prompt's last `positions` tokens,
+ * and for harmless prompts also `earlier` tokens spread evenly over the rest of the prompt.
+ */
 export async function collectWriterSamples(
   model: DecoderModel,
   sets: { harmful: number[][]; harmless: number[][] },
-  opts: { positions?: number; batchSize?: number; signal?: AbortSignal; onBatch?: (done: number, total: number) => void } = {},
+  opts: { positions?: number; earlier?: number; batchSize?: number; signal?: AbortSignal; onBatch?: (done: number, total: number) => void } = {},
 ): Promise<WriterSamples> {
   const P = opts.positions ?? GATE_POSITIONS;
+  const E = opts.earlier ?? HARMLESS_EARLIER_POSITIONS;
   const batchSize = opts.batchSize ?? 16;
   const widths = model.writerWidths();
   const M = widths.length;
   const prompts = [...sets.harmful.map((ids) => ({ ids, label: 1 })), ...sets.harmless.map((ids) => ({ ids, label: 0 }))];
   for (const p of prompts) if (p.ids.length < P) throw new GatedFitError(`a prompt has ${p.ids.length} tokens, fewer than the ${P} positions the gate reads`);
-  const n = prompts.length * P;
+  /** Positions read in a prompt of `len` tokens, as offsets from its first token. */
+  const positionsOf = (len: number, label: number): { offset: number; last: boolean }[] => {
+    const out: { offset: number; last: boolean }[] = [];
+    const before = len - P;
+    if (label === 0 && before > 0) {
+      const seen = new Set<number>();
+      for (let j = 0; j < E; j++) seen.add(Math.floor(((j + 0.5) * before) / E));
+      for (const o of seen) out.push({ offset: o, last: false });
+    }
+    for (let t = before; t < len; t++) out.push({ offset: t, last: true });
+    return out;
+  };
+  const n = prompts.reduce((acc, p) => acc + positionsOf(p.ids.length, p.label).length, 0);
   const labels = new Uint8Array(n);
+  const last = new Uint8Array(n);
   const data = widths.map((d) => new Float32Array(n * d));
   let row = 0;
   for (let i = 0; i < prompts.length; i += batchSize) {
@@ -66,9 +96,12 @@ export async function collectWriterSamples(
     const r = await model.forward({ ...batch, logitPositions: chunk.map(() => [T - 1]), writerInputs: true, noCache: true });
     const inputs = r.writerInputs!;
     for (let b = 0; b < chunk.length; b++) {
-      // Left padding puts every prompt's last token at T − 1.
-      for (let t = T - P; t < T; t++) {
+      // Left padding puts every prompt's last token at T − 1, its first at T − len.
+      const len = chunk[b].ids.length;
+      for (const pos of positionsOf(len, chunk[b].label)) {
+        const t = T - len + pos.offset;
         labels[row] = chunk[b].label;
+        last[row] = pos.last ? 1 : 0;
         for (let m = 0; m < M; m++) {
           const d = widths[m];
           data[m].set(inputs[m].subarray((b * T + t) * d, (b * T + t + 1) * d), row * d);
@@ -78,7 +111,82 @@ export async function collectWriterSamples(
     }
     opts.onBatch?.(Math.min(i + batchSize, prompts.length), prompts.length);
   }
-  return { labels, data, widths };
+  return { labels, last, data, widths };
+}
+
+/** The rows where `keep` holds (a copy). */
+export function selectRows(s: WriterSamples, keep: (row: number) => boolean): WriterSamples {
+  const rows: number[] = [];
+  for (let i = 0; i < s.labels.length; i++) if (keep(i)) rows.push(i);
+  return {
+    labels: Uint8Array.from(rows, (i) => s.labels[i]),
+    last: Uint8Array.from(rows, (i) => s.last[i]),
+    widths: s.widths,
+    data: s.data.map((X, m) => {
+      const d = s.widths[m];
+      const out = new Float32Array(rows.length * d);
+      rows.forEach((i, r) => out.set(X.subarray(i * d, (i + 1) * d), r * d));
+      return out;
+    }),
+  };
+}
+
+/** Rows of `a` then rows of `b`. */
+export function concatSamples(a: WriterSamples, b: WriterSamples): WriterSamples {
+  const cat = (x: Uint8Array, y: Uint8Array) => Uint8Array.from([...x, ...y]);
+  return {
+    labels: cat(a.labels, b.labels),
+    last: cat(a.last, b.last),
+    widths: a.widths,
+    data: a.data.map((X, m) => {
+      const out = new Float32Array(X.length + b.data[m].length);
+      out.set(X);
+      out.set(b.data[m], X.length);
+      return out;
+    }),
+  };
+}
+
+/** One fit setting tried on held-out train prompts, and its score. */
+export interface GateChoice {
+  ridge: number;
+  /** "last": harmless rows at the last positions only; "spread": also at earlier tokens. */
+  harmless_rows: "last" | "spread";
+  /** Held-out gate: mean on harmful prompts (last positions), mean square on every harmless row. */
+  harmful_mean: number;
+  harmless_mean_square: number;
+  /** harmful_mean² / harmless_mean_square: the push on harmful inputs per unit of push on harmless ones. */
+  score: number;
+}
+
+/** Ridge strengths and harmless-row sets tried on the held-out train prompts. */
+export const GATE_RIDGES = [0.03, 0.1, 0.3, 1, 3, 10];
+
+/**
+ * Chooses the ridge strength and the harmless rows on held-out train prompts (never validation or
+ * evaluation prompts): fit on `fit`, score on `heldOut` (see GateChoice.score), best first.
+ */
+export function chooseGateFit(fit: WriterSamples, heldOut: WriterSamples, layers: number[]): GateChoice[] {
+  const choices: GateChoice[] = [];
+  for (const harmlessRows of ["last", "spread"] as const) {
+    const rows = harmlessRows === "last" ? selectRows(fit, (i) => fit.last[i] === 1) : fit;
+    for (const f of fitGatedKeysForRidges(rows, { layers, ridges: GATE_RIDGES })) {
+      const ridge = f.ridge;
+      const g = gateValues(heldOut, f.rows, f.keys);
+      let hs = 0;
+      let hn = 0;
+      let ns = 0;
+      let nn = 0;
+      for (let i = 0; i < g.length; i++) {
+        if (heldOut.labels[i] === 1 && heldOut.last[i] === 1) (hs += g[i]), hn++;
+        else if (heldOut.labels[i] === 0) (ns += g[i] * g[i]), nn++;
+      }
+      const harmfulMean = hs / hn;
+      const harmlessMeanSquare = ns / nn;
+      choices.push({ ridge, harmless_rows: harmlessRows, harmful_mean: harmfulMean, harmless_mean_square: harmlessMeanSquare, score: harmfulMean > 0 ? (harmfulMean * harmfulMean) / harmlessMeanSquare : 0 });
+    }
+  }
+  return choices.sort((a, b) => b.score - a.score);
 }
 
 /** The layers a gated edit writes to, given the direction's layer (see the file's opening comment). */
@@ -99,11 +207,14 @@ export interface GatedFit {
   normalisation: number;
   /** Mean and standard deviation of the gate on the train rows, per class (harmful mean is 1 by construction). */
   train: { harmful: GateStats; harmless: GateStats };
+  /** The settings tried on held-out train prompts, best first (when the fit was chosen that way). */
+  choices?: GateChoice[];
 }
 
 export interface GateStats {
   mean: number;
   std: number;
+  max: number;
   n: number;
 }
 
@@ -115,12 +226,18 @@ export function gateStats(values: ArrayLike<number>): GateStats {
   const mean = n ? s / n : NaN;
   let v = 0;
   for (let i = 0; i < n; i++) v += (values[i] - mean) ** 2;
-  return { mean, std: n > 1 ? Math.sqrt(v / (n - 1)) : 0, n };
+  let max = -Infinity;
+  for (let i = 0; i < n; i++) max = Math.max(max, values[i]);
+  return { mean, std: n > 1 ? Math.sqrt(v / (n - 1)) : 0, max: n ? max : NaN, n };
 }
 
 /** Fits one key per edited matrix (see the file's opening comment). */
 export function fitGatedKeys(samples: WriterSamples, opts: { layers: number[]; positions?: number; ridge?: number; harmlessWeight?: number }): GatedFit {
-  const ridge = opts.ridge ?? RIDGE;
+  return fitGatedKeysForRidges(samples, { ...opts, ridges: [opts.ridge ?? RIDGE] })[0];
+}
+
+/** The fit for each ridge strength; each matrix's Gram matrix (the costly n²·d part) is computed once. */
+export function fitGatedKeysForRidges(samples: WriterSamples, opts: { layers: number[]; ridges: number[]; positions?: number; harmlessWeight?: number }): GatedFit[] {
   const harmlessWeight = opts.harmlessWeight ?? HARMLESS_WEIGHT;
   const { labels } = samples;
   const n = labels.length;
@@ -134,29 +251,32 @@ export function fitGatedKeys(samples: WriterSamples, opts: { layers: number[]; p
   const weight = Float64Array.from(labels, (y) => (y ? 1 : (harmlessWeight * nHarmful) / nHarmless));
   const sqrtW = weight.map(Math.sqrt);
   const rhs = Float64Array.from(labels, (y, i) => (sqrtW[i] * y) / M);
-  const keys = rows.map((r) => ridgeKeyDual(samples.data[r], n, samples.widths[r], sqrtW, rhs, ridge));
-  // One common factor: g averages 1 on the harmful rows.
-  const gate = gateValues(samples, rows, keys);
-  let harmfulSum = 0;
-  for (let i = 0; i < n; i++) if (labels[i]) harmfulSum += gate[i];
-  const harmfulMean = harmfulSum / nHarmful;
-  if (!(harmfulMean > 0)) throw new GatedFitError(`the fitted gate does not separate the classes (mean ${harmfulMean} on harmful rows)`);
-  const normalisation = 1 / harmfulMean;
-  for (const k of keys) for (let j = 0; j < k.length; j++) k[j] *= normalisation;
-  for (let i = 0; i < n; i++) gate[i] *= normalisation;
-  return {
-    layers: [...opts.layers],
-    rows,
-    keys,
-    positions: opts.positions ?? GATE_POSITIONS,
-    ridge,
-    harmlessWeight,
-    normalisation,
-    train: {
-      harmful: gateStats(gate.filter((_, i) => labels[i] === 1)),
-      harmless: gateStats(gate.filter((_, i) => labels[i] === 0)),
-    },
-  };
+  const grams = rows.map((r) => gram(samples.data[r], n, samples.widths[r]));
+  return opts.ridges.map((ridge) => {
+    const keys = rows.map((r, j) => keyFromGram(grams[j], samples.data[r], n, samples.widths[r], sqrtW, rhs, ridge));
+    // One common factor: g averages 1 on the harmful rows.
+    const gate = gateValues(samples, rows, keys);
+    let harmfulSum = 0;
+    for (let i = 0; i < n; i++) if (labels[i]) harmfulSum += gate[i];
+    const harmfulMean = harmfulSum / nHarmful;
+    if (!(harmfulMean > 0)) throw new GatedFitError(`the fitted gate does not separate the classes (mean ${harmfulMean} on harmful rows)`);
+    const normalisation = 1 / harmfulMean;
+    for (const k of keys) for (let j = 0; j < k.length; j++) k[j] *= normalisation;
+    for (let i = 0; i < n; i++) gate[i] *= normalisation;
+    return {
+      layers: [...opts.layers],
+      rows,
+      keys,
+      positions: opts.positions ?? GATE_POSITIONS,
+      ridge,
+      harmlessWeight,
+      normalisation,
+      train: {
+        harmful: gateStats(gate.filter((_, i) => labels[i] === 1)),
+        harmless: gateStats(gate.filter((_, i) => labels[i] === 0)),
+      },
+    };
+  });
 }
 
 /** g(x) = Σₘ kₘ·xₘ for every sample row. */
@@ -177,26 +297,38 @@ export function gateValues(samples: WriterSamples, rows: number[], keys: Float32
   return g;
 }
 
-/**
- * k = Xᵀ·D^½·β with (D^½XXᵀD^½ + λI)·β = rhs, λ = ρ·Σᵢ wᵢ‖xᵢ‖²/d: the weighted ridge solution
- * argmin Σᵢ wᵢ(k·xᵢ − yᵢ)² + λ‖k‖² when rhs = D^½·y.
- */
-export function ridgeKeyDual(X: Float32Array, n: number, d: number, sqrtW: Float64Array, rhs: Float64Array, ridge: number): Float32Array {
-  // Weighted Gram matrix A = D^½ X Xᵀ D^½ (symmetric: fill the lower triangle, mirror).
-  const A = new Float64Array(n * n);
+/** X·Xᵀ of a row-major [n, d] matrix (float64; symmetric, both triangles filled). */
+export function gram(X: Float32Array, n: number, d: number): Float64Array {
+  const G = new Float64Array(n * n);
   for (let i = 0; i < n; i++) {
     const xi = i * d;
     for (let j = 0; j <= i; j++) {
       const xj = j * d;
       let s = 0;
       for (let c = 0; c < d; c++) s += X[xi + c] * X[xj + c];
-      const v = s * sqrtW[i] * sqrtW[j];
-      A[i * n + j] = v;
-      A[j * n + i] = v;
+      G[i * n + j] = s;
+      G[j * n + i] = s;
     }
   }
+  return G;
+}
+
+/**
+ * k = Xᵀ·D^½·β with (D^½XXᵀD^½ + λI)·β = rhs, λ = ρ·Σᵢ wᵢ‖xᵢ‖²/d: the weighted ridge solution
+ * argmin Σᵢ wᵢ(k·xᵢ − yᵢ)² + λ‖k‖² when rhs = D^½·y.
+ */
+export function ridgeKeyDual(X: Float32Array, n: number, d: number, sqrtW: Float64Array, rhs: Float64Array, ridge: number): Float32Array {
+  return keyFromGram(gram(X, n, d), X, n, d, sqrtW, rhs, ridge);
+}
+
+/** ridgeKeyDual with the Gram matrix X·Xᵀ given. */
+function keyFromGram(G: Float64Array, X: Float32Array, n: number, d: number, sqrtW: Float64Array, rhs: Float64Array, ridge: number): Float32Array {
+  const A = new Float64Array(n * n);
   let trace = 0;
-  for (let i = 0; i < n; i++) trace += A[i * n + i];
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j < n; j++) A[i * n + j] = G[i * n + j] * sqrtW[i] * sqrtW[j];
+    trace += A[i * n + i];
+  }
   const lambda = (ridge * trace) / d;
   if (!(lambda > 0)) throw new GatedFitError("the writer inputs are all zero: no key can be fitted");
   for (let i = 0; i < n; i++) A[i * n + i] += lambda;

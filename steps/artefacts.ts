@@ -7,7 +7,7 @@
 //   elicit    prompts.json, elicitation.json
 //   extract   direction.safetensors (all candidates + the top one), selection.json, spread.json, selection.svg
 //   inject    model/ (the patched checkpoint), edit.safetensors (the direction that was injected, and
-//             its key), calibration.json, calibration.svg
+//             its key), calibration.json, calibration.svg (and gate.svg for a gated edit)
 //   validate  validation.json, samples.json
 //   publish   published.json, README.md
 //
@@ -243,6 +243,7 @@ export interface InjectedEdit {
 export interface GateStatsRecord {
   mean: number;
   std: number;
+  max: number;
   n: number;
 }
 
@@ -255,6 +256,8 @@ export interface GatedRecord {
   normalisation: number;
   train: { harmful: GateStatsRecord; harmless: GateStatsRecord };
   validation: { harmful: GateStatsRecord; harmless: GateStatsRecord };
+  /** Fit settings tried on held-out train prompts, best first (rosi/gated.ts GateChoice). */
+  choices: { ridge: number; harmless_rows: "last" | "spread"; harmful_mean: number; harmless_mean_square: number; score: number }[];
 }
 
 export interface Calibration extends InjectedEdit {

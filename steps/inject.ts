@@ -17,11 +17,11 @@ import { readDecoderConfig } from "../engine/architectures.ts";
 import { writeSafetensors, type TensorData } from "../engine/safetensors.ts";
 import type { DecoderModel } from "../engine/model.ts";
 import { encodeAll, firstTokenLogProbs, type Interventions } from "../evals/measure.ts";
-import { utilitySplit } from "../evals/datasets.ts";
+import { borderlineSplit, utilitySplit } from "../evals/datasets.ts";
 import { passesGate } from "../evals/gate.ts";
 import { rosiRows, type SpreadMethod } from "../rosi/spread.ts";
 import { unit } from "../rosi/directions.ts";
-import { collectWriterSamples, fitGatedKeys, gatedInterventions, gatedLayers, gateStats, gateValues, type GatedFit, type WriterSamples } from "../rosi/gated.ts";
+import { chooseGateFit, collectWriterSamples, concatSamples, fitGatedKeys, gatedInterventions, gatedLayers, gateStats, gateValues, selectRows, type GatedFit, type WriterSamples } from "../rosi/gated.ts";
 import { editedMatrices, vectorSha256, writeEditedCheckpoint } from "../rosi/edit.ts";
 import { klAt, measure, pointKey, randomUnit, scaleForKl, SweepMemo, sweepScale, type Measured, type MeasureOptions } from "../rosi/calibrate.ts";
 import { sha256Hex } from "../util/fs.ts";
@@ -72,7 +72,13 @@ export const injectStep: Step<Settings> = {
     const { model, tok } = await openModel(ctx, source.dir, true);
     try {
       const rowMeans = names.includes("gated") ? model.writerRowMeans() : [];
-      const families = await buildFamilies(ctx, model, names, shortlist, selection, spread, cfg.numLayers, encodeAll(tok, splits.harmful.train, null).map((e) => e.ids), encodeAll(tok, splits.harmless.train, null).map((e) => e.ids));
+      // Keys are fitted as deployed (no system prompt); borderline-but-safe prompts count as harmless.
+      const ids = (prompts: string[]) => encodeAll(tok, prompts, null).map((e) => e.ids);
+      const borderlineFit = names.includes("gated") ? (await borderlineSplit(s.seed)).fit : [];
+      const families = await buildFamilies(ctx, model, names, shortlist, selection, spread, cfg.numLayers, {
+        harmful: ids(splits.harmful.train),
+        harmless: interleave(ids(splits.harmless.train), ids(borderlineFit)),
+      });
       /** The run-time form of a family along `dir` at strength t. */
       const interventions = (f: Family, dir: Float32Array, t: number): Interventions =>
         f.kind === "gated"
@@ -157,7 +163,9 @@ export const injectStep: Step<Settings> = {
       const { candidate } = family;
       const dir = directionOf(candidate);
       ctx.log(`${family.name}, layer ${candidate.layer}, position ${candidate.position_label}, α = ${alpha.toPrecision(5)}${s.alpha === null ? " (calibrated)" : " (given)"}`);
-      const gated = family.kind === "gated" ? await gatedRecord(ctx, model, family.fit, [encodeAll(tok, splits.harmful.val, null), encodeAll(tok, splits.harmless.val, null)].map((es) => es.map((e) => e.ids)) as [number[][], number[][]]) : null;
+      const readOut = family.kind === "gated" ? await gatedRecord(ctx, model, family.fit, [ids(splits.harmful.val), ids(splits.harmless.val)]) : null;
+      const gated = readOut?.record ?? null;
+      if (readOut) writeFileSync(join(ctx.tmpDir, "gate.svg"), gatePlot(readOut.validation));
       writeInjected(ctx, { source: source.dir, cfg, family, alpha, dir, spread, sweep, control, gated });
       writeFileSync(join(ctx.tmpDir, "calibration.svg"), sweepPlot(sweep, names, candidate));
       return {
@@ -172,6 +180,9 @@ export const injectStep: Step<Settings> = {
   },
 };
 
+/** Share of the train prompts that fits the keys while the rest chooses the fit setting (held out). */
+const GATE_FIT_SHARE = 0.75;
+
 /** Every family to calibrate: each name on each shortlisted direction (gated keys fitted once per layer set). */
 async function buildFamilies(
   ctx: Ctx,
@@ -181,10 +192,9 @@ async function buildFamilies(
   selection: ReturnType<typeof readSelection>,
   spread: Record<SpreadMethod, number[]>,
   numLayers: number,
-  harmfulTrain: number[][],
-  harmlessTrain: number[][],
+  train: { harmful: number[][]; harmless: number[][] },
 ): Promise<Family[]> {
-  let samples: WriterSamples | null = null;
+  let samples: { fit: WriterSamples; heldOut: WriterSamples } | null = null;
   const fits = new Map<string, GatedFit>();
   const families: Family[] = [];
   for (const candidate of shortlist) {
@@ -196,18 +206,31 @@ async function buildFamilies(
         continue;
       }
       if (!samples) {
-        const bar = ctx.progress("gate: writer inputs", harmfulTrain.length + harmlessTrain.length);
+        // Held out by prompt, not by row: the choice is scored on prompts the fit never saw.
+        const cut = (xs: number[][]) => Math.max(1, Math.min(xs.length - 1, Math.round(xs.length * GATE_FIT_SHARE)));
+        const [h, n] = [cut(train.harmful), cut(train.harmless)];
+        const bar = ctx.progress("gate: writer inputs", train.harmful.length + train.harmless.length);
         let seen = 0;
-        samples = await collectWriterSamples(model, { harmful: harmfulTrain, harmless: harmlessTrain }, { signal: ctx.signal, onBatch: (done) => (bar.tick(done - seen), (seen = done)) });
+        const tick = (offset: number) => (done: number) => (bar.tick(offset + done - seen), (seen = offset + done));
+        const fit = await collectWriterSamples(model, { harmful: train.harmful.slice(0, h), harmless: train.harmless.slice(0, n) }, { signal: ctx.signal, onBatch: tick(0) });
+        const heldOut = await collectWriterSamples(model, { harmful: train.harmful.slice(h), harmless: train.harmless.slice(n) }, { signal: ctx.signal, onBatch: tick(h + n) });
         bar.done();
+        samples = { fit, heldOut };
       }
       const layers = gatedLayers(numLayers, candidate.layer);
       const key = layers.join(",");
       let fit = fits.get(key);
       if (!fit) {
-        fit = fitGatedKeys(samples, { layers });
+        const choices = chooseGateFit(samples.fit, samples.heldOut, layers);
+        const best = choices[0];
+        const all = concatSamples(samples.fit, samples.heldOut);
+        fit = { ...fitGatedKeys(best.harmless_rows === "last" ? selectRows(all, (i) => all.last[i] === 1) : all, { layers, ridge: best.ridge }), choices };
         fits.set(key, fit);
-        ctx.log(`gate keys for layers ${layers[0]}–${layers[layers.length - 1]}: on the train rows g = ${fit.train.harmful.mean.toFixed(2)} ± ${fit.train.harmful.std.toFixed(2)} (harmful), ${fit.train.harmless.mean.toFixed(2)} ± ${fit.train.harmless.std.toFixed(2)} (harmless)`);
+        const f = fit;
+        ctx.log(
+          `gate keys for layers ${layers[0]}–${layers[layers.length - 1]}: ridge ${best.ridge}, harmless rows "${best.harmless_rows}" (held-out score ${best.score.toFixed(2)}, best of ${choices.length}); ` +
+            `on the train rows g = ${f.train.harmful.mean.toFixed(2)} ± ${f.train.harmful.std.toFixed(2)} (harmful), ${f.train.harmless.mean.toFixed(2)} ± ${f.train.harmless.std.toFixed(2)} (harmless)`,
+        );
       }
       families.push({ kind: "gated", name, candidate, probe: candidateNorm(selection, candidate), fit });
     }
@@ -231,11 +254,26 @@ function familyDigest(f: Family): string {
   return sha256Hex(new Uint8Array(Float32Array.from(f.fit.keys.flatMap((k) => Array.from(k))).buffer));
 }
 
-/** The gate's read-out on train (from the fit) and on the unseen validation prompts. */
-async function gatedRecord(ctx: Ctx, model: DecoderModel, fit: GatedFit, [harmful, harmless]: [number[][], number[][]]): Promise<GatedRecord> {
-  const val = await collectWriterSamples(model, { harmful, harmless }, { positions: fit.positions, signal: ctx.signal });
+/** Spreads `b` evenly through `a`, so that any prefix (the fit share) holds both in proportion. */
+function interleave<T>(a: T[], b: T[]): T[] {
+  if (!b.length) return a;
+  const out: T[] = [];
+  const total = a.length + b.length;
+  let ib = 0;
+  for (let i = 0; i < total; i++) {
+    const wantB = Math.floor(((i + 1) * b.length) / total);
+    if (ib < wantB) out.push(b[ib++]);
+    else out.push(a[i - ib]);
+  }
+  return out;
+}
+
+/** The gate's read-out on train (from the fit) and on the unseen validation prompts (last positions). */
+async function gatedRecord(ctx: Ctx, model: DecoderModel, fit: GatedFit, [harmful, harmless]: [number[][], number[][]]): Promise<{ record: GatedRecord; validation: { harmful: number[]; harmless: number[] } }> {
+  const val = await collectWriterSamples(model, { harmful, harmless }, { positions: fit.positions, earlier: 0, signal: ctx.signal });
   const g = gateValues(val, fit.rows, fit.keys);
-  const by = (label: number) => gateStats(g.filter((_, i) => val.labels[i] === label));
+  const values = (label: number) => Array.from(g).filter((_, i) => val.labels[i] === label);
+  const by = (label: number) => gateStats(values(label));
   const record: GatedRecord = {
     layers: fit.layers,
     positions: fit.positions,
@@ -244,9 +282,24 @@ async function gatedRecord(ctx: Ctx, model: DecoderModel, fit: GatedFit, [harmfu
     normalisation: fit.normalisation,
     train: fit.train,
     validation: { harmful: by(1), harmless: by(0) },
+    choices: fit.choices ?? [],
   };
   ctx.log(`gate on the validation prompts (unseen by the fit): ${record.validation.harmful.mean.toFixed(2)} ± ${record.validation.harmful.std.toFixed(2)} harmful, ${record.validation.harmless.mean.toFixed(2)} ± ${record.validation.harmless.std.toFixed(2)} harmless`);
-  return record;
+  return { record, validation: { harmful: values(1), harmless: values(0) } };
+}
+
+/** Empirical distribution functions of the gate's read-out on unseen validation prompts, per class. */
+function gatePlot(v: { harmful: number[]; harmless: number[] }): string {
+  const cdf = (xs: number[]) => xs.slice().sort((a, b) => a - b).map((x, i) => [x, (i + 1) / xs.length] as [number, number]);
+  return lineChart({
+    title: "gate g(x) = Σ k·x on validation prompts (no system prompt, last positions)",
+    xLabel: "g (1 = the step t·ŝ in full)",
+    yLabel: "fraction ≤ g",
+    series: [
+      { name: "harmful", points: cdf(v.harmful) },
+      { name: "harmless", points: cdf(v.harmless) },
+    ],
+  });
 }
 
 /** The one record of what was injected: edit.safetensors, the patched checkpoint, calibration.json. */

@@ -9,7 +9,7 @@ import type { BehaviourMetrics, GateCheck } from "../report/report.ts";
 import type { DecoderModel } from "../engine/model.ts";
 import type { ModelTokenizer } from "../engine/tokenizer.ts";
 import { isRefusal } from "../evals/refusal.ts";
-import { loadMultipleChoice, loadPrompts, shuffled, type UtilityItem } from "../evals/datasets.ts";
+import { borderlineSplit, loadMultipleChoice, shuffled, type UtilityItem } from "../evals/datasets.ts";
 import { JAILBREAK_TEMPLATES, wrapJailbreak } from "../evals/jailbreaks.ts";
 import { encodeAll, firstTokenLogProbs, generateTexts, klDivergence, mean, multipleChoiceCorrect } from "../evals/measure.ts";
 import { ClassifierJudge } from "../evals/llama-guard.ts";
@@ -88,7 +88,8 @@ async function evaluate(ctx: Ctx, label: string, model: DecoderModel, tok: Model
 
 export const validateStep: Step<Settings> = {
   name: "validate",
-  version: 3,
+  // 4: borderline refusal on the evaluation half of the built-in borderline set.
+  version: 4,
   deps: ["pull", "elicit", "inject"],
   outputs: outputsOf("validate"),
   inputs: (s) => ({ maxNewTokens: s.maxNewTokens, gate: s.gate, judge: s.judge, seed: s.seed, nEval: s.nEval, quantize: s.quantize, dtype: s.dtype, utility: s.utility }),
@@ -96,7 +97,8 @@ export const validateStep: Step<Settings> = {
     const s = ctx.settings;
     const source = readSource(ctx);
     const splits = readSplits(ctx);
-    const borderline = (await loadPrompts("builtin", { kind: "borderline" })).prompts;
+    // The other half fits the gated edit's keys (inject): validation never measures on it.
+    const borderline = (await borderlineSplit(s.seed)).eval;
     const jailbreak = splits.harmful.eval.slice(0, 16).flatMap((p) => JAILBREAK_TEMPLATES.map((t) => wrapJailbreak(t.id, p)));
     const mcSet = await utilityQuestions(ctx);
     const data = { harmful: splits.harmful.eval, harmless: splits.harmless.eval, borderline, jailbreak, utilityTask: utilitySplit(source.dir, s.seed, s.nEval)?.eval ?? null, mc: mcSet.items };

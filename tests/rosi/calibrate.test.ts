@@ -30,6 +30,22 @@ describe("sweepScale", () => {
     expect(r.best!.scale).toBeGreaterThan(12.5 * 2 ** (1 / 8) - 1e-9);
   });
 
+  test("refusal that peaks below the probe and falls as the push grows: steps down while it improves", async () => {
+    // Peak at |t| = 20 (refusal 0.5), every scale admissible.
+    const peaked = (t: number): Measured => ({ harmful_refusal: Math.max(0, 0.5 - Math.abs(Math.log2(Math.abs(t) / 20)) * 0.2), harmless_refusal: 0, kl: 0, utility: null });
+    const seen: number[] = [];
+    const r = await sweepScale({ probe: 40, admissible: () => true, expansions: 1, at: async (t) => (seen.push(t), peaked(t)) });
+    expect(seen.slice(0, 2)).toEqual([40, 80]);
+    expect(seen.length).toBe(4); // two descents, each an improvement
+    expect(seen[2]).toBeCloseTo(40 / Math.SQRT2, 10);
+    expect(seen[3]).toBeCloseTo(20, 10);
+    expect(r.best!.scale).toBeCloseTo(20, 10);
+    // Monotone refusal never descends.
+    const plain: number[] = [];
+    await sweepScale({ probe: -4, admissible, at: async (t) => (plain.push(t), response(t)) });
+    expect(plain.length).toBe(6);
+  });
+
   test("nothing admissible: no best", async () => {
     const r = await sweepScale({ probe: 100, admissible: () => false, at: async (t) => response(t) });
     expect(r.best).toBeNull();
