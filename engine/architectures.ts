@@ -1,6 +1,15 @@
-// Each supported `model_type`: how its config differs from Llama's, and which builder pieces it overrides.
-import { DecoderBuilder, type DecoderBuildOptions, type WeightSource } from "./decoder.ts";
-import { ModelConfigError, num, readLlamaConfig, type DecoderConfig } from "./config.ts";
+// Each supported `model_type`: how its config differs from Llama's, and which builder pieces it overrides,
+// and the tensors its weights must hold. Before a graph is built (createBuilder) or a checkpoint is
+// accepted (validateCheckpoint), the weights are checked against the config from headers alone: every
+// tensor of every layer present with the shape the config implies and a floating dtype, no layer beyond
+// num_hidden_layers. Only then is anything sized from the config allocated; weights are then checked
+// for NaN/Inf as the builder reads them.
+import { join } from "node:path";
+import { DecoderBuilder, MissingWeightError, type DecoderBuildOptions, type WeightSource } from "./decoder.ts";
+import { CONFIG_LIMITS, int, ModelConfigError, num, readLlamaConfig, type DecoderConfig } from "./config.ts";
+import { Checkpoint } from "./checkpoint.ts";
+import { firstNonFinite, isDType, isFloatDType, NonFiniteError } from "./dtype.ts";
+import { EMBEDDING_NAME, layerPrefix } from "./writers.ts";
 
 type Json = Record<string, unknown>;
 
@@ -33,8 +42,9 @@ const qwen2: Architecture = {
     c.mlpBias = false;
     // Qwen2 uses sliding windows only when asked to, and then only from layer max_window_layers on.
     if (cfg.use_sliding_window && typeof cfg.sliding_window === "number") {
-      const from = num(cfg, "max_window_layers", c.numLayers);
-      c.slidingWindow = c.slidingWindow.map((_, l) => (l >= from ? (cfg.sliding_window as number) : null));
+      const w = int(cfg, "sliding_window", 1, CONFIG_LIMITS.positions);
+      const from = int(cfg, "max_window_layers", 0, CONFIG_LIMITS.num_hidden_layers, c.numLayers);
+      c.slidingWindow = c.slidingWindow.map((_, l) => (l >= from ? w : null));
     }
     return c;
   },
@@ -44,12 +54,22 @@ const qwen2: Architecture = {
 const mistral: Architecture = {
   readConfig(cfg) {
     const c = readLlamaConfig(cfg);
-    const w = cfg.sliding_window;
-    if (typeof w === "number") c.slidingWindow = c.slidingWindow.map(() => w);
+    if (typeof cfg.sliding_window === "number") {
+      const w = int(cfg, "sliding_window", 1, CONFIG_LIMITS.positions);
+      c.slidingWindow = c.slidingWindow.map(() => w);
+    }
     return c;
   },
   builder: DecoderBuilder,
 };
+
+/** A softcap: null (off) or a number > 0 (the graph divides by it). */
+function softcap(cfg: Json, key: string): number | null {
+  if (cfg[key] === undefined || cfg[key] === null) return null;
+  const v = num(cfg, key);
+  if (!(v > 0)) throw new ModelConfigError(`config.json: "${key}" must be greater than 0 or null, got ${v}`);
+  return v;
+}
 
 const gemma2: Architecture = {
   readConfig(cfg) {
@@ -57,14 +77,16 @@ const gemma2: Architecture = {
     c.activation = "gelu_tanh";
     const act = (cfg.hidden_activation ?? cfg.hidden_act) as string | undefined;
     if (act && act !== "gelu_pytorch_tanh" && act !== "gelu_tanh") throw new ModelConfigError(`config.json: gemma2 activation "${act}" is not supported`);
-    c.attentionScale = 1 / Math.sqrt(num(cfg, "query_pre_attn_scalar", c.headDim));
-    c.attnLogitSoftcap = (cfg.attn_logit_softcapping as number | null | undefined) ?? null;
-    c.finalLogitSoftcap = (cfg.final_logit_softcapping as number | null | undefined) ?? null;
+    const scalar = num(cfg, "query_pre_attn_scalar", c.headDim);
+    if (!(scalar > 0)) throw new ModelConfigError(`config.json: "query_pre_attn_scalar" must be greater than 0, got ${scalar}`);
+    c.attentionScale = 1 / Math.sqrt(scalar);
+    c.attnLogitSoftcap = softcap(cfg, "attn_logit_softcapping");
+    c.finalLogitSoftcap = softcap(cfg, "final_logit_softcapping");
     c.embeddingScale = Math.sqrt(c.hiddenSize);
     c.normAddsOne = true;
     c.sandwichNorms = true;
     // Even layers attend within the sliding window, odd layers globally.
-    const w = num(cfg, "sliding_window", 4096);
+    const w = int(cfg, "sliding_window", 1, CONFIG_LIMITS.positions, 4096);
     c.slidingWindow = c.slidingWindow.map((_, l) => (l % 2 === 0 ? w : null));
     return c;
   },
@@ -88,12 +110,151 @@ function architectureOf(cfg: Json): Architecture {
   return arch;
 }
 
-export function readDecoderConfig(cfg: Json): DecoderConfig {
-  const c = architectureOf(cfg).readConfig(cfg);
-  return c;
+/**
+ * The decoder description of a config.json. `source` (the file's path) replaces "config.json" in error
+ * messages, so they name the file.
+ */
+export function readDecoderConfig(cfg: Json, source?: string): DecoderConfig {
+  try {
+    return architectureOf(cfg).readConfig(cfg);
+  } catch (e) {
+    if (source && e instanceof ModelConfigError && e.message.startsWith("config.json")) throw new ModelConfigError(source + e.message.slice("config.json".length));
+    throw e;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The weights against the config
+
+/** What the weight check reads: names (when known), shapes and dtypes, never tensor data. */
+export interface WeightCatalog {
+  has(name: string): boolean;
+  info(name: string): { shape: number[]; dtype?: string };
+  /** All tensor names; without it, layers beyond num_hidden_layers are only probed for. */
+  names?(): string[];
+}
+
+interface ExpectedTensor {
+  name: string;
+  shape: number[];
+}
+
+/** Every tensor the builder reads for `c`, with its shape, in build order (embedding, layers, final norm, head). */
+export function expectedTensors(c: DecoderConfig): ExpectedTensor[] {
+  const H = c.hiddenSize;
+  const q = c.numHeads * c.headDim;
+  const kv = c.numKvHeads * c.headDim;
+  const I = c.intermediateSize;
+  const out: ExpectedTensor[] = [{ name: EMBEDDING_NAME, shape: [c.vocabSize, H] }];
+  for (let l = 0; l < c.numLayers; l++) {
+    const p = layerPrefix(l);
+    const t = (name: string, shape: number[]): void => void out.push({ name: `${p}.${name}`, shape });
+    t("input_layernorm.weight", [H]);
+    t("self_attn.q_proj.weight", [q, H]);
+    t("self_attn.k_proj.weight", [kv, H]);
+    t("self_attn.v_proj.weight", [kv, H]);
+    if (c.qkvBias) {
+      t("self_attn.q_proj.bias", [q]);
+      t("self_attn.k_proj.bias", [kv]);
+      t("self_attn.v_proj.bias", [kv]);
+    }
+    t("self_attn.o_proj.weight", [H, q]);
+    if (c.oBias) t("self_attn.o_proj.bias", [H]);
+    t("post_attention_layernorm.weight", [H]);
+    if (c.sandwichNorms) t("pre_feedforward_layernorm.weight", [H]);
+    t("mlp.gate_proj.weight", [I, H]);
+    t("mlp.up_proj.weight", [I, H]);
+    if (c.mlpBias) {
+      t("mlp.gate_proj.bias", [I]);
+      t("mlp.up_proj.bias", [I]);
+    }
+    t("mlp.down_proj.weight", [H, I]);
+    if (c.mlpBias) t("mlp.down_proj.bias", [H]);
+    if (c.sandwichNorms) t("post_feedforward_layernorm.weight", [H]);
+  }
+  out.push({ name: "model.norm.weight", shape: [H] });
+  if (!c.tieWordEmbeddings) out.push({ name: "lm_head.weight", shape: [c.vocabSize, H] });
+  return out;
+}
+
+const LAYER_NAME = /^model\.layers\.(\d+)\./;
+
+/**
+ * Throws MissingWeightError (naming `source`, the tensor and what config.json implies) unless the weights
+ * hold every tensor of `expectedTensors(c)` with that shape and a floating dtype, and no layer at or beyond
+ * num_hidden_layers. Reads headers only; linear in the number of tensors.
+ */
+export function checkWeights(c: DecoderConfig, weights: WeightCatalog, source: string): void {
+  const names = weights.names?.();
+  // layer indices present, to tell "config has more layers than the weights" from one missing tensor
+  let stored: number | null = null;
+  if (names) {
+    stored = 0;
+    for (const n of names) {
+      const m = LAYER_NAME.exec(n);
+      if (!m) continue;
+      const l = Number(m[1]);
+      if (l >= c.numLayers) {
+        throw new MissingWeightError(`${source}: tensor "${n}" belongs to layer ${l}, but config.json says num_hidden_layers ${c.numLayers} (layers 0–${c.numLayers - 1})`);
+      }
+      stored = Math.max(stored, l + 1);
+    }
+  } else if (weights.has(`${layerPrefix(c.numLayers)}.input_layernorm.weight`)) {
+    throw new MissingWeightError(`${source}: the weights hold layer ${c.numLayers}, but config.json says num_hidden_layers ${c.numLayers}`);
+  }
+  for (const t of expectedTensors(c)) {
+    if (!weights.has(t.name)) {
+      const m = LAYER_NAME.exec(t.name);
+      if (m && stored !== null && Number(m[1]) >= stored) {
+        throw new MissingWeightError(`${source}: config.json says num_hidden_layers ${c.numLayers}, but the weights hold ${stored === 0 ? "no layers" : `layers 0–${stored - 1} only`} (missing tensor "${t.name}")`);
+      }
+      throw new MissingWeightError(`${source}: checkpoint is missing tensor "${t.name}" (needed by ${c.modelType})`);
+    }
+    const info = weights.info(t.name);
+    const shape = info.shape;
+    if (shape.length !== t.shape.length || shape.some((d, i) => d !== t.shape[i])) {
+      throw new MissingWeightError(`${source}: tensor "${t.name}" has shape [${shape}], expected [${t.shape}] from config.json`);
+    }
+    if (info.dtype !== undefined && !(isDType(info.dtype) && isFloatDType(info.dtype))) {
+      throw new MissingWeightError(`${source}: tensor "${t.name}" has dtype ${info.dtype}; weights must be F32, F16, BF16 or F64`);
+    }
+  }
+}
+
+/**
+ * Reads and checks a checkpoint's config (sizes in bounds, token ids in the vocabulary) and its weights
+ * against it (checkWeights), from headers alone: the check `pull` needs before any later step sizes
+ * anything from the config. Takes an open Checkpoint (left open) or a directory (opened and closed).
+ */
+export function validateCheckpoint(checkpoint: Checkpoint | string): DecoderConfig {
+  const ckpt = typeof checkpoint === "string" ? Checkpoint.open(checkpoint) : checkpoint;
+  try {
+    const cfg = readDecoderConfig(ckpt.config, join(ckpt.dir, "config.json"));
+    checkWeights(cfg, ckpt, ckpt.dir);
+    return cfg;
+  } finally {
+    if (typeof checkpoint === "string") ckpt.close();
+  }
+}
+
+/** The weights as the builder reads them, refusing a tensor that holds NaN or ±Inf (they would make every logit NaN). */
+function finiteWeights(weights: WeightSource, source: string): WeightSource {
+  return {
+    has: (name) => weights.has(name),
+    info: (name) => weights.info(name),
+    readF32(name) {
+      const data = weights.readF32(name);
+      const bad = firstNonFinite(data);
+      if (bad >= 0) throw new NonFiniteError(`${source}: tensor "${name}" holds ${data[bad]} at element ${bad}; non-finite weights are refused`, bad, data[bad]);
+      return data;
+    },
+  };
 }
 
 export function createBuilder(cfg: Json, weights: WeightSource, opts: DecoderBuildOptions = {}): DecoderBuilder {
   const arch = architectureOf(cfg);
-  return new arch.builder(arch.readConfig(cfg), weights, opts);
+  const source = weights instanceof Checkpoint ? weights.dir : "weights";
+  const c = readDecoderConfig(cfg, weights instanceof Checkpoint ? join(weights.dir, "config.json") : undefined);
+  checkWeights(c, weights, source);
+  return new arch.builder(c, finiteWeights(weights, source), opts);
 }

@@ -1,9 +1,14 @@
 // A Hugging Face model directory: config.json, optional generation_config.json, and safetensors
 // weights (single file, sharded with an index, or loose files). Pickle-based weights are refused.
+// One tensor, one place: a tensor stored in two weight files, listed twice in the index (or any JSON
+// key repeated in config.json or the index), or mapped by the index to a shard that does not hold it is
+// refused, naming the tensor and both places. Opening reads headers only; what the weights must hold
+// for the architecture is checked by validateCheckpoint (architectures.ts).
 import { createHash } from "node:crypto";
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { basename, isAbsolute, join } from "node:path";
-import { SafetensorsFile, type TensorInfo } from "./safetensors.ts";
+import { elementValue, firstNonFiniteBytes, NonFiniteError } from "./dtype.ts";
+import { findDuplicateKey, SafetensorsFile, type TensorInfo } from "./safetensors.ts";
 
 export class CheckpointError extends Error {
   override name = "CheckpointError";
@@ -39,6 +44,16 @@ function readJsonObject(path: string, required: boolean): Record<string, unknown
     throw new CheckpointError(`${path} is not valid JSON: ${(e as Error).message}`);
   }
   if (typeof v !== "object" || v === null || Array.isArray(v)) throw new CheckpointError(`${path} must contain a JSON object`);
+  // JSON.parse keeps the last of a repeated key; two values for one setting (or one tensor) are refused.
+  const dup = findDuplicateKey(text);
+  if (dup) {
+    if (dup.path.length === 1 && dup.path[0] === "weight_map") {
+      const where = dup.values ? ` (mapped to ${dup.values[0]} and to ${dup.values[1]})` : "";
+      throw new CheckpointError(`${path}: tensor "${dup.key}" is listed twice in "weight_map"${where}; a tensor must have exactly one place`);
+    }
+    const inside = dup.path.length === 0 ? "" : ` inside "${dup.path.join(".")}"`;
+    throw new CheckpointError(`${path}: key "${dup.key}" appears twice${inside} (JSON keeps only the last; refusing an ambiguous file)`);
+  }
   return v as Record<string, unknown>;
 }
 
@@ -137,6 +152,7 @@ export class Checkpoint {
     const byShard = new Map<string, SafetensorsFile>();
     const files: SafetensorsFile[] = [];
     const where = new Map<string, SafetensorsFile>();
+    const misplaced: Array<[string, string]> = [];
     for (const [tensor, shard] of Object.entries(map as Record<string, unknown>)) {
       if (typeof shard !== "string") throw new CheckpointError(`${indexPath}: shard for tensor "${tensor}" must be a file name string`);
       let f = byShard.get(shard);
@@ -147,10 +163,25 @@ export class Checkpoint {
         byShard.set(shard, f);
         files.push(f);
       }
-      if (!f.has(tensor)) throw new CheckpointError(`${indexPath}: tensor "${tensor}" is mapped to ${shard}, but that shard's header does not contain it`);
+      if (!f.has(tensor)) misplaced.push([tensor, shard]);
       where.set(tensor, f);
     }
     if (files.length === 0) throw new CheckpointError(`${indexPath}: "weight_map" is empty`);
+    for (const [tensor, shard] of misplaced) {
+      // checked once every shard is open, so the message can say where the tensor really is
+      const holder = [...byShard].find(([, g]) => g.has(tensor));
+      const really = holder ? ` (it is stored in ${holder[0]})` : "";
+      throw new CheckpointError(`${indexPath}: tensor "${tensor}" is mapped to ${shard}, but that shard's header does not contain it${really}`);
+    }
+    // A tensor the index sends to one shard must not also be stored in another: a loader that reads whole
+    // shards (and the edit, which rewrites whole shards) would see a second copy that was never checked.
+    // A shard's tensors that the index does not list at all stay invisible here (the edit refuses them).
+    for (const [shard, f] of byShard) {
+      for (const t of f.names()) {
+        const owner = where.get(t);
+        if (owner && owner !== f) throw new CheckpointError(`${indexPath}: tensor "${t}" is stored in two shards, ${basename(owner.path)} and ${shard} (the index maps it to ${basename(owner.path)}); a tensor must have exactly one place`);
+      }
+    }
     return { files, where };
   }
 
@@ -217,6 +248,23 @@ export class Checkpoint {
     const f = this.where.get(name);
     if (!f) throw new CheckpointError(`checkpoint ${this.dir} has no tensor named "${name}"`);
     return f;
+  }
+}
+
+/**
+ * Throws NonFiniteError naming the first of `names` (default: every tensor) that holds NaN or ±Inf, with
+ * its file and element. Reads each tensor's raw bytes once (no float32 copy); integer tensors pass.
+ * Cost: one pass over the named tensors' bytes, so call it on the few tensors a step reads or writes.
+ */
+export function assertFiniteTensors(ckpt: Checkpoint, names: readonly string[] = ckpt.names()): void {
+  for (const name of names) {
+    const info = ckpt.info(name);
+    const bytes = ckpt.readBytes(name);
+    const bad = firstNonFiniteBytes(info.dtype, bytes);
+    if (bad >= 0) {
+      const value = elementValue(info.dtype, bytes, bad);
+      throw new NonFiniteError(`${info.file}: tensor "${name}" (${info.dtype} [${info.shape}]) holds ${value} at element ${bad}; non-finite weights are refused`, bad, value);
+    }
   }
 }
 

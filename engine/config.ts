@@ -1,5 +1,9 @@
 // Reads a Hugging Face `config.json` into the one decoder description the graph builder uses.
 // Every architecture starts from the Llama reading; the few that differ override fields.
+// Every size is checked here, before anything is allocated from it: a whole number within CONFIG_LIMITS
+// (generous for real models, far below what would exhaust memory), consistent with the other sizes,
+// and token ids inside the vocabulary. That the weights match the sizes is checked by
+// validateCheckpoint (architectures.ts) before a graph is built.
 
 export class ModelConfigError extends Error {
   override name = "ModelConfigError";
@@ -47,6 +51,23 @@ export interface DecoderConfig {
 
 type Json = Record<string, unknown>;
 
+/**
+ * Upper bounds of the size fields. The largest released decoders are far below them (405B: 126 layers,
+ * hidden 16384, intermediate 53248, vocab 128256; Gemma 2: vocab 256000, head_dim 256), so a value
+ * above is a corrupt or hostile config, refused before a per-layer array or table is sized from it.
+ */
+export const CONFIG_LIMITS = {
+  num_hidden_layers: 1024,
+  hidden_size: 65536,
+  num_attention_heads: 1024,
+  num_key_value_heads: 1024,
+  head_dim: 1024,
+  intermediate_size: 1 << 20,
+  vocab_size: 1 << 22,
+  /** max_position_embeddings, sliding windows, rope's original_max_position_embeddings. */
+  positions: 1 << 26,
+} as const;
+
 export function num(cfg: Json, key: string, fallback?: number): number {
   const v = cfg[key];
   if (v === undefined || v === null) {
@@ -55,6 +76,30 @@ export function num(cfg: Json, key: string, fallback?: number): number {
   }
   if (typeof v !== "number" || !Number.isFinite(v)) throw new ModelConfigError(`config.json: "${key}" must be a number, got ${JSON.stringify(v)}`);
   return v;
+}
+
+/** A whole number in [min, max] (a size, a count, a window), or the fallback when the key is absent. */
+export function int(cfg: Json, key: string, min: number, max: number, fallback?: number): number {
+  const v = num(cfg, key, fallback);
+  if (!Number.isInteger(v)) throw new ModelConfigError(`config.json: "${key}" must be a whole number, got ${v}`);
+  if (v < min) throw new ModelConfigError(`config.json: "${key}" is ${v}, must be at least ${min}`);
+  if (v > max) throw new ModelConfigError(`config.json: "${key}" is ${v}, above the limit ${max} (a corrupt config?)`);
+  return v;
+}
+
+/** A finite number > 0 (and below `below` when given). */
+function positive(cfg: Json, key: string, fallback?: number, below?: number): number {
+  const v = num(cfg, key, fallback);
+  if (!(v > 0)) throw new ModelConfigError(`config.json: "${key}" must be greater than 0, got ${v}`);
+  if (below !== undefined && !(v < below)) throw new ModelConfigError(`config.json: "${key}" must be below ${below}, got ${v}`);
+  return v;
+}
+
+/** Token ids the model is fed or stops on must be rows of the embedding table. */
+function checkTokenIds(key: string, list: number[], vocabSize: number): void {
+  for (const id of list) {
+    if (!Number.isInteger(id) || id < 0 || id >= vocabSize) throw new ModelConfigError(`config.json: "${key}" ${id} is not a token id of the vocabulary (vocab_size ${vocabSize})`);
+  }
 }
 
 function ids(v: unknown): number[] {
@@ -68,14 +113,14 @@ function parseRopeScaling(cfg: Json): RopeScaling {
   if (!rs) return { type: "none" };
   const type = (rs.rope_type ?? rs.type) as string | undefined;
   if (type === "default") return { type: "none" };
-  if (type === "linear") return { type: "linear", factor: num(rs, "factor") };
+  if (type === "linear") return { type: "linear", factor: positive(rs, "factor") };
   if (type === "llama3") {
     return {
       type: "llama3",
-      factor: num(rs, "factor"),
-      lowFreqFactor: num(rs, "low_freq_factor"),
-      highFreqFactor: num(rs, "high_freq_factor"),
-      originalMaxPositions: num(rs, "original_max_position_embeddings"),
+      factor: positive(rs, "factor"),
+      lowFreqFactor: positive(rs, "low_freq_factor"),
+      highFreqFactor: positive(rs, "high_freq_factor"),
+      originalMaxPositions: int(rs, "original_max_position_embeddings", 1, CONFIG_LIMITS.positions),
     };
   }
   throw new ModelConfigError(`config.json: rope_scaling type "${type}" is not supported (supported: llama3, linear)`);
@@ -83,29 +128,40 @@ function parseRopeScaling(cfg: Json): RopeScaling {
 
 /** The Llama reading of a config; other architectures adjust the result. */
 export function readLlamaConfig(cfg: Json): DecoderConfig {
-  const hiddenSize = num(cfg, "hidden_size");
-  const numHeads = num(cfg, "num_attention_heads");
-  const headDim = num(cfg, "head_dim", hiddenSize / numHeads);
-  const numKvHeads = num(cfg, "num_key_value_heads", numHeads);
-  const numLayers = num(cfg, "num_hidden_layers");
-  if (!Number.isInteger(headDim)) throw new ModelConfigError(`config.json: hidden_size ${hiddenSize} is not divisible by num_attention_heads ${numHeads}`);
+  const L = CONFIG_LIMITS;
+  const numLayers = int(cfg, "num_hidden_layers", 1, L.num_hidden_layers);
+  const hiddenSize = int(cfg, "hidden_size", 1, L.hidden_size);
+  const numHeads = int(cfg, "num_attention_heads", 1, L.num_attention_heads);
+  const vocabSize = int(cfg, "vocab_size", 1, L.vocab_size);
+  const intermediateSize = int(cfg, "intermediate_size", 1, L.intermediate_size);
+  if (cfg.head_dim === undefined || cfg.head_dim === null) {
+    if (hiddenSize % numHeads !== 0) throw new ModelConfigError(`config.json: hidden_size ${hiddenSize} is not divisible by num_attention_heads ${numHeads}`);
+  }
+  const headDim = int(cfg, "head_dim", 1, L.head_dim, hiddenSize / numHeads);
+  const numKvHeads = int(cfg, "num_key_value_heads", 1, L.num_key_value_heads, numHeads);
   if (numHeads % numKvHeads !== 0) throw new ModelConfigError(`config.json: num_attention_heads ${numHeads} is not a multiple of num_key_value_heads ${numKvHeads}`);
   if (headDim % 2 !== 0) throw new ModelConfigError(`config.json: head_dim ${headDim} must be even for rotary embeddings`);
+  // not used by the graph, but a corrupt value is a corrupt config
+  if (cfg.max_position_embeddings !== undefined && cfg.max_position_embeddings !== null) int(cfg, "max_position_embeddings", 1, L.positions);
   const act = (cfg.hidden_act ?? cfg.hidden_activation ?? "silu") as string;
   const activation = act === "silu" || act === "swish" ? "silu" : act === "gelu_pytorch_tanh" || act === "gelu_tanh" ? "gelu_tanh" : null;
   if (!activation) throw new ModelConfigError(`config.json: hidden activation "${act}" is not supported (supported: silu, gelu_pytorch_tanh)`);
+  const bosTokenId = typeof cfg.bos_token_id === "number" ? cfg.bos_token_id : null;
+  if (bosTokenId !== null) checkTokenIds("bos_token_id", [bosTokenId], vocabSize);
+  const eosTokenIds = ids(cfg.eos_token_id);
+  checkTokenIds("eos_token_id", eosTokenIds, vocabSize);
   // pretraining_tp > 1 only makes HF split the matmuls into slices; the math is the same, so it is ignored.
   return {
     modelType: String(cfg.model_type),
     hiddenSize,
-    intermediateSize: num(cfg, "intermediate_size"),
+    intermediateSize,
     numLayers,
     numHeads,
     numKvHeads,
     headDim,
-    vocabSize: num(cfg, "vocab_size"),
-    rmsNormEps: num(cfg, "rms_norm_eps", 1e-6),
-    ropeTheta: num(cfg, "rope_theta", 10000),
+    vocabSize,
+    rmsNormEps: positive(cfg, "rms_norm_eps", 1e-6, 1),
+    ropeTheta: positive(cfg, "rope_theta", 10000),
     ropeScaling: parseRopeScaling(cfg),
     tieWordEmbeddings: cfg.tie_word_embeddings === undefined ? false : Boolean(cfg.tie_word_embeddings),
     qkvBias: Boolean(cfg.attention_bias),
@@ -119,8 +175,8 @@ export function readLlamaConfig(cfg: Json): DecoderConfig {
     embeddingScale: null,
     normAddsOne: false,
     sandwichNorms: false,
-    bosTokenId: typeof cfg.bos_token_id === "number" ? cfg.bos_token_id : null,
-    eosTokenIds: ids(cfg.eos_token_id),
+    bosTokenId,
+    eosTokenIds,
     padTokenId: typeof cfg.pad_token_id === "number" ? cfg.pad_token_id : null,
   };
 }

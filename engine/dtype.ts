@@ -264,3 +264,65 @@ export function fromFloat32(dtype: DType, f32: Float32Array): Uint8Array {
       throw new DTypeError(`conversion from float32 to ${dtype} is not supported (only F32, F16, BF16, F64)`);
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// finiteness: one NaN or Inf weight turns every logit into NaN, so weights are checked, not trusted
+
+/** The floating dtypes a weight may be stored in (what the engine reads and the edit writes back). */
+export function isFloatDType(d: DType): boolean {
+  return d === "F32" || d === "F16" || d === "BF16" || d === "F64";
+}
+
+/** A tensor (or vector) holds NaN or ±Inf; `index` is the flat index of the first such element. */
+export class NonFiniteError extends Error {
+  override name = "NonFiniteError";
+  constructor(
+    message: string,
+    readonly index: number,
+    readonly value: number,
+  ) {
+    super(message);
+  }
+}
+
+/** Index of the first NaN or ±Inf in `data`, or -1. `x - x` is 0 for every finite x and NaN otherwise. */
+export function firstNonFinite(data: Float32Array | Float64Array): number {
+  for (let i = 0; i < data.length; i++) {
+    const x = data[i];
+    if (x - x !== 0) return i;
+  }
+  return -1;
+}
+
+/**
+ * Index of the first NaN or ±Inf element in little-endian `bytes` of a floating `dtype`, or -1 (always -1
+ * for integer dtypes). Looks at the exponent bits only, so no float32 copy is made: this is the check
+ * for bytes about to be written (an f32 value can become Inf only when narrowed to F16).
+ */
+export function firstNonFiniteBytes(dtype: DType, bytes: Uint8Array): number {
+  const size = dtypeSize(dtype);
+  if (bytes.byteLength % size !== 0) throw new DTypeError(`${bytes.byteLength} bytes is not a whole number of ${dtype} elements (${size} bytes each)`);
+  if (!isFloatDType(dtype)) return -1;
+  // typed views need aligned memory; an unaligned slice is copied once
+  const buf = bytes.byteOffset % size === 0 ? bytes : bytes.slice();
+  const n = buf.byteLength / size;
+  if (dtype === "F32") {
+    const u = new Uint32Array(buf.buffer, buf.byteOffset, n);
+    for (let i = 0; i < n; i++) if ((u[i] & 0x7f800000) === 0x7f800000) return i;
+  } else if (dtype === "F64") {
+    // high word of each little-endian f64 holds the 11 exponent bits
+    const u = new Uint32Array(buf.buffer, buf.byteOffset, 2 * n);
+    for (let i = 0; i < n; i++) if ((u[2 * i + 1] & 0x7ff00000) === 0x7ff00000) return i;
+  } else {
+    const mask = dtype === "BF16" ? 0x7f80 : 0x7c00;
+    const u = new Uint16Array(buf.buffer, buf.byteOffset, n);
+    for (let i = 0; i < n; i++) if ((u[i] & mask) === mask) return i;
+  }
+  return -1;
+}
+
+/** The value of element `index` of `bytes` (a floating dtype), for error messages. */
+export function elementValue(dtype: DType, bytes: Uint8Array, index: number): number {
+  const size = dtypeSize(dtype);
+  return toFloat32(dtype, bytes.subarray(index * size, (index + 1) * size))[0];
+}

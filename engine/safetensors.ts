@@ -2,6 +2,8 @@
 // buffer; each tensor's `data_offsets` are relative to the data start. The reader only ever reads the
 // header eagerly and fetches tensors with positional reads; the writer reproduces the byte layout of
 // the Rust `safetensors` serializer that Hugging Face uses, so re-written files are byte-identical.
+// A header is refused unless every tensor has exactly one entry (no repeated JSON key, which JSON.parse
+// would silently resolve to the last) and the tensors tile the data buffer exactly.
 import {
   closeSync,
   fstatSync,
@@ -14,7 +16,7 @@ import {
 } from "node:fs";
 import { dirname } from "node:path";
 import { randomBytes } from "node:crypto";
-import { type DType, dtypeRank, dtypeSize, isDType, toFloat32 } from "./dtype.ts";
+import { type DType, dtypeRank, dtypeSize, elementValue, firstNonFiniteBytes, isDType, NonFiniteError, toFloat32 } from "./dtype.ts";
 
 export class SafetensorsError extends Error {
   override name = "SafetensorsError";
@@ -67,6 +69,117 @@ function writeFully(fd: number, src: Uint8Array): void {
     const len = Math.min(IO_CHUNK, src.byteLength - done);
     done += writeSync(fd, src, done, len);
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Repeated JSON keys
+
+/** A key that appears twice in one JSON object. */
+export interface DuplicateJsonKey {
+  /** Keys of the enclosing objects, outermost first ([] for a top-level key); array elements are "[i]". */
+  path: string[];
+  key: string;
+  /** The two values, when both are strings (e.g. the two shards of an index entry); else null. */
+  values: [string, string] | null;
+}
+
+interface ScanFrame {
+  /** Keys seen so far → their value when it is a string (else null); null for an array. */
+  keys: Map<string, string | null> | null;
+  /** Object: the key whose value comes next, or null while a key is expected. Array: unused. */
+  key: string | null;
+  /** How this container is reached from its parent (its key, or "[i]"). */
+  label: string;
+  /** Array: elements started so far. */
+  count: number;
+}
+
+/**
+ * The first repeated key in any object of `text`, or null. `text` must already be valid JSON (this is
+ * run after JSON.parse, which accepts repeats and keeps the last value). One pass, linear in the text.
+ */
+export function findDuplicateKey(text: string): DuplicateJsonKey | null {
+  const stack: ScanFrame[] = [];
+  let pending: { path: string[]; key: string; first: string | null } | null = null;
+  // Called when a value starts in the current container; returns the duplicate once its second value is known.
+  const valueStarts = (str: string | null): DuplicateJsonKey | null => {
+    const top = stack[stack.length - 1];
+    if (!top) return null;
+    if (top.keys === null) {
+      top.count++;
+      return null;
+    }
+    const key = top.key as string;
+    if (pending) return { path: pending.path, key, values: pending.first !== null && str !== null ? [pending.first, str] : null };
+    top.keys.set(key, str);
+    return null;
+  };
+  const childLabel = (): string => {
+    const top = stack[stack.length - 1];
+    if (!top) return "";
+    return top.keys === null ? `[${top.count - 1}]` : (top.key as string);
+  };
+  const n = text.length;
+  let i = 0;
+  while (i < n) {
+    const c = text.charCodeAt(i);
+    if (c === 0x22) {
+      // string: jump to the closing quote (one not preceded by an odd run of backslashes)
+      let j = text.indexOf('"', i + 1);
+      for (;;) {
+        if (j < 0) return null; // unterminated string: not valid JSON, which the caller has ruled out
+        let b = 0;
+        while (text.charCodeAt(j - 1 - b) === 0x5c) b++;
+        if (b % 2 === 0) break;
+        j = text.indexOf('"', j + 1);
+      }
+      const raw = text.slice(i + 1, j);
+      const s = raw.includes("\\") ? (JSON.parse(text.slice(i, j + 1)) as string) : raw;
+      i = j + 1;
+      const top = stack[stack.length - 1];
+      if (top && top.keys !== null && top.key === null) {
+        if (top.keys.has(s)) pending = { path: stack.slice(1).map((f) => f.label), key: s, first: top.keys.get(s) as string | null };
+        top.key = s;
+      } else {
+        const dup = valueStarts(s);
+        if (dup) return dup;
+      }
+      continue;
+    }
+    if (c === 0x7b || c === 0x5b) {
+      // { or [
+      const dup = valueStarts(null);
+      if (dup) return dup;
+      stack.push({ keys: c === 0x7b ? new Map() : null, key: null, label: childLabel(), count: 0 });
+      i++;
+      continue;
+    }
+    if (c === 0x7d || c === 0x5d) {
+      stack.pop();
+      i++;
+      continue;
+    }
+    if (c === 0x2c) {
+      // , : the next string in an object is a key again
+      const top = stack[stack.length - 1];
+      if (top && top.keys !== null) top.key = null;
+      i++;
+      continue;
+    }
+    if (c === 0x3a || c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09) {
+      i++;
+      continue;
+    }
+    // number, true, false, null
+    const dup = valueStarts(null);
+    if (dup) return dup;
+    while (i < n) {
+      const d = text.charCodeAt(i);
+      if (d === 0x2c || d === 0x7d || d === 0x5d || d === 0x20 || d === 0x0a || d === 0x0d || d === 0x09) break;
+      i++;
+    }
+  }
+  return null;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -214,6 +327,13 @@ function parseHeader(fd: number, size: number, path: string): ParsedHeader {
     return fail(`header is not valid JSON: ${(e as Error).message}`);
   }
   if (!isPlainObject(json)) return fail("header is not a JSON object");
+  // JSON.parse keeps the last of two entries with one name: the file would mean two different things.
+  const dup = findDuplicateKey(text);
+  if (dup) {
+    if (dup.path.length === 0) fail(dup.key === METADATA_KEY ? `"${METADATA_KEY}" appears twice in the header` : `tensor "${dup.key}" is listed twice in the header (a tensor must have exactly one entry)`);
+    const owner = dup.path[0] === METADATA_KEY ? `"${METADATA_KEY}"` : `tensor "${dup.path[0]}"`;
+    fail(`key "${dup.key}" appears twice in the header entry of ${owner}`);
+  }
 
   const dataStart = 8 + n;
   const dataSize = size - dataStart;
@@ -403,8 +523,9 @@ export class SafetensorsStreamWriter {
   /**
    * Appends the next tensor by copying its bytes straight from another safetensors file in fixed-size
    * chunks, so copying a large unedited tensor costs one small buffer instead of the whole tensor.
+   * `requireFinite` refuses (NonFiniteError) a floating tensor holding NaN or Inf, checked chunk by chunk.
    */
-  copyFrom(name: string, src: SafetensorsFile, chunkBytes = 8 << 20): void {
+  copyFrom(name: string, src: SafetensorsFile, opts: { chunkBytes?: number; requireFinite?: boolean } = {}): void {
     const info = src.info(name);
     const expected = this.plan.order[this.next];
     if (!expected || expected.name !== name) {
@@ -412,7 +533,10 @@ export class SafetensorsStreamWriter {
     }
     if (this.fd === null) throw new SafetensorsError(`${this.path}: writer is already ${this.done ? "finished" : "aborted"}`);
     if (info.byteLength !== this.plan.lengths.get(name)) throw new SafetensorsError(`${this.path}: tensor "${name}" has ${info.byteLength} bytes in ${src.path}, the plan says ${this.plan.lengths.get(name)}`);
-    const buf = new Uint8Array(Math.min(chunkBytes, Math.max(info.byteLength, 1)));
+    // whole elements per chunk, so each chunk can be checked on its own
+    const elem = dtypeSize(info.dtype);
+    const chunk = Math.max(elem, Math.floor((opts.chunkBytes ?? 8 << 20) / elem) * elem);
+    const buf = new Uint8Array(Math.min(chunk, Math.max(info.byteLength, 1)));
     const fd = openSync(src.path, "r");
     try {
       for (let done = 0; done < info.byteLength; ) {
@@ -422,6 +546,14 @@ export class SafetensorsStreamWriter {
           const r = readSync(fd, buf, got, n - got, info.byteOffset + done + got);
           if (r === 0) throw new SafetensorsError(`${src.path}: unexpected end of file while copying "${name}"`);
           got += r;
+        }
+        if (opts.requireFinite) {
+          const bad = firstNonFiniteBytes(info.dtype, buf.subarray(0, n));
+          if (bad >= 0) {
+            const index = done / elem + bad;
+            const value = elementValue(info.dtype, buf.subarray(0, n), bad);
+            throw new NonFiniteError(`${src.path}: tensor "${name}" holds ${value} at element ${index}; refusing to write a checkpoint with non-finite weights`, index, value);
+          }
         }
         writeFully(this.fd, buf.subarray(0, n));
         done += n;

@@ -13,7 +13,7 @@ import { copyFileSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync, w
 import { basename, join } from "node:path";
 import { fsyncDir, sha256Hex } from "../util/fs.ts";
 import { Checkpoint } from "../engine/checkpoint.ts";
-import { fromFloat32 } from "../engine/dtype.ts";
+import { type DType, elementValue, firstNonFinite, firstNonFiniteBytes, fromFloat32, NonFiniteError } from "../engine/dtype.ts";
 import { meanOfRows } from "../engine/decoder.ts";
 import type { DecoderConfig } from "../engine/config.ts";
 import { EMBEDDING_NAME, residualWriters } from "../engine/writers.ts";
@@ -78,6 +78,28 @@ export interface CheckpointEdit {
   onTensor?: (done: number, total: number) => void;
 }
 
+/** Refuses a vector of the edit (direction or key) holding NaN or ±Inf: every edited weight would be non-finite. */
+function checkFiniteVector(what: string, v: Float32Array): void {
+  const bad = firstNonFinite(v);
+  if (bad >= 0) throw new NonFiniteError(`${what} holds ${v[bad]} at entry ${bad}; refusing to edit with non-finite values`, bad, v[bad]);
+}
+
+/** Refuses a tensor read from the source checkpoint holding NaN or ±Inf (float32 values, as read). */
+function checkFiniteSource(shard: string, name: string, data: Float32Array): void {
+  const bad = firstNonFinite(data);
+  if (bad >= 0) throw new NonFiniteError(`${shard}: tensor "${name}" holds ${data[bad]} at element ${bad}; refusing to edit a checkpoint with non-finite weights`, bad, data[bad]);
+}
+
+/** The encoded result, about to be written: narrowing to F16/BF16 can overflow a finite float32 to Inf. */
+function finiteEncoded(shard: string, name: string, dtype: DType, bytes: Uint8Array): Uint8Array {
+  const bad = firstNonFiniteBytes(dtype, bytes);
+  if (bad >= 0) {
+    const value = elementValue(dtype, bytes, bad);
+    throw new NonFiniteError(`${shard}: the edited tensor "${name}" would hold ${value} at element ${bad} in ${dtype} (the edit is too large for its dtype?); no checkpoint written`, bad, value);
+  }
+  return bytes;
+}
+
 /** Files besides the weights that make a checkpoint directory usable. */
 const CARRIED_FILES = /^(config\.json|generation_config\.json|tokenizer\.json|tokenizer_config\.json|special_tokens_map\.json|tokenizer\.model|vocab\.json|merges\.txt|chat_template\.jinja|model\.safetensors\.index\.json|README\.md|LICENSE.*)$/;
 
@@ -85,6 +107,9 @@ const CARRIED_FILES = /^(config\.json|generation_config\.json|tokenizer\.json|to
  * Rewrites a checkpoint into `outDir` shard by shard: edited tensors are recomputed in float32 and
  * written back in their original dtype; every other tensor is copied byte for byte. Holds at most
  * one tensor's float32 copy. Writes into a temporary directory renamed into place when complete.
+ * Refuses (NonFiniteError, nothing left behind) when any vector or key of the edit, any tensor it reads or
+ * copies, or any edited tensor in its stored dtype holds NaN or ±Inf; and refuses a shard holding tensors
+ * the checkpoint's index does not list (they would be republished unchecked).
  */
 export function writeEditedCheckpoint(srcDir: string, outDir: string, edit: CheckpointEdit): { files: string[] } {
   const ckpt = Checkpoint.open(srcDir);
@@ -93,6 +118,9 @@ export function writeEditedCheckpoint(srcDir: string, outDir: string, edit: Chec
   mkdirSync(tmp, { recursive: true });
   try {
     for (const name of edit.vectors.keys()) if (!ckpt.has(name)) throw new InjectError(`${srcDir}: tensor "${name}" to edit is not in the checkpoint`);
+    for (const [name, v] of edit.vectors) checkFiniteVector(`the edit vector for "${name}"`, v);
+    for (const [name, k] of edit.keys ?? []) checkFiniteVector(`the key for "${name}"`, k);
+    if (edit.embedding) checkFiniteVector(`the embedding edit vector`, edit.embedding);
     for (const [name, key] of edit.keys ?? []) {
       if (!edit.vectors.has(name)) throw new InjectError(`a key is given for tensor "${name}", which has no edit vector`);
       const shape = ckpt.info(name).shape;
@@ -109,6 +137,9 @@ export function writeEditedCheckpoint(srcDir: string, outDir: string, edit: Chec
     for (const shard of ckpt.shards()) {
       const src = SafetensorsFile.open(shard);
       try {
+        const listed = new Set(ckpt.shardNames(shard));
+        const unlisted = src.names().find((n) => !listed.has(n));
+        if (unlisted !== undefined) throw new InjectError(`${shard}: tensor "${unlisted}" is stored in this shard but the checkpoint's index does not list it; refusing to republish an unchecked tensor`);
         const specs = src.names().map((n) => {
           const i = src.info(n);
           return { name: n, dtype: i.dtype, shape: i.shape };
@@ -119,15 +150,19 @@ export function writeEditedCheckpoint(srcDir: string, outDir: string, edit: Chec
             const v = edit.vectors.get(name);
             if (name === EMBEDDING && edit.embedding) {
               const info = src.info(name);
-              writer.write(name, fromFloat32(info.dtype, embeddingEdit(src.readF32(name), info.shape[0], info.shape[1], edit.embedding)));
+              const E = src.readF32(name);
+              checkFiniteSource(shard, name, E);
+              writer.write(name, finiteEncoded(shard, name, info.dtype, fromFloat32(info.dtype, embeddingEdit(E, info.shape[0], info.shape[1], edit.embedding))));
               Bun.gc(false);
-            } else if (!v) writer.copyFrom(name, src);
+            } else if (!v) writer.copyFrom(name, src, { requireFinite: true });
             else {
               const info = src.info(name);
               if (info.shape.length !== 2) throw new InjectError(`tensor "${name}" is not a matrix (shape [${info.shape}])`);
               // One float32 copy of the tensor, edited in place, then converted back to its dtype.
-              const edited = rankOneEdit(src.readF32(name), info.shape[0], info.shape[1], v, true, edit.keys?.get(name));
-              writer.write(name, fromFloat32(info.dtype, edited));
+              const W = src.readF32(name);
+              checkFiniteSource(shard, name, W);
+              const edited = rankOneEdit(W, info.shape[0], info.shape[1], v, true, edit.keys?.get(name));
+              writer.write(name, finiteEncoded(shard, name, info.dtype, fromFloat32(info.dtype, edited)));
               Bun.gc(false); // let the previous tensor's buffers go before the next one is read
             }
             edit.onTensor?.(++done, total);
