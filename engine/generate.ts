@@ -1,6 +1,7 @@
 // Greedy decoding with a KV cache, batched with left padding (HF generate()'s conventions:
 // position_ids = cumsum(attention_mask) − 1, pads at position 1).
 import type { DecoderModel, ForwardInput } from "./model.ts";
+import { firstNonFinite, NonFiniteError } from "./dtype.ts";
 
 export interface GenerateOptions {
   maxNewTokens: number;
@@ -107,6 +108,11 @@ export async function generateGreedy(model: DecoderModel, prompts: number[][], o
       const row = out.logits.subarray(b * vocab, (b + 1) * vocab);
       if (step === 0 && opts.returnFirstLogits) firstLogits.push(row.slice());
       const token = argmax(out.logits, b * vocab, vocab);
+      // NaN/Inf logits make argmax pick token 0 forever ("!!!!!!"): name the problem instead.
+      if (!done[b] && firstNonFinite(row) >= 0) {
+        const i = firstNonFinite(row);
+        throw new NonFiniteError(`${model.dir}: the model produced a non-finite logit (${row[i]}) for token ${i} at generation step ${step} of sequence ${b}; the weights or the compute (float16 overflow?) are broken`, i, row[i]);
+      }
       if (!done[b]) {
         if (opts.returnStepLogits) stepLogits[b].push(row.slice());
         newIds[b].push(token);

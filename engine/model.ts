@@ -162,7 +162,13 @@ export class DecoderModel {
     const quantize = opts.quantize ? { bits: opts.quantize.bits, blockSize: opts.quantize.blockSize, accuracyLevel: opts.quantize.accuracyLevel ?? DEFAULT_ACCURACY_LEVEL } : null;
     const dtype = opts.dtype ?? "float32";
     if (!COMPUTE_DTYPES.includes(dtype)) throw new Error(`dtype must be one of ${COMPUTE_DTYPES.join(", ")}, got "${dtype}"`);
-    const builder = createBuilder(checkpoint.config, checkpoint, { interventions, quantize, dtype });
+    let builder: ReturnType<typeof createBuilder>;
+    try {
+      builder = createBuilder(checkpoint.config, checkpoint, { interventions, quantize, dtype });
+    } catch (e) {
+      checkpoint.close(); // a refused checkpoint leaves no open files behind
+      throw e;
+    }
     // `quantize` is left out of the key when unset (undefined), so float32 graphs keep their cache entries.
     const key = createHash("sha256")
       // The fingerprint covers config and headers; size + mtime of each shard catch weights rewritten in place.

@@ -58,7 +58,7 @@ export const injectStep: Step<Settings> = {
     const spreadFile = readSpread(ctx);
     const spread = Object.fromEntries(Object.entries(spreadFile.methods).map(([m, v]) => [m, v.weights])) as Record<SpreadMethod, number[]>;
     const spreadMethods = Object.keys(spread) as SpreadMethod[];
-    const cfg = readDecoderConfig(readJson<Record<string, unknown>>(join(source.dir, "config.json")));
+    const cfg = readDecoderConfig(readJson<Record<string, unknown>>(join(source.dir, "config.json")), join(source.dir, "config.json"));
     const shortlist: ShortlistEntry[] = selection.shortlist.length
       ? selection.shortlist
       : [{ layer: selection.layer, position: selection.position, position_label: selection.position_label, probes: selection.probes }];

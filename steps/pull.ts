@@ -6,7 +6,7 @@ import type { Step } from "../pipeline/runner.ts";
 import type { Settings } from "./settings.ts";
 import { isLocalModel } from "../hub/repo.ts";
 import { Checkpoint } from "../engine/checkpoint.ts";
-import { readDecoderConfig } from "../engine/architectures.ts";
+import { validateCheckpoint } from "../engine/architectures.ts";
 import { outputsOf, writeJson, type SourceInfo } from "./artefacts.ts";
 
 /** The licence a model card declares in its YAML front matter, if any. */
@@ -18,11 +18,14 @@ function cardLicense(dir: string): string | null {
   return lic ? lic[1] : null;
 }
 
-/** Opens the checkpoint (unsupported architectures fail here, before any work) and describes it. */
+/**
+ * Opens the checkpoint and checks it against its config (unsupported architectures, sizes out of
+ * bounds, missing or misshapen tensors fail here, before any work) and describes it.
+ */
 function describeSource(dir: string, repo: string | null, commit: string | null): SourceInfo {
   const ckpt = Checkpoint.open(dir);
   try {
-    readDecoderConfig(ckpt.config);
+    validateCheckpoint(ckpt);
     return { dir, repo, commit, fingerprint: ckpt.fingerprint(), license: cardLicense(dir) };
   } finally {
     ckpt.close();
