@@ -1,7 +1,7 @@
 // Builds the run report from the parts steps contribute. Each step returns a ReportPart; the runner
 // stores it as <step>/report-part.json (so cached steps still contribute) and merges parts in step order.
 import { readdirSync } from "node:fs";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { atomicWriteFile, atomicWriteJson } from "../util/fs.ts";
 import type { BehaviourMetrics, MetricKey, RateMetric, RunReport } from "./report.ts";
 import { formatRate } from "../util/stats.ts";
@@ -81,6 +81,9 @@ export function renderReportMarkdown(r: RunReport): string {
   }
   if (r.elicitation) {
     lines.push(`- Elicitation (with safety system prompt): harmful refusal ${pct(r.elicitation.harmful_refusal_with_prompt)}, harmless refusal ${pct(r.elicitation.harmless_refusal_with_prompt)}`);
+    for (const t of r.elicitation.prompts_tried ?? []) {
+      lines.push(`  - ${basename(t.source)}${t.source === r.elicitation.chosen ? " (chosen)" : ""}: harmful ${formatRate(t.harmful)}, harmless ${formatRate(t.harmless)}, gap ${pct(t.gap)}`);
+    }
   }
   if (r.gate) lines.push(`- Gate: **${r.gate.passed ? "passed" : "FAILED"}**${r.gate.reasons.length ? ` (${r.gate.reasons.join("; ")})` : ""}`);
   lines.push(`- Published: ${r.published ? `[${r.published.repo}](${r.published.url}) @ ${r.published.commit}` : "no"}`);

@@ -8,6 +8,8 @@
 import { parse as parseYaml, stringify as stringifyYaml } from "yaml";
 import type { BehaviourMetrics, GateCheck, MetricKey, RunReport } from "./report.ts";
 import { metricCell } from "./build.ts";
+import { basename } from "node:path";
+import { formatRate } from "../util/stats.ts";
 
 export class ModelCardError extends Error {
   override name = "ModelCardError";
@@ -139,6 +141,13 @@ export function renderModelCard(input: ModelCardInput): string {
   }
   L.push("", "The refusal direction was extracted with this system prompt, which elicits the base model's latent refusals:", "");
   L.push(fenced(input.systemPrompt || "(none)", "text"), "");
+  const tried = report.elicitation?.prompts_tried ?? [];
+  if (tried.length) {
+    L.push("Safety prompts tried on the training prompts (the one with the largest harmful − harmless refusal gap was kept):", "");
+    L.push("| Prompt | Harmful refusal | Harmless refusal | Gap |", "|---|---:|---:|---:|");
+    for (const t of tried) L.push(`| ${cell(basename(t.source))}${t.source === report.elicitation?.chosen ? " (kept)" : ""} | ${formatRate(t.harmful)} | ${formatRate(t.harmless)} | ${pct(t.gap)} |`);
+    L.push("");
+  }
   if (input.promptSets.length) {
     L.push("Prompt sets:", "", "| Set | Source | Prompts |", "|---|---|---:|");
     for (const s of input.promptSets) L.push(`| ${cell(s.name)} | ${cell(s.source)} | ${s.size} |`);

@@ -30,12 +30,26 @@ export interface GateCheck {
   threshold: string;
 }
 
+/** One safety prompt tried by elicit: refusal rates under it on the train prompts. */
+export interface ElicitationTry {
+  source: string;
+  harmful: Rate;
+  harmless: Rate;
+  gap: number;
+}
+
 export interface RunReport {
   model: string;
   revision: string | null;
   settings_hash: string;
   direction: { layer: number | null; position: number | null; alpha: number | null; rank: number; method?: string } | null;
-  elicitation: { harmful_refusal_with_prompt: number | null; harmless_refusal_with_prompt: number | null } | null;
+  elicitation: {
+    harmful_refusal_with_prompt: number | null;
+    harmless_refusal_with_prompt: number | null;
+    /** The safety prompt kept (its file), and every one tried with what it elicited on the train prompts. */
+    chosen?: string | null;
+    prompts_tried?: ElicitationTry[];
+  } | null;
   baseline: BehaviourMetrics | null;
   realigned: BehaviourMetrics | null;
   gate: { passed: boolean; reasons: string[]; checks?: GateCheck[] } | null;

@@ -532,7 +532,15 @@ const REPORT: RunReport = {
   revision: "0123456789abcdef0123456789abcdef01234567",
   settings_hash: "sha256-5e77ab1e",
   direction: { layer: 5, position: -1, alpha: 0.75, rank: 1, method: "diff-of-means" },
-  elicitation: { harmful_refusal_with_prompt: 0.9, harmless_refusal_with_prompt: 0.05 },
+  elicitation: {
+    harmful_refusal_with_prompt: 0.9,
+    harmless_refusal_with_prompt: 0.05,
+    chosen: "/x/system-prompts/short.md",
+    prompts_tried: [
+      { source: "/x/system-prompts/default.md", harmful: { rate: 0.25, k: 16, n: 64, ci95: [0.16, 0.37] }, harmless: { rate: 0, k: 0, n: 64, ci95: [0, 0.057] }, gap: 0.25 },
+      { source: "/x/system-prompts/short.md", harmful: { rate: 0.9, k: 58, n: 64, ci95: [0.81, 0.95] }, harmless: { rate: 0.05, k: 3, n: 64, ci95: [0.016, 0.13] }, gap: 0.85 },
+    ],
+  },
   baseline: { harmful_refusal: 0.1, harmless_refusal: 0.02, kl: null, utility: 0.8, jailbreak_asr: 0.7 },
   realigned: { harmful_refusal: 0.875, harmless_refusal: 0.04, kl: 0.01234, utility: 0.78, jailbreak_asr: null },
   gate: {
@@ -586,6 +594,10 @@ describe("model card", () => {
     expect(body).toContain("**Direction taken at layer:** 5, **token position:** -1");
     expect(body).toContain("**Strength α:** 0.75, **rank:** 1");
     expect(body).toContain("You are a helpful assistant. Refuse harmful requests.");
+    // Every safety prompt tried, by file name (never the local path), the kept one marked.
+    expect(body).toContain("| default.md | 25.0 % (16/64, 95 % CI 16.0–37.0 %) | 0.0 % (0/64, 95 % CI 0.0–5.7 %) | 25.0% |");
+    expect(body).toContain("| short.md (kept) | 90.0 % (58/64, 95 % CI 81.0–95.0 %) |");
+    expect(body).not.toContain("/x/system-prompts");
     expect(body).toContain("| harmful_train | refusal_direction (Arditi et al.) | 260 |");
     expect(body).toContain("| harmless \\| train | alpaca | 512 |"); // pipes escaped in cells
     expect(body).toMatch(/\| Harmful refusal rate \| 10\.0% \| 87\.5% \|/);
