@@ -1,6 +1,10 @@
 // Model tokenizer: wraps @huggingface/tokenizers (the BPE itself) and @huggingface/jinja (chat templates)
 // and adds what HF transformers layers on top: special-token ids from the config files, the Llama/Gemma
 // `add_bos_token` rule, chat rendering, and token spans of the instruction inside a rendered chat.
+// A malformed tokenizer.json is refused at load with a TokenizerError naming the file and the problem:
+// its structure is checked before the library sees it (the library silently falls back to a model
+// that returns strings for an unknown model type, which only fails much later, inside ONNX Runtime),
+// the library's own errors are wrapped, and a probe encoding must yield integer ids in the vocabulary.
 import { existsSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
@@ -137,6 +141,55 @@ function pickTemplate(v: unknown, where: string): string | null {
   return chosen[1];
 }
 
+/** The tokenizer model types the library implements (HF's WordLevel is not among them). */
+const MODEL_TYPES = ["BPE", "Unigram", "WordPiece"] as const;
+const PIPELINE_PARTS = ["normalizer", "pre_tokenizer", "post_processor", "decoder"] as const;
+
+const isObject = (v: unknown): v is Json => v !== null && typeof v === "object" && !Array.isArray(v);
+const isId = (v: unknown): v is number => typeof v === "number" && Number.isInteger(v) && v >= 0;
+const shown = (v: unknown) => (JSON.stringify(v) ?? String(v)).slice(0, 80);
+
+/** Structure the library relies on but does not check; throws a TokenizerError naming `file` and the field. */
+function checkTokenizerJson(file: string, tj: Json): void {
+  const bad = (what: string) => new TokenizerError(`${file}: ${what}`);
+  const model = tj.model;
+  if (!isObject(model)) throw bad(`"model" must be an object (the tokenizer model: ${MODEL_TYPES.join(", ")}), got ${shown(model)}`);
+  const type = model.type;
+  if (type !== undefined && !(MODEL_TYPES as readonly unknown[]).includes(type)) {
+    throw bad(`tokenizer model type ${shown(type)} is not supported (supported: ${MODEL_TYPES.join(", ")})`);
+  }
+  const vocab = model.vocab;
+  if (type === "Unigram" || Array.isArray(vocab)) {
+    if (!Array.isArray(vocab) || vocab.length === 0) throw bad(`model.vocab of a Unigram model must be a non-empty list of [piece, score] pairs`);
+    vocab.forEach((e, i) => {
+      if (!Array.isArray(e) || typeof e[0] !== "string" || typeof e[1] !== "number") throw bad(`model.vocab[${i}] must be a [piece, score] pair, got ${shown(e)}`);
+    });
+  } else {
+    if (!isObject(vocab)) throw bad(`model.vocab must map tokens to ids, got ${shown(vocab)}`);
+    for (const [token, id] of Object.entries(vocab)) {
+      if (!isId(id)) throw bad(`model.vocab[${shown(token)}] must be a non-negative integer id, got ${shown(id)}`);
+    }
+  }
+  if (type === "BPE" && model.merges !== undefined) {
+    if (!Array.isArray(model.merges)) throw bad(`model.merges must be a list, got ${shown(model.merges)}`);
+    model.merges.forEach((m, i) => {
+      const ok = typeof m === "string" ? m.includes(" ") : Array.isArray(m) && m.length === 2 && m.every((x) => typeof x === "string");
+      if (!ok) throw bad(`model.merges[${i}] must be "left right" or a [left, right] pair, got ${shown(m)}`);
+    });
+  }
+  if (tj.added_tokens !== undefined && tj.added_tokens !== null) {
+    if (!Array.isArray(tj.added_tokens)) throw bad(`added_tokens must be a list, got ${shown(tj.added_tokens)}`);
+    tj.added_tokens.forEach((t, i) => {
+      if (!isObject(t) || !isId(t.id) || typeof t.content !== "string") throw bad(`added_tokens[${i}] must be {id: integer, content: string, ...}, got ${shown(t)}`);
+    });
+  }
+  for (const part of PIPELINE_PARTS) {
+    const v = tj[part];
+    if (v === undefined || v === null) continue;
+    if (!isObject(v) || typeof v.type !== "string") throw bad(`${part} must be null or an object with a "type", got ${shown(v)}`);
+  }
+}
+
 function isPrefix(prefix: number[], full: number[]): boolean {
   if (prefix.length > full.length) return false;
   for (let i = 0; i < prefix.length; i++) if (prefix[i] !== full[i]) return false;
@@ -158,6 +211,8 @@ class HfModelTokenizer implements ModelTokenizer {
   readonly supportsSystemRole: boolean;
 
   private readonly tok: Tokenizer;
+  /** tokenizer.json's path, for messages. */
+  private readonly file: string;
   private readonly template: Template | null;
   private readonly tokenStrings: Partial<Record<SpecialKey, string>>;
   private readonly additionalSpecial: string[];
@@ -190,21 +245,34 @@ class HfModelTokenizer implements ModelTokenizer {
 
     // The library reads a few config fields; give it plain strings where HF allows AddedToken objects.
     const libConfig: Json = { ...merged, ...strings, additional_special_tokens: this.additionalSpecial };
-    try {
-      this.tok = new Tokenizer(tokenizerJson, libConfig);
-    } catch (e) {
-      throw new TokenizerError(`${dir}/tokenizer.json could not be loaded: ${(e as Error).message}`);
-    }
+    this.file = join(dir, "tokenizer.json");
+    checkTokenizerJson(this.file, tokenizerJson);
+    const lib = <T>(what: string, fn: () => T): T => {
+      try {
+        return fn();
+      } catch (e) {
+        throw new TokenizerError(`${this.file} could not be loaded: ${what}: ${e instanceof Error ? e.message : String(e)}`);
+      }
+    };
+    this.tok = lib("the tokenizer library rejected it", () => new Tokenizer(tokenizerJson, libConfig));
 
     let maxId = -1;
-    for (const id of this.tok.get_vocab(true).values()) if (id > maxId) maxId = id;
-    if (maxId < 0) throw new TokenizerError(`${dir}/tokenizer.json has an empty vocabulary`);
+    for (const id of lib("reading the vocabulary", () => this.tok.get_vocab(true).values())) {
+      if (!isId(id)) throw new TokenizerError(`${this.file}: the vocabulary holds a token id that is not a non-negative integer: ${shown(id)}`);
+      if (id > maxId) maxId = id;
+    }
+    if (maxId < 0) throw new TokenizerError(`${this.file} has an empty vocabulary`);
     this.vocabSize = maxId + 1;
+    // An unrecognised model (no type, unusual fields) can load and still encode to strings: probe it.
+    const probe = lib("encoding a probe text", () => this.tok.encode("Hello world 123", { add_special_tokens: false }).ids);
+    if (!Array.isArray(probe) || probe.some((id) => !isId(id) || id >= this.vocabSize)) {
+      throw new TokenizerError(`${this.file}: the tokenizer model does not produce token ids (probe gave ${shown(probe)}); is model.type one of ${MODEL_TYPES.join(", ")}?`);
+    }
 
     const idOf = (key: SpecialKey): number | null => {
       const s = strings[key];
       if (s === undefined) return null;
-      const id = this.tok.token_to_id(s);
+      const id = lib(`looking up ${key}`, () => this.tok.token_to_id(s));
       if (id === undefined) throw new TokenizerError(`${dir}: ${key} ${JSON.stringify(s)} is not in the vocabulary`);
       return id;
     };
@@ -247,7 +315,14 @@ class HfModelTokenizer implements ModelTokenizer {
   encode(text: string, opts: { addSpecialTokens?: boolean } = {}): number[] {
     if (typeof text !== "string") throw new TokenizerError(`encode: expected a string, got ${typeof text}`);
     const add = opts.addSpecialTokens ?? true;
-    const ids = this.tok.encode(text, { add_special_tokens: add && this.bosEosFlags === null }).ids;
+    let ids: number[];
+    try {
+      ids = this.tok.encode(text, { add_special_tokens: add && this.bosEosFlags === null }).ids;
+    } catch (e) {
+      throw new TokenizerError(`${this.file}: encoding failed: ${e instanceof Error ? e.message : String(e)}`);
+    }
+    // Never hand the engine something that is not a token id (it would fail deep in ONNX Runtime).
+    for (const id of ids) if (!isId(id) || id >= this.vocabSize) throw new TokenizerError(`${this.file}: encoding produced an invalid token id ${shown(id)}`);
     if (this.bosEosFlags === null || !add) return ids;
     if (this.bosEosFlags.bos && this.bosId !== null) ids.unshift(this.bosId);
     if (this.bosEosFlags.eos && this.eosIds.length > 0) ids.push(this.eosIds[0]);
@@ -258,7 +333,11 @@ class HfModelTokenizer implements ModelTokenizer {
     if (!Array.isArray(ids)) throw new TokenizerError(`decode: expected an array of token ids`);
     for (const id of ids) this.checkId(id, "decode");
     if (ids.length === 0) return ""; // the library rejects empty input
-    return this.tok.decode(ids, { skip_special_tokens: opts.skipSpecialTokens ?? false });
+    try {
+      return this.tok.decode(ids, { skip_special_tokens: opts.skipSpecialTokens ?? false });
+    } catch (e) {
+      throw new TokenizerError(`${this.file}: decoding failed: ${e instanceof Error ? e.message : String(e)}`);
+    }
   }
 
   idToToken(id: number): string | null {
