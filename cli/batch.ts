@@ -1,10 +1,13 @@
 // `realign batch`: run every enabled model of models.yaml through the same runner. One model's
 // failure does not stop the others; a model whose run is complete (and published, when publishing)
 // is skipped. `--schedule` keeps running the batch on the file's cron schedule.
-import { existsSync, mkdirSync, readFileSync } from "node:fs";
-import { join } from "node:path";
+// Also what `realign <model>`, `demo` and `batch` share before a run: whether publishing can work,
+// whose run directory --out is (realignRunDir, checkRunDir: a folder realign did not make is
+// refused, exit 2), and reading report.json defensively (readReportSummary: status never crashes).
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
 import { checkSettingsPaths, resolveSettings } from "./settings.ts";
-import { settingsHash, type Settings } from "../steps/settings.ts";
+import { FIELDS, settingsHash, type Settings } from "../steps/settings.ts";
 import { nextRun, parseCron } from "./cron.ts";
 import { ConfigError, UsageError } from "../util/errors.ts";
 import { InterruptedError } from "../pipeline/errors.ts";
@@ -12,9 +15,9 @@ import { exitCodeFor, EXIT_FAILED, EXIT_GATE, EXIT_OK } from "./errors.ts";
 import { atomicWriteJson } from "../util/fs.ts";
 import type { ModelsFile } from "./models-file.ts";
 import { formatSeconds, memoryUI, type RunnerUI } from "../pipeline/progress.ts";
-import type { RunReport } from "../report/report.ts";
-import { planRun, runPipeline, type RunOutcome, type Step } from "../pipeline/runner.ts";
+import { DEFAULT_OWNER, inspectRunDir, planRun, runPipeline, type RunDirOwner, type RunOutcome, type Step } from "../pipeline/runner.ts";
 import { writeRunReport } from "../report/build.ts";
+import { parseModelCard } from "../report/modelcard.ts";
 import { checkPromptSetSizes } from "../evals/datasets.ts";
 
 export type BatchStatus = "ok" | "gate-failed" | "failed" | "skipped" | "disabled";
@@ -68,27 +71,149 @@ export function checkPublishable(settings: Settings, token: string | null): void
   if (!token) throw new UsageError("publishing needs a Hugging Face token: set HF_TOKEN or pass --token (or use --no-publish)");
 }
 
-function rowFromReport(row: BatchRow, report: RunReport | null): BatchRow {
+// ---- the run directory and the publish target ---------------------------------------------------
+
+/** What realign writes at a run directory's top level besides the step folders, settings.json and the lock. */
+function appNames(settings: Settings): (string | RegExp)[] {
+  // inject's sweep memo (steps/inject.ts MEMO_FILE) and the report files (report/build.ts).
+  const names: (string | RegExp)[] = ["report.json", "report.md", ".inject-sweep.jsonl"];
+  const target = localPublishTarget(settings);
+  if (target && dirname(target) === resolve(settings.out)) {
+    // The demo publishes into <out>/published (the publish step stages it as published.tmp-<pid>).
+    const base = target.slice(dirname(target).length + 1);
+    names.push(base, new RegExp(`^${base.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}\\.tmp-\\d+$`));
+  }
+  return names;
+}
+
+const SETTING_KEYS = new Set(FIELDS.map((f) => f.path.split(".")[0]!));
+
+/** An earlier realign's settings.json: an object naming the model, with most of the settings realign has (names change between versions). */
+export function isRealignSettings(v: unknown): boolean {
+  if (v === null || typeof v !== "object" || Array.isArray(v)) return false;
+  const o = v as Record<string, unknown>;
+  const known = Object.keys(o).filter((k) => SETTING_KEYS.has(k)).length;
+  return typeof o.model === "string" && known * 2 >= SETTING_KEYS.size;
+}
+
+/** realign's claim on a run directory; `label` names it in messages ("--out" when the user gave it). */
+export function realignRunDir(settings: Settings, label = "--out"): RunDirOwner {
+  return {
+    marker: DEFAULT_OWNER.marker,
+    tool: "realign",
+    label,
+    meta: { model: settings.model },
+    appNames: appNames(settings),
+    isOwnSettings: isRealignSettings,
+  };
+}
+
+/** Refuses (RunDirError, exit 2) a run directory realign may not write, before anything is written. */
+export function checkRunDir(settings: Settings, steps: readonly Step<Settings>[], label = "--out"): void {
+  inspectRunDir(settings.out, steps.map((s) => s.name), realignRunDir(settings, label));
+}
+
+function localPublishTarget(settings: Settings): string | null {
+  return settings.publish && settings.pushTo?.startsWith("file:") ? resolve(settings.pushTo.slice(5)) : null;
+}
+
+/**
+ * A local publish target (--push-to file:<dir>) is replaced as a whole: it must be new, empty, or a
+ * folder realign published into before (its README.md is a model card with a settings_hash).
+ */
+export function checkPublishTarget(settings: Settings): void {
+  const target = localPublishTarget(settings);
+  if (!target) return;
+  let st;
+  try {
+    st = lstatSync(target);
+  } catch {
+    return; // new
+  }
+  if (!st.isDirectory()) throw new UsageError(`--push-to file:${target} is not a folder: publishing replaces it with the model's folder; give a new or empty folder`);
+  const names = readdirSync(target);
+  if (names.length === 0) return;
+  let published = false;
+  try {
+    published = parseModelCard(readFileSync(join(target, "README.md"), "utf8")).frontMatter.settings_hash != null;
+  } catch {
+    // no README.md, or not a model card: not a folder realign published into
+  }
+  if (!published) {
+    const shown = names.slice(0, 5).join(", ") + (names.length > 5 ? ` and ${names.length - 5} more` : "");
+    throw new UsageError(`--push-to file:${target} holds files realign did not publish (${shown}): publishing replaces the whole folder; give a new or empty folder`);
+  }
+}
+
+// ---- report.json, read defensively ----------------------------------------------------------------
+
+/** What `status` and `batch` read from a report.json, each field checked (a hand-edited or foreign file never crashes them). */
+export interface ReportSummary {
+  direction: { layer: number | null; position: number | null; alpha: number | null; rank: number | null } | null;
+  baseline: { harmful_refusal: number | null; harmless_refusal: number | null } | null;
+  realigned: { harmful_refusal: number | null; harmless_refusal: number | null } | null;
+  /** passed null: the report has a gate without a readable verdict. */
+  gate: { passed: boolean | null; reasons: string[] } | null;
+  published: { repo: string | null; url: string | null } | null;
+}
+
+const asNum = (v: unknown): number | null => (typeof v === "number" && Number.isFinite(v) ? v : null);
+const asStr = (v: unknown): string | null => (typeof v === "string" ? v : null);
+const asObj = (v: unknown): Record<string, unknown> | null => (v !== null && typeof v === "object" && !Array.isArray(v) ? (v as Record<string, unknown>) : null);
+
+/** A report (parsed JSON of any shape) → its summary; null when it is not an object. */
+export function summarizeReportJson(raw: unknown): ReportSummary | null {
+  const r = asObj(raw);
+  if (!r) return null;
+  const rates = (v: unknown) => {
+    const m = asObj(v);
+    return m ? { harmful_refusal: asNum(m.harmful_refusal), harmless_refusal: asNum(m.harmless_refusal) } : null;
+  };
+  const d = asObj(r.direction);
+  const g = asObj(r.gate);
+  const p = asObj(r.published);
+  return {
+    direction: d ? { layer: asNum(d.layer), position: asNum(d.position), alpha: asNum(d.alpha), rank: asNum(d.rank) } : null,
+    baseline: rates(r.baseline),
+    realigned: rates(r.realigned),
+    gate: g ? { passed: typeof g.passed === "boolean" ? g.passed : null, reasons: Array.isArray(g.reasons) ? g.reasons.map((x) => String(x)) : [] } : null,
+    published: p ? { repo: asStr(p.repo), url: asStr(p.url) } : null,
+  };
+}
+
+/** <out>/report.json: the parsed JSON as is, its summary, and what is wrong with it (null: fine or absent). */
+export function readReportFile(out: string): { raw: unknown; summary: ReportSummary | null; problem: string | null } {
+  const path = join(out, "report.json");
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    return { raw: null, summary: null, problem: code === "ENOENT" ? null : `${path} cannot be read (${code ?? String(e)})` };
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch {
+    return { raw: null, summary: null, problem: `${path} is not valid JSON` };
+  }
+  const summary = summarizeReportJson(raw);
+  return { raw, summary, problem: summary ? null : `${path} does not hold a JSON object` };
+}
+
+function rowFromReport(row: BatchRow, report: ReportSummary | null): BatchRow {
   if (!report) return row;
   row.harmful_before = report.baseline?.harmful_refusal ?? null;
   row.harmful_after = report.realigned?.harmful_refusal ?? null;
-  row.gate = report.gate ? (report.gate.passed ? "passed" : "failed") : row.gate;
+  row.gate = report.gate && report.gate.passed !== null ? (report.gate.passed ? "passed" : "failed") : row.gate;
   row.published = report.published ? report.published.repo : null;
   return row;
 }
 
-function readReport(out: string): RunReport | null {
-  try {
-    return JSON.parse(readFileSync(join(out, "report.json"), "utf8")) as RunReport;
-  } catch {
-    return null;
-  }
-}
-
 /** True when nothing would re-run and the result is published (or publishing is off). */
-export function isComplete(steps: readonly Step<Settings>[], settings: Settings): { done: boolean; report: RunReport | null } {
+export function isComplete(steps: readonly Step<Settings>[], settings: Settings): { done: boolean; report: ReportSummary | null } {
   const plan = planRun(steps, settings, settings.out);
-  const report = readReport(settings.out);
+  const report = readReportFile(settings.out).summary;
   const allCached = plan.every((p) => p.action === "cached");
   return { done: allCached && report !== null && (report.published !== null || !settings.publish), report };
 }
@@ -119,6 +244,9 @@ export async function runBatch(opts: BatchOptions): Promise<BatchResult> {
   const started = now();
   const rows: BatchRow[] = [];
   const enabled = opts.file.models.filter((m) => m.enabled);
+  const runsDir = opts.runsDir ?? "runs";
+  // The summary is written last: a folder that cannot hold it must fail now, not after every model ran.
+  checkSummaryDir(runsDir);
   print(`batch: ${enabled.length} enabled model(s) from ${opts.file.label}`);
 
   for (const entry of opts.file.models) {
@@ -134,7 +262,9 @@ export async function runBatch(opts: BatchOptions): Promise<BatchResult> {
       checkSettingsPaths(settings, {}, opts.cwd);
       await checkPromptSetSizes(settings);
       checkPublishable(settings, opts.token ?? null);
+      checkPublishTarget(settings);
       const steps = await opts.getSteps();
+      checkRunDir(settings, steps, "run directory");
       const state = opts.force ? { done: false, report: null } : isComplete(steps, settings);
       if (state.done) {
         row.status = "skipped";
@@ -150,9 +280,11 @@ export async function runBatch(opts: BatchOptions): Promise<BatchResult> {
         signal: opts.signal,
         ui,
         secrets: { hfToken: opts.token ?? null },
+        owner: realignRunDir(settings, "run directory"),
+        removeCreatedDir: true,
       });
       const report = writeRunReport({ outDir: settings.out, run: outcome, base: { model: settings.model, revision: settings.revision, settings_hash: settingsHash(settings) } });
-      rowFromReport(row, report);
+      rowFromReport(row, summarizeReportJson(report));
       if (outcome.gateFailed) {
         row.status = "gate-failed";
         row.gate = "failed";
@@ -171,7 +303,6 @@ export async function runBatch(opts: BatchOptions): Promise<BatchResult> {
 
   print("");
   for (const l of formatBatchTable(rows)) print(l);
-  const runsDir = opts.runsDir ?? "runs";
   mkdirSync(runsDir, { recursive: true });
   const stamp = started.toISOString().replace(/[:]/g, "-").replace(/\.\d+Z$/, "Z");
   let summaryPath = join(runsDir, `batch-${stamp}.json`);
@@ -180,6 +311,19 @@ export async function runBatch(opts: BatchOptions): Promise<BatchResult> {
   print(`summary written to ${summaryPath}`);
   const exitCode = rows.some((r) => r.status === "failed") ? EXIT_FAILED : rows.some((r) => r.status === "gate-failed") ? EXIT_GATE : EXIT_OK;
   return { rows, exitCode, summaryPath };
+}
+
+/** The batch summary folder must be a folder, or creatable as one (UsageError otherwise). */
+function checkSummaryDir(dir: string): void {
+  let p = resolve(dir);
+  while (!existsSync(p) && dirname(p) !== p) p = dirname(p);
+  let isDir = false;
+  try {
+    isDir = statSync(p).isDirectory();
+  } catch {
+    // unreadable: reported below
+  }
+  if (!isDir) throw new UsageError(`--runs-dir ${dir}: ${p === resolve(dir) ? "it" : p} is not a folder, so the batch summary cannot be written there`);
 }
 
 /** Resolves after `ms`, or early (false) when the signal aborts. */

@@ -1,10 +1,13 @@
 // The `realign` command line. Everything the user can get wrong is checked before the run
 // directory is created; errors print one clear message and map to exit codes:
 // 0 ok, 1 run failed, 2 usage/config error, 3 gate failed, 130 interrupted.
+// Option values and positional arguments are taken as typed (scanArgv): the parser underneath
+// would read "007" as 7 and "" as 0. --out must be a new or empty folder or a realign run directory
+// (checkRunDir); a run that fails before committing a step leaves no folder or file behind.
 import { cac, type CAC, type Command } from "cac";
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { checkPublishable, pushesToHub, runBatch, runSchedule } from "./batch.ts";
+import { checkPublishable, checkPublishTarget, checkRunDir, pushesToHub, readReportFile, realignRunDir, runBatch, runSchedule, summarizeReportJson, type ReportSummary } from "./batch.ts";
 import { checkSettingsPaths, formatSettings, resolveSettings } from "./settings.ts";
 import { cliFlag, DEFAULTS, FIELDS, settingsHash, type FieldSpec, type Settings } from "../steps/settings.ts";
 import { isLocalModel, resolveToken } from "../hub/repo.ts";
@@ -13,7 +16,6 @@ import { exitCodeFor, EXIT_GATE, EXIT_OK } from "./errors.ts";
 import { InterruptedError, StepFailedError } from "../pipeline/errors.ts";
 import { loadModelsFile, type ModelsFile } from "./models-file.ts";
 import { consoleUI, formatSeconds } from "../pipeline/progress.ts";
-import type { RunReport } from "../report/report.ts";
 import { checkFrom, readDoneRecord, runPipeline, type Step } from "../pipeline/runner.ts";
 import { getSteps as registrySteps, STEP_NAMES } from "../steps/index.ts";
 import { generateCommand } from "./generate.ts";
@@ -61,7 +63,9 @@ function addSettingOptions(cmd: Command, only?: ReadonlySet<string>): void {
     } else if (spec.kind.t === "bool") {
       cmd.option(cliFlag(spec.path), spec.help + defaultNote(spec));
     } else {
-      cmd.option(`${cliFlag(spec.path)} <${spec.arg ?? "value"}>`, spec.help + defaultNote(spec));
+      // --out's rule is the CLI's (checkRunDir), so its help says it here.
+      const help = spec.path === "out" ? `${spec.help}; a new or empty folder, or a realign run directory (it carries .realign-run): any other folder is refused` : spec.help;
+      cmd.option(`${cliFlag(spec.path)} <${spec.arg ?? "value"}>`, help + defaultNote(spec));
     }
     SETTING_FLAGS.set(cacKey(cliFlag(spec.path)), spec);
   }
@@ -187,33 +191,69 @@ function checkOptions(cli: CAC, cmd: Command, argv: readonly string[], opts: Opt
   }
 }
 
-/** mri turns "0123" into 123; for string options take the text exactly as typed. */
-function rawValue(argv: readonly string[], flag: string): string | null {
-  let found: string | null = null;
+interface ArgvScan {
+  /** Each value option's words as typed, by cac key, in order; true: the flag had no value. */
+  values: Map<string, (string | true)[]>;
+  /** The positional words as typed (a command's name included). */
+  positionals: string[];
+}
+
+/**
+ * argv as typed. mri (under cac) reads every word that looks like a number as one ("007" → 7,
+ * "" → 0, "0x10" → 16), also a word after a boolean flag, which it pushes back as a positional.
+ * This follows mri's rules for which word belongs to which flag (a value flag takes the next word
+ * unless it starts with "-"; a boolean takes only "true"/"false"; `--flag=` is an explicit empty
+ * value) but keeps every word as text.
+ */
+function scanArgv(argv: readonly string[], booleans: ReadonlySet<string>): ArgvScan {
+  const values = new Map<string, (string | true)[]>();
+  const positionals: string[] = [];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (a === "--") break;
-    if (a.startsWith(flag + "=")) found = a.slice(flag.length + 1);
-    else if (a === flag && i + 1 < argv.length) found = argv[i + 1]!;
+    const dashes = /^-*/.exec(a)![0].length;
+    if (dashes === 0) {
+      positionals.push(a);
+      continue;
+    }
+    if (a.slice(dashes, dashes + 3) === "no-") continue;
+    const eq = a.indexOf("=", dashes + 1);
+    const name = a.slice(dashes, eq === -1 ? undefined : eq);
+    // mri: in "-abc" only the last letter takes a value.
+    const key = cacKey(dashes === 1 ? name.slice(-1) : name);
+    const next = argv[i + 1];
+    const nextIsWord = next !== undefined && !next.startsWith("-");
+    if (booleans.has(key)) {
+      if (eq === -1 && (next === "true" || next === "false")) i++;
+      continue;
+    }
+    let v: string | true = true;
+    if (eq !== -1) v = a.slice(eq + 1);
+    else if (nextIsWord) v = argv[++i]!;
+    values.set(key, [...(values.get(key) ?? []), v]);
   }
-  return found;
+  return { values, positionals };
 }
 
-/** Parsed cac options → setting overrides keyed by setting path. */
-function settingOverrides(opts: Opts, argv: readonly string[]): Record<string, unknown> {
+/** Keys of the boolean (valueless) options of a command and the global ones (--help, --version). */
+function booleanKeys(cli: CAC, cmd: Command): Set<string> {
+  const keys = new Set<string>();
+  for (const o of [...cmd.options, ...cli.globalCommand.options]) if (o.isBoolean && !o.negated) for (const n of o.names) keys.add(n);
+  return keys;
+}
+
+/** Parsed options (values as typed) → setting overrides keyed by setting path. */
+function settingOverrides(opts: Opts): Record<string, unknown> {
   const cliSettings: Record<string, unknown> = {};
   for (const [key, value] of Object.entries(opts)) {
     if (key === "systemPrompt") {
       // --system-prompt <file> and --no-system-prompt share cac's key.
       if (value === false) cliSettings.useSystemPrompt = false;
-      else cliSettings.systemPrompt = rawValue(argv, "--system-prompt") ?? String(value);
+      else cliSettings.systemPrompt = value;
       continue;
     }
     const spec = SETTING_FLAGS.get(key);
-    if (!spec) continue;
-    let v = value;
-    if (spec.kind.t === "string" && typeof v === "number") v = rawValue(argv, cliFlag(spec.path)) ?? String(v);
-    cliSettings[spec.path] = v;
+    if (spec) cliSettings[spec.path] = value;
   }
   return cliSettings;
 }
@@ -260,15 +300,19 @@ function confirmPublish(settings: Settings, opts: Opts, interactive: boolean): v
   if (!answer || !/^y(es)?$/i.test(answer.trim())) throw new UsageError("not publishing: re-run with --no-publish, or answer y");
 }
 
-function summarizeReport(r: RunReport): string[] {
+function summarizeReport(r: ReportSummary): string[] {
   const lines: string[] = [];
   const pct = (v: number | null | undefined) => (v === null || v === undefined ? "–" : `${(v * 100).toFixed(0)}%`);
-  if (r.direction) lines.push(`direction: layer ${r.direction.layer ?? "–"}, position ${r.direction.position ?? "–"}, alpha ${r.direction.alpha ?? "–"}, rank ${r.direction.rank}`);
+  const val = (v: number | null) => (v === null ? "–" : String(v));
+  if (r.direction) lines.push(`direction: layer ${val(r.direction.layer)}, position ${val(r.direction.position)}, alpha ${val(r.direction.alpha)}, rank ${val(r.direction.rank)}`);
   if (r.baseline || r.realigned) {
     lines.push(`harmful refusal: ${pct(r.baseline?.harmful_refusal)} → ${pct(r.realigned?.harmful_refusal)}; harmless refusal: ${pct(r.baseline?.harmless_refusal)} → ${pct(r.realigned?.harmless_refusal)}`);
   }
-  if (r.gate) lines.push(`gate: ${r.gate.passed ? "passed" : `FAILED (${r.gate.reasons.join("; ")})`}`);
-  lines.push(`published: ${r.published ? r.published.url : "no"}`);
+  if (r.gate) {
+    const reasons = r.gate.reasons.length ? ` (${r.gate.reasons.join("; ")})` : "";
+    lines.push(`gate: ${r.gate.passed === null ? "– (no verdict recorded)" : r.gate.passed ? "passed" : `FAILED${reasons}`}`);
+  }
+  lines.push(`published: ${r.published ? (r.published.url ?? r.published.repo ?? "yes") : "no"}`);
   return lines;
 }
 
@@ -281,6 +325,9 @@ interface RunRequest {
   from: string | null;
   force: boolean;
 }
+
+/** How messages name the run directory: the flag when the user gave it, else what it is. */
+const outLabel = (sources: Record<string, string>) => (sources.out?.startsWith("cli") ? "--out" : "run directory");
 
 /** Run the pipeline for resolved settings: print them, run, print the outcome. */
 async function executeRun(req: RunRequest): Promise<number> {
@@ -304,10 +351,12 @@ async function executeRun(req: RunRequest): Promise<number> {
       signal,
       ui: consoleUI(),
       secrets: { hfToken: req.token },
+      owner: realignRunDir(settings, outLabel(sources)),
+      removeCreatedDir: true,
     });
     const report = writeRunReport({ outDir: settings.out, run: outcome, base: { model: settings.model, revision: settings.revision, settings_hash: hash } });
     out();
-    for (const l of summarizeReport(report)) out(l);
+    for (const l of summarizeReport(summarizeReportJson(report)!)) out(l);
     out(`report: ${join(settings.out, "report.md")}`);
     if (outcome.gateFailed) {
       err(`gate failed: ${outcome.gateFailed.join("; ")}; not published`);
@@ -333,7 +382,7 @@ async function cmdRun(model: string | undefined, opts: Opts, argv: readonly stri
     throw new UsageError("no model given: realign <repo-id | local-dir> [options]");
   }
   const modelsYaml = findModelsFile(opts, env, cwd);
-  const resolved = resolveSettings({ cli: settingOverrides(opts, argv), env, modelsYaml, repo: model, cwd });
+  const resolved = resolveSettings({ cli: settingOverrides(opts), env, modelsYaml, repo: model, cwd });
   try {
     checkSettingsPaths(resolved.settings, resolved.sources, cwd);
   } catch (e) {
@@ -344,14 +393,16 @@ async function cmdRun(model: string | undefined, opts: Opts, argv: readonly stri
   }
   const token = resolveToken(typeof opts.token === "string" ? opts.token : null, env);
   checkPublishable(resolved.settings, token);
+  checkPublishTarget(resolved.settings);
   const steps = await loadSteps(deps);
   const from = typeof opts.from === "string" ? opts.from : null;
   checkFrom(steps, from);
+  checkRunDir(resolved.settings, steps, outLabel(resolved.sources));
   confirmPublish(resolved.settings, opts, deps.interactive ?? Boolean(process.stdin.isTTY));
   return executeRun({ ...resolved, steps, token, from, force: opts.force === true });
 }
 
-async function cmdDemo(opts: Opts, argv: readonly string[], deps: CliDeps): Promise<number> {
+async function cmdDemo(opts: Opts, deps: CliDeps): Promise<number> {
   const env = deps.env ?? process.env;
   const cwd = deps.cwd ?? process.cwd();
   if (!existsSync(DEMO_MODEL_DIR)) {
@@ -360,15 +411,17 @@ async function cmdDemo(opts: Opts, argv: readonly string[], deps: CliDeps): Prom
   // Demo never pushes: the publish step writes what it would upload to <out>/published/ instead.
   // The demo model (a small organism) refuses ~40 % of harmful prompts under a safety prompt, which
   // clears the default elicitation gap (elicitMinGap 0.2); prompt-set sizes fit the built-in sets (96 each).
-  const overrides = settingOverrides(opts, argv) as Record<string, unknown>;
+  const overrides = settingOverrides(opts);
   const out = typeof overrides.out === "string" ? overrides.out : join("runs", "demo");
   const cli = { out, nTrain: 40, nVal: 24, nEval: 32, maxNewTokens: 48, ...overrides, publish: true, pushTo: `file:${join(out, "published")}` };
   const resolved = resolveSettings({ cli, env, modelsYaml: null, repo: DEMO_MODEL_DIR, cwd });
   resolved.settings.model = DEMO_MODEL_DIR;
   checkSettingsPaths(resolved.settings, resolved.sources, cwd);
+  checkPublishTarget(resolved.settings);
   const steps = await loadSteps(deps);
   const from = typeof opts.from === "string" ? opts.from : null;
   checkFrom(steps, from);
+  checkRunDir(resolved.settings, steps, outLabel(resolved.sources));
   return executeRun({ ...resolved, steps, token: null, from, force: opts.force === true });
 }
 
@@ -377,7 +430,7 @@ async function cmdGenerate(modelDir: string, opts: Opts): Promise<number> {
   return generateCommand(modelDir, rest);
 }
 
-async function cmdBatch(file: string | undefined, opts: Opts, argv: readonly string[], deps: CliDeps): Promise<number> {
+async function cmdBatch(file: string | undefined, opts: Opts, deps: CliDeps): Promise<number> {
   const env = deps.env ?? process.env;
   const cwd = deps.cwd ?? process.cwd();
   const path = resolve(cwd, file ?? env.REALIGN_CONFIG ?? "models.yaml");
@@ -386,7 +439,7 @@ async function cmdBatch(file: string | undefined, opts: Opts, argv: readonly str
   const common = {
     env,
     cwd,
-    cli: settingOverrides(opts, argv),
+    cli: settingOverrides(opts),
     getSteps: () => loadSteps(deps),
     token,
     force: opts.force === true,
@@ -409,32 +462,48 @@ async function cmdBatch(file: string | undefined, opts: Opts, argv: readonly str
 
 export interface StatusInfo {
   out: string;
-  settings: Partial<Settings> | null;
+  /** settings.json when it holds a JSON object, else null. */
+  settings: Record<string, unknown> | null;
   steps: { name: string; done: boolean; seconds: number | null; finished: string | null; gate_failed: string[] | null }[];
-  report: RunReport | null;
+  /** report.json as parsed (any JSON), null when absent or unreadable. */
+  report: unknown;
+  /** What status prints from it, every field checked. */
+  report_summary: ReportSummary | null;
+  /** Why report.json could not be used (not JSON, not an object, unreadable); null otherwise. */
+  report_problem: string | null;
 }
 
-/** Read a run directory without changing it. */
+/** Read a run directory without changing it; whatever its files hold, this does not throw for them. */
 export function readStatus(outDir: string): StatusInfo {
-  const readJson = <T>(p: string): T | null => {
+  let settings: Record<string, unknown> | null = null;
+  try {
+    const v: unknown = JSON.parse(readFileSync(join(outDir, "settings.json"), "utf8"));
+    if (v !== null && typeof v === "object" && !Array.isArray(v)) settings = v as Record<string, unknown>;
+  } catch {
+    // absent or not JSON: no settings to show
+  }
+  const isDir = (p: string) => {
     try {
-      return JSON.parse(readFileSync(p, "utf8")) as T;
+      return statSync(p).isDirectory();
     } catch {
-      return null;
+      return false; // a broken link, or unreadable
     }
   };
   const names: string[] = [...STEP_NAMES];
   for (const d of readdirSync(outDir)) {
-    if (!d.startsWith(".") && !names.includes(d) && statSync(join(outDir, d)).isDirectory() && readDoneRecord(join(outDir, d))) names.push(d);
+    if (!d.startsWith(".") && !names.includes(d) && isDir(join(outDir, d)) && readDoneRecord(join(outDir, d))) names.push(d);
   }
+  const report = readReportFile(outDir);
   return {
     out: outDir,
-    settings: readJson<Partial<Settings>>(join(outDir, "settings.json")),
+    settings,
     steps: names.map((name) => {
       const rec = readDoneRecord(join(outDir, name));
-      return { name, done: rec !== null, seconds: rec?.seconds ?? null, finished: rec?.finished ?? null, gate_failed: rec?.gate_failed ?? null };
+      return { name, done: rec !== null, seconds: rec?.seconds ?? null, finished: rec?.finished || null, gate_failed: rec?.gate_failed ?? null };
     }),
-    report: readJson<RunReport>(join(outDir, "report.json")),
+    report: report.raw,
+    report_summary: report.summary,
+    report_problem: report.problem,
   };
 }
 
@@ -448,21 +517,27 @@ async function cmdStatus(model: string | undefined, opts: Opts, deps: CliDeps): 
     outDir = resolve(cwd, settings.out);
   } else throw new UsageError("status needs a model or --out <dir>");
   if (!existsSync(outDir) || !statSync(outDir).isDirectory()) throw new UsageError(`no run found at ${outDir}`);
-  const st = readStatus(outDir);
+  let st: StatusInfo;
+  try {
+    st = readStatus(outDir);
+  } catch (e) {
+    throw new UsageError(`${outDir} cannot be read: ${e instanceof Error ? e.message : String(e)}`);
+  }
   if (opts.json === true) {
     out(JSON.stringify(st, null, 2));
     return EXIT_OK;
   }
-  out(`run: ${outDir}${st.settings?.model ? ` (model ${st.settings.model})` : ""}`);
+  const runModel = typeof st.settings?.model === "string" ? st.settings.model : null;
+  out(`run: ${outDir}${runModel ? ` (model ${runModel})` : ""}`);
   const w = Math.max(...st.steps.map((s) => s.name.length));
   for (const s of st.steps) {
     const state = s.gate_failed ? "gate failed" : s.done ? "done" : "not done";
     out(`  ${s.name.padEnd(w)}  ${state.padEnd(11)}  ${s.seconds !== null ? formatSeconds(s.seconds).padStart(10) : "".padStart(10)}  ${s.finished ?? ""}`.trimEnd());
   }
-  if (st.report) {
+  if (st.report_summary) {
     out("report:");
-    for (const l of summarizeReport(st.report)) out(`  ${l}`);
-  } else out("report: none yet");
+    for (const l of summarizeReport(st.report_summary)) out(`  ${l}`);
+  } else out(`report: ${st.report_problem ? `unreadable (${st.report_problem})` : "none yet"}`);
   return EXIT_OK;
 }
 
@@ -491,21 +566,24 @@ export async function main(argv: readonly string[], deps: CliDeps = {}): Promise
     if (parsed.options.help || parsed.options.version) return EXIT_OK;
     const cmd = cli.matchedCommand;
     if (!cmd) throw new UsageError(`unknown command ${String(parsed.args[0])}; see realign --help`);
-    const opts = { ...parsed.options };
+    const opts: Opts = { ...parsed.options };
+    const typed = scanArgv(args, booleanKeys(cli, cmd));
+    // Values exactly as typed; a flag given twice keeps cac's list (checkOptions reports it).
+    for (const [key, words] of typed.values) if (key in opts && words.length === 1 && words[0] !== true) opts[key] = words[0];
     checkOptions(cli, cmd, args, opts);
-    const pos = parsed.args;
+    const pos = cmd.name ? typed.positionals.slice(1) : typed.positionals;
     const maxArgs = cmd.args.length;
     if (pos.length > maxArgs) throw new UsageError(`unexpected argument${pos.length - maxArgs > 1 ? "s" : ""}: ${pos.slice(maxArgs).join(" ")}`);
     switch (cmd.name) {
       case "":
         return await cmdRun(pos[0], opts, args, deps, cli);
       case "demo":
-        return await cmdDemo(opts, args, deps);
+        return await cmdDemo(opts, deps);
       case "generate":
         if (!pos[0]) throw new UsageError("generate needs a model directory: realign generate <model-dir> --prompt <text>");
         return await cmdGenerate(pos[0], opts);
       case "batch":
-        return await cmdBatch(pos[0], opts, args, deps);
+        return await cmdBatch(pos[0], opts, deps);
       case "status":
         return await cmdStatus(pos[0], opts, deps);
       default:

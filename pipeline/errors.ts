@@ -1,5 +1,7 @@
-// Errors the runner raises or understands: a failed gate (a verdict, committed), a failed step, an interrupt.
+// Errors the runner raises or understands: a failed gate (a verdict, committed), a failed step, an
+// interrupt, and a run directory that is not the runner's to write.
 import type { ReportPart } from "./runner.ts";
+import { UsageError } from "../util/errors.ts";
 
 /**
  * Thrown by a step (usually validate) when the realigned model does not pass the release gate.
@@ -36,5 +38,18 @@ export class InterruptedError extends Error {
     super("interrupted; re-run to resume");
     // 128 + signal number, as shells report it.
     this.exitCode = signal === "SIGTERM" ? 143 : 130;
+  }
+}
+
+/**
+ * The run directory cannot be used: a file is in the way, or it is a folder the runner did not make
+ * (no marker, and not a recognisable earlier run). A usage error: exit code 2, nothing written.
+ */
+export class RunDirError extends UsageError {
+  override name = "RunDirError";
+  readonly dir: string;
+  constructor(dir: string, message: string) {
+    super(message);
+    this.dir = dir;
   }
 }

@@ -5,9 +5,19 @@
 // .done.json + report-part.json there, fsyncs, moves any old <out>/<step> aside and renames the tmp
 // dir into place. That rename is the commit point: a SIGKILL before it leaves only .tmp-* litter
 // (deleted on the next start) and the step re-runs; after it the step is done.
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, writeSync } from "node:fs";
-import { join } from "node:path";
-import { GateFailedError, InterruptedError, StepFailedError } from "./errors.ts";
+//
+// Ownership: the runner writes only into a run directory that is new, empty, or carries its marker
+// (<out>/.realign-run); a marker-less directory is adopted only when it holds nothing but what an
+// earlier run writes (settings.json that the application recognises, step folders, report files).
+// Anything else is refused (RunDirError) before a byte is written. The names of the temporaries a run
+// creates are appended to a ledger (<marker>.ledger) before they are created, and start-up clean-up
+// removes exactly those, never a glob over the user's names. A run that fails before committing any
+// step removes the marker it wrote; settings.json is written only once a step commits (or every step
+// is up to date), so a refused run never leaves settings behind. The marker's name and the files the
+// application writes besides the steps come from RunOptions.owner (DEFAULT_OWNER: realign's).
+import { appendFileSync, closeSync, existsSync, fsyncSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmdirSync, rmSync, statSync, writeFileSync, writeSync, type Stats } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { GateFailedError, InterruptedError, RunDirError, StepFailedError } from "./errors.ts";
 import { UsageError } from "../util/errors.ts";
 import { atomicWriteJson, canonicalJson, fsyncDir, fsyncTree, pathSize, randomSuffix, removePath, sha256Hex } from "../util/fs.ts";
 import { formatSeconds, memoryUI, type ProgressHandle, type RunnerUI } from "./progress.ts";
@@ -110,6 +120,14 @@ export interface RunOptions<S> extends PlanOptions {
   secrets?: StepSecrets;
   /** How long to wait for a step to notice an abort before giving up on it (ms). */
   abortGraceMs?: number;
+  /** Whose run directory this is and what the application writes in it (default: DEFAULT_OWNER). */
+  owner?: RunDirOwner;
+  /**
+   * When the run fails before committing any step, also remove the folders this call created for
+   * the run directory (the CLI: a refused run leaves nothing behind). Default false: the empty
+   * directory stays.
+   */
+  removeCreatedDir?: boolean;
 }
 
 export interface StepOutcome {
@@ -163,14 +181,33 @@ export function stepHash<S>(step: Step<S>, settings: S, depHashes: Readonly<Reco
   return sha256Hex(canonicalJson({ step: step.name, version: step.version ?? null, inputs: step.inputs(settings), deps }));
 }
 
+/** A step folder's .done.json, or null when it is missing or not one the runner wrote (then the step re-runs). */
 export function readDoneRecord(stepDir: string): DoneRecord | null {
+  let rec: unknown;
   try {
-    const rec = JSON.parse(readFileSync(join(stepDir, DONE_FILE), "utf8")) as Partial<DoneRecord>;
-    if (typeof rec.hash !== "string" || !Array.isArray(rec.outputs) || typeof rec.seconds !== "number") return null;
-    return { gate_failed: null, ...rec } as DoneRecord;
+    rec = JSON.parse(readFileSync(join(stepDir, DONE_FILE), "utf8"));
   } catch {
     return null;
   }
+  if (rec === null || typeof rec !== "object" || Array.isArray(rec)) return null;
+  const r = rec as Record<string, unknown>;
+  if (typeof r.hash !== "string" || typeof r.seconds !== "number" || !Number.isFinite(r.seconds) || !Array.isArray(r.outputs)) return null;
+  const outputs: OutputRecord[] = [];
+  for (const o of r.outputs as unknown[]) {
+    const x = o as Partial<OutputRecord> | null;
+    if (!x || typeof x !== "object" || typeof x.name !== "string" || (x.kind !== "file" && x.kind !== "dir") || typeof x.bytes !== "number") return null;
+    outputs.push({ name: x.name, kind: x.kind, bytes: x.bytes });
+  }
+  const gate = r.gate_failed;
+  return {
+    step: typeof r.step === "string" ? r.step : "",
+    hash: r.hash,
+    started: typeof r.started === "string" ? r.started : "",
+    finished: typeof r.finished === "string" ? r.finished : "",
+    seconds: r.seconds,
+    outputs,
+    gate_failed: Array.isArray(gate) ? gate.map(String) : null,
+  };
 }
 
 function readPart(stepDir: string): ReportPart | null {
@@ -233,8 +270,8 @@ function pidAlive(pid: number): boolean {
 }
 
 /** One run per out dir at a time; a lock left by a killed run (dead pid) is taken over. */
-function acquireLock(outDir: string): () => void {
-  const path = join(outDir, ".lock");
+function acquireLock(outDir: string, tool: string): () => void {
+  const path = join(outDir, LOCK_FILE);
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
       const fd = openSync(path, "wx");
@@ -242,10 +279,16 @@ function acquireLock(outDir: string): () => void {
       closeSync(fd);
       return () => rmSync(path, { force: true });
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
-      const pid = Number.parseInt(readFileSync(path, "utf8").trim(), 10);
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw new RunDirError(outDir, `cannot write into ${outDir}: ${errText(err)}`);
+      let text = "";
+      try {
+        text = readFileSync(path, "utf8");
+      } catch {
+        throw new RunDirError(outDir, `${path} is in the way of the run lock (it is not a file ${tool} wrote); remove it`);
+      }
+      const pid = Number.parseInt(text.trim(), 10);
       if (Number.isFinite(pid) && pid > 0 && pidAlive(pid)) {
-        throw new UsageError(`another realign run (pid ${pid}) is using ${outDir}; wait for it, or delete ${path} if that process is not realign`);
+        throw new UsageError(`another ${tool} run (pid ${pid}) is using ${outDir}; wait for it, or delete ${path} if that process is not ${tool}`);
       }
       rmSync(path, { force: true });
     }
@@ -253,17 +296,271 @@ function acquireLock(outDir: string): () => void {
   throw new Error(`could not lock ${outDir}`);
 }
 
-/** Delete what killed runs left behind: .tmp-* step folders and half-written atomic files. */
-export function cleanLeftovers(outDir: string): string[] {
-  const removed: string[] = [];
-  if (!existsSync(outDir)) return removed;
-  for (const name of readdirSync(outDir)) {
-    if (name.startsWith(".tmp-") || (name.startsWith(".") && name.endsWith(".tmp"))) {
-      removePath(join(outDir, name));
-      removed.push(name);
+// ---- the run directory: whose it is, and the temporaries it holds -----------------------------------
+
+/** Who a run directory belongs to, and what the application writes at its top level besides the steps. */
+export interface RunDirOwner {
+  /** Marker file the runner writes into a run directory it creates or adopts. */
+  marker: string;
+  /** The application's name, for messages. */
+  tool: string;
+  /** How the user names the directory ("--out"), for messages. */
+  label: string;
+  /** Recorded in the marker next to its format (e.g. the model the directory was made for). */
+  meta?: Readonly<Record<string, string | number | boolean | null>>;
+  /** Top-level files or folders the application writes itself; accepted when adopting a directory made before markers. */
+  appNames: readonly (string | RegExp)[];
+  /** Whether a marker-less directory's settings.json holds this application's settings (adoption of earlier runs). */
+  isOwnSettings(value: unknown): boolean;
+}
+
+/** The marker's format; a directory whose marker says more was made by a newer version and is refused. */
+export const RUN_DIR_FORMAT = 1;
+const SETTINGS_FILE = "settings.json";
+const LOCK_FILE = ".lock";
+
+export const DEFAULT_OWNER: RunDirOwner = {
+  marker: ".realign-run",
+  tool: "realign",
+  label: "run directory",
+  // report/build.ts writeRunReport, which every caller of the runner uses, writes these two.
+  appNames: ["report.json", "report.md"],
+  isOwnSettings: (v) => v !== null && typeof v === "object" && !Array.isArray(v),
+};
+
+export interface RunDirClaim {
+  /** The run directory, absolute. */
+  dir: string;
+  /** new: does not exist yet; empty; marked: carries the marker; adopted: an earlier run's, without a marker. */
+  state: "new" | "empty" | "marked" | "adopted";
+  /** For a new directory: the top-most folder that creating it makes (removed again with removeCreatedDir). */
+  creates: string | null;
+  /** An adopted earlier run's temporaries (its exact step-temporary and half-written-file names), removed at start. */
+  leftovers: string[];
+}
+
+const ledgerName = (owner: RunDirOwner) => `${owner.marker}.ledger`;
+const reEscape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+/** The runner's step temporaries: .tmp-<step>-<hex> and, while a result is replaced, .tmp-<step>-old-<hex>. */
+const STEP_TEMP_RE = /^\.tmp-[a-z][a-z0-9_-]*?-(?:old-)?[0-9a-f]{8,}$/;
+const stepTempName = (step: string, old: boolean) => `.tmp-${step}-${old ? "old-" : ""}${randomSuffix()}`;
+
+/** util/fs atomicWriteFile's half-written copy of one of the run's own files: .<name>.<hex>.tmp. */
+function atomicTempRe(owner: RunDirOwner): RegExp {
+  const files = [SETTINGS_FILE, owner.marker, ledgerName(owner), ...owner.appNames.filter((n): n is string => typeof n === "string")];
+  return new RegExp(`^\\.(?:${files.map(reEscape).join("|")})\\.[0-9a-f]{4,}\\.tmp$`);
+}
+
+function lstatOrNull(path: string): Stats | null {
+  try {
+    return lstatSync(path);
+  } catch {
+    return null;
+  }
+}
+
+function statOrNull(path: string): Stats | null {
+  try {
+    return statSync(path);
+  } catch {
+    return null;
+  }
+}
+
+const errText = (e: unknown) => (e instanceof Error ? e.message : String(e));
+
+function listForMessage(names: readonly string[], isDir: (n: string) => boolean, max = 5): string {
+  const shown = names.slice(0, max).map((n) => (isDir(n) ? `${n}/` : n));
+  return shown.join(", ") + (names.length > max ? ` and ${names.length - max} more` : "");
+}
+
+/**
+ * Whether `outDir` may be used as a run directory, without writing anything. Throws RunDirError when
+ * a file is in the way, the folder cannot be read, it was made by a newer version, or it is a
+ * non-empty folder that is neither marked nor an earlier run's (see the file's header).
+ */
+export function inspectRunDir(outDir: string, stepNames: readonly string[], owner: RunDirOwner = DEFAULT_OWNER): RunDirClaim {
+  const dir = resolve(outDir);
+  const where = `${owner.label} ${outDir}`;
+  const st = lstatOrNull(dir);
+  if (!st) {
+    let child = dir;
+    let parent = dirname(dir);
+    while (parent !== child && !lstatOrNull(parent)) {
+      child = parent;
+      parent = dirname(parent);
+    }
+    if (!statOrNull(parent)?.isDirectory()) throw new RunDirError(dir, `${where} cannot be created: ${parent} is a file, not a folder`);
+    return { dir, state: "new", creates: child, leftovers: [] };
+  }
+  const target = st.isSymbolicLink() ? statOrNull(dir) : st;
+  if (!target) throw new RunDirError(dir, `${where} is a broken symbolic link`);
+  if (!target.isDirectory()) {
+    throw new RunDirError(dir, `${where} is a file, not a folder: give a new folder, an empty one, or a ${owner.tool} run directory`);
+  }
+  let names: string[];
+  try {
+    names = readdirSync(dir).sort();
+  } catch (e) {
+    throw new RunDirError(dir, `${where} cannot be read: ${errText(e)}`);
+  }
+  if (names.length === 0) return { dir, state: "empty", creates: null, leftovers: [] };
+  if (names.includes(owner.marker)) {
+    checkMarker(dir, where, owner);
+    return { dir, state: "marked", creates: null, leftovers: [] };
+  }
+
+  // No marker: adopt only what an earlier run (before markers) leaves, name by name and kind by kind.
+  const kind = (n: string) => lstatOrNull(join(dir, n));
+  const steps = new Set(stepNames);
+  const atomicTemp = atomicTempRe(owner);
+  const stepTemp = new RegExp(`^\\.tmp-(?:${stepNames.map(reEscape).join("|")})-(?:old-)?[0-9a-f]{8,}$`);
+  const leftovers: string[] = [];
+  const foreign: string[] = [];
+  let onlyTemporaries = true;
+  for (const n of names) {
+    const k = kind(n);
+    const isFile = k?.isFile() ?? false;
+    const isDir = k?.isDirectory() ?? false;
+    if ((isDir && stepTemp.test(n)) || (isFile && atomicTemp.test(n))) leftovers.push(n);
+    else if (isFile && n === LOCK_FILE) continue;
+    else {
+      onlyTemporaries = false;
+      const own =
+        (isFile && (n === SETTINGS_FILE || n === ledgerName(owner))) ||
+        (isDir && steps.has(n)) ||
+        owner.appNames.some((a) => (typeof a === "string" ? a === n : a.test(n)));
+      if (!own) foreign.push(n);
     }
   }
+  const isDirName = (n: string) => kind(n)?.isDirectory() ?? false;
+  const refuse = (why: string) =>
+    new RunDirError(
+      dir,
+      `${where} is not a ${owner.tool} run directory (no ${owner.marker} marker) and is not empty: it holds ${listForMessage([...foreign, ...names.filter((n) => !foreign.includes(n))], isDirName)}${why}; refusing to write into it (--force does not change this): give a new or empty folder`,
+    );
+  if (foreign.length) {
+    throw refuse(`; if it is a run directory of an earlier ${owner.tool}, move ${listForMessage(foreign, isDirName, 3)} out of it`);
+  }
+  // A run killed before it wrote settings.json leaves only temporaries; any other earlier run has settings.
+  if (!onlyTemporaries && !ownSettings(join(dir, SETTINGS_FILE), owner)) {
+    throw refuse(names.includes(SETTINGS_FILE) ? ` (its ${SETTINGS_FILE} is not ${owner.tool}'s settings)` : ` (and no ${SETTINGS_FILE})`);
+  }
+  return { dir, state: "adopted", creates: null, leftovers };
+}
+
+function ownSettings(path: string, owner: RunDirOwner): boolean {
+  if (!statOrNull(path)?.isFile()) return false;
+  try {
+    return owner.isOwnSettings(JSON.parse(readFileSync(path, "utf8")));
+  } catch {
+    return false;
+  }
+}
+
+/** A marker is a claim; only one from a newer format (which this version cannot honour) is refused. */
+function checkMarker(dir: string, where: string, owner: RunDirOwner): void {
+  let rec: unknown = null;
+  try {
+    rec = JSON.parse(readFileSync(join(dir, owner.marker), "utf8"));
+  } catch {
+    return; // an empty or hand-made marker: the user marked the folder as the run directory
+  }
+  const format = (rec as { format?: unknown } | null)?.format;
+  if (typeof format === "number" && format > RUN_DIR_FORMAT) {
+    throw new RunDirError(dir, `${where} was made by a newer ${owner.tool} (run directory format ${format}; this version writes ${RUN_DIR_FORMAT}): use that version, or a new folder`);
+  }
+}
+
+function writeMarker(dir: string, owner: RunDirOwner): void {
+  const body = JSON.stringify({ ...(owner.meta ?? {}), format: RUN_DIR_FORMAT, tool: owner.tool }, null, 2) + "\n";
+  let fd: number;
+  try {
+    fd = openSync(join(dir, owner.marker), "wx");
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "EEXIST") return;
+    throw e;
+  }
+  try {
+    writeSync(fd, body);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  fsyncDir(dir);
+}
+
+/** Appends a temporary's name to the ledger (and syncs it) before the temporary is created. */
+function recordTemporary(dir: string, owner: RunDirOwner, name: string): void {
+  const path = join(dir, ledgerName(owner));
+  appendFileSync(path, name + "\n");
+  const fd = openSync(path, "r");
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** The ledger's names; a line that is not exactly a step temporary's name (torn, edited) is ignored. */
+function readLedger(dir: string, owner: RunDirOwner): string[] {
+  let text = "";
+  try {
+    text = readFileSync(join(dir, ledgerName(owner)), "utf8");
+  } catch {
+    return [];
+  }
+  return [...new Set(text.split("\n").filter((n) => STEP_TEMP_RE.test(n)))];
+}
+
+/** Keep in the ledger only the recorded temporaries that still exist (normally none once a run ends). */
+function pruneLedger(dir: string, owner: RunDirOwner): void {
+  const path = join(dir, ledgerName(owner));
+  if (!existsSync(path)) return;
+  const alive = readLedger(dir, owner).filter((n) => lstatOrNull(join(dir, n)) !== null);
+  writeFileSync(path, alive.map((n) => n + "\n").join(""));
+}
+
+/**
+ * Delete what killed runs left behind: the temporaries recorded in the ledger, an adopted earlier
+ * run's `leftovers`, and half-written copies of the run's own files (.<own name>.<hex>.tmp). A name
+ * the runner did not record or derive (a user's .tmp-notes) is never touched.
+ */
+export function cleanLeftovers(outDir: string, owner: RunDirOwner = DEFAULT_OWNER, leftovers: readonly string[] = []): string[] {
+  const removed: string[] = [];
+  if (!existsSync(outDir)) return removed;
+  const atomicTemp = atomicTempRe(owner);
+  const names = [...readLedger(outDir, owner), ...leftovers, ...readdirSync(outDir).filter((n) => atomicTemp.test(n))];
+  for (const name of new Set(names)) {
+    if (lstatOrNull(join(outDir, name)) === null) continue;
+    removePath(join(outDir, name));
+    removed.push(name);
+  }
+  pruneLedger(outDir, owner);
   return removed;
+}
+
+/** After a run that committed nothing: remove the marker and ledger it wrote, and the folders it created, when nothing else is there. */
+function discardUnused(claim: RunDirClaim, owner: RunDirOwner, removeCreated: boolean): void {
+  const bookkeeping = new Set([owner.marker, ledgerName(owner)]);
+  let names: string[];
+  try {
+    names = readdirSync(claim.dir);
+  } catch {
+    return;
+  }
+  if (names.some((n) => !bookkeeping.has(n))) return;
+  for (const n of names) rmSync(join(claim.dir, n), { force: true });
+  if (!removeCreated || claim.creates === null) return;
+  // rmdir removes only empty folders: anything another process put there meanwhile stays.
+  for (let d = claim.dir; ; d = dirname(d)) {
+    try {
+      rmdirSync(d);
+    } catch {
+      return;
+    }
+    if (d === claim.creates || dirname(d) === d) return;
+  }
 }
 
 /** Resolves with the step's promise, or rejects once the signal fired and the step did not stop within graceMs. */
@@ -292,10 +589,12 @@ function interrupted(signal: AbortSignal): InterruptedError {
 }
 
 /** Rename tmp → stepDir, replacing an old result. Moving the old one aside keeps every instant consistent. */
-function commitStepDir(tmp: string, stepDir: string, outDir: string, name: string): void {
+function commitStepDir(tmp: string, stepDir: string, outDir: string, name: string, owner: RunDirOwner): void {
   let old: string | null = null;
   if (existsSync(stepDir)) {
-    old = join(outDir, `.tmp-${name}-old-${randomSuffix()}`);
+    const oldName = stepTempName(name, true);
+    recordTemporary(outDir, owner, oldName);
+    old = join(outDir, oldName);
     renameSync(stepDir, old);
   }
   renameSync(tmp, stepDir);
@@ -304,24 +603,49 @@ function commitStepDir(tmp: string, stepDir: string, outDir: string, name: strin
 }
 
 /**
- * Runs the steps in order, skipping those whose results are current. Writes <out>/settings.json at
- * the start; returns the steps' report parts and timings (the application writes its report from them).
- * Throws StepFailedError (a step threw), InterruptedError (signal), UsageError (out dir locked).
+ * Runs the steps in order, skipping those whose results are current. Claims the run directory first
+ * (see the file's header); writes <out>/settings.json once a step commits or every step is up to date;
+ * returns the steps' report parts and timings (the application writes its report from them).
+ * Throws StepFailedError (a step threw), InterruptedError (signal), RunDirError (not a run directory
+ * the runner may write), UsageError (out dir locked).
  */
 export async function runPipeline<S>(opts: RunOptions<S>): Promise<RunOutcome> {
   const { steps, settings, outDir } = opts;
   const ui = opts.ui ?? memoryUI();
   const signal = opts.signal ?? new AbortController().signal;
   const graceMs = opts.abortGraceMs ?? 5000;
+  const owner = opts.owner ?? DEFAULT_OWNER;
   validateSteps(steps);
   checkFrom(steps, opts.from);
 
-  mkdirSync(outDir, { recursive: true });
-  const release = acquireLock(outDir);
+  const claim = inspectRunDir(outDir, steps.map((s) => s.name), owner);
+  if (claim.state === "new") {
+    try {
+      mkdirSync(outDir, { recursive: true });
+    } catch (e) {
+      throw new RunDirError(claim.dir, `${owner.label} ${outDir} cannot be created: ${errText(e)}`);
+    }
+  }
+  let release: () => void;
   try {
-    const removed = cleanLeftovers(outDir);
-    if (removed.length) ui.info(`removed ${removed.length} unfinished step folder(s) from an interrupted run`);
-    atomicWriteJson(join(outDir, "settings.json"), settings);
+    release = acquireLock(outDir, owner.tool);
+  } catch (e) {
+    if (claim.state === "new") discardUnused(claim, owner, opts.removeCreatedDir === true);
+    throw e;
+  }
+  let committed = 0;
+  let failed = false;
+  let settingsWritten = false;
+  const writeSettings = () => {
+    if (settingsWritten) return;
+    atomicWriteJson(join(outDir, SETTINGS_FILE), settings);
+    settingsWritten = true;
+  };
+  try {
+    if (claim.state !== "marked") writeMarker(outDir, owner);
+    if (claim.state === "adopted") ui.info(`adopted ${outDir}, a run directory of an earlier ${owner.tool} (marked with ${owner.marker})`);
+    const removed = cleanLeftovers(outDir, owner, claim.leftovers);
+    if (removed.length) ui.info(`removed ${removed.length} unfinished step folder(s) or file(s) from an interrupted run`);
 
     const plan = planRun(steps, settings, outDir, opts);
     const parts: StepPart[] = [];
@@ -349,7 +673,9 @@ export async function runPipeline<S>(opts: RunOptions<S>): Promise<RunOutcome> {
       }
 
       ui.info(`${step.name}: running (${planned.reason})`);
-      const tmp = join(outDir, `.tmp-${step.name}-${randomSuffix()}`);
+      const tmpName = stepTempName(step.name, false);
+      recordTemporary(outDir, owner, tmpName);
+      const tmp = join(outDir, tmpName);
       mkdirSync(tmp);
       const started = new Date();
       const t0 = performance.now();
@@ -418,7 +744,9 @@ export async function runPipeline<S>(opts: RunOptions<S>): Promise<RunOutcome> {
       atomicWriteJson(join(tmp, PART_FILE), part ?? {});
       atomicWriteJson(join(tmp, DONE_FILE), rec);
       fsyncTree(tmp);
-      commitStepDir(tmp, stepDir, outDir, step.name);
+      writeSettings();
+      commitStepDir(tmp, stepDir, outDir, step.name, owner);
+      committed++;
 
       parts.push({ step: step.name, part });
       timings[step.name] = rec.seconds;
@@ -431,10 +759,16 @@ export async function runPipeline<S>(opts: RunOptions<S>): Promise<RunOutcome> {
     }
 
     if (signal.aborted) throw interrupted(signal);
+    writeSettings();
     timings.total = Math.round(((performance.now() - runStart) / 1000) * 1000) / 1000;
     return { parts, timings, steps: outcomes, gateFailed };
+  } catch (e) {
+    failed = true;
+    throw e;
   } finally {
     ui.close();
     release();
+    pruneLedger(outDir, owner);
+    if (failed && committed === 0 && claim.state !== "marked") discardUnused(claim, owner, opts.removeCreatedDir === true);
   }
 }
