@@ -30,8 +30,8 @@ export const DEFAULT_HUB_URL = "https://huggingface.co";
 
 export type HubErrorCode =
   | "bad_input" // caller passed something invalid (repo id, revision, token format, file list)
-  | "auth" // token missing/rejected, or no write access
-  | "gated" // 401/403 on a repo: gated or private
+  | "auth" // token missing or rejected (401 with a token), lacking access (403, not gated), or no write access
+  | "gated" // a gated repo without accepted access, or (no token sent) a private one
   | "not_found" // repo, revision or file does not exist
   | "not_cached" // offline and the cache lacks what is needed
   | "unsafe_path" // a remote path could escape the snapshot directory
@@ -183,6 +183,8 @@ interface NetCtx {
 class Attempt {
   lastUrl: string | undefined;
   lastStatus: number | undefined;
+  /** The Hub's X-Error-Code of the last error response ("GatedRepo", "RepoNotFound", …). */
+  lastErrorCode: string | undefined;
   rangeIgnored = false;
   timedOut = false;
   private controllers = new Set<AbortController>();
@@ -209,12 +211,14 @@ class Attempt {
     this.controllers.add(ctl);
     this.lastUrl = url;
     this.lastStatus = undefined;
+    this.lastErrorCode = undefined;
     const signal = init?.signal ? AbortSignal.any([init.signal, ctl.signal]) : ctl.signal;
     const range = new Headers(init?.headers).get("range");
     this.kick();
     const res = await fetch(input, { ...init, signal });
     this.kick();
     this.lastStatus = res.status;
+    if (res.status >= 400) this.lastErrorCode = res.headers.get("x-error-code") ?? undefined;
     if (res.url) this.lastUrl = res.url;
     const m = range ? /^bytes=(\d+)-/.exec(range) : null;
     if (m && Number(m[1]) > 0 && res.status === 200) this.rangeIgnored = true;
@@ -224,13 +228,45 @@ class Attempt {
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-function gatedError(ctx: NetCtx, status: number, url: string | undefined): HubError {
-  const hint = ctx.token ? " (the token was sent but has no access: check it and that your account was granted access)" : "";
-  return new HubError(
-    "gated",
-    `repo ${ctx.repoId} is gated or private (HTTP ${status}): accept its licence on the Hub page ${ctx.hubUrl}/${ctx.repoId} and set HF_TOKEN${hint}`,
-    { status, url },
-  );
+/**
+ * A 401 or 403, told apart as the Hub means them: with a token, 401 is the token itself rejected
+ * (invalid, expired, revoked); 403 with X-Error-Code GatedRepo is an account that was not granted
+ * access to a gated repo, any other 403 a token without permission for the repo. Without a token the
+ * Hub answers 401 for gated (GatedRepo), private and missing repos alike.
+ */
+function accessError(ctx: NetCtx, status: number, url: string | undefined, errorCode: string | undefined, detail: string): HubError {
+  const page = `${ctx.hubUrl}/${ctx.repoId}`;
+  const gated = errorCode === "GatedRepo";
+  const said = detail.replace(/\.?\s*URL: .*$/s, "").trim();
+  if (ctx.token && status === 401) {
+    return new HubError(
+      "auth",
+      `the Hugging Face token was rejected by ${ctx.hubUrl} (HTTP 401${said ? `: ${said}` : ""}): it is invalid, expired or revoked; check HF_TOKEN or --token (tokens: ${ctx.hubUrl}/settings/tokens)`,
+      { status, url },
+    );
+  }
+  if (ctx.token && gated) {
+    return new HubError(
+      "gated",
+      `repo ${ctx.repoId} is gated and the token's account has not been granted access (HTTP 403; the token itself is valid): accept its licence or request access on the Hub page ${page}, then retry once access is granted`,
+      { status, url },
+    );
+  }
+  if (ctx.token) {
+    return new HubError(
+      "auth",
+      `the Hugging Face token has no access to ${ctx.repoId} (HTTP 403${said ? `: ${said}` : ""}): a fine-grained token needs read access to this repo (or its owner's repos); check HF_TOKEN or --token`,
+      { status, url },
+    );
+  }
+  if (gated) {
+    return new HubError(
+      "gated",
+      `repo ${ctx.repoId} is gated or private (HTTP ${status}; the Hub says it is gated and no token was sent): accept its licence on the Hub page ${page} and set HF_TOKEN to a token of that account`,
+      { status, url },
+    );
+  }
+  return new HubError("gated", `repo ${ctx.repoId} is gated or private (HTTP ${status}): accept its licence on the Hub page ${page} and set HF_TOKEN`, { status, url });
 }
 
 /** Run `fn` with retries: 429/5xx, timeouts, connection errors and retryable HubErrors back off exponentially. */
@@ -264,7 +300,7 @@ function classify(ctx: NetCtx, what: string, err: unknown, a: Attempt): { failur
   const url = err instanceof HubApiError ? err.url || a.lastUrl : a.lastUrl;
   const detail = redact(err instanceof Error ? err.message : String(err), ctx.token);
   if (status !== undefined) {
-    if (status === 401 || status === 403) return { failure: gatedError(ctx, status, url), retry: false };
+    if (status === 401 || status === 403) return { failure: accessError(ctx, status, url, a.lastErrorCode, detail), retry: false };
     if (status === 404) {
       return { failure: new HubError("not_found", `${what}: not found on ${ctx.hubUrl} (HTTP 404 from ${url}): ${detail}`, { status, url }), retry: false };
     }
@@ -847,8 +883,11 @@ async function publishInner(opts: PublishOptions): Promise<PublishResult> {
     timeoutMs: opts.timeoutMs ?? 60_000,
   };
   const authError = (what: string, e: unknown): HubError => {
-    if (e instanceof HubError && (e.code === "gated" || e.status === 401 || e.status === 403)) {
-      return new HubError("auth", `${what}: the token was rejected or cannot write there (HTTP ${e.status}); use a token with write access (HF_TOKEN)`, { status: e.status, url: e.url });
+    if (e instanceof HubError && e.status === 401) {
+      return new HubError("auth", `${what}: the token was rejected (HTTP 401: invalid, expired or revoked); use a valid token with write access (HF_TOKEN)`, { status: e.status, url: e.url });
+    }
+    if (e instanceof HubError && (e.code === "gated" || e.status === 403)) {
+      return new HubError("auth", `${what}: the token cannot write there (HTTP ${e.status}); use a token with write access to that namespace (HF_TOKEN)`, { status: e.status, url: e.url });
     }
     return e instanceof HubError ? e : new HubError("network", String(e));
   };
