@@ -474,9 +474,9 @@ export interface SplitSizes {
  * Shuffles with `seed` and cuts disjoint train / val / eval slices in that order.
  * Policy: if fewer prompts are available than train + val + eval, this throws (saying how many
  * are needed and available) rather than silently shrinking the splits. Duplicates in the input
- * are removed first so the slices cannot share a prompt.
+ * are removed first so the slices cannot share a prompt. `rest` is the unused remainder.
  */
-export function splitPrompts(prompts: string[], sizes: SplitSizes, seed: number): { train: string[]; val: string[]; eval: string[] } {
+export function splitPrompts(prompts: string[], sizes: SplitSizes, seed: number): { train: string[]; val: string[]; eval: string[]; rest: string[] } {
   const evalSize = sizes.eval ?? 0;
   for (const [name, n] of [["train", sizes.train], ["val", sizes.val], ["eval", evalSize]] as const) {
     if (!Number.isInteger(n) || n < 0) throw new DatasetError(`split size '${name}' must be a non-negative integer, got ${n}`);
@@ -493,6 +493,8 @@ export function splitPrompts(prompts: string[], sizes: SplitSizes, seed: number)
     train: order.slice(0, sizes.train),
     val: order.slice(sizes.train, sizes.train + sizes.val),
     eval: order.slice(sizes.train + sizes.val, needed),
+    /** What the three slices left, in shuffled order. */
+    rest: order.slice(needed),
   };
 }
 

@@ -85,6 +85,8 @@ export const readSource = (ctx: StepContext<unknown>): SourceInfo =>
 export interface PromptSplits {
   harmful: { train: string[]; val: string[]; eval: string[] };
   harmless: { train: string[]; val: string[]; eval: string[] };
+  /** Harmless prompts in no split (≤ KL_EXTRA_PROMPTS): calibration adds them to its first-token KL. */
+  klExtra: string[];
   sources: { name: string; source: string; size: number; license?: string }[];
   systemPrompt: string | null;
   systemPromptSource: string | null;
@@ -104,6 +106,8 @@ export function readSplits(ctx: StepContext<unknown>): PromptSplits {
       if (!Array.isArray(s[side][split])) throw new ArtefactError(`${path}: ${side}.${split} should be a list of prompts`);
     }
   }
+  if (s.klExtra === undefined) s.klExtra = []; // written before elicit version 3
+  if (!Array.isArray(s.klExtra)) throw new ArtefactError(`${path}: klExtra should be a list of prompts`);
   const c = s.contrast as unknown;
   const isList = (v: unknown) => Array.isArray(v) && v.every((x) => typeof x === "string");
   if (c !== null && (typeof c !== "object" || !isList((c as Record<string, unknown>).harmful) || !isList((c as Record<string, unknown>).harmless))) {

@@ -22,7 +22,14 @@ export class ElicitationError extends Error {
 
 const pct = (x: number) => `${(x * 100).toFixed(1)} %`;
 
-async function splitsFor(ctx: Ctx, kind: Exclude<PromptKind, "borderline">): Promise<{ train: string[]; val: string[]; eval: string[]; sources: PromptSplits["sources"] }> {
+/**
+ * Harmless prompts beyond the validation split that calibration adds to its first-token KL (one forward
+ * pass each, no generation): the KL is heavy-tailed, and a bound checked on a few dozen prompts is
+ * optimistic for the prompts validation will see. Taken from what the splits left, never from eval.
+ */
+export const KL_EXTRA_PROMPTS = 128;
+
+async function splitsFor(ctx: Ctx, kind: Exclude<PromptKind, "borderline">): Promise<{ train: string[]; val: string[]; eval: string[]; rest: string[]; sources: PromptSplits["sources"] }> {
   const s = ctx.settings;
   const spec = kind === "harmful" ? s.harmful : s.harmless;
   const evalSpec = kind === "harmful" ? s.evalHarmful : s.evalHarmless;
@@ -38,7 +45,8 @@ async function splitsFor(ctx: Ctx, kind: Exclude<PromptKind, "borderline">): Pro
   const used = new Set([...split.train, ...split.val]);
   const evalPrompts = samplePrompts(evalSet.prompts.filter((p) => !used.has(p)), s.nEval, s.seed + 1);
   sources.push({ name: `${kind} (eval)`, source: evalSet.source, size: evalSet.prompts.length, license: evalSet.license });
-  return { train: split.train, val: split.val, eval: evalPrompts, sources };
+  const inEval = new Set(evalPrompts);
+  return { train: split.train, val: split.val, eval: evalPrompts, rest: split.rest.filter((p) => !inEval.has(p)), sources };
 }
 
 /** At most this many train prompts per class are generated for each candidate prompt (bounds `auto`'s time). */
@@ -71,7 +79,8 @@ export const elicitStep: Step<Settings> = {
   //    with the largest harmful − harmless refusal gap kept (elicitMinGap replaces elicitHarmfulMin /
   //    elicitHarmlessMax); rates as {rate, k, n, ci95}; prompts.json gains `contrast` (refused harmful
   //    and answered harmless train prompts under the chosen prompt).
-  version: 2,
+  // 3: prompts.json gains klExtra (harmless prompts outside every split, for calibration's KL only).
+  version: 3,
   deps: ["pull"],
   outputs: outputsOf("elicit"),
   inputs: (s) => ({
@@ -173,6 +182,7 @@ export const elicitStep: Step<Settings> = {
       const splits: PromptSplits = {
         harmful: { train: harmful.train, val: harmful.val, eval: harmful.eval },
         harmless: { train: harmless.train, val: harmless.val, eval: harmless.eval },
+        klExtra: harmless.rest.slice(0, KL_EXTRA_PROMPTS),
         sources: [...harmful.sources, ...harmless.sources],
         systemPrompt: system,
         systemPromptSource: chosen?.source ?? null,

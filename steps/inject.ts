@@ -94,15 +94,18 @@ export const injectStep: Step<Settings> = {
       let control: Calibration["control"] = null;
       if (s.alpha === null) {
         const utilityItems = utilitySplit(source.dir, s.seed, s.nEval)?.calibration ?? [];
-        const harmlessVal = encodeAll(tok, splits.harmless.val, null).map((e) => e.ids);
+        const harmlessVal = ids(splits.harmless.val);
+        // KL on the validation prompts and on harmless prompts in no split (cheap: one forward pass
+        // each), so that the bound is not checked on a few dozen prompts only. Not the train prompts:
+        // they built the direction and the keys, and would understate it.
+        const klPrompts = [...harmlessVal, ...ids(splits.klExtra)];
         const sets = {
-          harmful: encodeAll(tok, splits.harmful.val, null).map((e) => e.ids),
+          harmful: ids(splits.harmful.val),
           harmless: harmlessVal,
-          // Not the train prompts: they built the direction (their mean is in it) and overstate the KL.
-          klPrompts: harmlessVal,
+          klPrompts,
           utility: utilityItems.map((u) => ({ ids: tok.encodeChat(u.prompt).ids, answer: u.answer })),
         };
-        const mo: MeasureOptions = { sets, baseLogProbs: await firstTokenLogProbs(model, harmlessVal), maxNewTokens: CALIBRATION_TOKENS, signal: ctx.signal };
+        const mo: MeasureOptions = { sets, baseLogProbs: await firstTokenLogProbs(model, klPrompts), maxNewTokens: CALIBRATION_TOKENS, signal: ctx.signal };
         const base = await measure(model, tok, {}, mo);
         const admissible = (p: Measured) => passesGate(base, p, s.gate, { klMargin: KL_MARGIN, only: ["over_refusal", "kl", "utility"] });
         const memo = new SweepMemo(join(ctx.outDir, MEMO_FILE));

@@ -30,12 +30,17 @@ describe("realign demo", () => {
   }, 600_000);
   afterAll(() => rmSync(work, { recursive: true, force: true }));
 
-  test("completes offline and reports a rise in harmful refusal without the safety prompt", () => {
-    // 0 when the gate passes, 3 when it fails: both are completed runs with a full report.
+  test("completes offline with a full, self-consistent report (the behaviour claim is organism-rosi's, on 100 prompts)", () => {
+    // 0 when the gate passes, 3 when it fails: both are completed runs with a full report. On the demo's
+    // 32 evaluation prompts a gain of a few points is noise, so the gain is not asserted here.
     expect([0, 3]).toContain(exitCode);
     const report = JSON.parse(readFileSync(join(work, "run", "report.json"), "utf8")) as RunReport;
     expect(report.baseline?.harmful_refusal).not.toBeNull();
-    expect(report.realigned!.harmful_refusal!).toBeGreaterThan(report.baseline!.harmful_refusal!);
+    expect(report.realigned?.harmful_refusal).not.toBeNull();
+    // The gate's harmful check is the numbers in the report.
+    const harmful = report.gate!.checks!.find((c) => c.name === "harmful_refusal")!;
+    expect(harmful.value).toBeCloseTo(report.realigned!.harmful_refusal!, 12);
+    expect(report.realigned!.rates!.harmful_refusal!.n).toBe(32);
     expect(report.direction?.alpha).toBeNumber();
     // Elicitation passed its own check: the chosen prompt's refusal gap is at least the default minimum.
     expect(report.elicitation!.harmful_refusal_with_prompt! - report.elicitation!.harmless_refusal_with_prompt!).toBeGreaterThanOrEqual(DEFAULTS.elicitMinGap);

@@ -82,6 +82,11 @@ test("a weak first prompt loses to a real safety prompt; every prompt tried is l
   expect(splits.contrast!.harmless.length).toBe(policy!.harmless.n - policy!.harmless.k);
   for (const p of splits.contrast!.harmful) expect(splits.harmful.train).toContain(p);
   for (const p of splits.contrast!.harmless) expect(splits.harmless.train).toContain(p);
+  // The extra KL prompts are harmless prompts in no split: 252 built-in − 24 − 16 − 16 = 196, capped at 128.
+  expect(splits.klExtra.length).toBe(128);
+  const used = new Set([...splits.harmless.train, ...splits.harmless.val, ...splits.harmless.eval, ...splits.harmful.train, ...splits.harmful.val, ...splits.harmful.eval]);
+  expect(splits.klExtra.filter((p) => used.has(p))).toEqual([]);
+  expect(new Set(splits.klExtra).size).toBe(128);
 }, 240_000);
 
 test("only neutral prompts: exit 1, each prompt named with its rates, no stack trace, no elicit folder", async () => {
