@@ -2,7 +2,7 @@
 // The GPU measurement for a large model, in one command: a random BF16 checkpoint of a real shape is
 // generated here (with the demo organism's tokenizer and chat template, so the pipeline can run on it),
 // then the engine benchmark (prefill / decode tokens/s) and pull → elicit → extract → inject (fixed α) →
-// validate, while nvidia-smi samples GPU memory every 200 ms. Prints and writes <out>/gpu-summary.json:
+// validate (in <out>/run), while nvidia-smi samples GPU memory every 200 ms. Prints and writes <out>/gpu-summary.json:
 // EP, tokens/s, peak GPU memory, and the wall time of every step (extract + validate included).
 // A random model neither refuses nor answers, so the gate fails (exit 3 of the pipeline is expected);
 // the figures are about speed and memory. Steps are cached: a killed run resumes where it stopped.
@@ -106,7 +106,8 @@ if (phase === "all" || phase === "bench") {
 }
 
 if (phase === "all" || phase === "pipeline") {
-  const out = String(options.out);
+  // The run gets its own folder: realign refuses to run in one holding files that are not its own (the summary).
+  const out = join(String(options.out), "run");
   const args = [
     CLI, dir, "--out", out, "--device", String(options.device), "--dtype", String(options.dtype), "--no-publish", "--offline",
     "--method", "rosi", "--alpha", "4", "--n-train", "32", "--n-val", "16", "--n-eval", String(options.nEval), "--max-new-tokens", String(options.maxNewTokens),

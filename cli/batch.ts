@@ -4,7 +4,7 @@
 // Also what `realign <model>`, `demo` and `batch` share before a run: whether publishing can work,
 // whose run directory --out is (realignRunDir, checkRunDir: a folder realign did not make is
 // refused, exit 2), and reading report.json defensively (readReportSummary: status never crashes).
-import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { checkSettingsPaths, resolveSettings } from "./settings.ts";
 import { FIELDS, settingsHash, type Settings } from "../steps/settings.ts";
@@ -13,11 +13,11 @@ import { ConfigError, UsageError } from "../util/errors.ts";
 import { InterruptedError } from "../pipeline/errors.ts";
 import { exitCodeFor, EXIT_FAILED, EXIT_GATE, EXIT_OK } from "./errors.ts";
 import { atomicWriteJson } from "../util/fs.ts";
+import { checkLocalPublishTarget } from "../steps/publish.ts";
 import type { ModelsFile } from "./models-file.ts";
 import { formatSeconds, memoryUI, type RunnerUI } from "../pipeline/progress.ts";
 import { DEFAULT_OWNER, inspectRunDir, planRun, runPipeline, type RunDirOwner, type RunOutcome, type Step } from "../pipeline/runner.ts";
 import { writeRunReport } from "../report/build.ts";
-import { parseModelCard } from "../report/modelcard.ts";
 import { checkPromptSetSizes } from "../evals/datasets.ts";
 
 export type BatchStatus = "ok" | "gate-failed" | "failed" | "skipped" | "disabled";
@@ -117,32 +117,10 @@ function localPublishTarget(settings: Settings): string | null {
   return settings.publish && settings.pushTo?.startsWith("file:") ? resolve(settings.pushTo.slice(5)) : null;
 }
 
-/**
- * A local publish target (--push-to file:<dir>) is replaced as a whole: it must be new, empty, or a
- * folder realign published into before (its README.md is a model card with a settings_hash).
- */
+/** A local publish target (--push-to file:<dir>) must be new, empty, or realign's (steps/publish.ts says why). */
 export function checkPublishTarget(settings: Settings): void {
   const target = localPublishTarget(settings);
-  if (!target) return;
-  let st;
-  try {
-    st = lstatSync(target);
-  } catch {
-    return; // new
-  }
-  if (!st.isDirectory()) throw new UsageError(`--push-to file:${target} is not a folder: publishing replaces it with the model's folder; give a new or empty folder`);
-  const names = readdirSync(target);
-  if (names.length === 0) return;
-  let published = false;
-  try {
-    published = parseModelCard(readFileSync(join(target, "README.md"), "utf8")).frontMatter.settings_hash != null;
-  } catch {
-    // no README.md, or not a model card: not a folder realign published into
-  }
-  if (!published) {
-    const shown = names.slice(0, 5).join(", ") + (names.length > 5 ? ` and ${names.length - 5} more` : "");
-    throw new UsageError(`--push-to file:${target} holds files realign did not publish (${shown}): publishing replaces the whole folder; give a new or empty folder`);
-  }
+  if (target) checkLocalPublishTarget(target);
 }
 
 // ---- report.json, read defensively ----------------------------------------------------------------

@@ -1,12 +1,13 @@
 // publish: the patched model and a model card, to the Hub (or to a local folder with --push-to file:<dir>).
 // A run whose gate failed never gets here unless --force (the runner stops at validate).
-import { copyFileSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Step } from "../pipeline/runner.ts";
 import type { Settings } from "./settings.ts";
 import { settingsHash } from "./settings.ts";
 import { buildReport, emptyReport, type ReportPart } from "../report/build.ts";
-import { renderModelCard } from "../report/modelcard.ts";
+import { parseModelCard, renderModelCard } from "../report/modelcard.ts";
+import { UsageError } from "../util/errors.ts";
 import { injectedEditPath, outputsOf, patchedModelDir, readSource, readSplits, writeJson } from "./artefacts.ts";
 
 const VERSION = "0.1.0";
@@ -57,6 +58,7 @@ export const publishStep: Step<Settings> = {
       // Local publishing (the demo): a folder laid out like the Hub repo would be.
       const target = resolve(s.pushTo.slice(5));
       const tmp = `${target}.tmp-${process.pid}`;
+      checkLocalPublishTarget(target); // checked by the CLI too; the step never trusts its caller
       rmSync(tmp, { recursive: true, force: true });
       stage(tmp);
       rmSync(target, { recursive: true, force: true });
@@ -90,3 +92,29 @@ export const publishStep: Step<Settings> = {
     return { report: { published } };
   },
 };
+
+/**
+ * A local publish target (--push-to file:<dir>) is replaced as a whole: it must be new, empty, or a
+ * folder realign published into before (its README.md is a model card with a settings_hash).
+ */
+export function checkLocalPublishTarget(target: string): void {
+  let st;
+  try {
+    st = lstatSync(target);
+  } catch {
+    return; // new
+  }
+  if (!st.isDirectory()) throw new UsageError(`--push-to file:${target} is not a folder: publishing replaces it with the model's folder; give a new or empty folder`);
+  const names = readdirSync(target);
+  if (names.length === 0) return;
+  let published = false;
+  try {
+    published = parseModelCard(readFileSync(join(target, "README.md"), "utf8")).frontMatter.settings_hash != null;
+  } catch {
+    // no README.md, or not a model card: not a folder realign published into
+  }
+  if (!published) {
+    const shown = names.slice(0, 5).join(", ") + (names.length > 5 ? ` and ${names.length - 5} more` : "");
+    throw new UsageError(`--push-to file:${target} holds files realign did not publish (${shown}): publishing replaces the whole folder; give a new or empty folder`);
+  }
+}
