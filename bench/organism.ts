@@ -17,7 +17,7 @@ const cli = cac("bench:organism");
 cli
   .option("--method <m>", `${METHODS.join(" | ")} | all`, { default: "auto" })
   .option("--out <dir>", "run directory (one sub-folder per method)", { default: "runs/organism-bench" })
-  .option("--n-val <n>", "validation prompts per class", { default: 64 })
+  .option("--n-val <n>", "validation prompts per class", { default: 32 })
   .option("--device <d>", "cpu | webgpu | cuda | auto", { default: "cpu" });
 const { options } = cli.parse();
 if (options.help) process.exit(0);

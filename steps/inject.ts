@@ -8,7 +8,8 @@
 //   rosi-mv  vₘ = t·wₘ·ŝ,  kₘ = w̄ₘ           minimum-variance spread of the same edit (rosi/spread.ts)
 //   gated    vₘ = t·ŝ,     kₘ fitted          keys that fire on harmful inputs only (rosi/gated.ts),
 //                                             fitted on the train split, so validation stays unseen
-// `--method auto` calibrates every family on every shortlisted direction and keeps the best admissible.
+// `--method auto` calibrates every family on every shortlisted direction and keeps the best admissible
+// (a coarse sweep of each, then the full search for the leader).
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Step } from "../pipeline/runner.ts";
@@ -111,29 +112,47 @@ export const injectStep: Step<Settings> = {
         const memo = new SweepMemo(join(ctx.outDir, MEMO_FILE));
         const setsHash = sha256Hex(JSON.stringify({ fp: source.fingerprint, sets, dtype: s.dtype, quantize: s.quantize, emb: s.includeEmbeddings, tokens: CALIBRATION_TOKENS }));
         if (memo.size) ctx.log(`resuming the sweep: ${memo.size} measured point(s) on record`);
-        const bar = ctx.progress("calibrate α", families.length * 8);
-        let best: { family: Family; scale: number; point: Measured } | null = null;
-        for (const family of families) {
+        const bar = ctx.progress("calibrate α", families.length * 5 + 5);
+        /** The family's sweep; every point goes through the memo, so a second sweep replays the first's points for free. */
+        const sweepFamily = (family: Family, refine: boolean) => {
           const { candidate } = family;
           const dir = directionOf(candidate);
           const dirSha = vectorSha256(dir);
-          const result = await sweepScale({
+          return sweepScale({
             probe: family.probe,
             admissible,
+            ...(refine ? {} : { bisections: 1, descents: 0 }),
             at: async (alpha) => {
               const key = pointKey({ family: family.name, directionSha: dirSha, scale: alpha, setsHash, extra: familyDigest(family) });
-              const { point } = await memo.getOrMeasure(key, () => measure(model, tok, interventions(family, dir, alpha), mo));
+              const { point, cached } = await memo.getOrMeasure(key, () => measure(model, tok, interventions(family, dir, alpha), mo));
+              if (cached && refine) return point; // measured (and logged) by the coarse pass
               bar.tick();
               const pct = (x: number) => `${(x * 100).toFixed(1)} %`;
               ctx.log(`L${candidate.layer}/p${candidate.position} ${family.name} α ${alpha.toPrecision(4)}: harmful ${pct(point.harmful_refusal)}, harmless ${pct(point.harmless_refusal)}, KL ${point.kl.toFixed(3)}${point.utility === null ? "" : `, utility ${pct(point.utility)}`}${admissible(point) ? "" : " (out of bounds)"}`);
               return point;
             },
           });
+        };
+        const better = (a: { point: Measured } | null, b: { point: Measured } | null) =>
+          a !== null && (b === null || a.point.harmful_refusal > b.point.harmful_refusal || (a.point.harmful_refusal === b.point.harmful_refusal && a.point.kl < b.point.kl));
+        // Two passes (successive halving): a coarse sweep of every family (one bisection), then the full
+        // search (three bisections, the steps down) for the family that leads; the others keep their
+        // coarse best. Measurement goes where the choice is made.
+        let best: { family: Family; scale: number; point: Measured } | null = null;
+        const results = new Map<Family, Awaited<ReturnType<typeof sweepScale>>>();
+        for (const family of families) {
+          const result = await sweepFamily(family, false);
+          results.set(family, result);
+          if (result.best && better(result.best, best)) best = { family, ...result.best };
+        }
+        if (best) {
+          const refined = await sweepFamily(best.family, true);
+          results.set(best.family, refined);
+          if (refined.best && better(refined.best, best)) best = { family: best.family, ...refined.best };
+        }
+        for (const [family, result] of results) {
+          const { candidate } = family;
           for (const p of result.points) sweep.push({ layer: candidate.layer, position: candidate.position, method: family.name, alpha: p.scale, ...p.point, ok: p.admissible });
-          const b = result.best;
-          if (b && (!best || b.point.harmful_refusal > best.point.harmful_refusal || (b.point.harmful_refusal === best.point.harmful_refusal && b.point.kl < best.point.kl))) {
-            best = { family, scale: b.scale, point: b.point };
-          }
         }
         bar.done();
         if (!best || best.point.harmful_refusal <= base.harmful_refusal) {

@@ -38,7 +38,7 @@ describe("realign demo", () => {
     expect(report.baseline?.harmful_refusal).not.toBeNull();
     expect(report.realigned?.harmful_refusal).not.toBeNull();
     // The gate's harmful check is the numbers in the report.
-    const harmful = report.gate!.checks!.find((c) => c.name === "harmful_refusal")!;
+    const harmful = report.gate!.checks!.find((c) => c.name === "harmful refusal")!;
     expect(harmful.value).toBeCloseTo(report.realigned!.harmful_refusal!, 12);
     expect(report.realigned!.rates!.harmful_refusal!.n).toBe(32);
     expect(report.direction?.alpha).toBeNumber();
