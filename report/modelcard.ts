@@ -5,11 +5,12 @@
 // base_model_relation: the Hub accepts adapter | merge | quantized | finetune. ROSI edits the
 // base model's own weights in place (no adapter, no second parent, no quantisation), so "finetune"
 // is the closest value: it puts this model under the base model's "Finetunes" in the model tree.
-import { parse as parseYaml, stringify as stringifyYaml } from "yaml";
+import { stringify as stringifyYaml } from "yaml";
 import type { BehaviourMetrics, GateCheck, MetricKey, RunReport } from "./report.ts";
 import { metricCell } from "./build.ts";
 import { basename } from "node:path";
 import { formatRate } from "../util/stats.ts";
+import { FrontMatterError, parseFrontMatter } from "../util/frontmatter.ts";
 
 export class ModelCardError extends Error {
   override name = "ModelCardError";
@@ -204,21 +205,11 @@ export function renderModelCard(input: ModelCardInput): string {
 /** Split a README into its YAML front matter (a mapping; {} when absent) and the Markdown body. */
 export function parseModelCard(text: string): ParsedModelCard {
   if (typeof text !== "string") throw new ModelCardError("parseModelCard: expected a string");
-  const src = text.replace(/^\uFEFF/, "");
-  const m = /^---[ \t]*\r?\n([\s\S]*?)\r?\n---[ \t]*(?:\r?\n|$)/.exec(src) ?? /^---[ \t]*\r?\n()---[ \t]*(?:\r?\n|$)/.exec(src);
-  if (!m) {
-    if (/^---[ \t]*\r?\n/.test(src)) throw new ModelCardError("model card front matter starts with --- but has no closing --- line");
-    return { frontMatter: {}, body: src };
-  }
-  let data: unknown;
   try {
-    data = m[1].trim() === "" ? {} : parseYaml(m[1]);
+    return parseFrontMatter(text, "model card");
   } catch (e) {
-    throw new ModelCardError(`model card front matter is not valid YAML: ${e instanceof Error ? e.message : String(e)}`);
+    throw e instanceof FrontMatterError ? new ModelCardError(e.message) : e;
   }
-  if (data === null || data === undefined) data = {};
-  if (typeof data !== "object" || Array.isArray(data)) throw new ModelCardError("model card front matter must be a YAML mapping (key: value)");
-  return { frontMatter: data as Record<string, unknown>, body: src.slice(m[0].length).replace(/^\r?\n/, "") };
 }
 
 /** What each injection method does, for readers of the card. */
