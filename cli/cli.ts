@@ -19,6 +19,7 @@ import { consoleUI, formatSeconds } from "../pipeline/progress.ts";
 import { checkFrom, readDoneRecord, runPipeline, type Step } from "../pipeline/runner.ts";
 import { getSteps as registrySteps, STEP_NAMES } from "../steps/index.ts";
 import { generateCommand } from "./generate.ts";
+import { chatCommand } from "./chat.ts";
 import { writeRunReport } from "../report/build.ts";
 import { checkPromptSetSizes } from "../evals/datasets.ts";
 
@@ -112,7 +113,30 @@ function buildCli(): CAC {
     .option("--device <name>", "auto | cpu | cuda | webgpu")
     .option("--dtype <name>", "float32 (default) | float16")
     .option("--json", "print JSON")
-    .example("  $ realign generate runs/owner--model/inject/model --prompt 'Write a haiku about rain'");
+    .option("--temperature <t>", "sample at this temperature (default 0: greedy)")
+    .option("--top-p <p>", "sample from the smallest set of tokens holding this probability (with --temperature)")
+    .option("--top-k <k>", "sample from the k most likely tokens (with --temperature)")
+    .option("--seed <n>", "seed of the sampler (default: a random one, printed)")
+    .option("--samples <n>", "samples of the prompt, in one batch (with --temperature)")
+    .option("--stop <text>", "stop when the reply contains this text (not printed)")
+    .example("  $ realign generate runs/owner--model/inject/model --prompt 'Write a haiku about rain'")
+    .example("  $ realign generate runs/owner--model/inject/model --prompt 'Write a haiku' --temperature 0.8 --top-p 0.95 --seed 1 --samples 4");
+
+  cli
+    .command("chat <model-or-run-dir>", "talk with a model through its chat template (stdin: one line per turn, /help for commands)")
+    .ignoreOptionDefaultValue()
+    .option("--system <text>", "system prompt (/system <text> changes it)")
+    .option("--vs [model-dir]", "answer every turn with a second model too; alone, for a run dir: its original (the pull source)")
+    .option("--max-new-tokens <n>", "tokens per reply (default 256)")
+    .option("--temperature <t>", "sample at this temperature (default 0: greedy)")
+    .option("--top-p <p>", "nucleus sampling (with --temperature)")
+    .option("--top-k <k>", "top-k sampling (with --temperature)")
+    .option("--seed <n>", "seed of the sampler (default: a random one, printed)")
+    .option("--device <name>", "auto | cpu | cuda | webgpu")
+    .option("--dtype <name>", "float32 (default) | float16")
+    .option("--json", "one JSON line per reply (model, prompt_ids, new_ids, text) instead of streamed text")
+    .example("  $ realign chat runs/owner--model --vs            # the re-aligned model next to the original")
+    .example("  $ realign chat ./my-model --system 'Be brief.' < questions.txt");
 
   const batch = cli.command("batch [models-yaml]", "run every enabled model in models.yaml; one failure does not stop the rest").ignoreOptionDefaultValue();
   addSettingOptions(batch, new Set(["device", "offline", "publish", "hubUrl"]));
@@ -387,7 +411,7 @@ async function cmdRun(model: string | undefined, opts: Opts, argv: readonly stri
     checkSettingsPaths(resolved.settings, resolved.sources, cwd);
   } catch (e) {
     // "realign statsu" is more likely a mistyped command than a model.
-    const hint = !model.includes("/") && isLocalModel(model, cwd) ? didYouMean(model, ["demo", "generate", "batch", "status"]) : null;
+    const hint = !model.includes("/") && isLocalModel(model, cwd) ? didYouMean(model, ["demo", "generate", "chat", "batch", "status"]) : null;
     if (hint && e instanceof ConfigError) throw new ConfigError([...e.problems, `(did you mean \`realign ${hint}\`?)`]);
     throw e;
   }
@@ -582,6 +606,12 @@ export async function main(argv: readonly string[], deps: CliDeps = {}): Promise
       case "generate":
         if (!pos[0]) throw new UsageError("generate needs a model directory: realign generate <model-dir> --prompt <text>");
         return await cmdGenerate(pos[0], opts);
+      case "chat": {
+        if (!pos[0]) throw new UsageError("chat needs a model or run directory: realign chat <model-or-run-dir>");
+        const { "--": _ignored, ...chatOpts } = opts;
+        const isTTY = Boolean(process.stdin.isTTY && process.stdout.isTTY);
+        return await chatCommand(pos[0], chatOpts, { input: process.stdin, write: (t) => void process.stdout.write(t), notice: err, isTTY, cwd: deps.cwd ?? process.cwd() });
+      }
       case "batch":
         return await cmdBatch(pos[0], opts, deps);
       case "status":

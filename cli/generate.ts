@@ -1,10 +1,14 @@
 // `realign generate <model-dir> --prompt "…" [--system "…"] [--raw] [--max-new-tokens N] [--device …] [--dtype float32|float16] [--json]`
+//   [--temperature T [--top-p P] [--top-k K] [--seed S] [--samples N]] [--stop <text>]
+// Greedy unless --temperature > 0; sampling prints the seed it used (stderr, or "seed" in --json) so a
+// run can be repeated exactly.
 // Option values arrive as typed (cli.ts scanArgv): `--prompt ""` is the empty prompt (with --raw:
 // BOS alone), `--prompt 007` the text "007". Bad options and a model directory whose files cannot
 // be loaded (tokenizer, config, weights) are usage errors: one line naming the file, exit 2.
 import { existsSync, statSync } from "node:fs";
 import { DecoderModel } from "../engine/model.ts";
-import { generateGreedy } from "../engine/generate.ts";
+import { generate } from "../engine/generate.ts";
+import type { SamplingOptions } from "../engine/sampling.ts";
 import { loadTokenizer, TokenizerError } from "../engine/tokenizer.ts";
 import { DEVICES, type Device } from "../engine/session.ts";
 import { COMPUTE_DTYPES, MissingWeightError, type ComputeDType } from "../engine/decoder.ts";
@@ -22,12 +26,64 @@ export interface GenerateCommandOptions {
   device?: string;
   dtype?: string;
   json?: boolean;
+  temperature?: string;
+  topP?: string;
+  topK?: string;
+  seed?: string;
+  samples?: string;
+  stop?: string;
+}
+
+/** --device, --dtype and --max-new-tokens as typed → checked values (UsageError naming the flag). */
+export function parseEngineFlags(opts: { device?: unknown; dtype?: unknown; maxNewTokens?: unknown }, defaultMaxNewTokens: number): { device: Device; dtype: ComputeDType; maxNewTokens: number } {
+  const device = (opts.device ?? "auto") as Device;
+  if (!DEVICES.includes(device)) throw new UsageError(`--device must be one of ${DEVICES.join(", ")}, got ${JSON.stringify(opts.device)}`);
+  const dtype = (opts.dtype ?? "float32") as ComputeDType;
+  if (!COMPUTE_DTYPES.includes(dtype)) throw new UsageError(`--dtype must be one of ${COMPUTE_DTYPES.join(", ")}, got ${JSON.stringify(opts.dtype)}`);
+  const m = opts.maxNewTokens;
+  const maxNewTokens = m === undefined ? defaultMaxNewTokens : typeof m === "string" && /^\s*\d+\s*$/.test(m) ? Number(m) : NaN;
+  if (!Number.isInteger(maxNewTokens) || maxNewTokens < 1) throw new UsageError(`--max-new-tokens must be a positive integer, got ${JSON.stringify(m)}`);
+  return { device, dtype, maxNewTokens };
+}
+
+/** The sampling flags as typed (strings) → engine options; UsageError for bad values or flags that would do nothing. */
+export interface SamplingFlags {
+  temperature?: unknown;
+  topP?: unknown;
+  topK?: unknown;
+  seed?: unknown;
+  samples?: unknown;
+}
+
+const NUMBER = /^\s*[+]?(\d+(\.\d*)?|\.\d+)(e[+-]?\d+)?\s*$/i;
+const INTEGER = /^\s*\+?\d+\s*$/;
+
+function flagValue(name: string, v: unknown, pattern: RegExp, what: string, ok: (x: number) => boolean): number | undefined {
+  if (v === undefined) return undefined;
+  const x = typeof v === "string" && pattern.test(v) ? Number(v) : NaN;
+  if (!Number.isFinite(x) || !ok(x)) throw new UsageError(`${name} must be ${what}, got ${JSON.stringify(v === true ? "(no value)" : v)}`);
+  return x;
+}
+
+export function parseSamplingFlags(f: SamplingFlags): { sampling: SamplingOptions | undefined; samples: number } {
+  const temperature = flagValue("--temperature", f.temperature, NUMBER, "a number ≥ 0 (0: greedy)", (x) => x >= 0);
+  const topP = flagValue("--top-p", f.topP, NUMBER, "a number in (0, 1]", (x) => x > 0 && x <= 1);
+  const topK = flagValue("--top-k", f.topK, INTEGER, "a non-negative integer (0: off)", (x) => Number.isSafeInteger(x));
+  const seed = flagValue("--seed", f.seed, INTEGER, "a non-negative integer", (x) => Number.isSafeInteger(x));
+  const samples = flagValue("--samples", f.samples, INTEGER, "a positive integer", (x) => Number.isSafeInteger(x) && x >= 1) ?? 1;
+  const sampling = temperature !== undefined && temperature > 0;
+  if (!sampling) {
+    const idle = [topP !== undefined && "--top-p", topK !== undefined && "--top-k", seed !== undefined && "--seed", samples > 1 && "--samples"].filter(Boolean);
+    if (idle.length) throw new UsageError(`${idle.join(", ")} ${idle.length === 1 ? "applies" : "apply"} only when sampling: add --temperature T (T > 0); without it decoding is greedy`);
+    return { sampling: undefined, samples };
+  }
+  return { sampling: { temperature, topP, topK, seed }, samples };
 }
 
 /** The engine's errors about the files of a model directory (not about the device or a bug). */
 const MODEL_FILE_ERRORS = [TokenizerError, ModelConfigError, CheckpointError, SafetensorsError, DTypeError, MissingWeightError];
 
-async function loadingModelFiles<T>(load: () => Promise<T>): Promise<T> {
+export async function loadingModelFiles<T>(load: () => Promise<T>): Promise<T> {
   try {
     return await load();
   } catch (e) {
@@ -44,12 +100,10 @@ export async function generateCommand(modelDir: string, opts: GenerateCommandOpt
   if (opts.system !== undefined && typeof opts.system !== "string") throw new UsageError("--system needs a value");
   if (opts.raw && opts.system !== undefined) throw new UsageError("--system has no effect with --raw (the raw prompt has no chat template); drop one of them");
   if (!opts.raw && opts.prompt === "") throw new UsageError('an empty --prompt needs --raw: the chat template needs an instruction');
-  const device = (opts.device ?? "auto") as Device;
-  if (!DEVICES.includes(device)) throw new UsageError(`--device must be one of ${DEVICES.join(", ")}, got ${JSON.stringify(opts.device)}`);
-  const dtype = (opts.dtype ?? "float32") as ComputeDType;
-  if (!COMPUTE_DTYPES.includes(dtype)) throw new UsageError(`--dtype must be one of ${COMPUTE_DTYPES.join(", ")}, got ${JSON.stringify(opts.dtype)}`);
-  const maxNewTokens = opts.maxNewTokens === undefined ? 64 : /^\s*\d+\s*$/.test(opts.maxNewTokens) ? Number(opts.maxNewTokens) : NaN;
-  if (!Number.isInteger(maxNewTokens) || maxNewTokens < 1) throw new UsageError(`--max-new-tokens must be a positive integer, got ${JSON.stringify(opts.maxNewTokens)}`);
+  const { device, dtype, maxNewTokens } = parseEngineFlags(opts, 64);
+  const { sampling, samples } = parseSamplingFlags(opts);
+  if (opts.stop !== undefined && (typeof opts.stop !== "string" || opts.stop === "")) throw new UsageError("--stop needs a non-empty text");
+  const stopStrings = opts.stop === undefined ? [] : [opts.stop];
 
   const tokenizer = await loadingModelFiles(() => loadTokenizer(modelDir));
   const prompt = opts.prompt;
@@ -61,11 +115,24 @@ export async function generateCommand(modelDir: string, opts: GenerateCommandOpt
   try {
     if (!opts.json) console.error(`device: ${model.ep}${model.fallbackReason ? ` (GPU not used: ${model.fallbackReason})` : ""}`);
     const eosIds = tokenizer.eosIds.length ? tokenizer.eosIds : model.checkpoint.eosTokenIds();
-    const result = await generateGreedy(model, [promptIds], { maxNewTokens, eosIds, padId: tokenizer.padId ?? 0 });
-    const newIds = result.newIds[0]!;
-    const text = tokenizer.decode(newIds, { skipSpecialTokens: true });
-    if (opts.json) console.log(JSON.stringify({ prompt_ids: promptIds, new_ids: newIds, text }));
-    else console.log(text);
+    const decode = (ids: number[]) => tokenizer.decode(ids, { skipSpecialTokens: true });
+    const result = await generate(model, [promptIds], { maxNewTokens, eosIds, padId: tokenizer.padId ?? 0, sampling, numSamples: samples, stopStrings, decode });
+    const outputs = result.newIds.map((newIds, i) => {
+      const full = decode(newIds);
+      const cut = result.stopIndex?.[i];
+      return { new_ids: newIds, text: cut === null || cut === undefined ? full : full.slice(0, cut), finish_reason: result.finishReasons?.[i] ?? "length" };
+    });
+    const first = outputs[0]!;
+    if (opts.json) {
+      const json: Record<string, unknown> = { prompt_ids: promptIds, new_ids: first.new_ids, text: first.text };
+      if (result.seed !== undefined) json.seed = result.seed;
+      if (samples > 1) json.samples = outputs;
+      console.log(JSON.stringify(json));
+    } else {
+      if (result.seed !== undefined) console.error(`seed: ${result.seed}`);
+      if (samples === 1) console.log(first.text);
+      else outputs.forEach((o, i) => console.log(`--- sample ${i + 1}/${samples} ---\n${o.text}`));
+    }
   } finally {
     await model.close();
   }

@@ -1,7 +1,11 @@
-// Greedy decoding with a KV cache, batched with left padding (HF generate()'s conventions:
-// position_ids = cumsum(attention_mask) − 1, pads at position 1).
+// Decoding with a KV cache, batched with left padding (HF generate()'s conventions:
+// position_ids = cumsum(attention_mask) − 1, pads at position 1). Greedy (argmax) unless
+// `sampling.temperature` > 0; then temperature / top-k / top-p sampling with a seeded stream per row
+// (engine/sampling.ts), optionally several samples per prompt in one batch. Rows stop at an EOS id
+// or a stop string; every new token can be streamed to a callback.
 import type { DecoderModel, ForwardInput } from "./model.ts";
 import { firstNonFinite, NonFiniteError } from "./dtype.ts";
+import { checkSampling, findStop, hashIds, randomSeed, Rng, sampleToken, type SamplingOptions } from "./sampling.ts";
 
 export interface GenerateOptions {
   maxNewTokens: number;
@@ -22,7 +26,22 @@ export interface GenerateOptions {
   editKeys?: Float32Array[];
   onStep?: (step: number, maxSteps: number) => void;
   signal?: AbortSignal;
+  /** Sample instead of argmax when `temperature` > 0 (absent or 0: greedy, exactly as generateGreedy). */
+  sampling?: SamplingOptions;
+  /**
+   * Rows per prompt (default 1). Prompt i's rows are i·n … i·n + n − 1 of the result; with sampling each
+   * row j draws from its own stream (seed, prompt ids, j).
+   */
+  numSamples?: number;
+  /** Stop a row once its decoded text contains one of these (the tokens are kept; see finishReasons / stopIndex). */
+  stopStrings?: string[];
+  /** Decoder for stopStrings (e.g. tokenizer.decode with skipSpecialTokens). */
+  decode?: (ids: number[]) => string;
+  /** Called with every new token of a row that is still running, in row order within a step. */
+  onToken?: (row: number, token: number, step: number) => void;
 }
+
+export type FinishReason = "eos" | "stop" | "length";
 
 export interface GenerateResult {
   /** Per row: generated ids, ending with the EOS id when one was produced. */
@@ -33,6 +52,12 @@ export interface GenerateResult {
   stepLogits?: Float32Array[][];
   /** Prefill and decode timings for throughput figures. */
   stats: { prefillTokens: number; prefillSeconds: number; decodeTokens: number; decodeSeconds: number };
+  /** Per row: why it stopped ("length": it reached maxNewTokens). */
+  finishReasons?: FinishReason[];
+  /** Per row: where the matched stop string starts in the decoded text (cut the text there), else null. */
+  stopIndex?: (number | null)[];
+  /** The seed sampling used (the given one, or the random one drawn); absent when greedy. */
+  seed?: number;
 }
 
 export interface PaddedBatch {
@@ -71,9 +96,24 @@ export function argmax(x: Float32Array, offset = 0, length = x.length - offset):
   return best;
 }
 
+/** Greedy decoding (argmax); the same as generate() without `sampling`. */
 export async function generateGreedy(model: DecoderModel, prompts: number[][], opts: GenerateOptions): Promise<GenerateResult> {
+  return generate(model, prompts, { ...opts, sampling: undefined });
+}
+
+export async function generate(model: DecoderModel, promptList: number[][], opts: GenerateOptions): Promise<GenerateResult> {
+  const numSamples = opts.numSamples ?? 1;
+  if (!Number.isInteger(numSamples) || numSamples < 1) throw new RangeError(`numSamples must be a positive integer, got ${numSamples}`);
+  const sampling = checkSampling(opts.sampling) ? opts.sampling! : null;
+  const stops = (opts.stopStrings ?? []).filter((s) => s.length > 0);
+  if (stops.length && !opts.decode) throw new RangeError("stopStrings need a decode function");
+  const prompts = numSamples === 1 ? promptList : promptList.flatMap((p) => Array.from({ length: numSamples }, () => p));
+  const seed = sampling ? (sampling.seed ?? randomSeed()) : undefined;
+  const rngs = sampling ? prompts.map((p, r) => new Rng(seed!, hashIds(p), r % numSamples)) : [];
   const B = prompts.length;
   const vocab = model.config.vocabSize;
+  const finishReasons: FinishReason[] = prompts.map(() => "length");
+  const stopIndex: (number | null)[] = prompts.map(() => null);
   const eos = new Set(opts.eosIds ?? []);
   const padId = opts.padId ?? 0;
   const useCache = opts.useCache ?? true;
@@ -107,16 +147,29 @@ export async function generateGreedy(model: DecoderModel, prompts: number[][], o
     for (let b = 0; b < B; b++) {
       const row = out.logits.subarray(b * vocab, (b + 1) * vocab);
       if (step === 0 && opts.returnFirstLogits) firstLogits.push(row.slice());
-      const token = argmax(out.logits, b * vocab, vocab);
+      let token = argmax(out.logits, b * vocab, vocab);
       // NaN/Inf logits make argmax pick token 0 forever ("!!!!!!"): name the problem instead.
       if (!done[b] && firstNonFinite(row) >= 0) {
         const i = firstNonFinite(row);
         throw new NonFiniteError(`${model.dir}: the model produced a non-finite logit (${row[i]}) for token ${i} at generation step ${step} of sequence ${b}; the weights or the compute (float16 overflow?) are broken`, i, row[i]);
       }
       if (!done[b]) {
+        // One uniform per token of a running row, so a row's stream never depends on the others.
+        if (sampling) token = sampleToken(row, sampling, rngs[b]!.nextFloat());
         if (opts.returnStepLogits) stepLogits[b].push(row.slice());
         newIds[b].push(token);
-        if (eos.has(token)) done[b] = true;
+        if (eos.has(token)) {
+          done[b] = true;
+          finishReasons[b] = "eos";
+        } else if (stops.length) {
+          const hit = findStop(opts.decode!(newIds[b]), stops);
+          if (hit) {
+            done[b] = true;
+            finishReasons[b] = "stop";
+            stopIndex[b] = hit.index;
+          }
+        }
+        opts.onToken?.(b, token, step);
       }
       // Finished rows keep decoding a pad so the batch stays rectangular.
       next.push(done[b] && !eos.has(token) ? padId : token);
@@ -146,7 +199,8 @@ export async function generateGreedy(model: DecoderModel, prompts: number[][], o
       };
     }
   }
-  const result: GenerateResult = { newIds, stats };
+  const result: GenerateResult = { newIds, stats, finishReasons, stopIndex };
+  if (seed !== undefined) result.seed = seed;
   if (opts.returnFirstLogits) result.firstLogits = firstLogits;
   if (opts.returnStepLogits) result.stepLogits = stepLogits;
   return result;
