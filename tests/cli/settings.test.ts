@@ -244,8 +244,12 @@ models:
     // Weekly: exactly 7 days between consecutive runs.
     const a = nextRun(sched, new Date(2030, 0, 1))!;
     expect(nextRun(sched, a)!.getTime() - a.getTime()).toBe(7 * 24 * 3600 * 1000);
-    // Every enabled model resolves with the file's defaults.
-    for (const m of file.models) expect(resolveSettings({ repo: m.repo, env: {}, modelsYaml: file }).settings.gate).toEqual(DEFAULTS.gate);
+    // Every model resolves with the built-in gate and prompt-set sizes (the file does not fork them).
+    for (const m of file.models) {
+      const s = resolveSettings({ repo: m.repo, env: {}, modelsYaml: file }).settings;
+      expect(s.gate).toEqual(DEFAULTS.gate);
+      expect([s.nTrain, s.nVal, s.nEval]).toEqual([DEFAULTS.nTrain, DEFAULTS.nVal, DEFAULTS.nEval]);
+    }
   });
 });
 
