@@ -132,6 +132,8 @@ export function renderModelCard(input: ModelCardInput): string {
 
   L.push("## What was done", "");
   L.push(`- **Method:** ${describeMethod(d?.method)}`);
+  const gate = gateReadOut(report.details?.gate_keys);
+  if (gate) L.push(`- **Gate read-out** (Σ k·x at the last prompt positions; 1 = the full step): ${gate}`);
   L.push(`- **Direction taken at layer:** ${d?.layer ?? DASH}, **token position:** ${d?.position ?? DASH}`);
   L.push(`- **Strength α:** ${num(d?.alpha)}, **rank:** ${d?.rank ?? DASH}`);
   if (report.elicitation) {
@@ -223,4 +225,20 @@ const METHOD_DESCRIPTIONS: Record<string, string> = {
 function describeMethod(method: string | undefined): string {
   if (!method) return "ROSI (difference-of-means refusal direction, rank-one weight update)";
   return METHOD_DESCRIPTIONS[method] ?? method;
+}
+
+/** "train harmful 1.00 ± 0.12, harmless 0.01 ± 0.04; validation …" from report.details.gate_keys, read defensively. */
+function gateReadOut(raw: unknown): string | null {
+  if (!raw || typeof raw !== "object") return null;
+  const g = raw as Record<string, unknown>;
+  const side = (name: string): string | null => {
+    const s = g[name] as Record<string, { mean?: unknown; std?: unknown; n?: unknown }> | undefined;
+    const f = (c: { mean?: unknown; std?: unknown; n?: unknown } | undefined) =>
+      c && typeof c.mean === "number" && typeof c.std === "number" ? `${c.mean.toFixed(2)} ± ${c.std.toFixed(2)} (n ${c.n})` : null;
+    const h = f(s?.harmful);
+    const n = f(s?.harmless);
+    return h && n ? `${name} prompts: harmful ${h}, harmless ${n}` : null;
+  };
+  const parts = [side("train"), side("validation")].filter((x): x is string => x !== null);
+  return parts.length ? parts.join("; ") : null;
 }

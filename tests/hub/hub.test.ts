@@ -625,6 +625,17 @@ describe("model card", () => {
     expect(() => renderModelCard(cardInput({ report: { ...REPORT, settings_hash: "" } }))).toThrow(ModelCardError);
   });
 
+  test("a gated edit's card states the gate read-out on train and validation prompts; other methods' cards do not", () => {
+    const stats = (mean: number, std: number, n: number) => ({ mean, std, max: mean + 2 * std, n });
+    const gated = { ...REPORT, details: { gate_keys: { train: { harmful: stats(1, 0.12, 96), harmless: stats(0.01, 0.04, 576) }, validation: { harmful: stats(0.96, 0.18, 64), harmless: stats(0.02, 0.1, 64) } } } };
+    const body = parseModelCard(renderModelCard(cardInput({ report: gated }))).body;
+    expect(body).toContain("**Gate read-out** (Σ k·x at the last prompt positions; 1 = the full step): train prompts: harmful 1.00 ± 0.12 (n 96), harmless 0.01 ± 0.04 (n 576); validation prompts: harmful 0.96 ± 0.18 (n 64), harmless 0.02 ± 0.10 (n 64)");
+    expect(parseModelCard(renderModelCard(cardInput())).body).not.toContain("Gate read-out");
+    // A malformed record is left out, not printed half.
+    const broken = { ...REPORT, details: { gate_keys: { train: { harmful: { mean: "x" } } } } };
+    expect(parseModelCard(renderModelCard(cardInput({ report: broken }))).body).not.toContain("Gate read-out");
+  });
+
   test("parseModelCard: no front matter, bad YAML, unclosed, non-mapping", () => {
     expect(parseModelCard("# Title\ntext\n")).toEqual({ frontMatter: {}, body: "# Title\ntext\n" });
     expect(parseModelCard("---\na: 1\n---\nbody")).toEqual({ frontMatter: { a: 1 }, body: "body" });
