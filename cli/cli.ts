@@ -22,6 +22,7 @@ import { generateCommand } from "./generate.ts";
 import { chatCommand } from "./chat.ts";
 import { writeRunReport } from "../report/build.ts";
 import { checkPromptSetSizes } from "../evals/datasets.ts";
+import { exportCommand } from "./export.ts";
 
 const REPO_ROOT = resolve(import.meta.dir, "..");
 export const DEMO_MODEL_DIR = join(REPO_ROOT, "demo", "organism-llama");
@@ -137,6 +138,16 @@ function buildCli(): CAC {
     .option("--json", "one JSON line per reply (model, prompt_ids, new_ids, text) instead of streamed text")
     .example("  $ realign chat runs/owner--model --vs            # the re-aligned model next to the original")
     .example("  $ realign chat ./my-model --system 'Be brief.' < questions.txt");
+
+  cli
+    .command("export <model-dir>", "write a model directory as a GGUF file for llama.cpp, Ollama and LM Studio")
+    .ignoreOptionDefaultValue()
+    .option("--gguf", "write GGUF (the only format)")
+    .option("--type <type>", "f32 | f16 (default) | bf16 | q8_0 for the matrices (norms and biases stay f32)")
+    .option("--out <file>", "output file, never replaced (default: ./<model>-<TYPE>.gguf)")
+    .option("--pre <name>", "llama.cpp pre-tokenizer name for byte-level BPE tokenizers (default: detected from tokenizer.json)")
+    .option("--json", "print the result as JSON")
+    .example("  $ realign export runs/owner--model/inject/model --gguf --type q8_0 --out model-Q8_0.gguf");
 
   const batch = cli.command("batch [models-yaml]", "run every enabled model in models.yaml; one failure does not stop the rest").ignoreOptionDefaultValue();
   addSettingOptions(batch, new Set(["device", "offline", "publish", "hubUrl"]));
@@ -611,6 +622,11 @@ export async function main(argv: readonly string[], deps: CliDeps = {}): Promise
         const { "--": _ignored, ...chatOpts } = opts;
         const isTTY = Boolean(process.stdin.isTTY && process.stdout.isTTY);
         return await chatCommand(pos[0], chatOpts, { input: process.stdin, write: (t) => void process.stdout.write(t), notice: err, isTTY, cwd: deps.cwd ?? process.cwd() });
+      }
+      case "export": {
+        if (!pos[0]) throw new UsageError("export needs a model directory: realign export <model-dir> --gguf [--type f16] [--out file.gguf]");
+        const { "--": _ignored, ...exportOpts } = opts;
+        return await exportCommand(pos[0], exportOpts);
       }
       case "batch":
         return await cmdBatch(pos[0], opts, deps);
