@@ -18,9 +18,9 @@
 // then every key is multiplied by one factor so that g averages exactly 1 on the harmful train rows,
 // which makes t the length of the step along ŝ on a typical harmful prompt.
 //
-// ρ (GATE_RIDGES) and whether the earlier harmless tokens join the fit are chosen by measurement, on
-// train prompts held out of the fit (chooseGateFit): the score is (mean g on held-out harmful)² over
-// the mean of g² on held-out harmless rows — how far the edit pushes harmful inputs per unit of push
+// ρ (GATE_RIDGES), P (1–3 positions) and whether the earlier harmless tokens join the fit are chosen
+// by measurement, on train prompts held out of the fit (chooseGateFit): the score is (mean g at the
+// last token of held-out harmful prompts)² over the mean of g² on every held-out harmless row — how far the edit pushes harmful inputs per unit of push
 // on harmless ones, which is what the KL and over-refusal bounds charge for. The chosen setting is then
 // refitted on all train prompts. Splitting the target evenly over the matrices (rather than fitting
 // them jointly) keeps each solve independent and no single matrix carrying the edit.
@@ -34,8 +34,8 @@ export class GatedFitError extends Error {
   override name = "GatedFitError";
 }
 
-/** Prompt positions read per prompt, counted back from its last token. */
-export const GATE_POSITIONS = 2;
+/** Prompt positions read per prompt, counted back from its last token (the most any fit may use). */
+export const GATE_POSITIONS = 3;
 /** How much more the harmless class weighs than the harmful one in the fit (keeps g ≈ 0 off target). */
 export const HARMLESS_WEIGHT = 16;
 /** Ridge strength ρ, relative to the mean diagonal of XᵀWX. */
@@ -45,12 +45,15 @@ export const RIDGE = 10;
 export interface WriterSamples {
   /** Row r of every matrix is one (prompt, position); labels[r] = 1 harmful, 0 harmless. */
   labels: Uint8Array;
-  /** 1 where the row is one of the prompt's last GATE_POSITIONS tokens, 0 for an earlier token. */
-  last: Uint8Array;
+  /** How far the row's token is from the prompt's end (0 = last token), EARLIER for a spread-out earlier token. */
+  fromEnd: Uint8Array;
   /** data[m] is [n, widths[m]]. */
   data: Float32Array[];
   widths: number[];
 }
+
+/** fromEnd of an earlier harmless token (not one of the last positions). */
+export const EARLIER = 255;
 
 /** Earlier tokens read per harmless prompt besides its last ones (the gate must stay quiet there too). */
 export const HARMLESS_EARLIER_POSITIONS = 4;
@@ -72,20 +75,20 @@ export async function collectWriterSamples(
   const prompts = [...sets.harmful.map((ids) => ({ ids, label: 1 })), ...sets.harmless.map((ids) => ({ ids, label: 0 }))];
   for (const p of prompts) if (p.ids.length < P) throw new GatedFitError(`a prompt has ${p.ids.length} tokens, fewer than the ${P} positions the gate reads`);
   /** Positions read in a prompt of `len` tokens, as offsets from its first token. */
-  const positionsOf = (len: number, label: number): { offset: number; last: boolean }[] => {
-    const out: { offset: number; last: boolean }[] = [];
+  const positionsOf = (len: number, label: number): { offset: number; fromEnd: number }[] => {
+    const out: { offset: number; fromEnd: number }[] = [];
     const before = len - P;
     if (label === 0 && before > 0) {
       const seen = new Set<number>();
       for (let j = 0; j < E; j++) seen.add(Math.floor(((j + 0.5) * before) / E));
-      for (const o of seen) out.push({ offset: o, last: false });
+      for (const o of seen) out.push({ offset: o, fromEnd: EARLIER });
     }
-    for (let t = before; t < len; t++) out.push({ offset: t, last: true });
+    for (let t = before; t < len; t++) out.push({ offset: t, fromEnd: len - 1 - t });
     return out;
   };
   const n = prompts.reduce((acc, p) => acc + positionsOf(p.ids.length, p.label).length, 0);
   const labels = new Uint8Array(n);
-  const last = new Uint8Array(n);
+  const fromEnd = new Uint8Array(n);
   const data = widths.map((d) => new Float32Array(n * d));
   let row = 0;
   for (let i = 0; i < prompts.length; i += batchSize) {
@@ -101,7 +104,7 @@ export async function collectWriterSamples(
       for (const pos of positionsOf(len, chunk[b].label)) {
         const t = T - len + pos.offset;
         labels[row] = chunk[b].label;
-        last[row] = pos.last ? 1 : 0;
+        fromEnd[row] = pos.fromEnd;
         for (let m = 0; m < M; m++) {
           const d = widths[m];
           data[m].set(inputs[m].subarray((b * T + t) * d, (b * T + t + 1) * d), row * d);
@@ -111,7 +114,7 @@ export async function collectWriterSamples(
     }
     opts.onBatch?.(Math.min(i + batchSize, prompts.length), prompts.length);
   }
-  return { labels, last, data, widths };
+  return { labels, fromEnd, data, widths };
 }
 
 /** The rows where `keep` holds (a copy). */
@@ -120,7 +123,7 @@ export function selectRows(s: WriterSamples, keep: (row: number) => boolean): Wr
   for (let i = 0; i < s.labels.length; i++) if (keep(i)) rows.push(i);
   return {
     labels: Uint8Array.from(rows, (i) => s.labels[i]),
-    last: Uint8Array.from(rows, (i) => s.last[i]),
+    fromEnd: Uint8Array.from(rows, (i) => s.fromEnd[i]),
     widths: s.widths,
     data: s.data.map((X, m) => {
       const d = s.widths[m];
@@ -136,7 +139,7 @@ export function concatSamples(a: WriterSamples, b: WriterSamples): WriterSamples
   const cat = (x: Uint8Array, y: Uint8Array) => Uint8Array.from([...x, ...y]);
   return {
     labels: cat(a.labels, b.labels),
-    last: cat(a.last, b.last),
+    fromEnd: cat(a.fromEnd, b.fromEnd),
     widths: a.widths,
     data: a.data.map((X, m) => {
       const out = new Float32Array(X.length + b.data[m].length);
@@ -150,43 +153,76 @@ export function concatSamples(a: WriterSamples, b: WriterSamples): WriterSamples
 /** One fit setting tried on held-out train prompts, and its score. */
 export interface GateChoice {
   ridge: number;
-  /** "last": harmless rows at the last positions only; "spread": also at earlier tokens. */
+  /** Prompt positions fitted, counted back from the last token (1 = the last token only). */
+  positions: number;
+  /** "last": harmless rows at those positions only; "spread": also at earlier tokens. */
   harmless_rows: "last" | "spread";
-  /** Held-out gate: mean on harmful prompts (last positions), mean square on every harmless row. */
+  /** Held-out gate: mean at the last token of harmful prompts, mean square over every harmless row. */
   harmful_mean: number;
   harmless_mean_square: number;
   /** harmful_mean² / harmless_mean_square: the push on harmful inputs per unit of push on harmless ones. */
   score: number;
 }
 
-/** Ridge strengths and harmless-row sets tried on the held-out train prompts. */
+/** Ridge strengths, position counts and harmless-row sets tried on the held-out train prompts. */
 export const GATE_RIDGES = [0.03, 0.1, 0.3, 1, 3, 10];
+export const GATE_POSITION_CHOICES = [1, 2, 3];
+
+/** The rows a setting fits: every prompt's last `positions` tokens, and the earlier harmless ones for "spread". */
+export function rowsFor(s: WriterSamples, positions: number, harmlessRows: "last" | "spread"): (i: number) => boolean {
+  return (i) => s.fromEnd[i] < positions || (harmlessRows === "spread" && s.labels[i] === 0 && s.fromEnd[i] === EARLIER);
+}
 
 /**
- * Chooses the ridge strength and the harmless rows on held-out train prompts (never validation or
- * evaluation prompts): fit on `fit`, score on `heldOut` (see GateChoice.score), best first.
+ * Chooses the ridge strength, the positions and the harmless rows on held-out train prompts (never
+ * validation or evaluation prompts): fit on `fit`, score on `heldOut` (GateChoice.score), best first.
+ * Every setting is scored on the same held-out rows, so the scores compare; each matrix's Gram matrix is
+ * computed once on all of `fit` and each setting takes its sub-block.
  */
 export function chooseGateFit(fit: WriterSamples, heldOut: WriterSamples, layers: number[]): GateChoice[] {
   const choices: GateChoice[] = [];
-  for (const harmlessRows of ["last", "spread"] as const) {
-    const rows = harmlessRows === "last" ? selectRows(fit, (i) => fit.last[i] === 1) : fit;
-    for (const f of fitGatedKeysForRidges(rows, { layers, ridges: GATE_RIDGES })) {
-      const ridge = f.ridge;
-      const g = gateValues(heldOut, f.rows, f.keys);
-      let hs = 0;
-      let hn = 0;
-      let ns = 0;
-      let nn = 0;
-      for (let i = 0; i < g.length; i++) {
-        if (heldOut.labels[i] === 1 && heldOut.last[i] === 1) (hs += g[i]), hn++;
-        else if (heldOut.labels[i] === 0) (ns += g[i] * g[i]), nn++;
+  const matrixRows = layers.flatMap((l) => [2 * l, 2 * l + 1]);
+  const n = fit.labels.length;
+  const fullGrams = new Map(matrixRows.map((r) => [r, gram(fit.data[r], n, fit.widths[r])]));
+  for (const positions of GATE_POSITION_CHOICES) {
+    for (const harmlessRows of ["last", "spread"] as const) {
+      const keep = rowsFor(fit, positions, harmlessRows);
+      const idx: number[] = [];
+      for (let i = 0; i < n; i++) if (keep(i)) idx.push(i);
+      const rows = selectRows(fit, keep);
+      const grams = matrixRows.map((r) => subBlock(fullGrams.get(r)!, n, idx));
+      for (const f of fitGatedKeysForRidges(rows, { layers, ridges: GATE_RIDGES, positions, grams })) {
+        const g = gateValues(heldOut, f.rows, f.keys);
+        let hs = 0;
+        let hn = 0;
+        let ns = 0;
+        let nn = 0;
+        for (let i = 0; i < g.length; i++) {
+          if (heldOut.labels[i] === 1 && heldOut.fromEnd[i] === 0) (hs += g[i]), hn++;
+          else if (heldOut.labels[i] === 0) (ns += g[i] * g[i]), nn++;
+        }
+        const harmfulMean = hs / hn;
+        const harmlessMeanSquare = ns / nn;
+        choices.push({
+          ridge: f.ridge,
+          positions,
+          harmless_rows: harmlessRows,
+          harmful_mean: harmfulMean,
+          harmless_mean_square: harmlessMeanSquare,
+          score: harmfulMean > 0 ? (harmfulMean * harmfulMean) / harmlessMeanSquare : 0,
+        });
       }
-      const harmfulMean = hs / hn;
-      const harmlessMeanSquare = ns / nn;
-      choices.push({ ridge, harmless_rows: harmlessRows, harmful_mean: harmfulMean, harmless_mean_square: harmlessMeanSquare, score: harmfulMean > 0 ? (harmfulMean * harmfulMean) / harmlessMeanSquare : 0 });
     }
   }
   return choices.sort((a, b) => b.score - a.score);
+}
+
+/** The rows and columns `idx` of a symmetric n × n matrix. */
+function subBlock(G: Float64Array, n: number, idx: number[]): Float64Array {
+  const m = idx.length;
+  const out = new Float64Array(m * m);
+  for (let a = 0; a < m; a++) for (let b = 0; b < m; b++) out[a * m + b] = G[idx[a] * n + idx[b]];
+  return out;
 }
 
 /** The layers a gated edit writes to, given the direction's layer (see the file's opening comment). */
@@ -237,7 +273,7 @@ export function fitGatedKeys(samples: WriterSamples, opts: { layers: number[]; p
 }
 
 /** The fit for each ridge strength; each matrix's Gram matrix (the costly n²·d part) is computed once. */
-export function fitGatedKeysForRidges(samples: WriterSamples, opts: { layers: number[]; ridges: number[]; positions?: number; harmlessWeight?: number }): GatedFit[] {
+export function fitGatedKeysForRidges(samples: WriterSamples, opts: { layers: number[]; ridges: number[]; positions?: number; harmlessWeight?: number; grams?: Float64Array[] }): GatedFit[] {
   const harmlessWeight = opts.harmlessWeight ?? HARMLESS_WEIGHT;
   const { labels } = samples;
   const n = labels.length;
@@ -251,7 +287,8 @@ export function fitGatedKeysForRidges(samples: WriterSamples, opts: { layers: nu
   const weight = Float64Array.from(labels, (y) => (y ? 1 : (harmlessWeight * nHarmful) / nHarmless));
   const sqrtW = weight.map(Math.sqrt);
   const rhs = Float64Array.from(labels, (y, i) => (sqrtW[i] * y) / M);
-  const grams = rows.map((r) => gram(samples.data[r], n, samples.widths[r]));
+  // Gram matrices X·Xᵀ of the edited matrices' rows (given by the caller when it has them).
+  const grams = opts.grams ?? rows.map((r) => gram(samples.data[r], n, samples.widths[r]));
   return opts.ridges.map((ridge) => {
     const keys = rows.map((r, j) => keyFromGram(grams[j], samples.data[r], n, samples.widths[r], sqrtW, rhs, ridge));
     // One common factor: g averages 1 on the harmful rows.

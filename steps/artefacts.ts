@@ -261,7 +261,7 @@ export interface GatedRecord {
   train: { harmful: GateStatsRecord; harmless: GateStatsRecord };
   validation: { harmful: GateStatsRecord; harmless: GateStatsRecord };
   /** Fit settings tried on held-out train prompts, best first (rosi/gated.ts GateChoice). */
-  choices: { ridge: number; harmless_rows: "last" | "spread"; harmful_mean: number; harmless_mean_square: number; score: number }[];
+  choices: { ridge: number; positions: number; harmless_rows: "last" | "spread"; harmful_mean: number; harmless_mean_square: number; score: number }[];
 }
 
 export interface Calibration extends InjectedEdit {

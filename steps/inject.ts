@@ -22,7 +22,7 @@ import { borderlineSplit, utilitySplit } from "../evals/datasets.ts";
 import { passesGate } from "../evals/gate.ts";
 import { rosiRows, type SpreadMethod } from "../rosi/spread.ts";
 import { unit } from "../rosi/directions.ts";
-import { chooseGateFit, collectWriterSamples, concatSamples, fitGatedKeys, gatedInterventions, gatedLayers, gateStats, gateValues, selectRows, type GatedFit, type WriterSamples } from "../rosi/gated.ts";
+import { chooseGateFit, collectWriterSamples, concatSamples, fitGatedKeys, gatedInterventions, gatedLayers, gateStats, gateValues, rowsFor, selectRows, type GatedFit, type WriterSamples } from "../rosi/gated.ts";
 import { editedMatrices, vectorSha256, writeEditedCheckpoint } from "../rosi/edit.ts";
 import { klAt, measure, pointKey, randomUnit, scaleForKl, SweepMemo, sweepScale, type Measured, type MeasureOptions } from "../rosi/calibrate.ts";
 import { sha256Hex } from "../util/fs.ts";
@@ -246,11 +246,11 @@ async function buildFamilies(
         const choices = chooseGateFit(samples.fit, samples.heldOut, layers);
         const best = choices[0];
         const all = concatSamples(samples.fit, samples.heldOut);
-        fit = { ...fitGatedKeys(best.harmless_rows === "last" ? selectRows(all, (i) => all.last[i] === 1) : all, { layers, ridge: best.ridge }), choices };
+        fit = { ...fitGatedKeys(selectRows(all, rowsFor(all, best.positions, best.harmless_rows)), { layers, ridge: best.ridge, positions: best.positions }), choices };
         fits.set(key, fit);
         const f = fit;
         ctx.log(
-          `gate keys for layers ${layers[0]}–${layers[layers.length - 1]}: ridge ${best.ridge}, harmless rows "${best.harmless_rows}" (held-out score ${best.score.toFixed(2)}, best of ${choices.length}); ` +
+          `gate keys for layers ${layers[0]}–${layers[layers.length - 1]}: ridge ${best.ridge}, last ${best.positions} position(s), harmless rows "${best.harmless_rows}" (held-out score ${best.score.toFixed(2)}, best of ${choices.length}); ` +
             `on the train rows g = ${f.train.harmful.mean.toFixed(2)} ± ${f.train.harmful.std.toFixed(2)} (harmful), ${f.train.harmless.mean.toFixed(2)} ± ${f.train.harmless.std.toFixed(2)} (harmless)`,
         );
       }

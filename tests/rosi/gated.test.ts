@@ -1,7 +1,7 @@
 // The gated edit's key fit against an independent reference: the primal weighted ridge normal
 // equations (XᵀDX + λI)·k = XᵀD·y solved by plain Gaussian elimination in float64.
 import { describe, expect, test } from "bun:test";
-import { chooseGateFit, concatSamples, selectRows, GATE_RIDGES, choleskySolve, fitGatedKeys, gatedInterventions, gatedLayers, gateValues, GatedFitError, ridgeKeyDual, type WriterSamples } from "../../rosi/gated.ts";
+import { chooseGateFit, concatSamples, EARLIER, GATE_POSITION_CHOICES, rowsFor, selectRows, GATE_RIDGES, choleskySolve, fitGatedKeys, gatedInterventions, gatedLayers, gateValues, GatedFitError, ridgeKeyDual, type WriterSamples } from "../../rosi/gated.ts";
 
 /** Seeded uniform(−1, 1) numbers (mulberry32). */
 function rng(seed: number): () => number {
@@ -87,7 +87,7 @@ describe("gated edit: key fit", () => {
       for (let i = 0; i < n; i++) for (let c = 0; c < d; c++) X[i * d + c] = 0.3 * r() + (labels[i] ? 2 * axis[c] : 0);
       return X;
     });
-    const samples: WriterSamples = { labels, last: new Uint8Array(n).fill(1), data, widths };
+    const samples: WriterSamples = { labels, fromEnd: new Uint8Array(n), data, widths };
     const fit = fitGatedKeys(samples, { layers: [1, 2] });
     expect(fit.rows).toEqual([2, 3, 4, 5]);
     expect(fit.keys.map((k) => k.length)).toEqual([8, 12, 8, 12]);
@@ -99,7 +99,7 @@ describe("gated edit: key fit", () => {
     const harmlessMean = g.filter((_, i) => !labels[i]).reduce((a, b) => a + b, 0) / (n - 60);
     expect(harmlessMean).toBeCloseTo(fit.train.harmless.mean, 6);
     expect(fit.normalisation).toBeGreaterThan(0);
-    expect(() => fitGatedKeys({ labels: new Uint8Array(n), last: new Uint8Array(n).fill(1), data, widths }, { layers: [1] })).toThrow(GatedFitError);
+    expect(() => fitGatedKeys({ labels: new Uint8Array(n), fromEnd: new Uint8Array(n), data, widths }, { layers: [1] })).toThrow(GatedFitError);
     expect(() => fitGatedKeys(samples, { layers: [layers] })).toThrow(GatedFitError);
   });
 
@@ -120,35 +120,37 @@ describe("gated edit: key fit", () => {
     expect(iv.rosiVectors.length).toBe(4 * hidden);
   });
 
-  test("held-out choice: every ridge × harmless-row setting scored on prompts the fit never saw, best first; rows select and concatenate", () => {
+  test("held-out choice: every ridge × positions × harmless-row setting scored on prompts the fit never saw, best first; rows select and concatenate", () => {
     const r = rng(5);
     const widths = [6, 10, 6, 10];
     const axes = widths.map((d) => Array.from({ length: d }, r));
+    // Harmful prompts: rows at fromEnd 1, 0; harmless prompts: (earlier, earlier, 1, 0).
     const make = (nh: number, nn: number) => {
-      const labels = Uint8Array.from({ length: nh + nn * 3 }, (_, i) => (i < nh ? 1 : 0));
-      // harmless rows come as (earlier, earlier, last) triples
-      const last = Uint8Array.from(labels, (y, i) => (y ? 1 : (i - nh) % 3 === 2 ? 1 : 0));
+      const labels = Uint8Array.from({ length: nh * 2 + nn * 4 }, (_, i) => (i < nh * 2 ? 1 : 0));
+      const fromEnd = Uint8Array.from(labels, (y, i) => (y ? 1 - (i % 2) : [EARLIER, EARLIER, 1, 0][(i - nh * 2) % 4]));
       const data = widths.map((d, m) => Float32Array.from({ length: labels.length * d }, (_, k) => 0.5 * r() + (labels[Math.floor(k / d)] ? axes[m][k % d] : 0)));
-      return { labels, last, data, widths } satisfies WriterSamples;
+      return { labels, fromEnd, data, widths } satisfies WriterSamples;
     };
     const fit = make(40, 40);
     const held = make(12, 12);
     const choices = chooseGateFit(fit, held, [1]);
-    expect(choices.length).toBe(GATE_RIDGES.length * 2);
+    expect(choices.length).toBe(GATE_RIDGES.length * GATE_POSITION_CHOICES.length * 2);
     for (let i = 1; i < choices.length; i++) expect(choices[i - 1].score).toBeGreaterThanOrEqual(choices[i].score);
-    // The score is what it says, recomputed from a refit of the winner.
+    // The score is what it says, recomputed from a refit of the winner without the shared Gram matrix.
     const best = choices[0];
-    const rows = best.harmless_rows === "last" ? selectRows(fit, (i) => fit.last[i] === 1) : fit;
-    const f = fitGatedKeys(rows, { layers: [1], ridge: best.ridge });
+    const f = fitGatedKeys(selectRows(fit, rowsFor(fit, best.positions, best.harmless_rows)), { layers: [1], ridge: best.ridge });
     const g = gateValues(held, f.rows, f.keys);
-    const hm = g.filter((_, i) => held.labels[i] === 1).reduce((a, b) => a + b, 0) / 12;
-    const nms = g.filter((_, i) => held.labels[i] === 0).reduce((a, b) => a + b * b, 0) / 36;
+    const hm = g.filter((_, i) => held.labels[i] === 1 && held.fromEnd[i] === 0).reduce((a, b) => a + b, 0) / 12;
+    const nms = g.filter((_, i) => held.labels[i] === 0).reduce((a, b) => a + b * b, 0) / 48;
     expect(best.score).toBeCloseTo((hm * hm) / nms, 8);
     expect(best.score).toBeGreaterThan(1);
-    const lastOnly = selectRows(fit, (i) => fit.last[i] === 1);
-    expect(lastOnly.labels.length).toBe(40 + 40);
+    // Row sets: last token only; last two; last two plus the earlier harmless tokens.
+    expect(selectRows(fit, rowsFor(fit, 1, "last")).labels.length).toBe(40 + 40);
+    expect(selectRows(fit, rowsFor(fit, 2, "last")).labels.length).toBe(80 + 80);
+    expect(selectRows(fit, rowsFor(fit, 2, "spread")).labels.length).toBe(80 + 160);
     const both = concatSamples(fit, held);
     expect(both.labels.length).toBe(fit.labels.length + held.labels.length);
+    expect(Array.from(both.fromEnd.subarray(fit.labels.length))).toEqual(Array.from(held.fromEnd));
     expect(Array.from(both.data[1].subarray(fit.data[1].length, fit.data[1].length + 10))).toEqual(Array.from(held.data[1].subarray(0, 10)));
   });
 });
