@@ -334,31 +334,40 @@ export function layoutGguf(kv: ReadonlyArray<[string, GgufValue]>, tensors: read
 
 const asBytes = (a: Float32Array | Uint16Array | Uint8Array): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 
-/** float32 values (whole rows of ne0) → the bytes of `type`. */
-export function encodeRows(type: GgmlTypeName, values: Float32Array, ne0: number): Uint8Array {
+/** Reusable output memory for encodeRows (grown on demand), so streaming a model allocates no garbage per chunk. */
+export class EncodeScratch {
+  private buf = new ArrayBuffer(0);
+  bytes(n: number): Uint8Array {
+    if (this.buf.byteLength < n) this.buf = new ArrayBuffer(Math.max(n, Math.ceil(this.buf.byteLength * 1.5)));
+    return new Uint8Array(this.buf, 0, n);
+  }
+}
+
+/**
+ * float32 values (whole rows of ne0) → the bytes of `type`. F32 returns a view of `values`; the other types write
+ * into `scratch` when given (the result is then only valid until its next use).
+ */
+export function encodeRows(type: GgmlTypeName, values: Float32Array, ne0: number, scratch?: EncodeScratch): Uint8Array {
   switch (type) {
     case "F32":
       return asBytes(values);
     case "F16":
-      return asBytes(f32ToF16(values));
-    case "BF16":
-      return asBytes(f32ToBf16(values));
+    case "BF16": {
+      const out = scratch ? new Uint16Array(scratch.bytes(2 * values.length).buffer, 0, values.length) : undefined;
+      return asBytes(type === "F16" ? f32ToF16(values, out) : f32ToBf16(values, out));
+    }
     case "Q8_0":
-      return quantizeQ8_0(values, ne0);
+      return quantizeQ8_0(values, ne0, scratch);
   }
 }
 
-/** roundf: halves away from zero, like C's roundf (Math.round rounds −2.5 to −2). */
-const roundAway = (x: number): number => (x < 0 ? -Math.floor(-x + 0.5) : Math.floor(x + 0.5));
-
 /** ggml's quantize_row_q8_0_ref over whole rows: per 32 values, d = amax/127 (fp16), q = roundf(x·(1/d)), float32 arithmetic. */
-export function quantizeQ8_0(values: Float32Array, ne0: number): Uint8Array {
+export function quantizeQ8_0(values: Float32Array, ne0: number, scratch?: EncodeScratch): Uint8Array {
   if (ne0 % QK8_0 !== 0 || values.length % ne0 !== 0) throw new GgufFormatError(`Q8_0 needs rows of a multiple of ${QK8_0} values (row ${ne0}, ${values.length} values)`);
   const nBlocks = values.length / QK8_0;
-  const out = new Uint8Array(nBlocks * Q8_0_BLOCK_BYTES);
-  const view = new DataView(out.buffer);
-  const scratch = new Float32Array(1);
-  const half = new Uint16Array(1);
+  const out = scratch ? scratch.bytes(nBlocks * Q8_0_BLOCK_BYTES) : new Uint8Array(nBlocks * Q8_0_BLOCK_BYTES);
+  const q = new Int8Array(out.buffer, out.byteOffset, out.length);
+  const d = new Float32Array(nBlocks);
   for (let b = 0; b < nBlocks; b++) {
     const base = b * QK8_0;
     let amax = 0;
@@ -366,13 +375,21 @@ export function quantizeQ8_0(values: Float32Array, ne0: number): Uint8Array {
       const a = Math.abs(values[base + j]!);
       if (a > amax) amax = a;
     }
-    const d = Math.fround(amax / 127);
-    const id = d !== 0 ? Math.fround(1 / d) : 0;
-    scratch[0] = d;
-    f32ToF16(scratch, half);
+    const db = Math.fround(amax / 127);
+    d[b] = db;
+    const id = db !== 0 ? Math.fround(1 / db) : 0;
+    const o = b * Q8_0_BLOCK_BYTES + 2;
+    for (let j = 0; j < QK8_0; j++) {
+      // roundf (halves away from zero) of the float32 product
+      const x = Math.fround(values[base + j]! * id);
+      q[o + j] = x < 0 ? -Math.floor(-x + 0.5) : Math.floor(x + 0.5);
+    }
+  }
+  const half = f32ToF16(d);
+  for (let b = 0; b < nBlocks; b++) {
     const o = b * Q8_0_BLOCK_BYTES;
-    view.setUint16(o, half[0]!, true);
-    for (let j = 0; j < QK8_0; j++) view.setInt8(o + 2 + j, roundAway(Math.fround(values[base + j]! * id)));
+    out[o] = half[b]! & 0xff;
+    out[o + 1] = half[b]! >>> 8;
   }
   return out;
 }

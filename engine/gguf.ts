@@ -28,8 +28,8 @@ import { basename, dirname, join, resolve } from "node:path";
 import { Checkpoint } from "./checkpoint.ts";
 import { validateCheckpoint } from "./architectures.ts";
 import type { DecoderConfig } from "./config.ts";
-import { firstNonFinite, NonFiniteError, toFloat32 } from "./dtype.ts";
-import { encodeRows, GGML_QUANT_VERSION, GGUF_DEFAULT_ALIGNMENT, gv, layoutGguf, QK8_0, type GgmlTypeName, type GgufTensorInfo, type GgufValue } from "./gguf-format.ts";
+import { bf16ToF32, f16ToF32, firstNonFinite, NonFiniteError, toFloat32 } from "./dtype.ts";
+import { EncodeScratch, encodeRows, GGML_QUANT_VERSION, GGUF_DEFAULT_ALIGNMENT, gv, layoutGguf, QK8_0, type GgmlTypeName, type GgufTensorInfo, type GgufValue } from "./gguf-format.ts";
 import { buildGgufVocab, type PreTokenizerChoice } from "./gguf-vocab.ts";
 import { loadTokenizer } from "./tokenizer.ts";
 import { SafetensorsFile } from "./safetensors.ts";
@@ -227,16 +227,29 @@ export function planExport(c: DecoderConfig, ckpt: Checkpoint, cfg: Json, type: 
 // ---------------------------------------------------------------------------------------------
 // Streaming tensor data
 
-/** Reads a checkpoint tensor's rows [r0, r1) as float32 (any float dtype), with positional reads. */
+/**
+ * Reads a checkpoint tensor's rows [r0, r1) as float32 (any float dtype) with positional reads, into buffers it
+ * reuses: the returned array is only valid until the next read.
+ */
 class RowReader {
   private fds = new Map<string, number>();
+  private raw = new ArrayBuffer(0);
+  private f32 = new ArrayBuffer(0);
+
+  private static grow(buf: ArrayBuffer, n: number): ArrayBuffer {
+    return buf.byteLength >= n ? buf : new ArrayBuffer(Math.max(n, Math.ceil(buf.byteLength * 1.5)));
+  }
 
   read(ckpt: Checkpoint, name: string, r0: number, r1: number): Float32Array {
     const info = ckpt.info(name);
     const rows = info.shape.length >= 2 ? info.shape[0]! : 1;
     const rowBytes = info.byteLength / rows;
     const len = (r1 - r0) * rowBytes;
-    const buf = new Uint8Array(len);
+    // F32 goes straight into the float buffer; 16-bit types are widened from the raw buffer
+    const direct = info.dtype === "F32";
+    if (direct) this.f32 = RowReader.grow(this.f32, len);
+    else this.raw = RowReader.grow(this.raw, len);
+    const buf = new Uint8Array(direct ? this.f32 : this.raw, 0, len);
     let fd = this.fds.get(info.file);
     if (fd === undefined) {
       fd = openSync(info.file, "r");
@@ -248,6 +261,14 @@ class RowReader {
       if (got <= 0) throw new GgufExportError(`${info.file}: unexpected end of file reading tensor "${name}"`);
       done += got;
     }
+    if (direct) return new Float32Array(this.f32, 0, len / 4);
+    if (info.dtype === "BF16" || info.dtype === "F16") {
+      const n = len / 2;
+      this.f32 = RowReader.grow(this.f32, 4 * n);
+      const dst = new Float32Array(this.f32, 0, n);
+      const src = new Uint16Array(this.raw, 0, n);
+      return info.dtype === "BF16" ? bf16ToF32(src, dst) : f16ToF32(src, dst);
+    }
     return toFloat32(info.dtype, buf);
   }
 
@@ -258,11 +279,10 @@ class RowReader {
 }
 
 /** HF rotate-half rows of one head group → GGML's interleaved pairs: out[h·d + 2i + j] = in[h·d + j·d/2 + i]. */
-function permuteRows(src: Float32Array, heads: number, cols: number): Float32Array {
+function permuteRows(src: Float32Array, heads: number, cols: number, out: Float32Array = new Float32Array(src.length)): Float32Array {
   const rows = src.length / cols;
   const d = rows / heads;
   const half = d / 2;
-  const out = new Float32Array(src.length);
   for (let h = 0; h < heads; h++) {
     for (let i = 0; i < half; i++) {
       for (let j = 0; j < 2; j++) {
@@ -275,34 +295,44 @@ function permuteRows(src: Float32Array, heads: number, cols: number): Float32Arr
   return out;
 }
 
-/** Yields the plan's tensor as chunks of encoded bytes. */
-function* tensorChunks(ckpt: Checkpoint, reader: RowReader, t: TensorPlan): Generator<Uint8Array> {
+/** Reusable memory of one export: the reader's buffers, the permutation's and the encoder's. */
+interface Buffers {
+  reader: RowReader;
+  encode: EncodeScratch;
+  permuted: ArrayBuffer;
+}
+
+/** Yields the plan's tensor as chunks of encoded bytes (each valid until the next one is taken). */
+function* tensorChunks(ckpt: Checkpoint, bufs: Buffers, t: TensorPlan): Generator<Uint8Array> {
   const ne0 = t.info.ne[0]!;
   if (t.source === null) {
-    yield encodeRows(t.info.type, t.data!, ne0);
+    yield encodeRows(t.info.type, t.data!, ne0, bufs.encode);
     return;
   }
   const info = ckpt.info(t.source);
-  const rows = info.shape.length >= 2 ? info.shape[0]! : 1;
-  const rowElems = info.shape.length >= 2 ? info.shape.slice(1).reduce((x, y) => x * y, 1) : info.shape[0]!;
-  const rowSrcBytes = info.byteLength / rows;
-  // whole heads for permuted tensors (the permutation stays inside a head)
-  const unit = t.permuteHeads ? (info.shape.length >= 2 ? rows : info.shape[0]!) / t.permuteHeads : 1;
   const isVector = info.shape.length < 2;
+  const rows = isVector ? 1 : info.shape[0]!;
+  const rowElems = isVector ? info.shape[0]! : info.shape.slice(1).reduce((x, y) => x * y, 1);
+  const rowSrcBytes = info.byteLength / rows;
   if (t.permuteHeads && (isVector ? info.shape[0]! : rows) % t.permuteHeads !== 0) throw new GgufExportError(`tensor "${t.source}" does not split into ${t.permuteHeads} heads`);
+  // whole heads for permuted matrices (the permutation stays inside a head)
+  const unit = t.permuteHeads && !isVector ? rows / t.permuteHeads : 1;
   const step = isVector ? 1 : Math.max(unit, Math.floor(Math.max(1, Math.floor(CHUNK_BYTES / rowSrcBytes)) / unit) * unit);
   for (let r0 = 0; r0 < rows; r0 += step) {
     const r1 = Math.min(rows, r0 + step);
-    let v = reader.read(ckpt, t.source, r0, r1);
+    let v = bufs.reader.read(ckpt, t.source, r0, r1);
     const bad = firstNonFinite(v);
     if (bad >= 0) throw new NonFiniteError(`${info.file}: tensor "${t.source}" holds ${v[bad]} at element ${r0 * rowElems + bad}; non-finite weights are refused`, bad, v[bad]!);
     if (t.permuteHeads) {
-      // a bias is one "row" of head_dim·heads values: permute it as rows of one column
-      v = isVector ? permuteRows(v, t.permuteHeads, 1) : permuteRows(v, (r1 - r0) / unit, rowElems);
-    } else if (t.add !== undefined || t.scale !== undefined) v = v.slice();
+      if (bufs.permuted.byteLength < v.byteLength) bufs.permuted = new ArrayBuffer(Math.max(v.byteLength, Math.ceil(bufs.permuted.byteLength * 1.5)));
+      const out = new Float32Array(bufs.permuted, 0, v.length);
+      // a bias is one "row" of heads·head_dim values: permute it as rows of one column
+      v = isVector ? permuteRows(v, t.permuteHeads, 1, out) : permuteRows(v, (r1 - r0) / unit, rowElems, out);
+    }
+    // v is this export's own buffer (never the checkpoint's), so it is changed in place
     if (t.add !== undefined) for (let i = 0; i < v.length; i++) v[i] += t.add;
     if (t.scale !== undefined) for (let i = 0; i < v.length; i++) v[i] *= t.scale;
-    yield encodeRows(t.info.type, v, ne0);
+    yield encodeRows(t.info.type, v, ne0, bufs.encode);
   }
 }
 
@@ -388,7 +418,7 @@ export async function writeGguf(params: WriteGgufParams): Promise<WriteGgufResul
   if (!existsSync(dirname(out)) || !statSync(dirname(out)).isDirectory()) throw new GgufExportError(`the folder of ${params.out} does not exist`);
 
   const ckpt = Checkpoint.open(params.modelDir);
-  const reader = new RowReader();
+  const bufs: Buffers = { reader: new RowReader(), encode: new EncodeScratch(), permuted: new ArrayBuffer(0) };
   let tmp: string | null = null;
   let fd: number | null = null;
   try {
@@ -435,7 +465,7 @@ export async function writeGguf(params: WriteGgufParams): Promise<WriteGgufResul
       const t = plan.tensors[i]!;
       if (pos !== dataStart + layout.offsets[i]!) throw new GgufExportError(`internal: tensor ${t.info.name} would start at ${pos - dataStart}, planned ${layout.offsets[i]}`);
       let n = 0;
-      for (const chunk of tensorChunks(ckpt, reader, t)) {
+      for (const chunk of tensorChunks(ckpt, bufs, t)) {
         write(chunk);
         n += chunk.length;
       }
@@ -478,7 +508,7 @@ export async function writeGguf(params: WriteGgufParams): Promise<WriteGgufResul
   } finally {
     if (fd !== null) closeSync(fd);
     if (tmp !== null) rmSync(tmp, { force: true });
-    reader.close();
+    bufs.reader.close();
     ckpt.close();
   }
 }
