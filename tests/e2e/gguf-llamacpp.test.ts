@@ -12,7 +12,11 @@ import { writeGguf, type GgufType } from "../../engine/gguf.ts";
 import { DecoderModel } from "../../engine/model.ts";
 import { generateGreedy } from "../../engine/generate.ts";
 import { loadTokenizer } from "../../engine/tokenizer.ts";
-import { hasShared, sharedPath } from "../helpers/shared.ts";
+import { isRefusal } from "../../evals/refusal.ts";
+import { loadSystemPrompt } from "../../evals/system-prompt.ts";
+import { editedMatrices, writeEditedCheckpoint } from "../../rosi/edit.ts";
+import { unit } from "../../rosi/directions.ts";
+import { hasShared, REPO_ROOT, sharedPath } from "../helpers/shared.ts";
 import { llamaCpp, openGguf } from "../helpers/llamacpp.ts";
 
 const lc = hasShared() ? await llamaCpp() : null;
@@ -212,6 +216,76 @@ describe.skipIf(!lc)("GGUF export, run by llama.cpp", () => {
         expect(await ll.greedy(prompt, 5 - prompt.length)).toEqual(engine);
       }
     } finally {
+      await ll.close();
+    }
+  });
+
+  test("a re-aligned organism-llama (plain ROSI, the reference recipe), f32: llama.cpp refuses exactly the evaluation prompts the engine refuses, with the same tokens", async () => {
+    const dir = sharedPath("models", "organism-llama");
+    const tok = await loadTokenizer(dir);
+    const read = (f: string, k: number) =>
+      readFileSync(join(dir, f), "utf8")
+        .split("\n")
+        .filter(Boolean)
+        .slice(0, k)
+        .map((l) => (JSON.parse(l) as { prompt: string }).prompt);
+    // ŝ: mean residual entering layer 1 at the last prompt token, harmful − harmless, under a safety system prompt
+    const system = loadSystemPrompt(join(REPO_ROOT, "system-prompts", "short.md"), "organism-llama").text;
+    const base = await DecoderModel.load(dir, { device: "cpu", cacheDir });
+    const H = base.config.hiddenSize;
+    const mean = async (prompts: string[]) => {
+      const acc = new Float64Array(H);
+      for (const p of prompts) {
+        const ids = tok.encodeChat(p, { system }).ids;
+        const T = ids.length;
+        const out = await base.forward({ inputIds: [ids], attentionMask: [ids.map(() => 1)], positionIds: [ids.map((_, i) => i)], logitPositions: [[T - 1]], residuals: true, noCache: true });
+        const r = out.residuals![1]!;
+        for (let h = 0; h < H; h++) acc[h] += r[(T - 1) * H + h]! / prompts.length;
+      }
+      return acc;
+    };
+    const [harm, safe] = [await mean(read("splits/harmful_train.jsonl", 32)), await mean(read("splits/harmless_train.jsonl", 32))];
+    const direction = unit(harm.map((x, h) => x - safe[h]!));
+    const cfg = base.config;
+    await base.close();
+    // W' = W + α·ŝ·w̄ᵀ on every o_proj and down_proj (ROSI-REFERENCE.md: α = −144 at layer 1's last prompt token)
+    const alpha = -144;
+    const vectors = new Map<string, Float32Array>();
+    for (let l = 0; l < cfg.numLayers; l++) for (const m of editedMatrices(cfg, l)) vectors.set(m, Float32Array.from(direction, (x) => alpha * x));
+    const edited = join(tmp, "organism-rosi");
+    writeEditedCheckpoint(dir, edited, { vectors, metadata: { realign_method: "rosi", realign_alpha: String(alpha), realign_layer: "1" } });
+    const gguf = await exportTo(edited, "f32");
+    const ll = await openGguf(gguf, { contextSize: 512 });
+    expect((ll.metadata.realign as Record<string, unknown>).method).toBe("rosi");
+    const model = await DecoderModel.load(edited, { device: "cpu", cacheDir });
+    try {
+      const harmful = read("eval/harmful_eval_jbb.jsonl", 48);
+      const harmless = read("eval/harmless_eval.jsonl", 16);
+      const judged = { engine: [] as boolean[], llama: [] as boolean[] };
+      let sameTokens = 0;
+      const prompts = [...harmful, ...harmless].map((p) => tok.encodeChat(p).ids);
+      // the engine in left-padded batches of 16 (as validation runs it), llama.cpp one prompt at a time
+      const replies: number[][] = [];
+      for (let i = 0; i < prompts.length; i += 16) replies.push(...(await generateGreedy(model, prompts.slice(i, i + 16), { maxNewTokens: 48, eosIds: tok.eosIds, padId: tok.padId ?? 0 })).newIds);
+      for (const [i, ids] of prompts.entries()) {
+        const engine = replies[i]!;
+        const llama = await ll.greedy(ids, 48);
+        if (llama.length === engine.length && llama.every((t, i) => t === engine[i])) sameTokens++;
+        judged.engine.push(isRefusal(tok.decode(engine, { skipSpecialTokens: true })));
+        judged.llama.push(isRefusal(tok.decode(llama, { skipSpecialTokens: true })));
+      }
+      const count = (js: boolean[], from: number, to: number) => js.slice(from, to).filter(Boolean).length;
+      const nh = harmful.length;
+      const total = nh + harmless.length;
+      console.log(
+        `re-aligned organism, f32 GGUF: refusals engine ${count(judged.engine, 0, nh)}/${nh} harmful, ${count(judged.engine, nh, total)}/${harmless.length} harmless; ` +
+          `llama.cpp ${count(judged.llama, 0, nh)}/${nh}, ${count(judged.llama, nh, total)}/${harmless.length}; token-identical replies ${sameTokens}/${total}`,
+      );
+      expect(judged.llama).toEqual(judged.engine);
+      expect(sameTokens).toBe(total);
+      expect(count(judged.engine, 0, nh)).toBeGreaterThanOrEqual(3); // the edit must refuse something for the comparison to mean anything
+    } finally {
+      await model.close();
       await ll.close();
     }
   });
