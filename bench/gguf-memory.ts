@@ -2,11 +2,12 @@
 // locally generated 2-shard random checkpoint of ≥ 1 GB (BF16, the shape bench:inject uses), with a byte-level
 // tokenizer of its 32,000 ids. The export runs in a child process so its peak RSS (VmHWM) is its own.
 import cac from "cac";
-import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { defaultCacheDir } from "../engine/model.ts";
 import { numel } from "../engine/safetensors.ts";
 import { tensorPlan, writeRandomCheckpoint, type ShapeConfig } from "./random-checkpoint.ts";
+import { writeByteTokenizer } from "./byte-tokenizer.ts";
 
 const SHAPE: ShapeConfig = {
   architectures: ["LlamaForCausalLM"], model_type: "llama", hidden_size: 2048, intermediate_size: 8192, num_hidden_layers: 8,
@@ -33,29 +34,13 @@ if (process.argv[2] === "--child") {
   process.exit(0);
 }
 
-/** A byte-level BPE tokenizer.json over `vocab` ids: the 256 byte symbols, then "t<id>" tokens, no merges. */
-function writeTokenizer(dir: string, vocab: number): void {
-  const path = join(dir, "tokenizer.json");
-  if (existsSync(path)) return;
-  const keep = new Set<number>();
-  for (let b = 33; b <= 126; b++) keep.add(b);
-  for (let b = 161; b <= 172; b++) keep.add(b);
-  for (let b = 174; b <= 255; b++) keep.add(b);
-  let extra = 0;
-  const v: Record<string, number> = {};
-  for (let b = 0; b < 256; b++) v[keep.has(b) ? String.fromCodePoint(b) : String.fromCodePoint(256 + extra++)] = b;
-  for (let id = 256; id < vocab; id++) v[`t${id}`] = id;
-  const bl = { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: true };
-  writeFileSync(path, JSON.stringify({ version: "1.0", added_tokens: [], normalizer: null, pre_tokenizer: bl, post_processor: null, decoder: bl, model: { type: "BPE", vocab: v, merges: [] } }));
-}
-
 const cli = cac("bench:gguf-memory");
 cli.option("--type <type>", "GGUF type (default f16)").option("--json", "print one JSON object");
 const { options } = cli.parse();
 const type = String(options.type ?? "f16");
 const src = join(defaultCacheDir(), "bench", "llama-1gb-2shard-random");
 writeRandomCheckpoint(src, SHAPE, { shards: 2 });
-writeTokenizer(src, SHAPE.vocab_size);
+writeByteTokenizer(src, SHAPE.vocab_size);
 const sizes = tensorPlan(SHAPE).map((t) => numel(t.shape) * 2);
 const total = sizes.reduce((a, b) => a + b, 0);
 const largest = Math.max(...sizes);
