@@ -25,12 +25,13 @@ describe("realign export: usage errors exit 2 with one line", () => {
   test("no --gguf, no model dir, a missing dir, a file instead of a dir, k-quant --type, unknown option", () => {
     writeFileSync(join(TMP, "a-file"), "x");
     const cases: [string[], RegExp][] = [
-      [[sharedPath("models", "stories260K")], /export needs --gguf/],
+      [[TMP], /export needs --gguf/],
       [["--gguf"], /export needs a model directory/],
       [["./nope", "--gguf"], /model directory \.\/nope does not exist/],
       [["a-file", "--gguf"], /a-file is not a model directory/],
-      [[sharedPath("models", "stories260K"), "--gguf", "--type", "q4_k_m"], /--type must be one of f32, f16, bf16, q8_0.*llama-quantize/],
-      [[sharedPath("models", "stories260K"), "--gguf", "--typ", "f16"], /unknown option --typ \(did you mean --type\?\)/],
+      [[TMP, "--gguf", "--type", "q4_k_m"], /--type must be one of f32, f16, bf16, q8_0.*llama-quantize/],
+      [[TMP, "--gguf", "--typ", "f16"], /unknown option --typ \(did you mean --type\?\)/],
+      [[TMP, "--gguf", "--pre", "a b"], /--pre needs a llama\.cpp pre-tokenizer name/],
     ];
     for (const [args, message] of cases) {
       const r = cli(args);
