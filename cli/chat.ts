@@ -1,5 +1,5 @@
 // `realign chat <model-dir | run-dir> [--system "…"] [--vs [other-model]] [--max-new-tokens N]
-//   [--temperature T [--top-p P] [--top-k K] [--seed S]] [--device …] [--dtype …] [--json]`
+//   [--temperature T [--top-p P] [--top-k K] [--seed S] [--best-of N --rank srr[:<file>]]] [--device …] [--dtype …] [--json]`
 //
 // A multi-turn conversation through the model's chat template. Every line read from stdin is a user
 // turn (a TTY gets line editing and a prompt; piped stdin works the same, for scripts and tests); the
@@ -13,7 +13,9 @@
 // labelled ("original", "re-aligned"; for two model directories, their names). Each keeps its own
 // history of the same user turns. `--vs <dir>` compares with any model directory (or run directory).
 //
-// Greedy unless --temperature > 0. Each turn's prompt is the whole conversation rendered by the
+// Greedy unless --temperature > 0. With --best-of N --rank srr each reply is the top-ranked of N samples
+// (Safety Representation Ranking, evals/srr.ts), shown once ranked rather than streamed; `srr` alone
+// reads each model's own srr.safetensors, `srr:<file>` one scorer (not with --vs). Each turn's prompt is the whole conversation rendered by the
 // template and tokenized like HF apply_chat_template, so a turn's reply is what `realign generate
 // --raw --prompt <rendered conversation>` gives (for a template that adds no BOS, e.g. ChatML).
 import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
@@ -24,7 +26,8 @@ import { generate } from "../engine/generate.ts";
 import { randomSeed, TextStreamer, type SamplingOptions } from "../engine/sampling.ts";
 import { loadTokenizer, type ChatMessage, type ModelTokenizer } from "../engine/tokenizer.ts";
 import { UsageError } from "../util/errors.ts";
-import { loadingModelFiles, parseEngineFlags, parseSamplingFlags } from "./generate.ts";
+import { argmaxOf, rankWithSrr, type SrrScorer } from "../evals/srr.ts";
+import { checkScorerFits, loadingModelFiles, loadScorer, parseEngineFlags, parseRankFlags, parseSamplingFlags } from "./generate.ts";
 
 export interface ChatCommandOptions {
   system?: unknown;
@@ -37,6 +40,8 @@ export interface ChatCommandOptions {
   topK?: unknown;
   seed?: unknown;
   json?: unknown;
+  bestOf?: unknown;
+  rank?: unknown;
 }
 
 export interface ChatIO {
@@ -159,6 +164,8 @@ interface Side {
   eosIds: number[];
   context: number | null;
   history: ChatMessage[];
+  /** --best-of N --rank srr: the scorer and N. */
+  ranker: { scorer: SrrScorer; bestOf: number } | null;
 }
 
 export interface TurnResult {
@@ -167,6 +174,8 @@ export interface TurnResult {
   newIds: number[];
   text: string;
   finishReason: string;
+  /** With a ranker: every candidate's score and the chosen one. */
+  rank?: { scores: number[]; chosen: number };
 }
 
 class ContextFullError extends Error {}
@@ -182,6 +191,16 @@ async function answer(side: Side, system: string | null, user: string, gen: { ma
     maxNewTokens = Math.min(maxNewTokens, side.context - promptIds.length);
   }
   const decode = (ids: number[]) => side.tok.decode(ids, { skipSpecialTokens: true });
+  if (side.ranker) {
+    // N candidates, ranked on the model's own hidden states; the reply is shown once chosen.
+    const r = await generate(side.model, [promptIds], { maxNewTokens, eosIds: side.eosIds, padId: side.tok.padId ?? 0, sampling: gen.sampling, signal: gen.signal, numSamples: side.ranker.bestOf });
+    const scores = await rankWithSrr(side.model, side.ranker.scorer, promptIds, r.newIds);
+    const chosen = argmaxOf(scores);
+    const reply = decode(r.newIds[chosen]!);
+    stream(reply);
+    side.history.push({ role: "user", content: user }, { role: "assistant", content: reply });
+    return { label: side.label, promptIds, newIds: r.newIds[chosen]!, text: reply, finishReason: r.finishReasons?.[chosen] ?? "length", rank: { scores, chosen } };
+  }
   const streamer = new TextStreamer(decode);
   const r = await generate(side.model, [promptIds], {
     maxNewTokens,
@@ -216,6 +235,9 @@ export async function chatCommand(target: string, opts: ChatCommandOptions, io: 
   if (opts.system !== undefined && typeof opts.system !== "string") throw new UsageError("--system needs a value");
   const { device, dtype, maxNewTokens } = parseEngineFlags(opts, 256);
   const { sampling: given } = parseSamplingFlags(opts);
+  if (typeof opts.rank === "string" && opts.rank !== "srr" && targets.models.length > 1) throw new UsageError("--rank srr:<file> ranks for one model; with --vs use --rank srr (each model's own srr.safetensors)");
+  const rankFor = (dir: string) => parseRankFlags(opts, dir, given, io.cwd);
+  for (const t of targets.models) rankFor(t.dir); // every option checked before a model loads
   const json = opts.json === true;
   const sampling = given ? { ...given, seed: given.seed ?? randomSeed() } : undefined;
 
@@ -224,9 +246,12 @@ export async function chatCommand(target: string, opts: ChatCommandOptions, io: 
     for (const t of targets.models) {
       const tok = await loadingModelFiles(() => loadTokenizer(t.dir));
       if (tok.chatTemplate === null) throw new UsageError(`${t.dir} has no chat template (no chat_template in tokenizer_config.json, no chat_template.jinja): chat needs one; use realign generate --raw`);
+      const rank = rankFor(t.dir);
+      const scorer = rank ? loadScorer(rank.file) : null;
       const model = await loadingModelFiles(() => DecoderModel.load(t.dir, { device, dtype, log: io.notice }));
       const eosIds = tok.eosIds.length ? tok.eosIds : model.checkpoint.eosTokenIds();
-      sides.push({ label: t.label, dir: t.dir, model, tok, eosIds, context: contextLength(t.dir), history: [] });
+      const ranker = rank ? { scorer: checkScorerFits(scorer!, rank.file, model), bestOf: rank.bestOf } : null;
+      sides.push({ label: t.label, dir: t.dir, model, tok, eosIds, context: contextLength(t.dir), history: [], ranker });
       io.notice(`${sides.length > 1 || targets.models.length > 1 ? `${t.label}: ` : ""}${t.dir} on ${model.ep}${model.fallbackReason ? ` (GPU not used: ${model.fallbackReason})` : ""}`);
     }
     if (sampling) io.notice(`sampling: temperature ${sampling.temperature}${sampling.topK ? `, top-k ${sampling.topK}` : ""}${sampling.topP !== undefined ? `, top-p ${sampling.topP}` : ""}, seed ${sampling.seed}`);
@@ -293,7 +318,7 @@ export async function chatCommand(target: string, opts: ChatCommandOptions, io: 
         generating = new AbortController();
         try {
           const r = await answer(side, system, user, { maxNewTokens, sampling, signal: generating.signal }, json ? () => {} : io.write);
-          if (json) io.write(JSON.stringify({ model: r.label, prompt_ids: r.promptIds, new_ids: r.newIds, text: r.text, finish_reason: r.finishReason }) + "\n");
+          if (json) io.write(JSON.stringify({ model: r.label, prompt_ids: r.promptIds, new_ids: r.newIds, text: r.text, finish_reason: r.finishReason, ...(r.rank ? { rank: r.rank } : {}) }) + "\n");
           else io.write("\n");
         } catch (e) {
           if (!json) io.write("\n");

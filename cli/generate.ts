@@ -1,11 +1,13 @@
 // `realign generate <model-dir> --prompt "…" [--system "…"] [--raw] [--max-new-tokens N] [--device …] [--dtype float32|float16] [--json]`
-//   [--temperature T [--top-p P] [--top-k K] [--seed S] [--samples N]] [--stop <text>]
+//   [--temperature T [--top-p P] [--top-k K] [--seed S] [--samples N | --best-of N --rank srr[:<file>]]] [--stop <text>]
 // Greedy unless --temperature > 0; sampling prints the seed it used (stderr, or "seed" in --json) so a
-// run can be repeated exactly.
+// run can be repeated exactly. --best-of N --rank srr samples N replies and prints the one a Safety
+// Representation Ranking scorer (evals/srr.ts; srr.safetensors) ranks first.
 // Option values arrive as typed (cli.ts scanArgv): `--prompt ""` is the empty prompt (with --raw:
 // BOS alone), `--prompt 007` the text "007". Bad options and a model directory whose files cannot
 // be loaded (tokenizer, config, weights) are usage errors: one line naming the file, exit 2.
 import { existsSync, statSync } from "node:fs";
+import { join, resolve } from "node:path";
 import { DecoderModel } from "../engine/model.ts";
 import { generate } from "../engine/generate.ts";
 import type { SamplingOptions } from "../engine/sampling.ts";
@@ -16,6 +18,7 @@ import { ModelConfigError } from "../engine/config.ts";
 import { CheckpointError } from "../engine/checkpoint.ts";
 import { SafetensorsError } from "../engine/safetensors.ts";
 import { DTypeError } from "../engine/dtype.ts";
+import { argmaxOf, loadSrr, rankWithSrr, SrrError, type SrrScorer } from "../evals/srr.ts";
 import { UsageError } from "../util/errors.ts";
 
 export interface GenerateCommandOptions {
@@ -32,6 +35,39 @@ export interface GenerateCommandOptions {
   seed?: string;
   samples?: string;
   stop?: string;
+  bestOf?: string;
+  rank?: string;
+}
+
+/** --best-of N --rank srr[:<file>]: how many candidates and the scorer's file; null when not asked. */
+export function parseRankFlags(f: { bestOf?: unknown; rank?: unknown }, modelDir: string, sampling: SamplingOptions | undefined, cwd = process.cwd()): { bestOf: number; file: string } | null {
+  const bestOf = flagValue("--best-of", f.bestOf, INTEGER, "an integer ≥ 2", (x) => Number.isSafeInteger(x) && x >= 2);
+  if (f.rank === undefined && bestOf === undefined) return null;
+  if (bestOf === undefined) throw new UsageError("--rank needs --best-of N (how many candidates to rank)");
+  if (f.rank === undefined) throw new UsageError("--best-of needs --rank srr[:<file>] (the scorer that picks one)");
+  if (!sampling) throw new UsageError("--best-of applies only when sampling: add --temperature T (T > 0); greedy gives one reply");
+  const rank = f.rank;
+  if (typeof rank !== "string" || !/^srr(:.+)?$/.test(rank)) throw new UsageError(`--rank must be srr or srr:<file>, got ${JSON.stringify(rank === true ? "(no value)" : rank)}`);
+  const file = rank === "srr" ? join(modelDir, "srr.safetensors") : resolve(cwd, rank.slice(4));
+  if (!existsSync(file)) throw new UsageError(rank === "srr" ? `--rank srr looks for ${file}, which does not exist: give --rank srr:<file> (bun bench/srr.ts trains one)` : `--rank: ${file} does not exist`);
+  return { bestOf, file };
+}
+
+/** The SRR scorer of a file (UsageError when it is not one). */
+export function loadScorer(file: string): SrrScorer {
+  try {
+    return loadSrr(file);
+  } catch (e) {
+    if (e instanceof SrrError) throw new UsageError(e.message);
+    throw e;
+  }
+}
+
+/** Refuses (UsageError) a scorer that reads hidden states this model does not have. */
+export function checkScorerFits(s: SrrScorer, file: string, model: { dir: string; config: { hiddenSize: number; numLayers: number } }): SrrScorer {
+  const { hiddenSize, numLayers } = model.config;
+  if (s.hidden !== hiddenSize || s.layer > numLayers) throw new UsageError(`${file} was trained on another model (hidden size ${s.hidden}, layer ${s.layer}; ${model.dir}: hidden size ${hiddenSize}, ${numLayers} layers)`);
+  return s;
 }
 
 /** --device, --dtype and --max-new-tokens as typed → checked values (UsageError naming the flag). */
@@ -101,7 +137,10 @@ export async function generateCommand(modelDir: string, opts: GenerateCommandOpt
   if (opts.raw && opts.system !== undefined) throw new UsageError("--system has no effect with --raw (the raw prompt has no chat template); drop one of them");
   if (!opts.raw && opts.prompt === "") throw new UsageError('an empty --prompt needs --raw: the chat template needs an instruction');
   const { device, dtype, maxNewTokens } = parseEngineFlags(opts, 64);
-  const { sampling, samples } = parseSamplingFlags(opts);
+  const { sampling, samples: asked } = parseSamplingFlags(opts);
+  const ranking = parseRankFlags(opts, modelDir, sampling);
+  if (ranking && asked > 1) throw new UsageError("give one of --samples (print every sample) and --best-of (print the top-ranked)");
+  const samples = ranking ? ranking.bestOf : asked;
   if (opts.stop !== undefined && (typeof opts.stop !== "string" || opts.stop === "")) throw new UsageError("--stop needs a non-empty text");
   const stopStrings = opts.stop === undefined ? [] : [opts.stop];
 
@@ -111,9 +150,11 @@ export async function generateCommand(modelDir: string, opts: GenerateCommandOpt
     opts.raw ? tokenizer.encode(prompt) : tokenizer.encodeChat(prompt, { system: opts.system ?? null }).ids,
   );
   if (promptIds.length === 0) throw new UsageError(`the prompt encodes to no tokens (the tokenizer adds no BOS): give a non-empty --prompt`);
+  const loadedScorer = ranking ? loadScorer(ranking.file) : null;
   const model = await loadingModelFiles(() => DecoderModel.load(modelDir, { device, dtype, log: (m) => console.error(m) }));
   try {
     if (!opts.json) console.error(`device: ${model.ep}${model.fallbackReason ? ` (GPU not used: ${model.fallbackReason})` : ""}`);
+    const scorer = loadedScorer ? checkScorerFits(loadedScorer, ranking!.file, model) : null;
     const eosIds = tokenizer.eosIds.length ? tokenizer.eosIds : model.checkpoint.eosTokenIds();
     const decode = (ids: number[]) => tokenizer.decode(ids, { skipSpecialTokens: true });
     const result = await generate(model, [promptIds], { maxNewTokens, eosIds, padId: tokenizer.padId ?? 0, sampling, numSamples: samples, stopStrings, decode });
@@ -122,15 +163,19 @@ export async function generateCommand(modelDir: string, opts: GenerateCommandOpt
       const cut = result.stopIndex?.[i];
       return { new_ids: newIds, text: cut === null || cut === undefined ? full : full.slice(0, cut), finish_reason: result.finishReasons?.[i] ?? "length" };
     });
-    const first = outputs[0]!;
+    const scores = scorer ? await rankWithSrr(model, scorer, promptIds, result.newIds) : null;
+    const chosen = scores ? argmaxOf(scores) : 0;
+    const first = outputs[chosen]!;
     if (opts.json) {
       const json: Record<string, unknown> = { prompt_ids: promptIds, new_ids: first.new_ids, text: first.text };
       if (result.seed !== undefined) json.seed = result.seed;
       if (samples > 1) json.samples = outputs;
+      if (scores) json.rank = { method: "srr", file: ranking!.file, layer: scorer!.layer, scores, chosen };
       console.log(JSON.stringify(json));
     } else {
       if (result.seed !== undefined) console.error(`seed: ${result.seed}`);
-      if (samples === 1) console.log(first.text);
+      if (scores) console.error(`srr: sample ${chosen + 1} of ${samples} ranked first (scores ${scores.map((x) => x.toFixed(2)).join(", ")})`);
+      if (samples === 1 || scores) console.log(first.text);
       else outputs.forEach((o, i) => console.log(`--- sample ${i + 1}/${samples} ---\n${o.text}`));
     }
   } finally {

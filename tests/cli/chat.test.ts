@@ -2,8 +2,8 @@
 // greedy turns whose replies equal `realign generate` on the same conversation (turn 2 through
 // --raw with the conversation rendered by hand), /system, /reset, /save (never over an existing
 // file); --vs on a run directory (its inject/model next to the pull source), each side equal to
-// generate on its own model; seeded sampling equal to generate with the same seed; usage errors
-// (exit 2, one line).
+// generate on its own model; seeded sampling equal to generate with the same seed; --best-of N --rank
+// srr:<file> (generate and chat: the top-scored of the same N samples); usage errors (exit 2, one line).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -11,6 +11,8 @@ import { join } from "node:path";
 import { Checkpoint } from "../../engine/checkpoint.ts";
 import { loadTokenizer } from "../../engine/tokenizer.ts";
 import { writeEditedCheckpoint } from "../../rosi/edit.ts";
+import { Rng } from "../../engine/sampling.ts";
+import { saveSrr, trainSrr } from "../../evals/srr.ts";
 import { CLI, hasShared, REPO_ROOT, sharedPath } from "../helpers/shared.ts";
 
 const BUN = process.execPath;
@@ -157,6 +159,36 @@ describe.skipIf(!hasShared())("realign chat on organism-llama (piped stdin)", ()
     expect(s1!.new_ids).not.toEqual(greedy.new_ids);
   });
 
+  test("--best-of N --rank srr:<file>: the top-scored of the same N samples, in generate and in chat", () => {
+    // A scorer of the right shape (hidden 256, layer 2); what it prefers does not matter here.
+    const rng = new Rng(8);
+    const vec = () => Float32Array.from({ length: 256 }, () => rng.nextFloat() - 0.5);
+    const scorer = trainSrr([{ inst: vec(), cands: [vec(), vec(), vec()], good: [true, false, false] }], { layer: 2, dim: 8, epochs: 3 });
+    const file = join(TMP, "srr.safetensors");
+    saveSrr(file, scorer);
+    const sampling = ["--temperature", "1", "--seed", "11", "--max-new-tokens", N];
+    const all = JSON.parse(realign(["generate", model, "--device", "cpu", "--json", "--prompt", Q1, "--samples", "3", ...sampling]).stdout) as { samples: { new_ids: number[] }[] };
+    const r = realign(["generate", model, "--device", "cpu", "--json", "--prompt", Q1, "--best-of", "3", "--rank", `srr:${file}`, ...sampling]);
+    expect(r.code).toBe(0);
+    const best = JSON.parse(r.stdout) as GenJson & { samples: { new_ids: number[] }[]; rank: { method: string; layer: number; scores: number[]; chosen: number } };
+    expect(best.samples.map((x) => x.new_ids)).toEqual(all.samples.map((x) => x.new_ids));
+    expect(best.rank.method).toBe("srr");
+    expect(best.rank.layer).toBe(2);
+    expect(best.rank.scores.length).toBe(3);
+    expect(best.rank.chosen).toBe(best.rank.scores.indexOf(Math.max(...best.rank.scores)));
+    expect(best.new_ids).toEqual(all.samples[best.rank.chosen]!.new_ids);
+    const c = realign(["chat", model, "--device", "cpu", "--json", "--best-of", "3", "--rank", `srr:${file}`, ...sampling], `${Q1}\n`);
+    expect(c.code).toBe(0);
+    const turn = JSON.parse(c.stdout.trim()) as GenJson & { rank: { scores: number[]; chosen: number } };
+    expect(turn.new_ids).toEqual(best.new_ids);
+    expect(turn.rank).toEqual({ scores: best.rank.scores, chosen: best.rank.chosen });
+    // A scorer of another model's width is refused by name.
+    saveSrr(join(TMP, "narrow.safetensors"), { ...scorer, hidden: 4, A: scorer.A.slice(0, 32), B: scorer.B.slice(0, 64), mean: scorer.mean.slice(0, 4), std: scorer.std.slice(0, 4) });
+    const narrow = realign(["generate", model, "--device", "cpu", "--prompt", Q1, "--best-of", "3", "--rank", `srr:${join(TMP, "narrow.safetensors")}`, ...sampling]);
+    expect(narrow.code).toBe(2);
+    expect(narrow.stderr).toContain("was trained on another model");
+  });
+
   test("usage errors: exit 2, one line, no stack", () => {
     const cases: [string[], string][] = [
       [["chat", join(TMP, "nope")], "does not exist"],
@@ -172,6 +204,12 @@ describe.skipIf(!hasShared())("realign chat on organism-llama (piped stdin)", ()
       [["chat"], "chat needs a model or run directory"],
       [["generate", model, "--prompt", "hi", "--samples", "3"], "--samples applies only when sampling"],
       [["generate", model, "--prompt", "hi", "--temperature", "1", "--top-k", "1.5"], "--top-k must be a non-negative integer"],
+      [["generate", model, "--prompt", "hi", "--temperature", "1", "--best-of", "4"], "--best-of needs --rank srr"],
+      [["generate", model, "--prompt", "hi", "--best-of", "4", "--rank", "srr"], "--best-of applies only when sampling"],
+      [["generate", model, "--prompt", "hi", "--temperature", "1", "--best-of", "4", "--rank", "srr"], "--rank srr looks for"],
+      [["generate", model, "--prompt", "hi", "--temperature", "1", "--best-of", "4", "--rank", "bm25"], "--rank must be srr or srr:<file>"],
+      [["generate", model, "--prompt", "hi", "--temperature", "1", "--best-of", "4", "--rank", `srr:${join(REPO_ROOT, "package.json")}`], "cannot be read as an SRR scorer"],
+      [["chat", model, "--temperature", "1", "--rank", "srr"], "--rank needs --best-of N"],
     ];
     mkdirSync(join(TMP, "half-run", "inject"), { recursive: true });
     cases.push([["chat", join(TMP, "half-run")], "without a re-aligned model yet"]);
