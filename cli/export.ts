@@ -1,4 +1,4 @@
-// `realign export <model-dir> --gguf [--type f32|f16|bf16|q8_0] [--out file.gguf] [--pre name] [--json]`
+// `realign export <model-dir> --gguf [--type f32|f16|bf16|q8_0] [--out file.gguf] [--pre name | --pre-from base.gguf] [--json]`
 // Writes the GGUF of a Hugging Face model directory (a re-aligned model: runs/<model>/inject/model or the
 // published folder) for llama.cpp, Ollama and LM Studio. An existing --out is never replaced. Bad options and
 // model files that cannot be exported (architecture, tokenizer, weights) are usage errors: one line, exit 2.
@@ -19,6 +19,7 @@ export interface ExportCommandOptions {
   type?: string;
   out?: string;
   pre?: string;
+  preFrom?: string;
   json?: boolean;
 }
 
@@ -39,6 +40,8 @@ export async function exportCommand(modelDir: string, opts: ExportCommandOptions
   }
   if (opts.out !== undefined && (typeof opts.out !== "string" || opts.out === "")) throw new UsageError("--out needs a file name");
   if (opts.pre !== undefined && (typeof opts.pre !== "string" || !/^[A-Za-z0-9._-]+$/.test(opts.pre))) throw new UsageError(`--pre needs a llama.cpp pre-tokenizer name such as llama-bpe, qwen2 or gpt-2`);
+  if (opts.preFrom !== undefined && (typeof opts.preFrom !== "string" || !existsSync(opts.preFrom))) throw new UsageError(`--pre-from needs an existing GGUF file, got ${JSON.stringify(opts.preFrom)}`);
+  if (opts.pre !== undefined && opts.preFrom !== undefined) throw new UsageError("give either --pre or --pre-from, not both");
   const out = opts.out ?? defaultGgufName(modelDir, type);
   if (existsSync(out)) throw new UsageError(`${out} already exists; realign never replaces a file: choose another --out or remove it`);
 
@@ -51,6 +54,7 @@ export async function exportCommand(modelDir: string, opts: ExportCommandOptions
       out,
       type,
       pre: opts.pre ?? null,
+      preFrom: opts.preFrom ?? null,
       onProgress: (done, total) => {
         const pct = Math.floor((100 * done) / total);
         if (tty && pct !== lastPct) process.stderr.write(`\rwriting ${out}: ${pct}%`);

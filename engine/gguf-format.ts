@@ -7,6 +7,7 @@
 // All little-endian. This module only encodes: the caller streams tensor data after the header.
 // Also the element encodings realign writes: F32, F16, BF16 and Q8_0 (blocks of 32 values: one fp16
 // scale d = max|x|/127, then 32 int8 round(x/d), as ggml's quantize_row_q8_0_ref).
+import { closeSync, fstatSync, openSync, readSync } from "node:fs";
 import { f32ToBf16, f32ToF16 } from "./dtype.ts";
 
 export class GgufFormatError extends Error {
@@ -392,4 +393,101 @@ export function quantizeQ8_0(values: Float32Array, ne0: number, scratch?: Encode
     out[o + 1] = half[b]! >>> 8;
   }
   return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading metadata back (e.g. the tokenizer.ggml.pre of a base model's GGUF)
+
+/** Largest header read into memory (a 256k-token vocabulary with scores and types is ~10 MB). */
+const MAX_HEADER_BYTES = 256 << 20;
+
+/**
+ * The key/values of a GGUF file's header (arrays of numbers as number[], strings as string[]; 64-bit integers
+ * as numbers when exact, else bigint). Reads the header only. Throws GgufFormatError on anything malformed.
+ */
+export function readGgufMetadata(path: string): Map<string, unknown> {
+  const fd = openSync(path, "r");
+  try {
+    const size = fstatSync(fd).size;
+    let buf = new Uint8Array(Math.min(size, 1 << 20));
+    let have = readSync(fd, buf, 0, buf.length, 0);
+    let pos = 0;
+    const fail = (m: string): never => {
+      throw new GgufFormatError(`${path}: ${m}`);
+    };
+    const need = (n: number) => {
+      if (pos + n <= have) return;
+      if (pos + n > size) fail("truncated header");
+      if (pos + n > MAX_HEADER_BYTES) fail(`header larger than ${MAX_HEADER_BYTES} bytes`);
+      const next = new Uint8Array(Math.min(size, Math.max(pos + n, buf.length * 2)));
+      next.set(buf.subarray(0, have));
+      have += readSync(fd, next, have, next.length - have, have);
+      buf = next;
+    };
+    const dv = () => new DataView(buf.buffer, buf.byteOffset, have);
+    const u32 = () => {
+      need(4);
+      const v = dv().getUint32(pos, true);
+      pos += 4;
+      return v;
+    };
+    const u64 = () => {
+      need(8);
+      const v = dv().getBigUint64(pos, true);
+      pos += 8;
+      return v;
+    };
+    const dec = new TextDecoder("utf-8", { fatal: false });
+    const str = () => {
+      const n = Number(u64());
+      need(n);
+      const s = dec.decode(buf.subarray(pos, pos + n));
+      pos += n;
+      return s;
+    };
+    const num64 = (v: bigint) => (v <= BigInt(Number.MAX_SAFE_INTEGER) && v >= -BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v);
+    const scalar = (t: number): unknown => {
+      const sizes: Record<number, number> = { 0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8 };
+      if (t === GgufValueType.STRING) return str();
+      const n = sizes[t];
+      if (n === undefined) return fail(`unknown value type ${t}`);
+      need(n);
+      const d = dv();
+      const at = pos;
+      pos += n;
+      switch (t) {
+        case 0: return d.getUint8(at);
+        case 1: return d.getInt8(at);
+        case 2: return d.getUint16(at, true);
+        case 3: return d.getInt16(at, true);
+        case 4: return d.getUint32(at, true);
+        case 5: return d.getInt32(at, true);
+        case 6: return d.getFloat32(at, true);
+        case 7: return d.getUint8(at) !== 0;
+        case 10: return num64(d.getBigUint64(at, true));
+        case 11: return num64(d.getBigInt64(at, true));
+        default: return d.getFloat64(at, true);
+      }
+    };
+    if (u32() !== GGUF_MAGIC) fail("not a GGUF file (bad magic)");
+    const version = u32();
+    if (version < 2 || version > 3) fail(`GGUF version ${version} is not supported (2, 3)`);
+    u64(); // tensor count
+    const nkv = Number(u64());
+    const out = new Map<string, unknown>();
+    for (let i = 0; i < nkv; i++) {
+      const key = str();
+      const t = u32();
+      if (t === GgufValueType.ARRAY) {
+        const et = u32();
+        const n = Number(u64());
+        const arr: unknown[] = [];
+        for (let j = 0; j < n; j++) arr.push(scalar(et));
+        out.set(key, arr);
+      } else out.set(key, scalar(t));
+    }
+    return out;
+  } finally {
+    closeSync(fd);
+  }
 }

@@ -82,8 +82,8 @@ function normalizerParts(n: unknown): Json[] {
 }
 
 /** tokenizer.ggml.pre for a byte-level BPE tokenizer: the option, else the regex in tokenizer.json, else the family's. */
-function choosePre(tj: Json, modelType: string, explicit: string | null): PreTokenizerChoice {
-  if (explicit) return { name: explicit, source: "given (--pre)" };
+function choosePre(tj: Json, modelType: string, explicit: string | null, source = "given (--pre)"): PreTokenizerChoice {
+  if (explicit) return { name: explicit, source };
   const parts = preParts(tj.pre_tokenizer);
   const splits = parts.filter((p) => p.type === "Split");
   const byteLevel = parts.find((p) => p.type === "ByteLevel");
@@ -153,6 +153,10 @@ function padDeclared(dir: string, cfg: Json): boolean {
 export interface VocabOptions {
   /** tokenizer.ggml.pre for byte-level BPE; null: detect. */
   pre?: string | null;
+  /** Where `pre` comes from, for the report (default "given (--pre)"). */
+  preSource?: string;
+  /** tokenizer.ggml.model of the GGUF `pre` was taken from: must be the one written. */
+  baseModel?: string;
 }
 
 /**
@@ -180,6 +184,9 @@ export function buildGgufVocab(dir: string, tok: ModelTokenizer, size: number, c
   if (type === "BPE" && byteLevel) kind = "gpt2";
   else if ((type === "BPE" && model.byte_fallback === true) || type === "Unigram") kind = "llama";
   else throw new GgufVocabError(`${file}: a ${String(type)} tokenizer without byte-level pre-tokenization or byte fallback has no llama.cpp equivalent realign can write`);
+  if (opts.baseModel !== undefined && opts.baseModel !== kind) {
+    throw new GgufVocabError(`the base model's GGUF has tokenizer.ggml.model "${opts.baseModel}", but this tokenizer is "${kind}": is it the same model family?`);
+  }
 
   const scores = new Float32Array(size);
   if (type === "Unigram") {
@@ -228,12 +235,12 @@ export function buildGgufVocab(dir: string, tok: ModelTokenizer, size: number, c
   // first space after the first character, so a space inside a part is written as U+0120, as gguf-py does.
   const mergeText = (m: string | [string, string]) => (typeof m === "string" ? m : m.map((p) => p.replace(/ /g, "\u0120")).join(" "));
   if (kind === "gpt2") {
-    pre = choosePre(tj, typeof cfg.model_type === "string" ? cfg.model_type : "", opts.pre ?? null);
+    pre = choosePre(tj, typeof cfg.model_type === "string" ? cfg.model_type : "", opts.pre ?? null, opts.preSource);
     kv.push(["tokenizer.ggml.model", gv.str("gpt2")], ["tokenizer.ggml.pre", gv.str(pre.name)]);
     kv.push(["tokenizer.ggml.tokens", gv.strs(tokens as string[])], ["tokenizer.ggml.token_type", gv.i32s(types)]);
     kv.push(["tokenizer.ggml.merges", gv.strs(merges.map(mergeText))]);
   } else {
-    if (opts.pre) throw new GgufVocabError(`--pre applies to byte-level BPE tokenizers; this one is sentencepiece-style (tokenizer.ggml.model "llama", whose pre-tokenizer is always "default")`);
+    if (opts.pre && opts.baseModel === undefined) throw new GgufVocabError(`--pre applies to byte-level BPE tokenizers; this one is sentencepiece-style (tokenizer.ggml.model "llama", whose pre-tokenizer is always "default")`);
     pre = { name: "default", source: "sentencepiece-style tokenizers have no pre-tokenizer choice in llama.cpp" };
     if (type === "BPE") {
       // score = −(rank of the first merge producing the token); tokens no merge produces score below every merge

@@ -29,7 +29,7 @@ import { Checkpoint } from "./checkpoint.ts";
 import { validateCheckpoint } from "./architectures.ts";
 import type { DecoderConfig } from "./config.ts";
 import { bf16ToF32, f16ToF32, firstNonFinite, NonFiniteError, toFloat32 } from "./dtype.ts";
-import { EncodeScratch, encodeRows, GGML_QUANT_VERSION, GGUF_DEFAULT_ALIGNMENT, gv, layoutGguf, QK8_0, type GgmlTypeName, type GgufTensorInfo, type GgufValue } from "./gguf-format.ts";
+import { EncodeScratch, encodeRows, GGML_QUANT_VERSION, readGgufMetadata, GGUF_DEFAULT_ALIGNMENT, gv, layoutGguf, QK8_0, type GgmlTypeName, type GgufTensorInfo, type GgufValue } from "./gguf-format.ts";
 import { buildGgufVocab, type PreTokenizerChoice } from "./gguf-vocab.ts";
 import { loadTokenizer } from "./tokenizer.ts";
 import { SafetensorsFile } from "./safetensors.ts";
@@ -348,6 +348,8 @@ export interface WriteGgufParams {
   type?: GgufType;
   /** tokenizer.ggml.pre for byte-level BPE tokenizers (the base model's GGUF value); default: detected. */
   pre?: string | null;
+  /** A GGUF of the base model (e.g. its published Q4_K_M) to take tokenizer.ggml.pre from; excludes `pre`. */
+  preFrom?: string | null;
   /** general.name; default: the model directory's name. */
   name?: string;
   /** More string metadata (e.g. realign.source_repo); may not replace written keys. */
@@ -397,6 +399,18 @@ function shardMetadata(shard: string): Record<string, string> {
   }
 }
 
+/** The pre-tokenizer the caller settled: --pre, or the tokenizer.ggml.pre of a base model's GGUF. */
+function preFromParams(params: WriteGgufParams): { pre: string | null; preSource?: string; baseModel?: string } {
+  if (params.pre && params.preFrom) throw new GgufExportError("give either --pre or --pre-from, not both");
+  if (!params.preFrom) return { pre: params.pre ?? null };
+  if (!existsSync(params.preFrom)) throw new GgufExportError(`--pre-from ${params.preFrom} does not exist`);
+  const meta = readGgufMetadata(params.preFrom);
+  const pre = meta.get("tokenizer.ggml.pre");
+  if (typeof pre !== "string" || pre === "") throw new GgufExportError(`${params.preFrom} has no tokenizer.ggml.pre`);
+  const model = meta.get("tokenizer.ggml.model");
+  return { pre, preSource: `from ${basename(params.preFrom)}`, baseModel: typeof model === "string" ? model : undefined };
+}
+
 function fileStem(dir: string): string {
   const abs = resolve(dir);
   const b = basename(abs);
@@ -426,7 +440,7 @@ export async function writeGguf(params: WriteGgufParams): Promise<WriteGgufResul
     const cfg = ckpt.config;
     const plan = planExport(c, ckpt, cfg, type);
     const tok = await loadTokenizer(params.modelDir);
-    const vocab = buildGgufVocab(params.modelDir, tok, c.vocabSize, cfg, { pre: params.pre ?? null });
+    const vocab = buildGgufVocab(params.modelDir, tok, c.vocabSize, cfg, preFromParams(params));
     const realign = realignMetadata(ckpt);
 
     const kv: Array<[string, GgufValue]> = [

@@ -1,6 +1,6 @@
 // `realign export <model-dir> --gguf` as users run it (spawned): a GGUF on success (exit 0, what was written and
 // how to run it), and one-line usage errors with exit 2 that leave nothing behind: no --gguf, a bad --type (k-quants
-// pointed to llama-quantize), a missing model directory, an existing --out (never replaced), a model that cannot
+// pointed to llama-quantize), a bad --pre / --pre-from, a missing model directory, an existing --out (never replaced), a model that cannot
 // be exported.
 import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -32,6 +32,7 @@ describe("realign export: usage errors exit 2 with one line", () => {
       [[TMP, "--gguf", "--type", "q4_k_m"], /--type must be one of f32, f16, bf16, q8_0.*llama-quantize/],
       [[TMP, "--gguf", "--typ", "f16"], /unknown option --typ \(did you mean --type\?\)/],
       [[TMP, "--gguf", "--pre", "a b"], /--pre needs a llama\.cpp pre-tokenizer name/],
+      [[TMP, "--gguf", "--pre-from", "nope.gguf"], /--pre-from needs an existing GGUF file/],
     ];
     for (const [args, message] of cases) {
       const r = cli(args);

@@ -7,6 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gguf } from "@huggingface/gguf";
 import { writeGguf, type GgufType, type WriteGgufResult } from "../../engine/gguf.ts";
+import { gv, layoutGguf, readGgufMetadata } from "../../engine/gguf-format.ts";
 import { f16ToF32, bf16ToF32 } from "../../engine/dtype.ts";
 import { SafetensorsFile, writeSafetensors } from "../../engine/safetensors.ts";
 import { writeEditedCheckpoint } from "../../rosi/edit.ts";
@@ -308,6 +309,31 @@ describe("GGUF metadata", () => {
     expect(plain.result.realign).toEqual({});
     expect(tensorBytes(e, "blk.1.ffn_down.weight").subarray(0, 64)).not.toEqual(tensorBytes(plain, "blk.1.ffn_down.weight").subarray(0, 64));
     expect(tensorBytes(e, "blk.0.ffn_down.weight").subarray(0, 4 * H * FF)).toEqual(tensorBytes(plain, "blk.0.ffn_down.weight").subarray(0, 4 * H * FF));
+  });
+});
+
+describe("the base model's pre-tokenizer", () => {
+  test("readGgufMetadata reads back what @huggingface/gguf reads; --pre-from takes tokenizer.ggml.pre from a base model's GGUF and refuses one of another tokenizer kind", async () => {
+    const e = await exportTo(model, "q8_0");
+    const mine = readGgufMetadata(e.path);
+    const theirs = e.parsed.metadata as Record<string, unknown>;
+    for (const [k, v] of mine) {
+      const t = theirs[k];
+      if (typeof v === "number" && typeof t === "number") expect(Math.abs(v - t)).toBeLessThanOrEqual(Math.abs(t) * 1e-7);
+      else expect([k, v]).toEqual([k, typeof t === "bigint" ? Number(t) : t]);
+    }
+    expect(mine.size).toBe(Object.keys(theirs).length - 3); // @huggingface/gguf adds version, tensor_count, kv_count
+    // a header-only "base model GGUF"
+    const base = (model: string, pre: string) => {
+      const path = join(tmp, `base-${model}-${pre}.gguf`);
+      writeFileSync(path, layoutGguf([["general.architecture", gv.str("llama")], ["tokenizer.ggml.model", gv.str(model)], ["tokenizer.ggml.pre", gv.str(pre)]], []).header);
+      return path;
+    };
+    const r = await writeGguf({ modelDir: model, out: join(tmp, "pre-from.gguf"), preFrom: base("gpt2", "llama-bpe") });
+    expect(r.tokenizer.pre).toEqual({ name: "llama-bpe", source: "from base-gpt2-llama-bpe.gguf" });
+    expect(readGgufMetadata(r.path).get("tokenizer.ggml.pre")).toBe("llama-bpe");
+    await expect(writeGguf({ modelDir: model, out: join(tmp, "pre-from-spm.gguf"), preFrom: base("llama", "default") })).rejects.toThrow(/tokenizer\.ggml\.model "llama", but this tokenizer is "gpt2"/);
+    await expect(writeGguf({ modelDir: model, out: join(tmp, "pre-both.gguf"), pre: "qwen2", preFrom: base("gpt2", "qwen2") })).rejects.toThrow(/either --pre or --pre-from/);
   });
 });
 
