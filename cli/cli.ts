@@ -120,6 +120,8 @@ function buildCli(): CAC {
     .option("--seed <n>", "seed of the sampler (default: a random one, printed)")
     .option("--samples <n>", "samples of the prompt, in one batch (with --temperature)")
     .option("--stop <text>", "stop when the reply contains this text (not printed)")
+    .option("--best-of <n>", "sample n replies and print the one --rank ranks first (with --temperature)")
+    .option("--rank <method>", "srr (the model dir's srr.safetensors) or srr:<file>: Safety Representation Ranking")
     .example("  $ realign generate runs/owner--model/inject/model --prompt 'Write a haiku about rain'")
     .example("  $ realign generate runs/owner--model/inject/model --prompt 'Write a haiku' --temperature 0.8 --top-p 0.95 --seed 1 --samples 4");
 
@@ -135,6 +137,8 @@ function buildCli(): CAC {
     .option("--seed <n>", "seed of the sampler (default: a random one, printed)")
     .option("--device <name>", "auto | cpu | cuda | webgpu")
     .option("--dtype <name>", "float32 (default) | float16")
+    .option("--best-of <n>", "each reply: the top-ranked of n samples (with --temperature and --rank)")
+    .option("--rank <method>", "srr (each model dir's srr.safetensors) or srr:<file>")
     .option("--json", "one JSON line per reply (model, prompt_ids, new_ids, text) instead of streamed text")
     .example("  $ realign chat runs/owner--model --vs            # the re-aligned model next to the original")
     .example("  $ realign chat ./my-model --system 'Be brief.' < questions.txt");
