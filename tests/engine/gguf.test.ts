@@ -353,7 +353,7 @@ describe("refusals", () => {
     expect(leftovers()).toEqual([]);
   });
 
-  test("unsupported architecture, a tokenizer llama.cpp cannot hold (two ids with one text), an unknown byte-level pre-tokenizer: clear errors, nothing written", async () => {
+  test("unsupported architecture, a tokenizer llama.cpp cannot hold (two ids with one text), an unknown byte-level pre-tokenizer, a NaN weight, an interrupted export: clear errors, nothing written", async () => {
     const cases: [string, Parameters<typeof makeModel>[1], RegExp][] = [
       ["arch", { config: { model_type: "phi3" } }, /model_type "phi3" is not supported/],
       ["dup", { tokenizer: (tj) => (tj.added_tokens as unknown[]).push({ id: 299, content: "A", special: false }) }, /tokens 65 and 299 are both "A".*unique/],
@@ -365,6 +365,21 @@ describe("refusals", () => {
       await expect(writeGguf({ modelDir: dir, out })).rejects.toThrow(message);
       expect(existsSync(out)).toBe(false);
     }
+    // a NaN weight: refused naming the tensor and the element, nothing written
+    const nan = makeModel(join(tmp, "bad-nan"));
+    const bad = weights.get("model.layers.1.mlp.up_proj.weight")!;
+    bad.data[77] = Number.NaN;
+    const tensors = [...weights].map(([name, t]) => ({ name, dtype: "F32" as const, shape: t.shape, data: new Uint8Array(t.data.buffer) }));
+    writeSafetensors(join(nan, "model.safetensors.new"), tensors);
+    writeFileSync(join(nan, "model.safetensors"), readFileSync(join(nan, "model.safetensors.new")));
+    rmSync(join(nan, "model.safetensors.new"));
+    makeModel(join(tmp, "restore-weights")); // the shared table back to finite values
+    await expect(writeGguf({ modelDir: nan, out: join(tmp, "nan.gguf") })).rejects.toThrow(/model\.layers\.1\.mlp\.up_proj\.weight" holds NaN at element 77/);
+    expect(existsSync(join(tmp, "nan.gguf"))).toBe(false);
+    // an interrupted export removes its temporary file
+    const ac = new AbortController();
+    await expect(writeGguf({ modelDir: model, out: join(tmp, "aborted.gguf"), signal: ac.signal, onProgress: () => ac.abort() })).rejects.toThrow(/interrupted/);
+    expect(existsSync(join(tmp, "aborted.gguf"))).toBe(false);
     // --pre settles the unknown pre-tokenizer
     const r = await writeGguf({ modelDir: join(tmp, "bad-pre"), out: join(tmp, "pre-given.gguf"), pre: "llama-bpe" });
     expect(r.tokenizer.pre).toEqual({ name: "llama-bpe", source: "given (--pre)" });
