@@ -13,7 +13,7 @@ import { ConfigError, UsageError } from "../util/errors.ts";
 import { InterruptedError } from "../pipeline/errors.ts";
 import { exitCodeFor, EXIT_FAILED, EXIT_GATE, EXIT_OK } from "./errors.ts";
 import { atomicWriteJson } from "../util/fs.ts";
-import { checkLocalPublishTarget } from "../steps/publish.ts";
+import { checkLocalPublishTarget, pendingPublish } from "../steps/publish.ts";
 import type { ModelsFile } from "./models-file.ts";
 import { formatSeconds, memoryUI, type RunnerUI } from "../pipeline/progress.ts";
 import { DEFAULT_OWNER, inspectRunDir, planRun, runPipeline, type RunDirOwner, type RunOutcome, type Step } from "../pipeline/runner.ts";
@@ -64,11 +64,60 @@ export function pushesToHub(settings: Settings): boolean {
   return settings.publish && !(settings.pushTo ?? "").startsWith("file:");
 }
 
-/** Everything the publish step needs that can be checked up front. */
-export function checkPublishable(settings: Settings, token: string | null): void {
-  if (!pushesToHub(settings)) return;
-  if (settings.offline) throw new UsageError("cannot publish while offline: add --no-publish (or publish: false)");
-  if (!token) throw new UsageError("publishing needs a Hugging Face token: set HF_TOKEN or pass --token (or use --no-publish)");
+/**
+ * Why a run that was asked to publish to the Hub will not ("no token", "offline"), or null. Not an
+ * error: the run does everything else, and ends with how to publish later (`realign publish <run>`).
+ */
+export function checkPublishable(settings: Settings, token: string | null): "no token" | "offline" | null {
+  if (!pushesToHub(settings)) return null;
+  if (settings.offline) return "offline";
+  return token ? null : "no token";
+}
+
+/** The last line of a run that did not publish for `why`: how to publish it later. */
+export function publishLaterLine(settings: Settings, why: string): string {
+  return `not published (${why}) — publish with \`realign publish ${settings.out}\``;
+}
+
+/**
+ * The lines that end every run that got as far as the edit: where the re-aligned model is and how to
+ * try it (`realign chat <run>` talks with it; `--vs` puts the original beside it).
+ */
+export function tryItLines(settings: Settings): string[] {
+  const model = join(settings.out, "inject", "model");
+  if (!existsSync(join(model, "config.json"))) return [];
+  return [`re-aligned model: ${model}`, `try it: realign chat ${settings.out}   (--vs: next to the original)`];
+}
+
+/** The run's `from`: a run whose publish step skipped for want of a token re-runs publish once there is one. */
+export function publishFrom(settings: Settings, token: string | null, from: string | null): string | null {
+  if (from !== null || !pushesToHub(settings) || !token || settings.offline) return from;
+  return pendingPublish(settings.out) ? "publish" : null;
+}
+
+// ---- the Hugging Face environment -----------------------------------------------------------------
+
+const truthy = (v: string | undefined) => /^(1|true|yes|on)$/i.test((v ?? "").trim());
+
+/**
+ * HF_HUB_OFFLINE and HF_ENDPOINT, as every Hugging Face tool reads them: they set offline / hubUrl
+ * unless the command line or a REALIGN_* variable did (HF_HOME, HF_HUB_CACHE and HF_TOKEN_PATH are
+ * read where the cache and the token are found: hub/cache.ts, hub/repo.ts). Changes `resolved` in
+ * place; its sources name the variable.
+ */
+export function applyHfEnv(resolved: { settings: Settings; sources: Record<string, string> }, env: Record<string, string | undefined>): void {
+  const { settings, sources } = resolved;
+  const mine = (path: string) => (sources[path] ?? "").startsWith("cli") || (sources[path] ?? "").startsWith("env REALIGN_");
+  if (!mine("offline") && env.HF_HUB_OFFLINE !== undefined && truthy(env.HF_HUB_OFFLINE)) {
+    settings.offline = true;
+    sources.offline = "env HF_HUB_OFFLINE";
+  }
+  const endpoint = env.HF_ENDPOINT?.trim().replace(/\/+$/, "");
+  if (!mine("hubUrl") && endpoint) {
+    if (!/^https?:\/\/[^\s]+$/.test(endpoint)) throw new UsageError(`HF_ENDPOINT: expected an http(s) URL, got ${JSON.stringify(env.HF_ENDPOINT)}`);
+    settings.hubUrl = endpoint;
+    sources.hubUrl = "env HF_ENDPOINT";
+  }
 }
 
 // ---- the run directory and the publish target ---------------------------------------------------
@@ -188,12 +237,15 @@ function rowFromReport(row: BatchRow, report: ReportSummary | null): BatchRow {
   return row;
 }
 
-/** True when nothing would re-run and the result is published (or publishing is off). */
-export function isComplete(steps: readonly Step<Settings>[], settings: Settings): { done: boolean; report: ReportSummary | null } {
+/**
+ * True when nothing would re-run and the result is published (or publishing is off, or cannot happen
+ * in this run: `unpublishable`, no token or offline; the run said how to publish later).
+ */
+export function isComplete(steps: readonly Step<Settings>[], settings: Settings, unpublishable = false): { done: boolean; report: ReportSummary | null } {
   const plan = planRun(steps, settings, settings.out);
   const report = readReportFile(settings.out).summary;
   const allCached = plan.every((p) => p.action === "cached");
-  return { done: allCached && report !== null && (report.published !== null || !settings.publish), report };
+  return { done: allCached && report !== null && (report.published !== null || !settings.publish || unpublishable), report };
 }
 
 const pct = (v: number | null) => (v === null ? "–" : `${Math.round(v * 100)}%`);
@@ -235,15 +287,18 @@ export async function runBatch(opts: BatchOptions): Promise<BatchResult> {
     const t0 = performance.now();
     print(`\n=== ${entry.repo} ===`);
     try {
-      const { settings } = resolveSettings({ cli: opts.cli, env: opts.env, modelsYaml: opts.file, repo: entry.repo, cwd: opts.cwd });
+      const resolved = resolveSettings({ cli: opts.cli, env: opts.env, modelsYaml: opts.file, repo: entry.repo, cwd: opts.cwd });
+      applyHfEnv(resolved, opts.env);
+      const { settings } = resolved;
       row.out = settings.out;
       checkSettingsPaths(settings, {}, opts.cwd);
       await checkPromptSetSizes(settings);
-      checkPublishable(settings, opts.token ?? null);
+      const unpublished = checkPublishable(settings, opts.token ?? null);
       checkPublishTarget(settings);
       const steps = await opts.getSteps();
       checkRunDir(settings, steps, "run directory");
-      const state = opts.force ? { done: false, report: null } : isComplete(steps, settings);
+      const from = opts.force ? null : publishFrom(settings, opts.token ?? null, null);
+      const state = opts.force || from ? { done: false, report: null } : isComplete(steps, settings, unpublished !== null);
       if (state.done) {
         row.status = "skipped";
         rowFromReport(row, state.report);
@@ -255,6 +310,7 @@ export async function runBatch(opts: BatchOptions): Promise<BatchResult> {
         settings,
         outDir: settings.out,
         force: opts.force,
+        from,
         signal: opts.signal,
         ui,
         secrets: { hfToken: opts.token ?? null },
@@ -267,7 +323,13 @@ export async function runBatch(opts: BatchOptions): Promise<BatchResult> {
         row.status = "gate-failed";
         row.gate = "failed";
         row.error = `gate failed: ${outcome.gateFailed.join("; ")}`;
-      } else row.status = "ok";
+      } else {
+        row.status = "ok";
+        if (unpublished) {
+          row.published = `not published (${unpublished})`;
+          print(`${entry.repo}: ${publishLaterLine(settings, unpublished)}`);
+        }
+      }
     } catch (err) {
       if (err instanceof InterruptedError) throw err;
       row.status = exitCodeFor(err) === EXIT_GATE ? "gate-failed" : "failed";

@@ -7,7 +7,10 @@
 import { cac, type CAC, type Command } from "cac";
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { checkPublishable, checkPublishTarget, checkRunDir, pushesToHub, readReportFile, realignRunDir, runBatch, runSchedule, summarizeReportJson, type ReportSummary } from "./batch.ts";
+import { applyHfEnv, checkPublishable, checkPublishTarget, checkRunDir, publishFrom, publishLaterLine, pushesToHub, readReportFile, realignRunDir, runBatch, runSchedule, summarizeReportJson, tryItLines, type ReportSummary } from "./batch.ts";
+import { publishCommand } from "./publish.ts";
+import { defaultRepoName } from "../steps/publish.ts";
+import { HubError } from "../hub/errors.ts";
 import { checkSettingsPaths, formatSettings, resolveSettings } from "./settings.ts";
 import { cliFlag, DEFAULTS, FIELDS, settingsHash, type FieldSpec, type Settings } from "../steps/settings.ts";
 import { isLocalModel, resolveToken } from "../hub/repo.ts";
@@ -173,10 +176,31 @@ function buildCli(): CAC {
     .example("  $ realign status cognitivecomputations/Dolphin3.0-Qwen2.5-0.5B")
     .example("  $ realign status --out runs/demo");
 
-  cli.help();
+  cli
+    .command("publish <run-dir>", "publish a finished run (one that had no token, was offline or ran with --no-publish); the gate and idempotency of the publish step")
+    .ignoreOptionDefaultValue()
+    .option("--push-to <repo>", "target repo owner/name, or file:<dir> (default: the run's, else <your-user>/<model>-ROSI)")
+    .option("--private", "create the target repo as private")
+    .option("--hub-url <url>", "Hugging Face Hub endpoint (default: HF_ENDPOINT, else the run's)")
+    .option("--token <token>", "Hugging Face write token (default: HF_TOKEN, HF_TOKEN_PATH or the huggingface-cli login); never stored")
+    .option("--yes", "publish without asking for confirmation")
+    .option("--force", "publish even though the run's gate failed")
+    .example("  $ realign publish runs/owner--model --yes")
+    .example("  $ realign publish runs/owner--model --push-to me/model-realigned");
+
+  cli.help((sections) => [...sections, { title: "Environment", body: HF_ENV_HELP }]);
   cli.version(readPackageVersion());
   return cli;
 }
+
+/** The environment variables realign reads, as `--help` lists them. */
+const HF_ENV_HELP = [
+  "  HF_TOKEN, HF_TOKEN_PATH   Hugging Face token, or the file holding it (default $HF_HOME/token); --token wins",
+  "  HF_HUB_OFFLINE=1          use only the Hugging Face cache, like --offline",
+  "  HF_ENDPOINT               the Hub's URL, like --hub-url (which wins)",
+  "  HF_HOME, HF_HUB_CACHE     where the Hugging Face cache is (default ~/.cache/huggingface/hub)",
+  "  REALIGN_<SETTING>         any setting, e.g. REALIGN_N_TRAIN=128 (below the command line, above models.yaml)",
+].join("\n");
 
 function readPackageVersion(): string {
   try {
@@ -330,9 +354,19 @@ function installSignals(): { signal: AbortSignal; dispose: () => void } {
   };
 }
 
-function confirmPublish(settings: Settings, opts: Opts, interactive: boolean): void {
-  if (!pushesToHub(settings) || opts.yes === true) return;
-  const target = settings.pushTo ?? "<your account>/<model>-ROSI";
+async function confirmPublish(settings: Settings, opts: Opts, interactive: boolean, token: string | null): Promise<void> {
+  if (!pushesToHub(settings) || opts.yes === true || checkPublishable(settings, token) !== null) return;
+  // The real target: the token's user (the Hub's whoami) when --push-to is not given.
+  let target = settings.pushTo ?? `<the token's account>/${defaultRepoName(settings.model)}`;
+  if (!settings.pushTo && token) {
+    const { resolvePublishRepo } = await import("../hub/hub.ts");
+    try {
+      target = await resolvePublishRepo({ defaultName: defaultRepoName(settings.model), token, hubUrl: settings.hubUrl, retries: 1 });
+    } catch (e) {
+      // A rejected token is worth knowing before the download; an unreachable Hub shows at the pull.
+      if (e instanceof HubError && (e.code === "auth" || e.code === "bad_input")) throw new UsageError(e.message);
+    }
+  }
   if (!interactive) {
     throw new UsageError(`this run would publish to ${target} on the Hub: pass --yes to confirm, or --no-publish to keep the result local`);
   }
@@ -386,7 +420,8 @@ async function executeRun(req: RunRequest): Promise<number> {
       steps: req.steps,
       settings,
       outDir: settings.out,
-      from: req.from,
+      // A run that could not publish earlier (no token) publishes now that it can.
+      from: req.force ? req.from : publishFrom(settings, req.token, req.from),
       force: req.force,
       signal,
       ui: consoleUI(),
@@ -398,6 +433,9 @@ async function executeRun(req: RunRequest): Promise<number> {
     out();
     for (const l of summarizeReport(summarizeReportJson(report)!)) out(l);
     out(`report: ${join(settings.out, "report.md")}`);
+    for (const l of tryItLines(settings)) out(l);
+    const unpublished = checkPublishable(settings, req.token);
+    if (unpublished && !outcome.gateFailed) out(publishLaterLine(settings, unpublished));
     if (outcome.gateFailed) {
       err(`gate failed: ${outcome.gateFailed.join("; ")}; not published`);
       return EXIT_GATE;
@@ -423,22 +461,24 @@ async function cmdRun(model: string | undefined, opts: Opts, argv: readonly stri
   }
   const modelsYaml = findModelsFile(opts, env, cwd);
   const resolved = resolveSettings({ cli: settingOverrides(opts), env, modelsYaml, repo: model, cwd });
+  applyHfEnv(resolved, env);
   try {
     checkSettingsPaths(resolved.settings, resolved.sources, cwd);
   } catch (e) {
     // "realign statsu" is more likely a mistyped command than a model.
-    const hint = !model.includes("/") && isLocalModel(model, cwd) ? didYouMean(model, ["demo", "generate", "chat", "batch", "status"]) : null;
+    const hint = !model.includes("/") && isLocalModel(model, cwd) ? didYouMean(model, ["demo", "generate", "chat", "batch", "status", "publish"]) : null;
     if (hint && e instanceof ConfigError) throw new ConfigError([...e.problems, `(did you mean \`realign ${hint}\`?)`]);
     throw e;
   }
   const token = resolveToken(typeof opts.token === "string" ? opts.token : null, env);
-  checkPublishable(resolved.settings, token);
+  const unpublished = checkPublishable(resolved.settings, token);
+  if (unpublished) err(`note: ${unpublished === "offline" ? "offline" : "no Hugging Face token (HF_TOKEN, HF_TOKEN_PATH or --token)"}: the run does everything but publish; publish later with \`realign publish ${resolved.settings.out}\``);
   checkPublishTarget(resolved.settings);
   const steps = await loadSteps(deps);
   const from = typeof opts.from === "string" ? opts.from : null;
   checkFrom(steps, from);
   checkRunDir(resolved.settings, steps, outLabel(resolved.sources));
-  confirmPublish(resolved.settings, opts, deps.interactive ?? Boolean(process.stdin.isTTY));
+  await confirmPublish(resolved.settings, opts, deps.interactive ?? Boolean(process.stdin.isTTY), token);
   return executeRun({ ...resolved, steps, token, from, force: opts.force === true });
 }
 
@@ -632,6 +672,15 @@ export async function main(argv: readonly string[], deps: CliDeps = {}): Promise
         if (!pos[0]) throw new UsageError("export needs a model directory: realign export <model-dir> --gguf [--type f16] [--out file.gguf]");
         const { "--": _ignored, ...exportOpts } = opts;
         return await exportCommand(pos[0], exportOpts);
+      }
+      case "publish": {
+        if (!pos[0]) throw new UsageError("publish needs a run directory: realign publish <run-dir> [--push-to owner/name]");
+        const { signal, dispose } = installSignals();
+        try {
+          return await publishCommand(pos[0], opts, { env, cwd: deps.cwd ?? process.cwd(), steps: await loadSteps(deps), interactive: deps.interactive ?? Boolean(process.stdin.isTTY), ui: consoleUI(), signal });
+        } finally {
+          dispose();
+        }
       }
       case "batch":
         return await cmdBatch(pos[0], opts, deps);

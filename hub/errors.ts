@@ -108,6 +108,8 @@ export function statusFailure(
   return { failure: new HubError("http", `${what}: HTTP ${status} from ${url}`, { status, url }), retry };
 }
 
+const NET_ERRNO_RE = /^(ENOTFOUND|EAI_[A-Z]+|ECONN[A-Z]+|E(HOST|NET)(UNREACH|DOWN)|ETIMEDOUT|EPIPE)$/;
+
 /** Make sure whatever escapes carries no token and is a HubError. */
 export function sanitize(e: unknown, token: string | undefined): HubError {
   if (e instanceof HubError) {
@@ -116,6 +118,7 @@ export function sanitize(e: unknown, token: string | undefined): HubError {
   }
   const msg = redact(e instanceof Error ? e.message : String(e), token);
   const errno = (e as { code?: unknown } | null)?.code;
-  const isIo = typeof errno === "string" && /^E[A-Z]+$/.test(errno);
+  // Connection errnos (DNS, refused, unreachable) are the network's, not the local disk's.
+  const isIo = typeof errno === "string" && /^E[A-Z]+$/.test(errno) && !NET_ERRNO_RE.test(errno);
   return new HubError(isIo ? "io" : "network", isIo ? `local file error: ${msg}` : msg);
 }

@@ -3,7 +3,9 @@
 // fetch remembers the last URL, status and X-Error-Code, aborts after timeoutMs without data (kick()
 // on progress resets it) and notices a server that ignored a Range request, so a resumed download can
 // start over. 408/429/5xx, timeouts, malformed responses, connection errors and retryable HubErrors
-// back off exponentially (retryDelayMs doubled, at most 30 s); everything else fails at once. What
+// back off exponentially (retryDelayMs doubled, at most 30 s), each wait announced through ctx.log
+// ("…: connection refused by host:port …; retrying in 4 s (3/6)"); everything else fails at once.
+// Connection errors (DNS failure, refused or unreachable port) are "network" errors, never "io". What
 // fails is a HubError (errors.ts), and the library's error text in it has the token redacted.
 import { HubApiError } from "@huggingface/hub";
 import { HubError, redact, statusFailure, type HubTarget } from "./errors.ts";
@@ -38,6 +40,58 @@ export interface NetCtx extends HubTarget {
   retries: number;
   retryDelayMs: number;
   timeoutMs: number;
+  /** Where the back-off lines go ("… retrying in 4 s (3/6)"); default: nowhere. */
+  log?: (line: string) => void;
+}
+
+/**
+ * The first back-off delay when the caller gives none: 1000 ms, or $REALIGN_HUB_RETRY_DELAY_MS (tests
+ * set 0 so that nothing depends on the wall clock).
+ */
+export function defaultRetryDelayMs(): number {
+  const raw = process.env.REALIGN_HUB_RETRY_DELAY_MS;
+  const v = raw === undefined || raw === "" ? NaN : Number(raw);
+  return Number.isFinite(v) && v >= 0 ? v : 1000;
+}
+
+/** Connection-level errno codes (DNS, refused, unreachable, reset): network errors, retried. */
+const NETWORK_ERRNOS = new Set([
+  "ENOTFOUND", "EAI_AGAIN", "EAI_FAIL", "EAI_NONAME", "EAI_NODATA", "ECONNREFUSED", "ECONNRESET", "ECONNABORTED",
+  "EHOSTUNREACH", "EHOSTDOWN", "ENETUNREACH", "ENETDOWN", "ETIMEDOUT", "EPIPE", "EPROTO", "ECERT", "UND_ERR_SOCKET",
+  "UND_ERR_CONNECT_TIMEOUT", "ConnectionRefused", "ConnectionClosed", "FailedToOpenSocket",
+]);
+
+/** The errno code of a connection error (also one wrapped as `cause`), or null when it is not one. */
+export function networkErrno(err: unknown): string | null {
+  for (let e = err, depth = 0; e && typeof e === "object" && depth < 4; e = (e as { cause?: unknown }).cause, depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === "string" && NETWORK_ERRNOS.has(code)) return code;
+  }
+  return null;
+}
+
+/** What a connection errno means, in words, for `host`. */
+export function describeNetworkErrno(code: string, host: string): string {
+  if (code.startsWith("EAI_") || code === "ENOTFOUND") return `cannot resolve the host name ${host} (DNS lookup failed: ${code})`;
+  if (code === "ECONNREFUSED" || code === "ConnectionRefused") return `connection refused by ${host} (${code}: nothing listens there)`;
+  if (code === "EHOSTUNREACH" || code === "ENETUNREACH" || code === "EHOSTDOWN" || code === "ENETDOWN") return `${host} is unreachable (${code})`;
+  if (code === "ETIMEDOUT" || code === "UND_ERR_CONNECT_TIMEOUT") return `connecting to ${host} timed out (${code})`;
+  return `the connection to ${host} failed (${code})`;
+}
+
+/** "host:port" of a URL, for messages. */
+function hostOf(url: string): string {
+  try {
+    return new URL(url).host;
+  } catch {
+    return url;
+  }
+}
+
+/** A delay as the back-off lines print it: "4 s", "250 ms", "0 s". */
+export function formatDelay(ms: number): string {
+  if (ms === 0) return "0 s";
+  return ms < 1000 ? `${Math.round(ms)} ms` : `${Math.round(ms / 100) / 10} s`;
 }
 
 /**
@@ -114,7 +168,9 @@ export async function withRetry<T>(ctx: NetCtx, what: string, fn: (a: Attempt) =
         status: failure.status,
       });
     }
-    await sleep(Math.min(ctx.retryDelayMs * 2 ** (i - 1), 30_000));
+    const delay = Math.min(ctx.retryDelayMs * 2 ** (i - 1), 30_000);
+    ctx.log?.(`${failure.code === "network" ? "network error: " : ""}${failure.message}; retrying in ${formatDelay(delay)} (${i + 1}/${attempts})`);
+    await sleep(delay);
   }
 }
 
@@ -130,6 +186,11 @@ function classify(ctx: NetCtx, what: string, err: unknown, a: Attempt): { failur
   }
   if (err instanceof TypeError && /access token/i.test(detail)) {
     return { failure: new HubError("bad_input", `${what}: ${detail}`), retry: false };
+  }
+  const net = networkErrno(err);
+  if (net) {
+    const where = url ?? ctx.hubUrl;
+    return { failure: new HubError("network", `${what}: ${describeNetworkErrno(net, hostOf(where))} for ${where}`, { url }), retry: true };
   }
   const errno = (err as { code?: unknown } | null)?.code;
   if (typeof errno === "string" && /^E[A-Z]+$/.test(errno) && (err as { syscall?: unknown }).syscall !== undefined) {

@@ -14,4 +14,4 @@ export { HubError, type HubErrorCode } from "./errors.ts";
 export { DEFAULT_HUB_URL, resolveHubUrl } from "./http.ts";
 export { isSafeRepoPath, isValidRepoName, repoCacheDir, resolveCacheRoot, validateRepoId } from "./cache.ts";
 export { pullModel, type PullOptions, type PullProgress, type PullResult } from "./pull.ts";
-export { publishModel, type PublishOptions, type PublishResult } from "./publish.ts";
+export { publishModel, resolvePublishRepo, type PublishOptions, type PublishResult } from "./publish.ts";

@@ -11,7 +11,7 @@ import { HubApiError, createRepo, downloadFile, modelInfo, uploadFiles, whoAmI }
 import { parseFrontMatter } from "../util/frontmatter.ts";
 import { isSafeRepoPath, isValidRepoName, validateRepoId } from "./cache.ts";
 import { HubError, redact, sanitize } from "./errors.ts";
-import { checkTokenFormat, resolveHubUrl, withRetry, type NetCtx } from "./http.ts";
+import { checkTokenFormat, defaultRetryDelayMs, resolveHubUrl, withRetry, type NetCtx } from "./http.ts";
 
 export interface PublishOptions {
   /** Local folder holding `files`. */
@@ -35,6 +35,8 @@ export interface PublishOptions {
   retries?: number;
   timeoutMs?: number;
   retryDelayMs?: number;
+  /** Where back-off lines go ("…; retrying in 4 s (2/4)"). */
+  log?: (line: string) => void;
 }
 
 export interface PublishResult {
@@ -93,8 +95,9 @@ async function publishInner(opts: PublishOptions): Promise<PublishResult> {
     hubUrl,
     token,
     retries: opts.retries ?? 3,
-    retryDelayMs: opts.retryDelayMs ?? 1000,
+    retryDelayMs: opts.retryDelayMs ?? defaultRetryDelayMs(),
     timeoutMs: opts.timeoutMs ?? 60_000,
+    log: opts.log,
   };
   const authError = (what: string, e: unknown): HubError => {
     if (e instanceof HubError && e.status === 401) {
@@ -107,17 +110,7 @@ async function publishInner(opts: PublishOptions): Promise<PublishResult> {
   };
 
   // Target repo.
-  let repoId = opts.repo;
-  if (!repoId) {
-    let me;
-    try {
-      me = await withRetry(base, "asking the Hub who the token belongs to", (a) => whoAmI({ accessToken: token, hubUrl, fetch: a.fetch }));
-    } catch (e) {
-      throw authError("whoami", e);
-    }
-    if (me.type === "app") throw new HubError("bad_input", `the token belongs to an app (${me.name}), not a user: pass an explicit repo "owner/name"`);
-    repoId = `${me.name}/${opts.defaultName}`;
-  }
+  const repoId = opts.repo ?? (await whoamiRepo(base, opts.defaultName, authError));
   validateRepoId(repoId);
   const ctx: NetCtx = { ...base, repoId };
   const repo = { type: "model" as const, name: repoId };
@@ -172,6 +165,42 @@ async function publishInner(opts: PublishOptions): Promise<PublishResult> {
   const commit = out?.commit.oid;
   if (!commit) throw new HubError("http", `committing to ${repoId}: the Hub returned no commit id`);
   return { repo: repoId, commit, url: `${hubUrl}/${repoId}`, skipped: false };
+}
+
+/** "<the token's user>/<name>", asking the Hub's whoami. */
+async function whoamiRepo(base: NetCtx, name: string, authError: (what: string, e: unknown) => HubError): Promise<string> {
+  let me;
+  try {
+    me = await withRetry(base, "asking the Hub who the token belongs to", (a) => whoAmI({ accessToken: base.token!, hubUrl: base.hubUrl, fetch: a.fetch }));
+  } catch (e) {
+    throw authError("whoami", e);
+  }
+  if (me.type === "app") throw new HubError("bad_input", `the token belongs to an app (${me.name}), not a user: pass an explicit repo "owner/name"`);
+  return `${me.name}/${name}`;
+}
+
+/**
+ * The repo publishModel would write to: `repo` when given, else "<the token's user>/<defaultName>"
+ * (whoami), so that a confirmation can name the real target. Errors as publishModel's.
+ */
+export async function resolvePublishRepo(opts: { repo?: string; defaultName: string; token: string; hubUrl?: string; retries?: number; retryDelayMs?: number; log?: (line: string) => void }): Promise<string> {
+  try {
+    checkTokenFormat(opts.token, "the token option");
+    if (opts.repo) {
+      validateRepoId(opts.repo);
+      return opts.repo;
+    }
+    if (!isValidRepoName(opts.defaultName)) throw new HubError("bad_input", `defaultName ${JSON.stringify(opts.defaultName)} is not a valid Hub repo name`);
+    const base: NetCtx = { repoId: "", hubUrl: resolveHubUrl(opts.hubUrl), token: opts.token, retries: opts.retries ?? 3, retryDelayMs: opts.retryDelayMs ?? defaultRetryDelayMs(), timeoutMs: 60_000, log: opts.log };
+    return await whoamiRepo(base, opts.defaultName, (what, e) => {
+      if (e instanceof HubError && (e.status === 401 || e.status === 403)) {
+        return new HubError("auth", `${what}: the token was rejected (HTTP ${e.status}: invalid, expired or revoked); use a valid token with write access (HF_TOKEN)`, { status: e.status, url: e.url });
+      }
+      return e instanceof HubError ? e : new HubError("network", String(e));
+    });
+  } catch (e) {
+    throw sanitize(e, opts.token);
+  }
 }
 
 /** The settings_hash in a remote README's front matter, or null. */

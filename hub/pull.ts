@@ -14,7 +14,7 @@ import { listFiles, modelInfo, type ListFileEntry } from "@huggingface/hub";
 import { HEX40, HEX64, checkFromBlobId, isSafeRepoPath, repoCacheDir, resolveCacheRoot, validateRepoId, validateRevision, verifyBlob, type BlobCheck } from "./cache.ts";
 import { ensureFile, type PullProgress, type RemoteFile } from "./download.ts";
 import { HubError, sanitize } from "./errors.ts";
-import { checkTokenFormat, resolveHubUrl, withRetry, type NetCtx } from "./http.ts";
+import { checkTokenFormat, defaultRetryDelayMs, resolveHubUrl, withRetry, type NetCtx } from "./http.ts";
 
 export type { PullProgress } from "./download.ts";
 
@@ -41,8 +41,10 @@ export interface PullOptions {
   retries?: number;
   /** Idle timeout per request in ms (no bytes for this long → retry). Default 60 000. */
   timeoutMs?: number;
-  /** First backoff delay in ms, doubled each retry (max 30 s). Default 1000. */
+  /** First backoff delay in ms, doubled each retry (max 30 s). Default 1000 ($REALIGN_HUB_RETRY_DELAY_MS). */
   retryDelayMs?: number;
+  /** Where back-off lines go ("…; retrying in 4 s (3/6)"). */
+  log?: (line: string) => void;
 }
 
 export interface PullResult {
@@ -164,10 +166,19 @@ export async function pullModel(repoId: string, opts: PullOptions = {}): Promise
       hubUrl: resolveHubUrl(opts.hubUrl),
       token,
       retries: opts.retries ?? 5,
-      retryDelayMs: opts.retryDelayMs ?? 1000,
+      retryDelayMs: opts.retryDelayMs ?? defaultRetryDelayMs(),
       timeoutMs: opts.timeoutMs ?? 60_000,
+      log: opts.log,
     };
-    return await pullOnline(ctx, revision, repoDir, concurrency, opts.onProgress);
+    try {
+      return await pullOnline(ctx, revision, repoDir, concurrency, opts.onProgress);
+    } catch (e) {
+      // The Hub cannot be reached, but the cache may already hold the model: say how to use it.
+      if (e instanceof HubError && (e.code === "network" || e.code === "timeout") && (await cachedSnapshot(repoDir, revision))) {
+        throw new HubError(e.code, `${e.message}; ${repoId} (revision ${revision}) is in the cache at ${repoDir}: run with --offline (or HF_HUB_OFFLINE=1) to use it`, { url: e.url, status: e.status });
+      }
+      throw e;
+    }
   } catch (e) {
     throw sanitize(e, token);
   }
@@ -252,6 +263,19 @@ async function pullOnline(ctx: NetCtx, revision: string, repoDir: string, concur
   }
   const files = ["config.json", ...(plan.hasIndex ? [INDEX_FILE] : []), ...rest.map((f) => f.path)].sort();
   return { dir: snapshotDir, commit, files };
+}
+
+/** Whether the cache holds a snapshot for `revision` (its ref, or the commit itself). */
+async function cachedSnapshot(repoDir: string, revision: string): Promise<boolean> {
+  let commit = revision;
+  if (!HEX40.test(revision)) {
+    try {
+      commit = (await readFile(join(repoDir, "refs", revision), "utf8")).trim();
+    } catch {
+      return false;
+    }
+  }
+  return HEX40.test(commit) && existsSync(join(repoDir, "snapshots", commit, "config.json"));
 }
 
 async function walkFiles(root: string, prefix = ""): Promise<string[]> {

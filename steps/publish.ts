@@ -1,6 +1,9 @@
 // publish: the patched model and a model card, to the Hub (or to a local folder with --push-to file:<dir>).
-// A run whose gate failed never gets here unless --force (the runner stops at validate).
-import { copyFileSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+// A run whose gate failed never gets here unless --force (the runner stops at validate), or
+// `realign publish <run> --force` (cli/publish.ts runs this step alone).
+// Publishing to the Hub without a token (or offline) is not an error: the step writes the card and
+// published.json {skipped: "no token" | "offline"} and the run ends by saying how to publish later.
+import { copyFileSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Step } from "../pipeline/runner.ts";
 import type { Settings } from "./settings.ts";
@@ -69,14 +72,19 @@ export const publishStep: Step<Settings> = {
       return { report: { published } };
     }
     const token = ctx.secrets.hfToken;
-    if (!token) throw new Error("publishing to the Hub needs a write token: set HF_TOKEN (or pass --no-publish)");
+    const unpublished = s.offline ? "offline" : !token ? "no token" : null;
+    if (unpublished || !token) {
+      writeJson(join(ctx.tmpDir, "published.json"), { skipped: unpublished, target: s.pushTo ?? null });
+      ctx.log(`not published (${unpublished}); publish later with \`realign publish ${ctx.outDir}\``);
+      return { report: { published: null } };
+    }
     const { publishModel } = await import("../hub/hub.ts");
     const staging = join(ctx.tmpDir, "staging");
     stage(staging);
     const r = await publishModel({
       dir: staging,
       repo: s.pushTo ?? undefined,
-      defaultName: `${baseModel.split("/").pop()}-ROSI`,
+      defaultName: defaultRepoName(baseModel),
       private: s.private,
       hubUrl: s.hubUrl,
       token,
@@ -84,6 +92,7 @@ export const publishStep: Step<Settings> = {
       commitMessage: `ROSI re-alignment of ${baseModel} (layer ${report.direction?.layer}, α ${report.direction?.alpha})`,
       files: [...files, "rosi-direction.safetensors"],
       card,
+      log: (line) => ctx.log(line),
     });
     rmSync(staging, { recursive: true, force: true });
     const published = { repo: r.repo, commit: r.commit, url: r.url };
@@ -92,6 +101,40 @@ export const publishStep: Step<Settings> = {
     return { report: { published } };
   },
 };
+
+/** The repo name a run publishes to when --push-to is not given: "<model's name>-ROSI". */
+export function defaultRepoName(model: string): string {
+  const name = model.split(/[\\/]/).filter(Boolean).pop() ?? model;
+  return `${name}-ROSI`;
+}
+
+/** Why a finished run's publish step did not publish ("no token", "offline"), or null (published, --no-publish, or not run). */
+export function pendingPublish(outDir: string): string | null {
+  try {
+    const v = JSON.parse(readFileSync(join(outDir, "publish", "published.json"), "utf8")) as { skipped?: unknown };
+    return v.skipped === "no token" || v.skipped === "offline" ? v.skipped : null;
+  } catch {
+    return null;
+  }
+}
+
+/** What the publish step uploads from a run directory, with sizes (bytes): the patched model, the direction, the card. */
+export function publishFiles(outDir: string): { path: string; bytes: number }[] {
+  const modelDir = join(outDir, "inject", "model");
+  const files: { path: string; bytes: number }[] = [];
+  let names: string[] = [];
+  try {
+    names = readdirSync(modelDir).filter((f) => !f.startsWith(".") && f !== "README.md").sort();
+  } catch {
+    return files;
+  }
+  for (const f of names) files.push({ path: f, bytes: statSync(join(modelDir, f)).size });
+  const edit = join(outDir, "inject", "edit.safetensors");
+  if (existsSync(edit)) files.push({ path: "rosi-direction.safetensors", bytes: statSync(edit).size });
+  const card = join(outDir, "publish", "README.md");
+  if (existsSync(card)) files.push({ path: "README.md", bytes: statSync(card).size });
+  return files;
+}
 
 /**
  * A local publish target (--push-to file:<dir>) is replaced as a whole: it must be new, empty, or a

@@ -53,6 +53,8 @@ export const pullStep: Step<Settings> = {
         hubUrl: s.hubUrl,
         token: ctx.secrets.hfToken ?? undefined,
         offline: s.offline,
+        // Back-off lines of retried requests ("…; retrying in 4 s (3/6)") go to the run's log.
+        log: (line) => ctx.log(line),
         onProgress: (e) => {
           if (e.done === e.total && !finished.has(e.file)) {
             finished.add(e.file);
