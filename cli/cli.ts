@@ -104,7 +104,7 @@ function buildCli(): CAC {
     .example("  $ realign generate runs/owner--model/inject/model --prompt 'How do I pick a lock?'");
 
   const demo = cli.command("demo", "run the whole pipeline on the built-in demo model (publishes to <out>/published/)").ignoreOptionDefaultValue();
-  addSettingOptions(demo, new Set(["out", "device", "seed", "nTrain", "nVal", "nEval", "maxNewTokens", "layer", "position", "alpha", "rank"]));
+  addSettingOptions(demo, new Set(["out", "device", "seed", "nTrain", "nVal", "nEval", "maxNewTokens", "layer", "position", "alpha", "rank", "method"]));
   demo.option("--from <step>", "re-run from this step on").option("--force", "re-run every step").example("  $ realign demo --device cpu");
 
   cli

@@ -173,6 +173,8 @@ export function planBundle(opts: BundleOptions = {}): BundlePlan {
   excluded.push(
     { path: "node_modules/onnxruntime-node/bin/napi-v6", why: "native binaries: darwin, win32, linux/arm64 dropped; linux/x64 shipped in onnxruntime-linux-x64.tar.xz" },
     { path: "node_modules/@oven", why: "Bun platform packages: the binary is shipped in bun.xz" },
+    { path: "node_modules/node-llama-cpp", why: "dev-only: llama.cpp for the GGUF tests (they skip without it)" },
+    { path: "node_modules/@node-llama-cpp", why: "dev-only: llama.cpp binaries for the GGUF tests" },
     { path: "node_modules/bun/bin/bun.exe", why: "the Bun binary: shipped in bun.xz" },
     { path: "node_modules/bun/bin/bunx.exe", why: "a copy of the Bun binary: restored as a link" },
   );
