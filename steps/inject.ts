@@ -28,7 +28,7 @@ import { klAt, measure, pointKey, randomUnit, scaleForKl, SweepMemo, sweepScale,
 import { sha256Hex } from "../util/fs.ts";
 import { lineChart } from "../report/plot.ts";
 import { openModel, readJson, type Ctx } from "./common.ts";
-import { outputsOf, readDirections, readSelection, readSource, readSplits, readSpread, writeJson, type Calibration, type GatedRecord, type InjectedEdit, type ShortlistEntry, type SweepPoint } from "./artefacts.ts";
+import { outputsOf, readDirections, readSelection, readSource, readSplits, readSpread, writeJson, type Calibration, type GatedRecord, type InjectedEdit, type Selection, type ShortlistEntry, type SweepPoint } from "./artefacts.ts";
 
 /** KL is heavy-tailed across prompts: calibration holds it to 3/4 of the gate's bound, a margin for unseen prompts. */
 const KL_MARGIN = 0.75;
@@ -118,12 +118,13 @@ export const injectStep: Step<Settings> = {
           const { candidate } = family;
           const dir = directionOf(candidate);
           const dirSha = vectorSha256(dir);
+          const digest = familyDigest(family);
           return sweepScale({
             probe: family.probe,
             admissible,
             ...(refine ? {} : { bisections: 1, descents: 0 }),
             at: async (alpha) => {
-              const key = pointKey({ family: family.name, directionSha: dirSha, scale: alpha, setsHash, extra: familyDigest(family) });
+              const key = pointKey({ family: family.name, directionSha: dirSha, scale: alpha, setsHash, extra: digest });
               const { point, cached } = await memo.getOrMeasure(key, () => measure(model, tok, interventions(family, dir, alpha), mo));
               if (cached && refine) return point; // measured (and logged) by the coarse pass
               bar.tick();
@@ -211,7 +212,7 @@ async function buildFamilies(
   model: DecoderModel,
   names: FamilyName[],
   shortlist: ShortlistEntry[],
-  selection: ReturnType<typeof readSelection>,
+  selection: Selection,
   spread: Record<SpreadMethod, number[]>,
   numLayers: number,
   train: { harmful: number[][]; harmless: number[][] },
@@ -265,7 +266,7 @@ async function buildFamilies(
  * The gated family's first scale: the length of the harmful − harmless mean difference the direction
  * came from, i.e. one class gap along ŝ on a typical harmful prompt (the gate averages 1 there).
  */
-function candidateNorm(selection: ReturnType<typeof readSelection>, c: ShortlistEntry): number {
+function candidateNorm(selection: Selection, c: ShortlistEntry): number {
   const entry = selection.candidates.find((x) => x.layer === c.layer && x.position === c.position);
   return entry && entry.norm > 0 ? entry.norm : 1;
 }

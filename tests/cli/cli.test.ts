@@ -5,7 +5,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { REPO_ROOT, CLI } from "../helpers/shared.ts";
+import { REPO_ROOT, CLI, callerEnv } from "../helpers/shared.ts";
 
 const REPO = REPO_ROOT;
 const BUN = process.execPath;
@@ -18,11 +18,7 @@ const fresh = (name = "d") => join(TMP, `${name}-${n++}`);
 
 /** The caller's environment minus anything that could change settings or provide a token. */
 function cleanEnv(extra: Record<string, string> = {}): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(process.env)) {
-    if (v === undefined || k.startsWith("REALIGN_") || k.startsWith("FAKE_") || k === "HF_TOKEN" || k === "HUGGING_FACE_HUB_TOKEN") continue;
-    env[k] = v;
-  }
+  const env = callerEnv();
   env.HF_HOME = join(TMP, "empty-hf-home");
   env.NO_COLOR = "1";
   return { ...env, ...extra };

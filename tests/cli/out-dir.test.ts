@@ -8,7 +8,7 @@ import { createHash } from "node:crypto";
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
-import { CLI, REPO_ROOT } from "../helpers/shared.ts";
+import { CLI, REPO_ROOT, callerEnv } from "../helpers/shared.ts";
 
 const BUN = process.execPath;
 const REAL_CLI = join(REPO_ROOT, CLI);
@@ -19,11 +19,7 @@ let n = 0;
 const fresh = (name = "d") => join(TMP, `${name}-${n++}`);
 
 function cleanEnv(extra: Record<string, string> = {}): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(process.env)) {
-    if (v === undefined || k.startsWith("REALIGN_") || k.startsWith("FAKE_") || k === "HF_TOKEN" || k === "HUGGING_FACE_HUB_TOKEN") continue;
-    env[k] = v;
-  }
+  const env = callerEnv();
   return { ...env, HF_HOME: join(TMP, "hf-home"), REALIGN_CACHE: join(TMP, "cache"), NO_COLOR: "1", ...extra };
 }
 

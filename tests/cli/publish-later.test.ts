@@ -10,7 +10,7 @@ import { createHash } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { FAKE_TOKEN, startFakeHub, type FakeHub } from "../helpers/fakehub.ts";
-import { CLI, REPO_ROOT } from "../helpers/shared.ts";
+import { CLI, REPO_ROOT, callerEnv } from "../helpers/shared.ts";
 
 const TMP = mkdtempSync(join(tmpdir(), "realign-publish-later-"));
 const RUN = join(TMP, "run");
@@ -20,11 +20,7 @@ let hub: FakeHub;
 let first = { code: null as number | null, stdout: "", stderr: "" };
 
 function cleanEnv(extra: Record<string, string>): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(process.env)) {
-    if (v === undefined || k.startsWith("REALIGN_") || k.startsWith("FAKE_") || k.startsWith("HF_") || k === "HUGGING_FACE_HUB_TOKEN") continue;
-    env[k] = v;
-  }
+  const env = callerEnv({ allHf: true });
   return {
     ...env, HF_HOME: join(TMP, "hf-home"), NO_COLOR: "1", REALIGN_HUB_RETRY_DELAY_MS: "0", REALIGN_CACHE: join(TMP, "graphs"),
     // This test is about publishing, not the verdict: a permissive gate.

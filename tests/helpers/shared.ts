@@ -21,3 +21,17 @@ export function hasShared(): boolean {
 }
 
 export const sharedPath = (...parts: string[]): string => join(SHARED_DIR, ...parts);
+
+/**
+ * The caller's environment without anything that could change realign's settings or hand it a token
+ * (REALIGN_*, the fake Hub's FAKE_*, HF_TOKEN / HUGGING_FACE_HUB_TOKEN; with `allHf`, every HF_* variable).
+ */
+export function callerEnv(opts: { allHf?: boolean } = {}): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    if (v === undefined || k.startsWith("REALIGN_") || k.startsWith("FAKE_") || k === "HUGGING_FACE_HUB_TOKEN") continue;
+    if (opts.allHf ? k.startsWith("HF_") : k === "HF_TOKEN") continue;
+    env[k] = v;
+  }
+  return env;
+}

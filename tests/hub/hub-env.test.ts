@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { HubError, pullModel } from "../../hub/hub.ts";
 import { FAKE_TOKEN, startFakeHub, type FakeHub } from "../helpers/fakehub.ts";
-import { CLI, REPO_ROOT } from "../helpers/shared.ts";
+import { CLI, REPO_ROOT, callerEnv } from "../helpers/shared.ts";
 
 const TMP = mkdtempSync(join(tmpdir(), "realign-hub-env-"));
 const FAKE_CLI = join(REPO_ROOT, "tests", "helpers", "fixtures-runner", "fake-cli.ts");
@@ -103,11 +103,7 @@ describe("network errors are network errors, retried visibly", () => {
 
 /** The caller's environment minus anything that could change settings or provide a token. */
 function cleanEnv(extra: Record<string, string>): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(process.env)) {
-    if (v === undefined || k.startsWith("REALIGN_") || k.startsWith("FAKE_") || k.startsWith("HF_") || k === "HUGGING_FACE_HUB_TOKEN") continue;
-    env[k] = v;
-  }
+  const env = callerEnv({ allHf: true });
   return { ...env, HF_HOME: join(TMP, "empty-hf-home"), NO_COLOR: "1", REALIGN_HUB_RETRY_DELAY_MS: "0", ...extra };
 }
 

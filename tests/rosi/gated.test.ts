@@ -1,18 +1,13 @@
 // The gated edit's key fit against an independent reference: the primal weighted ridge normal
 // equations (XᵀDX + λI)·k = XᵀD·y solved by plain Gaussian elimination in float64.
 import { describe, expect, test } from "bun:test";
+import { mulberry32 } from "../../evals/datasets.ts";
 import { chooseGateFit, concatSamples, EARLIER, GATE_POSITION_CHOICES, rowsFor, selectRows, GATE_RIDGES, choleskySolve, fitGatedKeys, gatedInterventions, gatedLayers, gateValues, GatedFitError, ridgeKeyDual, type WriterSamples } from "../../rosi/gated.ts";
 
-/** Seeded uniform(−1, 1) numbers (mulberry32). */
+/** Seeded uniform(−1, 1) numbers. */
 function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1;
-  };
+  const next = mulberry32(seed);
+  return () => next() * 2 - 1;
 }
 
 function gauss(A: number[][], b: number[]): number[] {
