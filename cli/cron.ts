@@ -18,7 +18,7 @@ export class CronError extends Error {
   override name = "CronError";
 }
 
-const MACROS: Record<string, string> = {
+export const MACROS: Readonly<Record<string, string>> = {
   "@yearly": "0 0 1 1 *",
   "@annually": "0 0 1 1 *",
   "@monthly": "0 0 1 * *",
