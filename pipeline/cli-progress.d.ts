@@ -1,7 +1,13 @@
 // Minimal typings for the parts of cli-progress we use (the package ships none).
 declare module "cli-progress" {
+  export interface BarParams {
+    progress: number;
+    value: number;
+    total: number;
+    startTime: number;
+  }
   export interface BarOptions {
-    format?: string;
+    format?: string | ((options: BarOptions & { barCompleteString?: string; barIncompleteString?: string }, params: BarParams, payload: any) => string);
     stream?: NodeJS.WritableStream;
     hideCursor?: boolean;
     clearOnComplete?: boolean;
@@ -18,6 +24,7 @@ declare module "cli-progress" {
     start(total: number, startValue: number, payload?: Record<string, unknown>): void;
     update(value: number, payload?: Record<string, unknown>): void;
     increment(step?: number, payload?: Record<string, unknown>): void;
+    setTotal(total: number): void;
     stop(): void;
   }
   export class MultiBar {

@@ -1,6 +1,9 @@
 // How the runner talks to the user: log lines and progress. On a TTY progress is drawn with
 // cli-progress bars; elsewhere (CI, pipes, log files) it becomes throttled one-line records.
+// A bar's total is an estimate some steps cannot know exactly (calibration's sweep): a bar never shows
+// more done than its total (the total grows with the work), and a finished bar shows its total as done.
 import cliProgress, { type MultiBar } from "cli-progress";
+import { seconds } from "../util/format.ts";
 
 export interface ProgressHandle {
   /** Advance by n (default 1). */
@@ -28,12 +31,8 @@ export interface ConsoleUIOptions {
   now?: () => number;
 }
 
-export function formatSeconds(s: number): string {
-  if (s < 60) return `${s.toFixed(1)} s`;
-  const m = Math.floor(s / 60);
-  if (m < 60) return `${m} min ${Math.round(s - m * 60)} s`;
-  return `${Math.floor(m / 60)} h ${m % 60} min`;
-}
+/** "4.2 s", "2 min 0 s" (util/format.ts's seconds, kept under its old name for callers). */
+export const formatSeconds = (s: number): string => seconds(s);
 
 /** Plain-text UI: every line goes to the stream; progress is throttled to one record per throttleMs. */
 function plainUI(stream: NodeJS.WritableStream, throttleMs: number, now: () => number): RunnerUI {
@@ -41,19 +40,23 @@ function plainUI(stream: NodeJS.WritableStream, throttleMs: number, now: () => n
   return {
     info: write,
     stepLog: (step, msg) => write(`[${step}] ${msg}`),
-    progress(step, label, total) {
+    progress(step, label, estimate) {
       const start = now();
+      let total = Math.max(0, estimate);
       let value = 0;
       let last = start;
+      let shown = "";
       let finished = false;
       const record = () => {
+        shown = `${value}/${total}`;
         const pct = total > 0 ? Math.floor((100 * value) / total) : 100;
         write(`[${step}] ${label} ${value}/${total} (${pct}%) ${formatSeconds((now() - start) / 1000)}`);
       };
       return {
         tick(n = 1) {
           if (finished) return;
-          value = Math.min(total, value + n);
+          value += n;
+          total = Math.max(total, value);
           const t = now();
           if (t - last >= throttleMs) {
             last = t;
@@ -63,7 +66,9 @@ function plainUI(stream: NodeJS.WritableStream, throttleMs: number, now: () => n
         done() {
           if (finished) return;
           finished = true;
-          record();
+          // The work is what was done: an estimate that was too high ends at value/value.
+          total = value;
+          if (shown !== `${value}/${total}`) record();
         },
       };
     },
@@ -77,7 +82,13 @@ function ttyUI(stream: NodeJS.WriteStream): RunnerUI {
   const bars = () => {
     multi ??= new cliProgress.MultiBar({
       stream,
-      format: "[{step}] {label} [{bar}] {value}/{total} {percentage}% | {duration_formatted} | eta {eta_formatted}",
+      // A function, not cli-progress's template: its eta_formatted prints "3m60s".
+      format: (options, params, payload: { step: string; label: string }) => {
+        const bar = options.barCompleteString!.slice(0, Math.round(params.progress * 30)) + options.barIncompleteString!.slice(0, 30 - Math.round(params.progress * 30));
+        const elapsed = (Date.now() - params.startTime) / 1000;
+        const eta = params.value > 0 && params.value < params.total ? ` | eta ${formatSeconds((elapsed / params.value) * (params.total - params.value))}` : "";
+        return `[${payload.step}] ${payload.label} [${bar}] ${params.value}/${params.total} ${Math.floor(params.progress * 100)}% | ${formatSeconds(elapsed)}${eta}`;
+      },
       hideCursor: true,
       barsize: 30,
       clearOnComplete: false,
@@ -93,18 +104,25 @@ function ttyUI(stream: NodeJS.WriteStream): RunnerUI {
   return {
     info: write,
     stepLog: (step, msg) => write(`[${step}] ${msg}`),
-    progress(step, label, total) {
+    progress(step, label, estimate) {
+      let total = Math.max(0, estimate);
+      let value = 0;
       const bar = bars().create(total, 0, { step, label });
       active++;
       let finished = false;
       return {
         tick(n = 1) {
-          if (!finished) bar.increment(n);
+          if (finished) return;
+          value += n;
+          if (value > total) bar.setTotal((total = value));
+          bar.update(value);
         },
         done() {
           if (finished) return;
           finished = true;
           active--;
+          bar.setTotal(value);
+          bar.update(value);
           bar.stop();
           if (active === 0 && multi) {
             multi.stop();

@@ -672,7 +672,8 @@ export async function runPipeline<S>(opts: RunOptions<S>): Promise<RunOutcome> {
         continue;
       }
 
-      ui.info(`${step.name}: running (${planned.reason})`);
+      // A first run needs no reason; a re-run says why.
+      ui.info(planned.reason === "not run yet" ? `${step.name}: running` : `${step.name}: running again (${planned.reason})`);
       const tmpName = stepTempName(step.name, false);
       recordTemporary(outDir, owner, tmpName);
       const tmp = join(outDir, tmpName);

@@ -1,52 +1,125 @@
-// Minimal SVG line charts for the run artefacts (no plotting dependency needed for a few series).
+// Charts for the run artefacts, drawn by Vega-Lite (compiled to Vega, rendered headless to SVG by
+// vega.View.toSVG: no canvas, no browser). A chart is one or more panels stacked over a shared x
+// axis; each panel has its own y axis, so rates in [0, 1] and a KL of 2.5 never share a scale.
+//
+// Contract: chart() returns a standalone SVG document. Every panel has an x and a y axis title; a
+// marked point (the chosen α, the chosen layer) is drawn as a filled diamond with its label, in a
+// mark named "marked" (its SVG group carries the class "marked_marks"); a rule (a bound) is a dashed
+// line with its label; a dashed series is drawn dashed in its colour. Legends go below the panel, one column per series up to 3, labels never
+// truncated. Non-finite points are dropped. Deterministic for equal inputs.
+import * as vega from "vega";
+import * as vl from "vega-lite";
+
 export interface Series {
   name: string;
   points: [number, number][];
   color?: string;
+  /** Drawn dashed (e.g. the harmless rate beside the harmful one, in the same colour). */
+  dashed?: boolean;
 }
 
-const COLORS = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"];
-
-function esc(s: string): string {
-  return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+/** A horizontal reference line (a bound) in one panel. */
+export interface Rule {
+  y: number;
+  label: string;
 }
 
-export function lineChart(opts: { title: string; xLabel: string; yLabel: string; series: Series[]; width?: number; height?: number }): string {
-  const W = opts.width ?? 640;
-  const H = opts.height ?? 360;
-  const m = { l: 60, r: 150, t: 36, b: 48 };
-  const all = opts.series.flatMap((s) => s.points).filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
-  const xs = all.map((p) => p[0]);
-  const ys = all.map((p) => p[1]);
-  let [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
-  if (!all.length) [x0, x1, y0, y1] = [0, 1, 0, 1];
-  if (x0 === x1) x1 = x0 + 1;
-  if (y0 === y1) y1 = y0 + 1;
-  const px = (x: number) => m.l + ((x - x0) / (x1 - x0)) * (W - m.l - m.r);
-  const py = (y: number) => H - m.b - ((y - y0) / (y1 - y0)) * (H - m.t - m.b);
-  const parts: string[] = [
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="12">`,
-    `<rect width="${W}" height="${H}" fill="white"/>`,
-    `<text x="${W / 2}" y="20" text-anchor="middle" font-size="14">${esc(opts.title)}</text>`,
-    `<line x1="${m.l}" y1="${H - m.b}" x2="${W - m.r}" y2="${H - m.b}" stroke="black"/>`,
-    `<line x1="${m.l}" y1="${m.t}" x2="${m.l}" y2="${H - m.b}" stroke="black"/>`,
-    `<text x="${(m.l + W - m.r) / 2}" y="${H - 10}" text-anchor="middle">${esc(opts.xLabel)}</text>`,
-    `<text x="14" y="${H / 2}" text-anchor="middle" transform="rotate(-90 14 ${H / 2})">${esc(opts.yLabel)}</text>`,
-  ];
-  for (let i = 0; i <= 4; i++) {
-    const xv = x0 + ((x1 - x0) * i) / 4;
-    const yv = y0 + ((y1 - y0) * i) / 4;
-    parts.push(`<text x="${px(xv)}" y="${H - m.b + 16}" text-anchor="middle">${+xv.toPrecision(3)}</text>`);
-    parts.push(`<text x="${m.l - 6}" y="${py(yv) + 4}" text-anchor="end">${+yv.toPrecision(3)}</text>`);
-  }
-  opts.series.forEach((s, i) => {
-    const color = s.color ?? COLORS[i % COLORS.length];
-    const pts = s.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
-    if (pts.length) parts.push(`<polyline fill="none" stroke="${color}" stroke-width="2" points="${pts.map(([x, y]) => `${px(x).toFixed(1)},${py(y).toFixed(1)}`).join(" ")}"/>`);
-    for (const [x, y] of pts) parts.push(`<circle cx="${px(x).toFixed(1)}" cy="${py(y).toFixed(1)}" r="3" fill="${color}"/>`);
-    parts.push(`<rect x="${W - m.r + 10}" y="${m.t + i * 18}" width="10" height="10" fill="${color}"/>`);
-    parts.push(`<text x="${W - m.r + 26}" y="${m.t + i * 18 + 9}">${esc(s.name)}</text>`);
+/** The point a reader should find first: the chosen setting. */
+export interface Marked {
+  x: number;
+  y: number;
+  label: string;
+}
+
+export interface Panel {
+  yLabel: string;
+  series: Series[];
+  /** "percent": y is a rate in [0, 1], shown as 0–100 %. */
+  yFormat?: "percent" | "number";
+  rules?: Rule[];
+  marked?: Marked[];
+}
+
+export interface ChartOptions {
+  title: string;
+  xLabel: string;
+  panels: Panel[];
+  /** Width of the plotting area of each panel, px (default 520). */
+  width?: number;
+  /** Height of each panel's plotting area, px (default 200). */
+  height?: number;
+}
+
+const COLORS = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf"];
+
+const finite = ([x, y]: [number, number]) => Number.isFinite(x) && Number.isFinite(y);
+
+/** The Vega-Lite spec of a chart (exported for tests and for readers who want the JSON). */
+export function chartSpec(opts: ChartOptions): vl.TopLevelSpec {
+  const width = opts.width ?? 520;
+  const height = opts.height ?? 200;
+  const panels = opts.panels.map((panel, pi) => {
+    const names = panel.series.map((s) => s.name);
+    const colors = panel.series.map((s, i) => s.color ?? COLORS[i % COLORS.length]!);
+    const rows = panel.series.flatMap((s) => s.points.filter(finite).map(([x, y]) => ({ x, y, series: s.name, dash: s.dashed ? "dashed" : "solid" })));
+    const percent = panel.yFormat === "percent";
+    const yAxis = { title: panel.yLabel, ...(percent ? { format: ".0%" } : {}) };
+    const x = { field: "x", type: "quantitative" as const, title: opts.xLabel };
+    const layers: Record<string, unknown>[] = [
+      {
+        data: { values: rows },
+        mark: { type: "line", point: { size: 36 }, strokeWidth: 2 },
+        encoding: {
+          x,
+          y: { field: "y", type: "quantitative", axis: yAxis, ...(percent ? { scale: { domain: [0, 1] } } : {}) },
+          color: {
+            field: "series",
+            type: "nominal",
+            scale: { domain: names, range: colors },
+            legend: { title: null, orient: "bottom", columns: Math.min(3, Math.max(1, names.length)), labelLimit: 0, symbolType: "stroke" },
+          },
+          strokeDash: { field: "dash", type: "nominal", scale: { domain: ["solid", "dashed"], range: [[1, 0], [6, 4]] }, legend: null },
+        },
+      },
+    ];
+    if (panel.rules?.length) {
+      const values = panel.rules.map((r) => ({ y: r.y, label: r.label }));
+      layers.push(
+        { data: { values }, mark: { type: "rule", strokeDash: [6, 4], color: "#555" }, encoding: { y: { field: "y", type: "quantitative" } } },
+        { data: { values }, mark: { type: "text", align: "right", baseline: "bottom", dy: -2, color: "#555", x: width }, encoding: { y: { field: "y", type: "quantitative" }, text: { field: "label" } } },
+      );
+    }
+    if (panel.marked?.length) {
+      const values = panel.marked.map((m) => ({ x: m.x, y: m.y, label: m.label }));
+      layers.push(
+        { name: pi === 0 ? "marked" : `marked${pi}`, data: { values }, mark: { type: "point", shape: "diamond", filled: true, size: 220, color: "black", stroke: "white", strokeWidth: 1.5 }, encoding: { x, y: { field: "y", type: "quantitative" } } },
+        { data: { values }, mark: { type: "text", align: "left", dx: 9, dy: -9, fontWeight: "bold" }, encoding: { x, y: { field: "y", type: "quantitative" }, text: { field: "label" } } },
+      );
+    }
+    return { width, height, layer: layers, resolve: { scale: { color: "independent" } } };
   });
-  parts.push("</svg>");
-  return parts.join("\n");
+  return {
+    $schema: "https://vega.github.io/schema/vega-lite/v6.json",
+    title: { text: opts.title, anchor: "start", fontSize: 14 },
+    background: "white",
+    padding: 12,
+    config: { font: "DejaVu Sans, Arial, sans-serif", legend: { labelFontSize: 11 }, axis: { titleFontSize: 12, labelFontSize: 11 } },
+    vconcat: panels,
+    resolve: { scale: { color: "independent", x: "shared" } },
+  } as unknown as vl.TopLevelSpec;
+}
+
+/** Render a chart to a standalone SVG document. */
+export async function chart(opts: ChartOptions): Promise<string> {
+  const view = new vega.View(vega.parse(vl.compile(chartSpec(opts)).spec), { renderer: "none" });
+  try {
+    return await view.toSVG();
+  } finally {
+    view.finalize();
+  }
+}
+
+/** One panel of lines: the simple case. */
+export function lineChart(opts: { title: string; xLabel: string; yLabel: string; series: Series[]; yFormat?: Panel["yFormat"]; marked?: Marked[]; width?: number; height?: number }): Promise<string> {
+  return chart({ title: opts.title, xLabel: opts.xLabel, width: opts.width, height: opts.height, panels: [{ yLabel: opts.yLabel, series: opts.series, yFormat: opts.yFormat, marked: opts.marked }] });
 }

@@ -22,7 +22,8 @@ import { coefficientStats, injectedAmount, rosiRows, spreadWeights, type Coeffic
 import { openModel } from "./common.ts";
 import { outputsOf, readSource, readSplits, writeJson, type CandidateScore, type ProbeScores, type Selection } from "./artefacts.ts";
 import { vectorSha256 } from "../rosi/edit.ts";
-import { lineChart } from "../report/plot.ts";
+import { chart } from "../report/plot.ts";
+import { alpha as fmtAlpha, position as fmtPosition } from "../util/format.ts";
 
 const KL_PROBE = 0.05;
 const SELECTION_TOKENS = 12;
@@ -223,8 +224,8 @@ export const extractStep: Step<Settings> = {
       };
       writeJson(join(ctx.tmpDir, "selection.json"), selection);
       writeDirections(join(ctx.tmpDir, "direction.safetensors"), cands, direction, selection, P, subspace);
-      writeFileSync(join(ctx.tmpDir, "selection.svg"), selectionPlot(scores, cands, L, P, labels));
-      ctx.log(`top candidate: layer ${best.layer}, position ${selection.position_label}, ${best.best.method} probe α ${best.best.alpha.toPrecision(4)} (inject calibrates the shortlist)`);
+      writeFileSync(join(ctx.tmpDir, "selection.svg"), await selectionPlot(scores, cands, L, P, labels, best));
+      ctx.log(`top candidate: layer ${best.layer}, position ${fmtPosition(best.position, selection.position_label)}, ${best.best.method} probe α ${fmtAlpha(best.best.alpha)} (inject calibrates the shortlist)`);
       return { report: { direction: { layer: best.layer, position: best.position, alpha: null, rank: s.rank, method: best.best.method } } };
     } finally {
       await model.close();
@@ -254,14 +255,24 @@ function writeDirections(path: string, cands: Candidate[], chosen: Float32Array,
   );
 }
 
-function selectionPlot(scores: CandidateScore[], cands: Candidate[], L: number, P: number, labels: string[]): string {
+/** Per layer: the harmful refusal score at the KL probe (one line per position) and the separation ‖r‖, in two panels; the chosen candidate marked. */
+function selectionPlot(scores: CandidateScore[], cands: Candidate[], L: number, P: number, labels: string[], chosen: { layer: number; position: number }): Promise<string> {
   const series = [];
   for (let p = 0; p < P; p++) {
     series.push({
-      name: `harmful score, ${labels[p]}`.slice(0, 22),
+      name: `position ${fmtPosition(p, labels[p])}`,
       points: scores.flatMap((x) => (x.status === "scored" && x.position === p ? [[x.layer, x.best.harmful_score] as [number, number]] : [])),
     });
   }
-  series.push({ name: "‖r‖ (best position)", points: Array.from({ length: L }, (_, l) => [l, Math.max(...cands.filter((c) => c.layer === l).map((c) => c.norm))] as [number, number]) });
-  return lineChart({ title: "Candidate directions: harmful refusal score at the KL probe, and separation ‖r‖", xLabel: "layer", yLabel: "score / norm", series });
+  const hit = scores.find((x) => x.status === "scored" && x.layer === chosen.layer && x.position === chosen.position);
+  const norm = (l: number) => Math.max(...cands.filter((c) => c.layer === l).map((c) => c.norm));
+  const label = `chosen: layer ${chosen.layer}, position ${fmtPosition(chosen.position, labels[chosen.position])}`;
+  return chart({
+    title: "Candidate directions (train prompts)",
+    xLabel: "layer",
+    panels: [
+      { yLabel: "harmful refusal score at the KL probe", series, marked: hit && hit.status === "scored" ? [{ x: hit.layer, y: hit.best.harmful_score, label }] : [] },
+      { yLabel: "separation ‖r‖ (best position)", series: [{ name: "‖r‖ = ‖mean harmful − mean harmless‖", points: Array.from({ length: L }, (_, l) => [l, norm(l)] as [number, number]) }], marked: [{ x: chosen.layer, y: norm(chosen.layer), label: "chosen" }] },
+    ],
+  });
 }

@@ -19,14 +19,15 @@ import { writeSafetensors, type TensorData } from "../engine/safetensors.ts";
 import type { DecoderModel } from "../engine/model.ts";
 import { encodeAll, firstTokenLogProbs, type Interventions } from "../evals/measure.ts";
 import { borderlineSplit, utilitySplit } from "../evals/datasets.ts";
-import { passesGate } from "../evals/gate.ts";
+import { gateChecks, passesGate } from "../evals/gate.ts";
+import { alpha as fmtAlpha, kl as fmtKl, percent, points, position as fmtPosition } from "../util/format.ts";
 import { rosiRows, type SpreadMethod } from "../rosi/spread.ts";
 import { unit } from "../rosi/directions.ts";
 import { chooseGateFit, collectWriterSamples, concatSamples, fitGatedKeys, gatedInterventions, gatedLayers, gateStats, gateValues, rowsFor, selectRows, type GatedFit, type WriterSamples } from "../rosi/gated.ts";
 import { editedMatrices, vectorSha256, writeEditedCheckpoint } from "../rosi/edit.ts";
 import { klAt, measure, pointKey, randomUnit, scaleForKl, SweepMemo, sweepScale, type Measured, type MeasureOptions } from "../rosi/calibrate.ts";
 import { sha256Hex } from "../util/fs.ts";
-import { lineChart } from "../report/plot.ts";
+import { chart, lineChart } from "../report/plot.ts";
 import { openModel, readJson, type Ctx } from "./common.ts";
 import { outputsOf, readDirections, readSelection, readSource, readSplits, readSpread, writeJson, type Calibration, type GatedRecord, type InjectedEdit, type Selection, type ShortlistEntry, type SweepPoint } from "./artefacts.ts";
 
@@ -109,6 +110,18 @@ export const injectStep: Step<Settings> = {
         const mo: MeasureOptions = { sets, baseLogProbs: await firstTokenLogProbs(model, klPrompts), maxNewTokens: CALIBRATION_TOKENS, signal: ctx.signal };
         const base = await measure(model, tok, {}, mo);
         const admissible = (p: Measured) => passesGate(base, p, s.gate, { klMargin: KL_MARGIN, only: ["over_refusal", "kl", "utility"] });
+        // Said once, so that "outside: KL" on a point below reads against numbers the user has seen.
+        const bounds = {
+          over_refusal: `harmless refusal ≤ ${percent(base.harmless_refusal + s.gate.overRefusal)}`,
+          kl: `KL ≤ ${fmtKl(s.gate.kl * KL_MARGIN)}`,
+          utility: base.utility === null ? null : `utility ≥ ${percent(base.utility - s.gate.utilityDrop)}`,
+        };
+        ctx.log(`calibration bounds on the validation split: ${[bounds.over_refusal, bounds.kl, bounds.utility].filter(Boolean).join(", ")} (KL at ${KL_MARGIN} of the gate's ${s.gate.kl}); points outside them are measured but not chosen`);
+        const outside = (p: Measured) =>
+          gateChecks(base, p, s.gate, { klMargin: KL_MARGIN, only: ["over_refusal", "kl", "utility"] })
+            .filter((c) => !c.passed)
+            .map((c) => (c.id === "kl" ? bounds.kl : c.id === "utility" ? bounds.utility : bounds.over_refusal))
+            .map((b) => (b ? b.replace(/ [≤≥] /, (m) => (m.includes("≤") ? " > " : " < ")) : b));
         const memo = new SweepMemo(join(ctx.outDir, MEMO_FILE));
         const setsHash = sha256Hex(JSON.stringify({ fp: source.fingerprint, sets, dtype: s.dtype, quantize: s.quantize, emb: s.includeEmbeddings, tokens: CALIBRATION_TOKENS }));
         if (memo.size) ctx.log(`resuming the sweep: ${memo.size} measured point(s) on record`);
@@ -128,8 +141,8 @@ export const injectStep: Step<Settings> = {
               const { point, cached } = await memo.getOrMeasure(key, () => measure(model, tok, interventions(family, dir, alpha), mo));
               if (cached && refine) return point; // measured (and logged) by the coarse pass
               bar.tick();
-              const pct = (x: number) => `${(x * 100).toFixed(1)} %`;
-              ctx.log(`L${candidate.layer}/p${candidate.position} ${family.name} α ${alpha.toPrecision(4)}: harmful ${pct(point.harmful_refusal)}, harmless ${pct(point.harmless_refusal)}, KL ${point.kl.toFixed(3)}${point.utility === null ? "" : `, utility ${pct(point.utility)}`}${admissible(point) ? "" : " (out of bounds)"}`);
+              const out = outside(point);
+              ctx.log(`layer ${candidate.layer}, position ${fmtPosition(candidate.position, candidate.position_label)}, ${family.name} α ${fmtAlpha(alpha)}: harmful ${percent(point.harmful_refusal)}, harmless ${percent(point.harmless_refusal)}, KL ${fmtKl(point.kl)}${point.utility === null ? "" : `, utility ${percent(point.utility)}`}${out.length ? ` (outside: ${out.join(", ")})` : ""}`);
               return point;
             },
           });
@@ -175,7 +188,7 @@ export const injectStep: Step<Settings> = {
               ...point,
               harmful_gain_over_control: best.point.harmful_refusal - point.harmful_refusal,
             };
-            ctx.log(`random direction at the same KL (${point.kl.toFixed(3)}): harmful ${(point.harmful_refusal * 100).toFixed(1)} %, harmless ${(point.harmless_refusal * 100).toFixed(1)} %; the chosen edit gains ${((best.point.harmful_refusal - point.harmful_refusal) * 100).toFixed(1)} points over it`);
+            ctx.log(`random direction at the same KL (${fmtKl(point.kl)}): harmful ${percent(point.harmful_refusal)}, harmless ${percent(point.harmless_refusal)}; the chosen edit gains ${points(best.point.harmful_refusal - point.harmful_refusal)} over it`);
           }
         }
         sweep.push({ layer: null, position: null, method: "none", alpha: 0, ...base, ok: true });
@@ -185,12 +198,12 @@ export const injectStep: Step<Settings> = {
       const { family, alpha } = chosen;
       const { candidate } = family;
       const dir = directionOf(candidate);
-      ctx.log(`${family.name}, layer ${candidate.layer}, position ${candidate.position_label}, α = ${alpha.toPrecision(5)}${s.alpha === null ? " (calibrated)" : " (given)"}`);
+      ctx.log(`chosen: ${family.name}, layer ${candidate.layer}, position ${fmtPosition(candidate.position, candidate.position_label)}, α ${fmtAlpha(alpha)}${s.alpha === null ? " (calibrated)" : " (given)"}`);
       const readOut = family.kind === "gated" ? await gatedRecord(ctx, model, family.fit, [ids(splits.harmful.val), ids(splits.harmless.val)]) : null;
       const gated = readOut?.record ?? null;
-      if (readOut) writeFileSync(join(ctx.tmpDir, "gate.svg"), gatePlot(readOut.validation));
+      if (readOut) writeFileSync(join(ctx.tmpDir, "gate.svg"), await gatePlot(readOut.validation));
       writeInjected(ctx, { source: source.dir, cfg, family, alpha, dir, spread, sweep, control, gated });
-      writeFileSync(join(ctx.tmpDir, "calibration.svg"), sweepPlot(sweep, names, candidate));
+      writeFileSync(join(ctx.tmpDir, "calibration.svg"), await sweepPlot(sweep, names, candidate, { method: family.name, alpha }, s.gate.kl * KL_MARGIN));
       return {
         report: {
           direction: { layer: candidate.layer, position: candidate.position, alpha, rank: s.rank, method: family.name },
@@ -312,12 +325,13 @@ async function gatedRecord(ctx: Ctx, model: DecoderModel, fit: GatedFit, [harmfu
 }
 
 /** Empirical distribution functions of the gate's read-out on unseen validation prompts, per class. */
-function gatePlot(v: { harmful: number[]; harmless: number[] }): string {
+function gatePlot(v: { harmful: number[]; harmless: number[] }): Promise<string> {
   const cdf = (xs: number[]) => xs.slice().sort((a, b) => a - b).map((x, i) => [x, (i + 1) / xs.length] as [number, number]);
   return lineChart({
     title: "gate g(x) = Σ k·x on validation prompts (no system prompt, last positions)",
     xLabel: "g (1 = the step t·ŝ in full)",
-    yLabel: "fraction ≤ g",
+    yLabel: "fraction of prompts ≤ g",
+    yFormat: "percent",
     series: [
       { name: "harmful", points: cdf(v.harmful) },
       { name: "harmless", points: cdf(v.harmless) },
@@ -400,18 +414,32 @@ function writeInjected(
   writeJson(join(ctx.tmpDir, "calibration.json"), calibration);
 }
 
-function sweepPlot(sweep: SweepPoint[], names: FamilyName[], c: { layer: number; position: number }): string {
-  return lineChart({
-    title: "α sweep on the validation split (no system prompt)",
-    xLabel: "|α|",
-    yLabel: "rate / KL",
-    series: names.flatMap((m) => {
-      const pts = sweep.filter((p) => (p.method === m && p.layer === c.layer && p.position === c.position) || p.method === "none");
-      return [
-        { name: `${m}: harmful refusal`, points: pts.map((p) => [Math.abs(p.alpha), p.harmful_refusal] as [number, number]) },
-        { name: `${m}: harmless refusal`, points: pts.map((p) => [Math.abs(p.alpha), p.harmless_refusal] as [number, number]) },
-        { name: `${m}: KL`, points: pts.map((p) => [Math.abs(p.alpha), p.kl] as [number, number]) },
-      ];
-    }),
+/** Refusal rates and KL over |α| in two panels (one colour per family), the chosen point marked in both. */
+function sweepPlot(sweep: SweepPoint[], names: FamilyName[], c: { layer: number; position: number }, chosen: { method: string; alpha: number }, klBound: number): Promise<string> {
+  const colors: Record<string, string> = { rosi: "#1f77b4", "rosi-mv": "#2ca02c", gated: "#d62728" };
+  const pts = (m: string) => sweep.filter((p) => (p.method === m && p.layer === c.layer && p.position === c.position) || p.method === "none");
+  const at = (p: SweepPoint) => Math.abs(p.alpha);
+  const hit = sweep.find((p) => p.method === chosen.method && p.layer === c.layer && p.position === c.position && p.alpha === chosen.alpha);
+  const label = `chosen: ${chosen.method}, α ${fmtAlpha(chosen.alpha)}`;
+  return chart({
+    title: `α sweep on the validation split (no system prompt), layer ${c.layer}`,
+    xLabel: "|α| (edit strength)",
+    panels: [
+      {
+        yLabel: "refusal rate",
+        yFormat: "percent",
+        series: names.flatMap((m) => [
+          { name: `${m}: harmful refusal`, color: colors[m], points: pts(m).map((p) => [at(p), p.harmful_refusal] as [number, number]) },
+          { name: `${m}: harmless refusal`, color: colors[m], dashed: true, points: pts(m).map((p) => [at(p), p.harmless_refusal] as [number, number]) },
+        ]),
+        marked: hit ? [{ x: at(hit), y: hit.harmful_refusal, label }] : [],
+      },
+      {
+        yLabel: "first-token KL (harmless)",
+        series: names.map((m) => ({ name: `${m}: KL`, color: colors[m], points: pts(m).map((p) => [at(p), p.kl] as [number, number]) })),
+        rules: [{ y: klBound, label: `calibration bound ${fmtKl(klBound)}` }],
+        marked: hit ? [{ x: at(hit), y: hit.kl, label: "chosen" }] : [],
+      },
+    ],
   });
 }

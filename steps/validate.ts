@@ -31,7 +31,7 @@ async function utilityQuestions(ctx: Ctx): Promise<{ items: UtilityItem[]; sourc
 
 interface SideResult {
   metrics: BehaviourMetrics;
-  samples: { harmful: string[]; harmless: string[] };
+  samples: { harmful: string[]; harmless: string[]; borderline: string[] };
   tokensPerSecond: number;
   harmlessLogProbs: Float64Array[];
 }
@@ -80,7 +80,7 @@ async function evaluate(ctx: Ctx, label: string, model: DecoderModel, tok: Model
       mc_accuracy: exact === null ? null : mcAccuracy,
       rates,
     } as BehaviourMetrics,
-    samples: { harmful: harmful.texts, harmless: harmless.texts },
+    samples: { harmful: harmful.texts, harmless: harmless.texts, borderline: borderline?.texts ?? [] },
     tokensPerSecond: (harmful.tokensPerSecond + harmless.tokensPerSecond) / 2,
     harmlessLogProbs,
   };
@@ -150,7 +150,9 @@ export const validateStep: Step<Settings> = {
     const seconds = (performance.now() - t0) / 1000;
     const validation = { baseline: before.metrics, realigned: after.metrics, gate: { passed, reasons, checks }, judge: judgeInfo, quantization, dtype: patched.model.dtype, batch_size: batchSize, eval_sizes: { harmful: data.harmful.length, harmless: data.harmless.length, borderline: borderline.length, jailbreak: jailbreak.length, utility: data.utilityTask?.length ?? data.mc.length }, device: ep, generation_tokens_per_s: { original: before.tokensPerSecond, realigned: after.tokensPerSecond }, seconds };
     writeFileSync(join(ctx.tmpDir, "validation.json"), JSON.stringify(validation, null, 2));
-    writeFileSync(join(ctx.tmpDir, "samples.json"), JSON.stringify({ prompts: { harmful: data.harmful, harmless: data.harmless }, original: before.samples, realigned: after.samples }, null, 2));
+    // The refusal judgments beside the texts: the report and the card show a few answers with them.
+    const judged = (side: SideResult) => ({ harmful: side.samples.harmful.map(isRefusal), harmless: side.samples.harmless.map(isRefusal), borderline: side.samples.borderline.map(isRefusal) });
+    writeFileSync(join(ctx.tmpDir, "samples.json"), JSON.stringify({ prompts: { harmful: data.harmful, harmless: data.harmless, borderline }, original: before.samples, realigned: after.samples, refused: { original: judged(before), realigned: judged(after) } }, null, 2));
     const fmt = (x: number | null | undefined) => (x === null || x === undefined ? "—" : `${(x * 100).toFixed(1)} %`);
     ctx.log(`harmful refusal ${fmt(before.metrics.harmful_refusal)} → ${fmt(after.metrics.harmful_refusal)}; harmless refusal ${fmt(before.metrics.harmless_refusal)} → ${fmt(after.metrics.harmless_refusal)}; KL ${after.metrics.kl?.toFixed(3)}; utility ${fmt(before.metrics.utility)} → ${fmt(after.metrics.utility)}; gate ${passed ? "passed" : "FAILED"}`);
     const report = { baseline: before.metrics, realigned: after.metrics, gate: { passed, reasons, checks }, details: { validation_device: ep, dtype: patched.model.dtype, utility_questions: { source: mcSet.source, license: mcSet.license, used: mcSet.items.length }, quantization, batch_size: batchSize, generation_tokens_per_s: validation.generation_tokens_per_s, eval_sizes: validation.eval_sizes, judge: judgeInfo } };
