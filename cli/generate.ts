@@ -1,13 +1,14 @@
-// `realign generate <model-dir> --prompt "…" [--system "…"] [--raw] [--max-new-tokens N] [--device …] [--dtype float32|float16] [--json]`
+// `realign generate <model-dir | run-dir> --prompt "…" [--system "…"] [--raw] [--max-new-tokens N] [--device …] [--dtype float32|float16] [--json]`
 //   [--temperature T [--top-p P] [--top-k K] [--seed S] [--samples N | --best-of N --rank srr[:<file>]]] [--stop <text>]
 // Greedy unless --temperature > 0; sampling prints the seed it used (stderr, or "seed" in --json) so a
 // run can be repeated exactly. --best-of N --rank srr samples N replies and prints the one a Safety
-// Representation Ranking scorer (evals/srr.ts; srr.safetensors) ranks first.
+// Representation Ranking scorer (evals/srr.ts; srr.safetensors) ranks first. A run directory stands for its re-aligned model
+// (inject/model), and `--rank srr` then finds the scorer the run's srr step trained (srr/scorer/srr.safetensors).
 // Option values arrive as typed (cli.ts scanArgv): `--prompt ""` is the empty prompt (with --raw:
 // BOS alone), `--prompt 007` the text "007". Bad options and a model directory whose files cannot
 // be loaded (tokenizer, config, weights) are usage errors: one line naming the file, exit 2.
 import { existsSync, statSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { basename, dirname, join, resolve } from "node:path";
 import { DecoderModel } from "../engine/model.ts";
 import { generate } from "../engine/generate.ts";
 import type { SamplingOptions } from "../engine/sampling.ts";
@@ -39,6 +40,24 @@ export interface GenerateCommandOptions {
   rank?: string;
 }
 
+/**
+ * Where `--rank srr` finds the scorer: <model-dir>/srr.safetensors (a published model), else, for a run's
+ * re-aligned model (<run>/inject/model), the srr step's <run>/srr/scorer/srr.safetensors.
+ */
+export function defaultSrrFile(modelDir: string): string {
+  const own = join(modelDir, "srr.safetensors");
+  const abs = resolve(modelDir);
+  if (existsSync(own) || basename(abs) !== "model" || basename(dirname(abs)) !== "inject") return own;
+  const run = join(dirname(abs), "..", "srr", "scorer", "srr.safetensors");
+  return existsSync(run) ? resolve(run) : own;
+}
+
+/** A realign run directory given where a model directory is expected: its re-aligned model (inject/model). */
+export function runDirModel(dir: string): string {
+  const m = join(dir, "inject", "model");
+  return !existsSync(join(dir, "config.json")) && existsSync(join(dir, ".realign-run")) && existsSync(join(m, "config.json")) ? m : dir;
+}
+
 /** --best-of N --rank srr[:<file>]: how many candidates and the scorer's file; null when not asked. */
 export function parseRankFlags(f: { bestOf?: unknown; rank?: unknown }, modelDir: string, sampling: SamplingOptions | undefined, cwd = process.cwd()): { bestOf: number; file: string } | null {
   const bestOf = flagValue("--best-of", f.bestOf, INTEGER, "an integer ≥ 2", (x) => Number.isSafeInteger(x) && x >= 2);
@@ -48,8 +67,8 @@ export function parseRankFlags(f: { bestOf?: unknown; rank?: unknown }, modelDir
   if (!sampling) throw new UsageError("--best-of applies only when sampling: add --temperature T (T > 0); greedy gives one reply");
   const rank = f.rank;
   if (typeof rank !== "string" || !/^srr(:.+)?$/.test(rank)) throw new UsageError(`--rank must be srr or srr:<file>, got ${JSON.stringify(rank === true ? "(no value)" : rank)}`);
-  const file = rank === "srr" ? join(modelDir, "srr.safetensors") : resolve(cwd, rank.slice(4));
-  if (!existsSync(file)) throw new UsageError(rank === "srr" ? `--rank srr looks for ${file}, which does not exist: give --rank srr:<file> (bun bench/srr.ts trains one)` : `--rank: ${file} does not exist`);
+  const file = rank === "srr" ? defaultSrrFile(modelDir) : resolve(cwd, rank.slice(4));
+  if (!existsSync(file)) throw new UsageError(rank === "srr" ? `--rank srr looks for ${file}, which does not exist: give --rank srr:<file>, or run realign with --srr (bun bench/srr.ts also trains one)` : `--rank: ${file} does not exist`);
   return { bestOf, file };
 }
 
@@ -129,9 +148,10 @@ export async function loadingModelFiles<T>(load: () => Promise<T>): Promise<T> {
 }
 
 /** Returns the process exit code (0 ok); throws UsageError (exit 2) for bad options or model files. */
-export async function generateCommand(modelDir: string, opts: GenerateCommandOptions): Promise<number> {
-  if (!modelDir || !existsSync(modelDir)) throw new UsageError(`model directory ${modelDir || "(none)"} does not exist`);
-  if (!statSync(modelDir).isDirectory()) throw new UsageError(`${modelDir} is not a model directory (it is a file)`);
+export async function generateCommand(given: string, opts: GenerateCommandOptions): Promise<number> {
+  if (!given || !existsSync(given)) throw new UsageError(`model directory ${given || "(none)"} does not exist`);
+  if (!statSync(given).isDirectory()) throw new UsageError(`${given} is not a model directory (it is a file)`);
+  const modelDir = runDirModel(given);
   if (typeof opts.prompt !== "string") throw new UsageError('generate needs --prompt "…" (--prompt "" with --raw: from BOS alone)');
   if (opts.system !== undefined && typeof opts.system !== "string") throw new UsageError("--system needs a value");
   if (opts.raw && opts.system !== undefined) throw new UsageError("--system has no effect with --raw (the raw prompt has no chat template); drop one of them");

@@ -9,10 +9,12 @@
 //   inject    model/ (the patched checkpoint), edit.safetensors (the direction that was injected, and
 //             its key), calibration.json, calibration.svg (and gate.svg for a gated edit)
 //   validate  validation.json, samples.json
+//   srr       srr.json, scorer/ (srr.safetensors when the srr setting is on; empty otherwise)
+//   export    export.json, gguf/ (the GGUF of the re-aligned model when the gguf setting is not none; empty otherwise)
 //   publish   published.json, README.md
 //
 // JSON artefacts are snake_case (file schemas); the interfaces here are those schemas.
-import { readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { StepContext } from "../pipeline/runner.ts";
 import { SafetensorsFile } from "../engine/safetensors.ts";
@@ -23,6 +25,10 @@ export const ARTEFACTS = {
   extract: ["direction.safetensors", "selection.json", "selection.svg", "spread.json"],
   inject: ["model", "edit.safetensors", "calibration.json", "calibration.svg"],
   validate: ["validation.json", "samples.json"],
+  // The runner's outputs are fixed per step, so an optional file lives in a folder that is empty when
+  // the setting is off (the step still runs, in milliseconds, and its JSON says it was off).
+  srr: ["srr.json", "scorer"],
+  export: ["export.json", "gguf"],
   publish: ["published.json", "README.md"],
 } as const satisfies Record<string, readonly string[]>;
 
@@ -46,7 +52,7 @@ export function writeJson(path: string, value: unknown): void {
   writeFileSync(path, JSON.stringify(value, null, 2) + "\n");
 }
 
-type FieldKind = "string" | "number" | "boolean" | "object" | "array" | "string|null" | "number|null";
+type FieldKind = "string" | "number" | "boolean" | "object" | "array" | "string|null" | "number|null" | "object|null";
 
 /** Parse a JSON artefact and check the fields its readers rely on; errors name the file and the field. */
 function readChecked<T>(path: string, fields: Record<string, FieldKind>): T {
@@ -87,6 +93,12 @@ export interface PromptSplits {
   harmless: { train: string[]; val: string[]; eval: string[] };
   /** Harmless prompts in no split (≤ KL_EXTRA_PROMPTS): calibration adds them to its first-token KL. */
   klExtra: string[];
+  /**
+   * Prompts in no split that only the gated edit's key fit adds to the train prompts: the built-in sets
+   * (or, when the run already uses them, what its splits left), so that the gate learns harm across
+   * phrasings and sources rather than the style of one dataset. Never in val, eval or klExtra.
+   */
+  gateExtra: { harmful: string[]; harmless: string[] };
   sources: { name: string; source: string; size: number; license?: string }[];
   systemPrompt: string | null;
   systemPromptSource: string | null;
@@ -108,6 +120,8 @@ export function readSplits(ctx: StepContext<unknown>): PromptSplits {
   }
   if (s.klExtra === undefined) s.klExtra = []; // written before elicit version 3
   if (!Array.isArray(s.klExtra)) throw new ArtefactError(`${path}: klExtra should be a list of prompts`);
+  if (s.gateExtra === undefined) s.gateExtra = { harmful: [], harmless: [] }; // written before elicit version 4
+  if (!Array.isArray(s.gateExtra?.harmful) || !Array.isArray(s.gateExtra?.harmless)) throw new ArtefactError(`${path}: gateExtra should be {harmful, harmless} lists of prompts`);
   const c = s.contrast as unknown;
   const isList = (v: unknown) => Array.isArray(v) && v.every((x) => typeof x === "string");
   if (c !== null && (typeof c !== "object" || !isList((c as Record<string, unknown>).harmful) || !isList((c as Record<string, unknown>).harmless))) {
@@ -283,3 +297,55 @@ export const patchedModelDir = (ctx: StepContext<unknown>): string => artefact(c
 
 /** The injected direction file (`direction`, and `key.<tensor>` for a gated edit, plus the InjectedEdit as metadata), as published. */
 export const injectedEditPath = (ctx: StepContext<unknown>): string => artefact(ctx, "inject", "edit.safetensors");
+
+// ---- srr -------------------------------------------------------------------------------------------
+
+/** The scorer file inside the srr step's scorer/ folder (present only when the srr setting was on). */
+export const SRR_FILE = "srr.safetensors";
+
+/** The trained scorer of a finished srr step, or null when the step ran with srr off. */
+export function srrScorerPath(ctx: StepContext<unknown>): string | null {
+  const p = join(artefact(ctx, "srr", "scorer"), SRR_FILE);
+  return existsSync(p) ? p : null;
+}
+
+// ---- export ----------------------------------------------------------------------------------------
+
+/** What the export step wrote: the GGUF file in gguf/ and what a model card says about it. */
+export interface GgufRecord {
+  /** File name inside gguf/ (and in the published repo). */
+  file: string;
+  type: string;
+  bytes: number;
+  sha256: string;
+  architecture: string;
+  tensors: number;
+  tokenizer_model: string;
+  pre_tokenizer: string;
+  pre_tokenizer_source: string;
+  /** The realign.* GGUF metadata (the ROSI edit: method, alpha, layer, position, direction_sha256). */
+  realign: Record<string, string>;
+  warnings: string[];
+  /** Matrices written as F16 in a q8_0 export (rows not a multiple of 32). */
+  fallbacks: string[];
+  /** An Ollama TEMPLATE that renders exactly what the model's chat template renders (checked on probe conversations), or why there is none. */
+  ollama: { kind: "template"; template: string; stop: string[] } | { kind: "none"; reason: string };
+}
+
+/** export.json: the gguf setting was none (nothing written), or the record of the file. */
+export type ExportRecord = { gguf: null } | { gguf: GgufRecord };
+
+export function readExport(ctx: StepContext<unknown>): ExportRecord {
+  const path = artefact(ctx, "export", "export.json");
+  const r = readChecked<{ gguf: unknown }>(path, { gguf: "object|null" });
+  if (r.gguf === null) return { gguf: null };
+  const g = r.gguf as Record<string, unknown>;
+  if (typeof g.file !== "string" || typeof g.type !== "string" || typeof g.bytes !== "number") throw new ArtefactError(`${path}: gguf should name its file, type and bytes; re-run the export step (--from export)`);
+  return { gguf: g as unknown as GgufRecord };
+}
+
+/** The GGUF file of a finished export step, or null when the gguf setting was none. */
+export function ggufPath(ctx: StepContext<unknown>): { path: string; record: GgufRecord } | null {
+  const r = readExport(ctx);
+  return r.gguf ? { path: join(artefact(ctx, "export", "gguf"), r.gguf.file), record: r.gguf } : null;
+}

@@ -3,7 +3,7 @@
 // `realign publish <run> --force` (cli/publish.ts runs this step alone).
 // Publishing to the Hub without a token (or offline) is not an error: the step writes the card and
 // published.json {skipped: "no token" | "offline"} and the run ends by saying how to publish later.
-import { copyFileSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { constants as fsConstants, copyFileSync, existsSync, linkSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Step } from "../pipeline/runner.ts";
 import type { Settings } from "./settings.ts";
@@ -11,10 +11,12 @@ import { settingsHash } from "./settings.ts";
 import { buildReport, emptyReport, type ReportPart } from "../report/build.ts";
 import { parseModelCard, renderModelCard } from "../report/modelcard.ts";
 import { UsageError } from "../util/errors.ts";
-import { injectedEditPath, outputsOf, patchedModelDir, readSource, readSplits, writeJson } from "./artefacts.ts";
+import { reproduceCommand } from "./reproduce.ts";
+import { readSamples } from "../report/build.ts";
+import { ggufPath, injectedEditPath, outputsOf, patchedModelDir, readSource, readSplits, srrScorerPath, SRR_FILE, writeJson } from "./artefacts.ts";
 
 const VERSION = "0.1.0";
-const UPSTREAM = ["pull", "elicit", "extract", "inject", "validate"];
+const UPSTREAM = ["pull", "elicit", "extract", "inject", "validate", "srr", "export"];
 
 export const publishStep: Step<Settings> = {
   name: "publish",
@@ -30,27 +32,36 @@ export const publishStep: Step<Settings> = {
     const parts = ctx.reportParts().map((p) => p.part as ReportPart | null);
     const report = buildReport(emptyReport(source.repo ?? s.model, source.commit ?? s.revision, hash), parts, {});
     const baseModel = source.repo ?? s.model.split("/").filter(Boolean).pop() ?? s.model;
+    const reproduce = reproduceCommand(s, source);
     const card = renderModelCard({
       baseModel,
+      baseModelOnHub: source.repo !== null,
       baseRevision: source.commit,
       license: source.license,
       report,
-      settings: { ...s } as unknown as Record<string, unknown>,
+      settings: reproduce.settings,
       systemPrompt: splits.systemPrompt ?? "(none: --no-system-prompt)",
-      promptSets: splits.sources.map((p) => ({ name: p.name, source: p.source, size: p.size })),
+      // File names only: a local path means nothing on the Hub.
+      promptSets: splits.sources.map((p) => ({ name: p.name, source: p.source.includes("/") && !p.source.startsWith("hf:") ? p.source.split("/").pop()! : p.source, size: p.size })),
       realignVersion: VERSION,
-      command: `bun run realign ${source.repo ?? s.model}${source.commit ? ` --revision ${source.commit}` : ""} --method ${report.direction?.method ?? s.method} --layer ${report.direction?.layer} --position ${report.direction?.position} --alpha=${report.direction?.alpha}`,
+      command: reproduce.command,
+      repoId: s.pushTo && !s.pushTo.startsWith("file:") ? s.pushTo : null,
+      samples: readSamples(ctx.outDir),
+      evalSets: { harmful: s.evalHarmful, harmless: s.evalHarmless, utility: s.utility },
     });
     writeFileSync(join(ctx.tmpDir, "README.md"), card);
     const modelDir = patchedModelDir(ctx);
     const files = readdirSync(modelDir).filter((f) => !f.startsWith(".") && f !== "README.md");
+    const extras = publishExtras(ctx, files);
     /** The repo's contents in `dir`: the patched model, the direction, the card. */
     const stage = (dir: string) => {
       mkdirSync(dir, { recursive: true });
-      for (const f of files) copyFileSync(join(modelDir, f), join(dir, f));
+      // Hard links, not a second copy of the weights (a copy only across filesystems).
+      for (const f of files) linkOrCopy(join(modelDir, f), join(dir, f));
       // The direction that was injected (not extract's top candidate): the weights' metadata names the same sha256.
-      copyFileSync(injectedEditPath(ctx), join(dir, "rosi-direction.safetensors"));
+      linkOrCopy(injectedEditPath(ctx), join(dir, "rosi-direction.safetensors"));
       writeFileSync(join(dir, "README.md"), card);
+      stageExtras(dir, extras);
     };
     if (!s.publish) {
       writeJson(join(ctx.tmpDir, "published.json"), { skipped: "--no-publish" });
@@ -90,7 +101,7 @@ export const publishStep: Step<Settings> = {
       token,
       settingsHash: hash,
       commitMessage: `ROSI re-alignment of ${baseModel} (layer ${report.direction?.layer}, α ${report.direction?.alpha})`,
-      files: [...files, "rosi-direction.safetensors"],
+      files: [...files, "rosi-direction.safetensors", ...extras.map((e) => e.name)],
       card,
       log: (line) => ctx.log(line),
     });
@@ -101,6 +112,24 @@ export const publishStep: Step<Settings> = {
     return { report: { published } };
   },
 };
+
+/**
+ * `dst` becomes a hard link to `src` (same inode: no second copy of the shards); where links cannot
+ * be made (another filesystem, a filesystem without them) a copy. Safe because realign never writes
+ * into a published file or an inject output in place: both are replaced whole (rename), which leaves
+ * the other name's content as it was.
+ */
+export function linkOrCopy(src: string, dst: string): "link" | "copy" {
+  try {
+    linkSync(src, dst);
+    return "link";
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== "EXDEV" && code !== "EPERM" && code !== "ENOTSUP" && code !== "EMLINK" && code !== "ENOSYS") throw e;
+    copyFileSync(src, dst);
+    return "copy";
+  }
+}
 
 /** The repo name a run publishes to when --push-to is not given: "<model's name>-ROSI". */
 export function defaultRepoName(model: string): string {
@@ -131,6 +160,7 @@ export function publishFiles(outDir: string): { path: string; bytes: number }[] 
   for (const f of names) files.push({ path: f, bytes: statSync(join(modelDir, f)).size });
   const edit = join(outDir, "inject", "edit.safetensors");
   if (existsSync(edit)) files.push({ path: "rosi-direction.safetensors", bytes: statSync(edit).size });
+  for (const e of runExtras(outDir)) files.push({ path: e.name, bytes: statSync(e.src).size });
   const card = join(outDir, "publish", "README.md");
   if (existsSync(card)) files.push({ path: "README.md", bytes: statSync(card).size });
   return files;
@@ -159,5 +189,54 @@ export function checkLocalPublishTarget(target: string): void {
   if (!published) {
     const shown = names.slice(0, 5).join(", ") + (names.length > 5 ? ` and ${names.length - 5} more` : "");
     throw new UsageError(`--push-to file:${target} holds files realign did not publish (${shown}): publishing replaces the whole folder; give a new or empty folder`);
+  }
+}
+
+// ---- files published beside the model: the GGUF (export step) and the SRR scorer (srr step) ---------
+
+interface Extra {
+  /** The step's artefact. */
+  src: string;
+  /** Its name in the published repo. */
+  name: string;
+}
+
+/** The optional files a run publishes, from its run directory (either may be absent: setting off). */
+function runExtras(outDir: string): Extra[] {
+  const out: Extra[] = [];
+  try {
+    const r = JSON.parse(readFileSync(join(outDir, "export", "export.json"), "utf8")) as { gguf?: { file?: unknown } | null };
+    const file = r.gguf?.file;
+    if (typeof file === "string" && existsSync(join(outDir, "export", "gguf", file))) out.push({ src: join(outDir, "export", "gguf", file), name: file });
+  } catch {
+    // no export step yet (an older run): nothing to add
+  }
+  const srr = join(outDir, "srr", "scorer", SRR_FILE);
+  if (existsSync(srr)) out.push({ src: srr, name: SRR_FILE });
+  return out;
+}
+
+/** The step's view of runExtras (through its declared upstream artefacts); a name that would replace a model file is refused. */
+function publishExtras(ctx: Parameters<Step<Settings>["run"]>[0], modelFiles: readonly string[]): Extra[] {
+  const out: Extra[] = [];
+  const gguf = ggufPath(ctx);
+  if (gguf) out.push({ src: gguf.path, name: gguf.record.file });
+  const srr = srrScorerPath(ctx);
+  if (srr) out.push({ src: srr, name: SRR_FILE });
+  for (const e of out) if (modelFiles.includes(e.name) || e.name === "rosi-direction.safetensors" || e.name === "README.md") throw new UsageError(`the model folder already holds a file named ${e.name}; the run's ${e.name} would replace it, so nothing was published`);
+  return out;
+}
+
+/** Hard links (same file system: no bytes copied), else a kernel-side copy; never read into memory. */
+function stageExtras(dir: string, extras: readonly Extra[]): void {
+  for (const e of extras) {
+    const dst = join(dir, e.name);
+    try {
+      linkSync(e.src, dst);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === "EEXIST") throw err;
+      copyFileSync(e.src, dst, fsConstants.COPYFILE_EXCL);
+    }
   }
 }

@@ -25,6 +25,10 @@ export type Method = (typeof METHODS)[number];
 export const QUANTIZE = ["auto", "none", "int8", "int4"] as const;
 export type Quantize = (typeof QUANTIZE)[number];
 
+/** GGUF of the re-aligned model written by the export step (engine/gguf.ts types), or none. */
+export const GGUF_SETTING = ["none", "f32", "f16", "bf16", "q8_0"] as const;
+export type GgufSetting = (typeof GGUF_SETTING)[number];
+
 
 export interface Settings {
   /** Hugging Face repo id (owner/name) or a local model directory. */
@@ -70,6 +74,16 @@ export interface Settings {
   offline: boolean;
   hubUrl: string;
   judge: string | null;
+  /** Also write the re-aligned model as one GGUF file of this type (export step) and publish it; none: do not. */
+  gguf: GgufSetting;
+  /**
+   * Train and evaluate a Safety Representation Ranking scorer (srr step, evals/srr.ts) and publish
+   * srr.safetensors. Off by default: it samples srrCandidates replies for every train, validation and
+   * evaluation prompt and trains one scorer per layer, which takes longer than the rest of the run.
+   */
+  srr: boolean;
+  /** SRR: candidates per list (N of best-of-N). */
+  srrCandidates: number;
 }
 
 type Kind =
@@ -143,6 +157,10 @@ export const FIELDS: readonly FieldSpec[] = [
   f("offline", { t: "bool" }, "use only local files and the HF cache", { hashed: false }),
   f("hubUrl", { t: "string" }, "Hugging Face Hub endpoint", { hashed: false, arg: "url" }),
   f("judge", { t: "string" }, "classifier judge for harmful answers (e.g. a Llama Guard repo)", { nullable: true, arg: "spec" }),
+  // Hashed, but read only by the export step (and publish after it): changing it re-runs nothing else.
+  f("gguf", { t: "enum", values: GGUF_SETTING }, "also write the re-aligned model as a GGUF file (f32, f16, bf16, q8_0; k-quants: llama-quantize on the f16 file) and publish it beside the safetensors; none: do not", { arg: "type" }),
+  f("srr", { t: "bool" }, "train a Safety Representation Ranking scorer after validate (srr.safetensors, for --best-of N --rank srr), report its ranking accuracy and best-of-N attack success, and publish it (slow; off by default)"),
+  f("srrCandidates", { t: "int", min: 2, max: 64 }, "SRR: sampled candidates per list (the N of best-of-N)"),
 ];
 
 export const FIELD_BY_PATH: ReadonlyMap<string, FieldSpec> = new Map(FIELDS.map((x) => [x.path, x]));
@@ -180,6 +198,9 @@ export const DEFAULTS: Omit<Settings, "model" | "out"> = {
   offline: false,
   hubUrl: "https://huggingface.co",
   judge: null,
+  gguf: "none",
+  srr: false,
+  srrCandidates: 8,
 };
 
 // ---- names -------------------------------------------------------------------------------------
