@@ -1,6 +1,7 @@
-// `bun run bench [--model <dir>] [--batch B] [--seq T] [--decode N] [--device …] [--quantize int4|int8] [--dtype float32|float16] [--json]`
+// `bun run bench [--model <dir>] [--batch B] [--seq T] [--decode N] [--device …] [--quantize int4|int8|int8-dynamic] [--dtype float32|float16] [--json]`
 // Prints prefill and decode throughput and peak RSS. Without --model it benchmarks a random-weight
 // checkpoint of Qwen2.5-0.5B shape generated locally (once, in the realign cache).
+// `--vs llama.cpp`: prefill / decode tokens/s of the engine and of llama.cpp side by side (see below).
 import cac from "cac";
 import { join } from "node:path";
 import { DecoderModel, defaultCacheDir } from "../engine/model.ts";
@@ -10,6 +11,26 @@ import { parseQuantize, type QuantizeConfig } from "../engine/quantize.ts";
 import type { ComputeDType } from "../engine/decoder.ts";
 import { SHAPES, writeRandomCheckpoint } from "./random-checkpoint.ts";
 
+// `bun run bench --vs llama.cpp [--shape …] [--seq T] [--decode N] [--threads N] [--json]`: the engine and
+// llama.cpp on the same checkpoint (its GGUF), side by side; bench/gguf-vs-llamacpp.ts reads the other flags.
+const vsAt = process.argv.findIndex((a) => a === "--vs" || a.startsWith("--vs="));
+if (vsAt >= 0) {
+  const eq = process.argv[vsAt]!.startsWith("--vs=");
+  const vs = eq ? process.argv[vsAt]!.slice(5) : process.argv[vsAt + 1];
+  if (vs !== "llama.cpp") {
+    console.error(`--vs: the only engine to compare with is llama.cpp (--vs llama.cpp), got ${JSON.stringify(vs ?? "(nothing)")}`);
+    process.exit(2);
+  }
+  const engineOnly = process.argv.filter((a) => /^--(model|batch|device|quantize|dtype)(=|$)/.test(a));
+  if (engineOnly.length) {
+    console.error(`--vs llama.cpp compares batch 1, float32 on the CPU with a random checkpoint (--shape); ${engineOnly.join(", ")} does not apply`);
+    process.exit(2);
+  }
+  process.argv.splice(vsAt, eq ? 1 : 2);
+  await import("./gguf-vs-llamacpp.ts");
+  process.exit(process.exitCode ?? 0);
+}
+
 const cli = cac("bench");
 cli
   .option("--model <dir>", "model directory (default: random Qwen2.5-0.5B-shaped checkpoint)")
@@ -18,7 +39,7 @@ cli
   .option("--seq <n>", "prompt tokens per row", { default: 128 })
   .option("--decode <n>", "new tokens to decode", { default: 16 })
   .option("--device <d>", "auto | cpu | cuda | webgpu", { default: "cpu" })
-  .option("--quantize <q>", "weight-only int4 | int8 projections (MatMulNBits), optionally :blockSize (default 32)")
+  .option("--quantize <q>", "int4 | int8 weight-only projections (MatMulNBits, optionally :blockSize, default 32), or int8-dynamic (int8 weights per channel, int8 activations per token)")
   .option("--dtype <t>", "compute type: float32 | float16", { default: "float32" })
   .option("--json", "print one JSON object");
 const { options } = cli.parse();

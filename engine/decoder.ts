@@ -9,7 +9,7 @@
 import { OnnxDataType as DT } from "./onnx/schema.ts";
 import { OnnxGraph } from "./onnx/graph.ts";
 import type { DecoderConfig } from "./config.ts";
-import { DEFAULT_ACCURACY_LEVEL, quantizeBlockwise, validateQuantizeConfig, type QuantizeConfig } from "./quantize.ts";
+import { DEFAULT_ACCURACY_LEVEL, quantizeBlockwise, quantizePerChannel, validateQuantizeConfig, type QuantizeConfig } from "./quantize.ts";
 import { f32ToF16 } from "./dtype.ts";
 import { EMBEDDING_NAME, layerPrefix, residualWriters, type ResidualWriter } from "./writers.ts";
 
@@ -41,8 +41,12 @@ export interface DecoderBuildOptions {
    */
   interventions?: boolean;
   /**
-   * Weight-only quantisation of the projection matrices (q/k/v, o, gate/up, down, untied lm_head) to
-   * `com.microsoft.MatMulNBits`; embeddings, norms, biases and a tied lm_head stay in the compute type.
+   * Quantisation of the projection matrices (q/k/v, o, gate/up, down):
+   * - blockwise: weight-only `com.microsoft.MatMulNBits`, untied lm_head included; embeddings, norms, biases and a
+   *   tied lm_head stay in the compute type.
+   * - int8-dynamic: int8 weights per output channel, activations quantised per token, `MatMulInteger` (see
+   *   dynamicInt8MatMul); the lm_head stays float32 whether tied or not (the logits are what KL and greedy read).
+   *   float32 graphs only.
    */
   quantize?: QuantizeConfig | null;
   /**
@@ -85,6 +89,9 @@ const MASKED = -3.4028234663852886e38;
 
 export const OPSETS = { "": 21, "com.microsoft": 1 };
 
+/** A quantised projection: MatMulNBits blocks with their attributes, or int8-dynamic's int8 [K, N] codes and scales. */
+type QuantizedWeight = { kind: "blocks"; inputs: string[]; K: number; N: number } | { kind: "dynamic"; inputs: string[] };
+
 export class DecoderBuilder {
   protected g!: OnnxGraph;
   /** [B, T] shape pieces computed once. */
@@ -92,8 +99,8 @@ export class DecoderBuilder {
   protected cos!: string;
   protected sin!: string;
   protected masks = new Map<number | null, string>();
-  /** Graph weight names that were quantised → the MatMulNBits inputs and attributes that replace them. */
-  protected quantized = new Map<string, { inputs: string[]; K: number; N: number }>();
+  /** Graph weight names that were quantised → the inputs (and MatMulNBits attributes) that replace them. */
+  protected quantized = new Map<string, QuantizedWeight>();
   /** Intervention inputs converted to the compute type (set in build()). */
   protected rosiVectors = IO.rosiVectors as string;
   protected rosiEmbed = IO.rosiEmbed as string;
@@ -107,6 +114,7 @@ export class DecoderBuilder {
     readonly opts: DecoderBuildOptions = {},
   ) {
     if (opts.quantize) validateQuantizeConfig(opts.quantize);
+    if (opts.quantize?.scheme === "int8-dynamic" && opts.dtype === "float16") throw new Error("quantize int8-dynamic runs float32 activations; it cannot be combined with dtype float16");
   }
 
   // ---- weight names (HF state-dict keys) -------------------------------------------------
@@ -175,13 +183,22 @@ export class DecoderBuilder {
   protected matrixWeight(graphName: string, data: Float32Array, out: number, inFeatures: number): string {
     const q = this.opts.quantize;
     if (!q) return this.weight(graphName, data, [out, inFeatures]);
+    if (q.scheme === "int8-dynamic") {
+      const { qweight, scales } = quantizePerChannel(data, out, inFeatures);
+      const inputs = [
+        this.g.initializer(`${graphName}.qweight`, DT.INT8, [inFeatures, out], new Uint8Array(qweight.buffer, qweight.byteOffset, qweight.byteLength)),
+        this.g.initializer(`${graphName}.scales`, DT.FLOAT, [out], new Uint8Array(scales.buffer, scales.byteOffset, scales.byteLength)),
+      ];
+      this.quantized.set(graphName, { kind: "dynamic", inputs });
+      return graphName;
+    }
     const { packed, scales, zeroPoints, nBlocks } = quantizeBlockwise(data, out, inFeatures, q.bits, q.blockSize);
     const inputs = [
       this.g.initializer(`${graphName}.qweight`, DT.UINT8, [out, nBlocks, (q.blockSize * q.bits) / 8], packed),
       this.weight(`${graphName}.scales`, scales, [out, nBlocks]),
     ];
     if (zeroPoints) inputs.push(this.g.initializer(`${graphName}.zero_points`, DT.UINT8, [out, zeroPoints.length / out], zeroPoints));
-    this.quantized.set(graphName, { inputs, K: inFeatures, N: out });
+    this.quantized.set(graphName, { kind: "blocks", inputs, K: inFeatures, N: out });
     return graphName;
   }
 
@@ -207,10 +224,18 @@ export class DecoderBuilder {
   protected gemm(x: string, w: string, bias: string | null, name: string): string {
     const q = this.quantized.get(w);
     if (!q) return this.g.op("Gemm", bias ? [x, w, bias] : [x, w], { transB: 1 }, { name });
-    const { bits, blockSize, accuracyLevel = DEFAULT_ACCURACY_LEVEL } = this.opts.quantize!;
+    if (q.kind === "dynamic") return this.dynamicInt8MatMul(x, q.inputs, bias, name);
+    const cfg = this.opts.quantize;
+    if (!cfg || cfg.scheme === "int8-dynamic") throw new Error(`MatMulNBits weight ${w} in a graph built without blockwise quantisation`);
+    const { bits, blockSize, accuracyLevel = DEFAULT_ACCURACY_LEVEL } = cfg;
     const attrs = { K: q.K, N: q.N, bits, block_size: blockSize, accuracy_level: accuracyLevel };
     const y = this.g.op("MatMulNBits", [x, ...q.inputs], attrs, { domain: "com.microsoft", name });
     return bias ? this.g.op("Add", [y, bias], {}, { name: `${name}_bias` }) : y;
+  }
+
+  protected dynamicInt8MatMul(x: string, inputs: string[], bias: string | null, name: string): string {
+    const [qweight, scales] = inputs;
+    return int8DynamicMatMul(this.g, x, qweight, scales, bias, name);
   }
 
   protected rmsNorm(x: string, weight: string, name: string): string {
@@ -417,7 +442,13 @@ export class DecoderBuilder {
     const headName = this.lmHeadName();
     // A tied head reuses the embedding initializer: Gemm(transB) reads the [vocab, hidden] table directly (unquantised
     // even when quantising, since the Gather needs the full-precision table anyway).
-    const head = headName === this.embedName() ? this.embedName() : this.matrixWeight(headName, this.require(headName, [vocabSize, hiddenSize]), vocabSize, hiddenSize);
+    const tied = headName === this.embedName();
+    const floatHead = this.opts.quantize?.scheme === "int8-dynamic";
+    const head = tied
+      ? this.embedName()
+      : floatHead
+        ? this.weight(headName, this.require(headName, [vocabSize, hiddenSize]), [vocabSize, hiddenSize])
+        : this.matrixWeight(headName, this.require(headName, [vocabSize, hiddenSize]), vocabSize, hiddenSize);
     let logits = this.toFloat(this.gemm(normed, head, null, "lm_head"));
     const cap = this.cfg.finalLogitSoftcap;
     if (cap !== null) logits = g.op("Mul", [g.op("Tanh", [g.op("Div", [logits, g.scalarF32(cap)])]), g.scalarF32(cap)], {}, { name: "final_softcap" });
@@ -475,6 +506,35 @@ export class DecoderBuilder {
     g.output(IO.logits, DT.FLOAT, ["batch", "positions", vocabSize]);
     return g;
   }
+}
+
+/**
+ * y = dequant(quant(x)) · dequant(W) + bias for x [M, K] float32, W as int8 codes [K, N] with float32 scales [N]
+ * (quantizePerChannel), x quantised per row (token), symmetric:
+ *   s[m] = max_k |x[m, k]| / 127,  xq[m, k] = round(x[m, k] / s[m]) + 128 ∈ [1, 255] (uint8, zero point 128)
+ *   y[m, n] = s[m] · scale[n] · Σ_k (xq[m, k] − 128) · q[k, n]
+ * One scale per token (DynamicQuantizeMatMul has one per tensor): a token's result does not depend on the other
+ * rows of the batch, and an outlier token does not coarsen everyone else's codes (per tensor, the organism's
+ * direction cosines fell to 0.976). The u8·s8 product is ONNX Runtime's int8 GEMM (VNNI / AMX).
+ */
+export function int8DynamicMatMul(g: OnnxGraph, x: string, qweight: string, scales: string, bias: string | null, name: string): string {
+  const amax = g.op("ReduceMax", [g.op("Abs", [x]), g.constI64([-1])], { keepdims: 1 }, { name: `${name}_amax` }); // [M,1]
+  // An all-zero row gets a tiny scale (its codes are all 0, so any positive scale is exact).
+  const rowScale = g.op("Div", [g.op("Max", [amax, g.scalarF32(1e-30)]), g.scalarF32(127)], {}, { name: `${name}_xscale` });
+  const flat = g.op("Reshape", [rowScale, g.constI64([-1])]); // [M]
+  const zp = g.op("Expand", [uint8Const(g, 128), g.op("Shape", [flat])]);
+  const xq = g.op("QuantizeLinear", [x, flat, zp], { axis: 0 }, { name: `${name}_xq` });
+  const acc = g.op("MatMulInteger", [xq, qweight, uint8Const(g, 128)], {}, { name });
+  const y = g.op("Mul", [g.op("Mul", [g.op("Cast", [acc], { to: DT.FLOAT }), rowScale]), scales], {}, { name: `${name}_dequant` });
+  return bias ? g.op("Add", [y, bias], {}, { name: `${name}_bias` }) : y;
+}
+
+const U8_CONSTS = new WeakMap<OnnxGraph, string>();
+/** The uint8 scalar 128 (zero point), one initializer per graph. */
+function uint8Const(g: OnnxGraph, value: 128): string {
+  let name = U8_CONSTS.get(g);
+  if (!name) U8_CONSTS.set(g, (name = g.initializer(g.name("u8_128"), DT.UINT8, [], new Uint8Array([value]))));
+  return name;
 }
 
 /** Mean over the rows of a row-major [rows, cols] matrix, accumulated in float64. */

@@ -1,7 +1,7 @@
 // A loaded decoder: checkpoint → cached ONNX graph → session, with a typed forward pass that
 // exposes logits, the KV cache and the residual stream entering every layer.
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { appendFileSync, existsSync, mkdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { join } from "node:path";
 import { Checkpoint, type CheckpointOptions } from "./checkpoint.ts";
@@ -22,7 +22,7 @@ export interface LoadOptions extends CheckpointOptions {
   device?: Device;
   /** Build the graph with ROSI / steering inputs (see DecoderBuildOptions). */
   interventions?: boolean;
-  /** Weight-only int4/int8 projections via MatMulNBits (see DecoderBuildOptions.quantize); null/absent = float32. */
+  /** int4/int8 projections: weight-only MatMulNBits, or int8-dynamic (see DecoderBuildOptions.quantize); null/absent = float32. */
   quantize?: QuantizeConfig | null;
   /** Compute type inside the graph (see DecoderBuildOptions.dtype); default float32. */
   dtype?: ComputeDType;
@@ -159,7 +159,8 @@ export class DecoderModel {
   static async load(dir: string, opts: LoadOptions = {}): Promise<DecoderModel> {
     const checkpoint = Checkpoint.open(dir, opts);
     const interventions = opts.interventions ?? false;
-    const quantize = opts.quantize ? { bits: opts.quantize.bits, blockSize: opts.quantize.blockSize, accuracyLevel: opts.quantize.accuracyLevel ?? DEFAULT_ACCURACY_LEVEL } : null;
+    const q = opts.quantize;
+    const quantize: QuantizeConfig | null = !q ? null : q.scheme === "int8-dynamic" ? { scheme: "int8-dynamic" } : { bits: q.bits, blockSize: q.blockSize, accuracyLevel: q.accuracyLevel ?? DEFAULT_ACCURACY_LEVEL };
     const dtype = opts.dtype ?? "float32";
     if (!COMPUTE_DTYPES.includes(dtype)) throw new Error(`dtype must be one of ${COMPUTE_DTYPES.join(", ")}, got "${dtype}"`);
     let builder: ReturnType<typeof createBuilder>;
@@ -246,6 +247,7 @@ export class DecoderModel {
     const writers = 2 * numLayers;
     if (input.writerInputs) for (let m = 0; m < writers; m++) fetches.push(IO.writerInput(m));
     const out = await this.session.run(feeds, fetches);
+    forwardLog?.record(input, K);
     const result: ForwardOutput = {
       logits: out[IO.logits].data as Float32Array,
       dims: { batch: B, positions: K, vocab: vocabSize },
@@ -265,10 +267,38 @@ export class DecoderModel {
   }
 
   async close(): Promise<void> {
+    forwardLog?.flush();
     await this.session.release();
     this.checkpoint.close();
   }
 }
+
+/**
+ * REALIGN_FORWARD_LOG=<file>: one JSON line per forward pass, for bench:pipeline's per-step counts:
+ *   {"t": epoch ms at its end, "B": rows, "T": new tokens per row, "past": cached tokens, "K": logit positions per row, "real": unpadded new tokens}
+ * Lines are buffered and appended in chunks and at exit; without the variable nothing is recorded.
+ */
+class ForwardLog {
+  private lines: string[] = [];
+  constructor(private readonly path: string) {
+    process.on("exit", () => this.flush());
+  }
+  record(input: ForwardInput, K: number): void {
+    const B = input.inputIds.length;
+    const T = input.inputIds[0]?.length ?? 0;
+    const S = input.attentionMask[0]?.length ?? 0;
+    let real = 0;
+    for (const row of input.attentionMask) for (let j = S - T; j < S; j++) real += row[j];
+    this.lines.push(JSON.stringify({ t: Date.now(), B, T, past: S - T, K, real }));
+    if (this.lines.length >= 512) this.flush();
+  }
+  flush(): void {
+    if (!this.lines.length) return;
+    appendFileSync(this.path, this.lines.join("\n") + "\n");
+    this.lines = [];
+  }
+}
+const forwardLog = process.env.REALIGN_FORWARD_LOG ? new ForwardLog(process.env.REALIGN_FORWARD_LOG) : null;
 
 /** About how many bytes a built graph's weights take (for the cache cap). */
 function estimatedGraphBytes(checkpoint: Checkpoint, dtype: ComputeDType, quantize: QuantizeConfig | null): number {
@@ -278,7 +308,9 @@ function estimatedGraphBytes(checkpoint: Checkpoint, dtype: ComputeDType, quanti
     const count = numel(checkpoint.info(n).shape);
     // Quantised projection matrices: bits/8 per weight plus one scale per block; everything else at `element`.
     const quantised = quantize !== null && /(proj|lm_head)\.weight$/.test(n);
-    bytes += quantised ? count * (quantize.bits / 8 + element / quantize.blockSize) : count * element;
+    if (!quantised) bytes += count * element;
+    else if (quantize.scheme === "int8-dynamic") bytes += /lm_head/.test(n) ? count * element : count;
+    else bytes += count * (quantize.bits / 8 + element / quantize.blockSize);
   }
   return bytes;
 }

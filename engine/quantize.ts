@@ -1,4 +1,6 @@
-// Weight-only block quantisation in the layout of ONNX Runtime's `com.microsoft.MatMulNBits`, so that
+// Two quantisation schemes for the projection matrices.
+//
+// 1. Weight-only block quantisation in the layout of ONNX Runtime's `com.microsoft.MatMulNBits`, so that
 // checkpoints too large for float32 (an 8B model is 32 GB in f32) still run on CPU.
 //
 // MatMulNBits computes Y = A · dequant(B)ᵀ with B logically [N, K] — exactly the HF Linear weight
@@ -13,9 +15,31 @@
 // - zero_points: uint8 [N, ceil(nBlocks·bits/8)], packed like B (4 bits: two per byte, low nibble first,
 //                each row starting on a fresh byte). Absent means 2^(bits−1): 8 for int4, 128 for int8.
 
+//
+// 2. int8-dynamic, for speed: weights int8 per output channel, activations quantised per token at run time
+// (the decoder's dynamicInt8MatMul), multiplied by ONNX Runtime's u8·s8 GEMM (`MatMulInteger`: AVX-512 VNNI, or
+// AMX where the CPU has it):
+//   w[n, k] ≈ q[k, n] · scale[n],  scale[n] = max_k |w[n, k]| / 127,  q ∈ [−127, 127] (symmetric, no zero point)
+//   x[m, k] ≈ (xq[m, k] − 128) · s[m], s[m] = max_k |x[m, k]| / 127 (one scale per token)
+// The residual adds, norms, attention and the lm_head stay float32.
+// - qweight: int8 [K, N] (the HF [N, K] weight transposed: B as MatMulInteger / DynamicQuantizeMatMul take it).
+// - scales:  float32 [N].
+
 export type QuantBits = 4 | 8;
 
-export interface QuantizeConfig {
+/** The schemes `--quantize` accepts (besides an optional :blockSize on the MatMulNBits ones). */
+export const QUANTIZE_SCHEMES = ["int8", "int4", "int8-dynamic"] as const;
+
+export type QuantizeConfig = BlockQuantizeConfig | DynamicQuantizeConfig;
+
+/** int8 weights per output channel, activations quantised per token (MatMulInteger). */
+export interface DynamicQuantizeConfig {
+  scheme: "int8-dynamic";
+}
+
+/** Weight-only MatMulNBits blocks. `scheme` may be left out (the original form, e.g. `{ bits: 8, blockSize: 32 }`). */
+export interface BlockQuantizeConfig {
+  scheme?: "blockwise";
   bits: QuantBits;
   /** Weights per block along K: a power of 2 ≥ 16 (32, 64 or 128 in practice). */
   blockSize: number;
@@ -45,17 +69,20 @@ export interface BlockQuantized {
 }
 
 export function validateQuantizeConfig(q: QuantizeConfig): void {
+  if (q.scheme === "int8-dynamic") return;
+  if (q.scheme !== undefined && q.scheme !== "blockwise") throw new Error(`quantize: unknown scheme "${(q as { scheme: unknown }).scheme}"`);
   if (q.bits !== 4 && q.bits !== 8) throw new Error(`quantize: bits must be 4 or 8, got ${q.bits}`);
   const b = q.blockSize;
   if (!Number.isInteger(b) || b < 16 || (b & (b - 1)) !== 0) throw new Error(`quantize: blockSize must be a power of 2 ≥ 16, got ${b}`);
   if (q.accuracyLevel !== undefined && q.accuracyLevel !== 0 && q.accuracyLevel !== 4) throw new Error(`quantize: accuracyLevel must be 0 or 4, got ${q.accuracyLevel}`);
 }
 
-/** "int4", "int8", optionally with a block size ("int4:64"); block 32 by default. */
+/** "int4", "int8", optionally with a block size ("int4:64"; block 32 by default), or "int8-dynamic". */
 export function parseQuantize(spec: string): QuantizeConfig {
+  if (spec.trim() === "int8-dynamic") return { scheme: "int8-dynamic" };
   const m = /^int(4|8)(?::(\d+))?$/.exec(spec.trim());
-  if (!m) throw new Error(`--quantize: expected int4 or int8 (optionally :blockSize, e.g. int4:64), got "${spec}"`);
-  const q: QuantizeConfig = { bits: Number(m[1]) as QuantBits, blockSize: m[2] ? Number(m[2]) : 32 };
+  if (!m) throw new Error(`--quantize: expected int4, int8 (optionally :blockSize, e.g. int4:64) or int8-dynamic, got "${spec}"`);
+  const q: BlockQuantizeConfig = { bits: Number(m[1]) as QuantBits, blockSize: m[2] ? Number(m[2]) : 32 };
   validateQuantizeConfig(q);
   return q;
 }
@@ -63,6 +90,7 @@ export function parseQuantize(spec: string): QuantizeConfig {
 /** Human-readable label for reports, e.g. "int4 (block 32)"; null for float32. */
 export function describeQuantization(q: QuantizeConfig | null | undefined): string | null {
   if (!q) return null;
+  if (q.scheme === "int8-dynamic") return "int8-dynamic (int8 weights per channel, int8 activations per token)";
   return `int${q.bits} (block ${q.blockSize}${(q.accuracyLevel ?? DEFAULT_ACCURACY_LEVEL) === 0 ? ", float activations" : ""})`;
 }
 
@@ -142,5 +170,41 @@ export function dequantizeBlockwise(q: BlockQuantized): Float32Array {
       }
     }
   }
+  return out;
+}
+
+export interface ChannelQuantized {
+  N: number;
+  K: number;
+  /** int8 [K, N]: column n holds row n of the HF weight. */
+  qweight: Int8Array;
+  /** float32 [N]. */
+  scales: Float32Array;
+}
+
+/**
+ * Symmetric int8 per output channel of a row-major [N, K] float32 matrix, written transposed ([K, N]):
+ * q[k, n] = round(w[n, k] / scale[n]) with scale[n] = max_k |w[n, k]| / 127. Error at most scale[n]/2.
+ */
+export function quantizePerChannel(W: Float32Array, N: number, K: number): ChannelQuantized {
+  if (W.length !== N * K) throw new Error(`quantizePerChannel: got ${W.length} values for [${N}, ${K}]`);
+  const qweight = new Int8Array(K * N);
+  const scales = new Float32Array(N);
+  for (let n = 0; n < N; n++) {
+    const row = n * K;
+    let amax = 0;
+    for (let k = 0; k < K; k++) amax = Math.max(amax, Math.abs(W[row + k]));
+    // An all-zero row: any scale works with q = 0; 1 avoids dividing by zero.
+    const scale = amax > 0 ? Math.fround(amax / 127) : 1;
+    scales[n] = scale;
+    for (let k = 0; k < K; k++) qweight[k * N + n] = Math.max(-127, Math.min(127, Math.round(W[row + k] / scale)));
+  }
+  return { N, K, qweight, scales };
+}
+
+/** The float32 [N, K] matrix the int8-dynamic product multiplies by (HF layout): q[k, n] · scale[n]. */
+export function dequantizePerChannel(q: ChannelQuantized): Float32Array {
+  const out = new Float32Array(q.N * q.K);
+  for (let n = 0; n < q.N; n++) for (let k = 0; k < q.K; k++) out[n * q.K + k] = Math.fround(q.qweight[k * q.N + n] * q.scales[n]);
   return out;
 }

@@ -11,7 +11,7 @@ import { argmax, generateGreedy } from "../../engine/generate.ts";
 import { DecoderModel } from "../../engine/model.ts";
 import { OnnxGraph } from "../../engine/onnx/graph.ts";
 import { OnnxDataType as DT } from "../../engine/onnx/schema.ts";
-import { describeQuantization, dequantizeBlockwise, parseQuantize, quantizeBlockwise, type QuantBits, type QuantizeConfig } from "../../engine/quantize.ts";
+import { describeQuantization, dequantizeBlockwise, parseQuantize, quantizeBlockwise, type QuantBits, type BlockQuantizeConfig } from "../../engine/quantize.ts";
 import { SafetensorsFile, writeSafetensors } from "../../engine/safetensors.ts";
 import { ort } from "../../engine/session.ts";
 import { editedMatrices } from "../../rosi/edit.ts";
@@ -184,7 +184,7 @@ interface Expected {
 const PROJECTIONS = /\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)\.weight$|^lm_head\.weight$/;
 
 /** A float32 copy of a checkpoint whose projection matrices are replaced by dequant(quant(W)). */
-function writeDequantizedCheckpoint(src: string, out: string, q: QuantizeConfig): void {
+function writeDequantizedCheckpoint(src: string, out: string, q: BlockQuantizeConfig): void {
   mkdirSync(out, { recursive: true });
   copyFileSync(join(src, "config.json"), join(out, "config.json"));
   const file = SafetensorsFile.open(join(src, "model.safetensors"));
@@ -259,7 +259,7 @@ for (const name of ["llama", "qwen2"] as const) {
 
     for (const bits of [8, 4] as const) {
       test(`int${bits}, accuracy_level 0: the same logits as float32 on the dequantised weights (1e-4)`, async () => {
-        const q: QuantizeConfig = { bits, blockSize: 32, accuracyLevel: 0 };
+        const q: BlockQuantizeConfig = { bits, blockSize: 32, accuracyLevel: 0 };
         const deq = join(work, `deq${bits}`);
         writeDequantizedCheckpoint(dir, deq, q);
         const quant = await DecoderModel.load(dir, { device: "cpu", cacheDir: join(work, "cache"), quantize: q });
