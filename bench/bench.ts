@@ -2,7 +2,6 @@
 // Prints prefill and decode throughput and peak RSS. Without --model it benchmarks a random-weight
 // checkpoint of Qwen2.5-0.5B shape generated locally (once, in the realign cache).
 // `--vs llama.cpp`: prefill / decode tokens/s of the engine and of llama.cpp side by side (see below).
-// `--vs llama.cpp`: prefill / decode tokens/s of the engine and of llama.cpp side by side (see below).
 import cac from "cac";
 import { join } from "node:path";
 import { DecoderModel, defaultCacheDir } from "../engine/model.ts";
@@ -11,26 +10,6 @@ import type { Device } from "../engine/session.ts";
 import { parseQuantize, type QuantizeConfig } from "../engine/quantize.ts";
 import type { ComputeDType } from "../engine/decoder.ts";
 import { SHAPES, writeRandomCheckpoint } from "./random-checkpoint.ts";
-
-// `bun run bench --vs llama.cpp [--shape …] [--seq T] [--decode N] [--threads N] [--json]`: the engine and
-// llama.cpp on the same checkpoint (its GGUF), side by side; bench/gguf-vs-llamacpp.ts reads the other flags.
-const vsAt = process.argv.findIndex((a) => a === "--vs" || a.startsWith("--vs="));
-if (vsAt >= 0) {
-  const eq = process.argv[vsAt]!.startsWith("--vs=");
-  const vs = eq ? process.argv[vsAt]!.slice(5) : process.argv[vsAt + 1];
-  if (vs !== "llama.cpp") {
-    console.error(`--vs: the only engine to compare with is llama.cpp (--vs llama.cpp), got ${JSON.stringify(vs ?? "(nothing)")}`);
-    process.exit(2);
-  }
-  const engineOnly = process.argv.filter((a) => /^--(model|batch|device|quantize|dtype)(=|$)/.test(a));
-  if (engineOnly.length) {
-    console.error(`--vs llama.cpp compares batch 1, float32 on the CPU with a random checkpoint (--shape); ${engineOnly.join(", ")} does not apply`);
-    process.exit(2);
-  }
-  process.argv.splice(vsAt, eq ? 1 : 2);
-  await import("./gguf-vs-llamacpp.ts");
-  process.exit(process.exitCode ?? 0);
-}
 
 // `bun run bench --vs llama.cpp [--shape …] [--seq T] [--decode N] [--threads N] [--json]`: the engine and
 // llama.cpp on the same checkpoint (its GGUF), side by side; bench/gguf-vs-llamacpp.ts reads the other flags.
