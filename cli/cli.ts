@@ -26,6 +26,8 @@ import { chatCommand } from "./chat.ts";
 import { writeRunReport } from "../report/build.ts";
 import { checkPromptSetSizes } from "../evals/datasets.ts";
 import { exportCommand } from "./export.ts";
+import { DEMO_SETTINGS } from "../steps/reproduce.ts";
+import { alpha as fmtAlpha, MISSING, percent } from "../util/format.ts";
 
 const REPO_ROOT = resolve(import.meta.dir, "..");
 export const DEMO_MODEL_DIR = join(REPO_ROOT, "demo", "organism-llama");
@@ -376,9 +378,9 @@ async function confirmPublish(settings: Settings, opts: Opts, interactive: boole
 
 function summarizeReport(r: ReportSummary): string[] {
   const lines: string[] = [];
-  const pct = (v: number | null | undefined) => (v === null || v === undefined ? "–" : `${(v * 100).toFixed(0)}%`);
-  const val = (v: number | null) => (v === null ? "–" : String(v));
-  if (r.direction) lines.push(`direction: layer ${val(r.direction.layer)}, position ${val(r.direction.position)}, alpha ${val(r.direction.alpha)}, rank ${val(r.direction.rank)}`);
+  const pct = percent;
+  const val = (v: number | null) => (v === null ? MISSING : String(v));
+  if (r.direction) lines.push(`direction: layer ${val(r.direction.layer)}, position ${val(r.direction.position)}, α ${fmtAlpha(r.direction.alpha)}, rank ${val(r.direction.rank)}`);
   if (r.baseline || r.realigned) {
     lines.push(`harmful refusal: ${pct(r.baseline?.harmful_refusal)} → ${pct(r.realigned?.harmful_refusal)}; harmless refusal: ${pct(r.baseline?.harmless_refusal)} → ${pct(r.realigned?.harmless_refusal)}`);
   }
@@ -493,7 +495,7 @@ async function cmdDemo(opts: Opts, deps: CliDeps): Promise<number> {
   // clears the default elicitation gap (elicitMinGap 0.2); prompt-set sizes fit the built-in sets (96 each).
   const overrides = settingOverrides(opts);
   const out = typeof overrides.out === "string" ? overrides.out : join("runs", "demo");
-  const cli = { out, nTrain: 40, nVal: 24, nEval: 32, maxNewTokens: 48, ...overrides, publish: true, pushTo: `file:${join(out, "published")}` };
+  const cli = { out, ...DEMO_SETTINGS, ...overrides, publish: true, pushTo: `file:${join(out, "published")}` };
   const resolved = resolveSettings({ cli, env, modelsYaml: null, repo: DEMO_MODEL_DIR, cwd });
   resolved.settings.model = DEMO_MODEL_DIR;
   checkSettingsPaths(resolved.settings, resolved.sources, cwd);

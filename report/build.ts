@@ -1,10 +1,12 @@
 // Builds the run report from the parts steps contribute. Each step returns a ReportPart; the runner
 // stores it as <step>/report-part.json (so cached steps still contribute) and merges parts in step order.
-import { readdirSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { basename, join } from "node:path";
 import { atomicWriteFile, atomicWriteJson } from "../util/fs.ts";
-import type { BehaviourMetrics, MetricKey, RateMetric, RunReport } from "./report.ts";
+import { utilityKind, type BehaviourMetrics, type MetricKey, type RateMetric, type RunReport } from "./report.ts";
 import { formatRate } from "../util/stats.ts";
+import { alpha as fmtAlpha, kl as fmtKl, MISSING, percent, position as fmtPosition, seconds } from "../util/format.ts";
+import { pickSamples, renderSamplesMarkdown } from "./samples.ts";
 
 type DeepPartial<T> = T extends readonly unknown[] ? T : T extends object ? { [K in keyof T]?: DeepPartial<T[K]> | null } : T;
 
@@ -49,14 +51,19 @@ export function buildReport(base: RunReport, parts: readonly (ReportPart | null 
   return { ...r, timings_s: { ...r.timings_s, ...timings } };
 }
 
-const pct = (v: number | null | undefined) => (v === null || v === undefined ? "–" : `${(v * 100).toFixed(1)}%`);
-const num = (v: number | null | undefined, digits = 4) => (v === null || v === undefined ? "–" : v.toFixed(digits));
+const pct = percent;
 
 /** A metric's cell: the rate with k/n and its 95 % interval when known, else the bare value. */
 export function metricCell(m: BehaviourMetrics | null | undefined, key: MetricKey, format: (v: number | null | undefined) => string): string {
   const rate = m?.rates?.[key as RateMetric];
   if (rate) return formatRate(rate);
   return format(m?.[key]);
+}
+
+/** The utility rows' names: what each figure is. */
+export function utilityLabels(r: Pick<RunReport, "baseline" | "realigned">): { utility: string; mc: string } {
+  const exact = utilityKind(r.realigned ?? r.baseline) === "exact-answer";
+  return { utility: exact ? "Utility (the model's exact-answer task, accuracy)" : "Utility (multiple-choice accuracy)", mc: "Multiple-choice accuracy" };
 }
 
 const METRIC_ROWS: [MetricKey, string, "pct" | "num"][] = [
@@ -66,18 +73,22 @@ const METRIC_ROWS: [MetricKey, string, "pct" | "num"][] = [
   ["jailbreak_asr", "Jailbreak attack success", "pct"],
   ["judge_safe", "Judge: safe", "pct"],
   ["utility", "Utility", "pct"],
-  ["kl", "KL vs. original (harmless)", "num"],
+  ["mc_accuracy", "Multiple-choice accuracy", "pct"],
+  ["kl", "KL vs. original (harmless, first token)", "num"],
 ];
 
-/** Human-readable report.md. */
-export function renderReportMarkdown(r: RunReport): string {
+/** A gate check's value in the check's unit (KL in nats, the rest rates). */
+export const gateValue = (c: { name: string; value: number | null }): string => (/\bKL\b/.test(c.name) ? fmtKl(c.value) : percent(c.value));
+
+/** Human-readable report.md; `samples` (validate's samples.json, parsed) adds a few answers of both models. */
+export function renderReportMarkdown(r: RunReport, samples?: unknown): string {
   const lines: string[] = [];
   lines.push(`# realign report: ${r.model}`, "");
   lines.push(`- Revision: ${r.revision ?? "(default branch)"}`);
   lines.push(`- Settings hash: \`${r.settings_hash}\``);
   if (r.direction) {
     const d = r.direction;
-    lines.push(`- Direction: method ${d.method ?? "rosi"}, layer ${d.layer ?? "–"}, position ${d.position ?? "–"}, alpha ${d.alpha ?? "–"}, rank ${d.rank}`);
+    lines.push(`- Direction: method ${d.method ?? "rosi"}, layer ${d.layer ?? MISSING}, position ${fmtPosition(d.position, d.position_label)}, α ${fmtAlpha(d.alpha)}, rank ${d.rank}`);
   }
   if (r.elicitation) {
     lines.push(`- Elicitation (with safety system prompt): harmful refusal ${pct(r.elicitation.harmful_refusal_with_prompt)}, harmless refusal ${pct(r.elicitation.harmless_refusal_with_prompt)}`);
@@ -94,19 +105,21 @@ export function renderReportMarkdown(r: RunReport): string {
       const a = r.baseline?.[key];
       const b = r.realigned?.[key];
       if ((a === undefined || a === null) && (b === undefined || b === null)) continue;
-      lines.push(`| ${label} | ${metricCell(r.baseline, key, kind === "pct" ? pct : num)} | ${metricCell(r.realigned, key, kind === "pct" ? pct : num)} |`);
+      const name = key === "utility" ? utilityLabels(r).utility : label;
+      lines.push(`| ${name} | ${metricCell(r.baseline, key, kind === "pct" ? pct : fmtKl)} | ${metricCell(r.realigned, key, kind === "pct" ? pct : fmtKl)} |`);
     }
     lines.push("");
   }
   if (r.gate?.checks?.length) {
     lines.push("## Gate checks", "", "| Check | Value | Threshold | Result |", "| --- | --- | --- | --- |");
-    for (const c of r.gate.checks) lines.push(`| ${c.name} | ${num(c.value)} | ${c.threshold} | ${c.passed ? "pass" : "FAIL"} |`);
+    for (const c of r.gate.checks) lines.push(`| ${c.name} | ${gateValue(c)} | ${c.threshold} | ${c.passed ? "pass" : "FAIL"} |`);
     lines.push("");
   }
+  lines.push(...renderSamplesMarkdown(pickSamples(samples)));
   const timings = Object.entries(r.timings_s);
   if (timings.length) {
-    lines.push("## Timings", "", "| Step | Seconds |", "| --- | --- |");
-    for (const [k, v] of timings) lines.push(`| ${k} | ${v.toFixed(1)} |`);
+    lines.push("## Timings", "", "| Step | Time |", "| --- | --- |");
+    for (const [k, v] of timings) lines.push(`| ${k} | ${seconds(v)} |`);
     lines.push("");
   }
   if (r.details && Object.keys(r.details).length) {
@@ -135,6 +148,17 @@ export function writeRunReport(opts: { outDir: string; run: RunParts; base: { mo
     .filter((d) => d.isDirectory() && !d.name.startsWith("."))
     .flatMap((d) => readdirSync(join(outDir, d.name)).filter((f) => f.endsWith(".svg")).map((f) => `${d.name}/${f}`));
   const plotSection = plots.length ? `\n## Plots\n\n${plots.map((p) => `![${p}](${p})`).join("\n\n")}\n` : "";
-  atomicWriteFile(join(outDir, "report.md"), renderReportMarkdown(report) + plotSection);
+  atomicWriteFile(join(outDir, "report.md"), renderReportMarkdown(report, readSamples(outDir)) + plotSection);
   return report;
+}
+
+/** validate/samples.json parsed, or null (not run, unreadable). */
+export function readSamples(outDir: string): unknown {
+  const path = join(outDir, "validate", "samples.json");
+  if (!existsSync(path)) return null;
+  try {
+    return JSON.parse(readFileSync(path, "utf8"));
+  } catch {
+    return null;
+  }
 }

@@ -14,6 +14,8 @@ export interface BehaviourMetrics {
   jailbreak_asr: number | null;
   /** Share of harmful responses a classifier judge (e.g. Llama Guard) rated safe, when one ran. */
   judge_safe?: number | null;
+  /** Multiple-choice accuracy beside `utility` when utility is the model's own exact-answer task (null otherwise). */
+  mc_accuracy?: number | null;
   /** Harmless over-refusal on the borderline-but-safe set, when it ran. */
   borderline_refusal?: number | null;
   /** Each measured rate with k, n and its 95 % Wilson interval. */
@@ -22,6 +24,11 @@ export interface BehaviourMetrics {
 
 /** The numeric metrics (everything but `rates`). */
 export type MetricKey = Exclude<keyof BehaviourMetrics, "rates">;
+
+/** What the utility figure measures: the model's own exact-answer task when it ships one (then mc_accuracy is the multiple-choice score), else multiple choice. */
+export function utilityKind(m: BehaviourMetrics | null | undefined): "exact-answer" | "multiple-choice" {
+  return m?.mc_accuracy !== undefined && m?.mc_accuracy !== null ? "exact-answer" : "multiple-choice";
+}
 
 export interface GateCheck {
   name: string;
@@ -42,7 +49,8 @@ export interface RunReport {
   model: string;
   revision: string | null;
   settings_hash: string;
-  direction: { layer: number | null; position: number | null; alpha: number | null; rank: number; method?: string } | null;
+  /** position_label: what the position is ('"\n"', "last instruction token"), when inject recorded it. */
+  direction: { layer: number | null; position: number | null; position_label?: string; alpha: number | null; rank: number; method?: string } | null;
   elicitation: {
     harmful_refusal_with_prompt: number | null;
     harmless_refusal_with_prompt: number | null;
@@ -55,6 +63,8 @@ export interface RunReport {
   gate: { passed: boolean; reasons: string[]; checks?: GateCheck[] } | null;
   published: { repo: string; commit: string; url: string } | null;
   timings_s: Record<string, number>;
+  /** The trade-off point the user chose at calibration, when one was offered (absent: the recommended one). */
+  choice?: { index: number; recommended: number; by: "user" | "default" } | null;
   /** Free-form facts a reader needs: engine device, quantisation used, prompt-set sources and sizes, system prompt. */
   details?: Record<string, unknown>;
 }

@@ -206,7 +206,7 @@ export const injectStep: Step<Settings> = {
       writeFileSync(join(ctx.tmpDir, "calibration.svg"), await sweepPlot(sweep, names, candidate, { method: family.name, alpha }, s.gate.kl * KL_MARGIN));
       return {
         report: {
-          direction: { layer: candidate.layer, position: candidate.position, alpha, rank: s.rank, method: family.name },
+          direction: { layer: candidate.layer, position: candidate.position, position_label: candidate.position_label, alpha, rank: s.rank, method: family.name },
           details: { random_direction_control: control, gate_keys: gated },
         },
       };

@@ -8,14 +8,26 @@ import { isLocalModel } from "../hub/repo.ts";
 import { Checkpoint } from "../engine/checkpoint.ts";
 import { validateCheckpoint } from "../engine/architectures.ts";
 import { outputsOf, writeJson, type SourceInfo } from "./artefacts.ts";
+import { parseFrontMatter } from "../util/frontmatter.ts";
 
-/** The licence a model card declares in its YAML front matter, if any. */
-function cardLicense(dir: string): string | null {
+/** The licence the base model declares: its card's YAML front matter, else a `license` in config.json; null when neither says. */
+export function modelLicense(dir: string): string | null {
   const card = join(dir, "README.md");
-  if (!existsSync(card)) return null;
-  const m = /^---\n([\s\S]*?)\n---/.exec(readFileSync(card, "utf8"));
-  const lic = m && /^license:\s*(\S+)/m.exec(m[1]);
-  return lic ? lic[1] : null;
+  if (existsSync(card)) {
+    try {
+      const lic = parseFrontMatter(readFileSync(card, "utf8"), "model card").frontMatter.license;
+      if (typeof lic === "string" && lic.trim()) return lic.trim();
+    } catch {
+      // a card without valid front matter declares nothing
+    }
+  }
+  try {
+    const lic = (JSON.parse(readFileSync(join(dir, "config.json"), "utf8")) as { license?: unknown }).license;
+    if (typeof lic === "string" && lic.trim()) return lic.trim();
+  } catch {
+    // validateCheckpoint reports a broken config
+  }
+  return null;
 }
 
 /**
@@ -26,7 +38,7 @@ function describeSource(dir: string, repo: string | null, commit: string | null)
   const ckpt = Checkpoint.open(dir);
   try {
     validateCheckpoint(ckpt);
-    return { dir, repo, commit, fingerprint: ckpt.fingerprint(), license: cardLicense(dir) };
+    return { dir, repo, commit, fingerprint: ckpt.fingerprint(), license: modelLicense(dir) };
   } finally {
     ckpt.close();
   }
@@ -34,7 +46,8 @@ function describeSource(dir: string, repo: string | null, commit: string | null)
 
 export const pullStep: Step<Settings> = {
   name: "pull",
-  version: 1,
+  // 2: the licence is read from the card's front matter (parsed), else config.json.
+  version: 2,
   deps: [],
   outputs: outputsOf("pull"),
   inputs: (s) => ({ model: s.model, revision: s.revision, offline: s.offline }),

@@ -147,7 +147,7 @@ describe("runs with fake steps", () => {
     expect(first.stdout).toMatch(/revision\s+"0123"\s+\(cli --revision\)/);
     expect(first.stdout).toMatch(/publish\s+false\s+\(cli --no-publish\)/);
     expect(first.stdout).toContain("[extract] forward 6/6 (100%)");
-    expect(first.stdout).toContain("harmful refusal: 10% → 95%");
+    expect(first.stdout).toContain("harmful refusal: 10.0 % → 95.0 %");
     const settings = JSON.parse(readFileSync(join(out, "settings.json"), "utf8"));
     expect(settings).toMatchObject({ revision: "0123", nTrain: 4, seed: 7, publish: false, position: -1 });
     expect(existsSync(join(out, "report.md"))).toBe(true);

@@ -38,7 +38,7 @@ describe("status never crashes on a report.json it did not expect", () => {
     ["gate without a verdict", JSON.stringify({ gate: {} }), ["gate: – (no verdict recorded)"]],
     ["reasons that are not a list", JSON.stringify({ gate: { passed: false, reasons: "too weak" } }), ["gate: FAILED"]],
     ["mistyped fields", JSON.stringify({ direction: "x", baseline: { harmful_refusal: "high" }, realigned: [], published: "yes", gate: null }), ["published: no"]],
-    ["direction with missing fields", JSON.stringify({ direction: { layer: 3 }, realigned: { harmful_refusal: 0.5 } }), ["direction: layer 3, position –, alpha –, rank –", "harmful refusal: – → 50%"]],
+    ["direction with missing fields", JSON.stringify({ direction: { layer: 3 }, realigned: { harmful_refusal: 0.5 } }), ["direction: layer 3, position –, α –, rank –", "harmful refusal: – → 50.0 %"]],
     ["published without url", JSON.stringify({ published: { repo: "me/x" } }), ["published: me/x"]],
     ["not JSON", "{not json", ["report: unreadable (", "report.json is not valid JSON)"]],
     ["JSON but not an object", "[1, 2]", ["report: unreadable (", "does not hold a JSON object)"]],

@@ -595,18 +595,18 @@ describe("model card", () => {
     expect(body).toContain("**Strength α:** 0.75, **rank:** 1");
     expect(body).toContain("You are a helpful assistant. Refuse harmful requests.");
     // Every safety prompt tried, by file name (never the local path), the kept one marked.
-    expect(body).toContain("| default.md | 25.0 % (16/64, 95 % CI 16.0–37.0 %) | 0.0 % (0/64, 95 % CI 0.0–5.7 %) | 25.0% |");
+    expect(body).toContain("| default.md | 25.0 % (16/64, 95 % CI 16.0–37.0 %) | 0.0 % (0/64, 95 % CI 0.0–5.7 %) | 25.0 % |");
     expect(body).toContain("| short.md (kept) | 90.0 % (58/64, 95 % CI 81.0–95.0 %) |");
     expect(body).not.toContain("/x/system-prompts");
     expect(body).toContain("| harmful_train | refusal_direction (Arditi et al.) | 260 |");
     expect(body).toContain("| harmless \\| train | alpaca | 512 |"); // pipes escaped in cells
-    expect(body).toMatch(/\| Harmful refusal rate \| 10\.0% \| 87\.5% \|/);
-    expect(body).toMatch(/\| KL divergence vs\. base \(harmless prompts\) \| — \| 0\.01234 \|/);
-    expect(body).toMatch(/\| Jailbreak attack success rate \| 70\.0% \| — \|/);
+    expect(body).toMatch(/\| Harmful refusal rate \| 10\.0 % \| 87\.5 % \|/);
+    expect(body).toMatch(/\| KL divergence vs\. base \(harmless prompts\) \| – \| 0\.012 \|/);
+    expect(body).toMatch(/\| Jailbreak attack success rate \| 70\.0 % \| – \|/);
     expect(body).not.toContain("Judge-rated"); // optional metrics absent from both
     expect(body).toContain("**Passed.**");
-    expect(body).toContain("| utility drop | 0.02 | <= 0.05 | pass |");
-    expect(body).toContain("realign run cognitivecomputations/dolphin-tiny --revision 0123456789abcdef0123456789abcdef01234567");
+    expect(body).toContain("| utility drop | 2.0 % | <= 0.05 | pass |");
+    expect(body).toContain("realign cognitivecomputations/dolphin-tiny --revision 0123456789abcdef0123456789abcdef01234567");
     expect(body).toContain("alpha: 0.75");
     expect(body).toContain("sha256-5e77ab1e");
   });
