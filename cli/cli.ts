@@ -27,6 +27,7 @@ import { writeRunReport } from "../report/build.ts";
 import { checkPromptSetSizes } from "../evals/datasets.ts";
 import { exportCommand } from "./export.ts";
 import { DEMO_SETTINGS } from "../steps/reproduce.ts";
+import { deviceUnavailable } from "../engine/session.ts";
 import { alpha as fmtAlpha, MISSING, percent } from "../util/format.ts";
 
 const REPO_ROOT = resolve(import.meta.dir, "..");
@@ -472,6 +473,9 @@ async function cmdRun(model: string | undefined, opts: Opts, argv: readonly stri
     if (hint && e instanceof ConfigError) throw new ConfigError([...e.problems, `(did you mean \`realign ${hint}\`?)`]);
     throw e;
   }
+  // Before any download: a device whose execution provider is not installed cannot run the model at all.
+  const noDevice = deviceUnavailable(resolved.settings.device);
+  if (noDevice) throw new UsageError(noDevice);
   const token = resolveToken(typeof opts.token === "string" ? opts.token : null, env);
   const unpublished = checkPublishable(resolved.settings, token);
   if (unpublished) err(`note: ${unpublished === "offline" ? "offline" : "no Hugging Face token (HF_TOKEN, HF_TOKEN_PATH or --token)"}: the run does everything but publish; publish later with \`realign publish ${resolved.settings.out}\``);

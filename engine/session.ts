@@ -45,6 +45,11 @@ function bundled(ep: string): boolean {
   return ort.listSupportedBackends().some((b) => b.name === ep && b.bundled);
 }
 
+/** Why an explicitly asked device cannot be used at all (its EP is not installed), checked before any download; null when it may work. */
+export function deviceUnavailable(device: Device): string | null {
+  return device === "cuda" && !bundled("cuda") ? `--device cuda: ${CUDA_HINT}` : null;
+}
+
 export async function openSession(modelPath: string, device: Device, opts: { prepack?: boolean } = {}): Promise<OpenedSession> {
   const prepack = opts.prepack ?? false;
   if (!DEVICES.includes(device)) throw new DeviceError(`unknown device "${device}"; use one of ${DEVICES.join(", ")}`);
