@@ -27,9 +27,6 @@
 
 export type QuantBits = 4 | 8;
 
-/** The schemes `--quantize` accepts (besides an optional :blockSize on the MatMulNBits ones). */
-export const QUANTIZE_SCHEMES = ["int8", "int4", "int8-dynamic"] as const;
-
 export type QuantizeConfig = BlockQuantizeConfig | DynamicQuantizeConfig;
 
 /** int8 weights per output channel, activations quantised per token (MatMulInteger). */

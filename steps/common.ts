@@ -19,7 +19,7 @@ export function readJson<T>(path: string): T {
 /** The quantisation to measure with: explicit, or (auto) int8 when the weights (float32, or float16 with `bytesPerWeight` 2) would take over half the memory. */
 export function quantizationFor(dir: string, setting: Settings["quantize"], bytesPerWeight = 4): QuantizeConfig | null {
   if (setting === "none") return null;
-  if (setting === "int8" || setting === "int4") return parseQuantize(setting);
+  if (setting === "int8" || setting === "int4" || setting === "int8-dynamic") return parseQuantize(setting);
   const ckpt = Checkpoint.open(dir);
   let params = 0;
   for (const n of ckpt.names()) params += numel(ckpt.info(n).shape);

@@ -22,7 +22,7 @@ export type { GateThresholds } from "../evals/gate.ts";
 export const METHODS = ["auto", "rosi", "rosi-mv", "gated"] as const;
 export type Method = (typeof METHODS)[number];
 
-export const QUANTIZE = ["auto", "none", "int8", "int4"] as const;
+export const QUANTIZE = ["auto", "none", "int8", "int4", "int8-dynamic"] as const;
 export type Quantize = (typeof QUANTIZE)[number];
 
 /** GGUF of the re-aligned model written by the export step (engine/gguf.ts types), or none. */
@@ -132,7 +132,7 @@ export const FIELDS: readonly FieldSpec[] = [
   f("method", { t: "enum", values: METHODS }, "injection method: rosi (the paper), rosi-mv (minimum-variance spread), gated (keys fitted to fire on harmful inputs), auto (calibration chooses)", { arg: "name" }),
   f("includeEmbeddings", { t: "bool" }, "also edit the token embedding table (untied models only; off by default, the paper does not state it)"),
   f("device", { t: "enum", values: DEVICES }, "auto | cpu | cuda | webgpu", { hashed: false, arg: "name" }),
-  f("quantize", { t: "enum", values: QUANTIZE }, "weight-only quantisation while measuring: auto (int8 when the weights do not fit in memory), none, int8, int4", { arg: "name" }),
+  f("quantize", { t: "enum", values: QUANTIZE }, "quantisation while measuring: auto (int8 when the weights do not fit in memory), none, int8, int4 (weight-only), int8-dynamic (int8 weights and per-token int8 activations: faster prefill on CPUs with VNNI/AMX)", { arg: "name" }),
   f("dtype", { t: "enum", values: COMPUTE_DTYPES }, "compute type while measuring: float32, or float16 (half the weight and KV-cache memory; meant for GPU EPs)", { arg: "name" }),
   f("harmful", { t: "string" }, "harmful training prompts (dataset spec)", { arg: "spec" }),
   f("harmless", { t: "string" }, "harmless training prompts (dataset spec)", { arg: "spec" }),
@@ -217,7 +217,7 @@ export const cliFlag = (path: string) => "--" + yamlKey(path).replace(/[._]/g, "
 export const NEGATED_FLAGS: Readonly<Record<string, string>> = { publish: "--no-publish", useSystemPrompt: "--no-system-prompt" };
 
 /** REALIGN_* variables read outside the settings (the graph cache, debugging, tests): never "unknown". */
-export const OTHER_ENV = new Set(["REALIGN_CONFIG", "REALIGN_DEBUG", "REALIGN_CACHE", "REALIGN_GRAPH_CACHE_GB", "REALIGN_ORT_PREPACK", "REALIGN_FORCE_WEBGPU_PROBE", "REALIGN_GPU_TESTS", "REALIGN_BUNDLE_TEST", "REALIGN_HUB_RETRY_DELAY_MS"]);
+export const OTHER_ENV = new Set(["REALIGN_CONFIG", "REALIGN_DEBUG", "REALIGN_CACHE", "REALIGN_GRAPH_CACHE_GB", "REALIGN_ORT_PREPACK", "REALIGN_FORWARD_LOG", "REALIGN_FORCE_WEBGPU_PROBE", "REALIGN_GPU_TESTS", "REALIGN_BUNDLE_TEST", "REALIGN_HUB_RETRY_DELAY_MS"]);
 
 // ---- values ------------------------------------------------------------------------------------
 
