@@ -1,0 +1,200 @@
+// The gguf and srr settings through the real CLI (issues 15 and 16): ONE pipeline run on the demo model
+// (given α, tiny sizes, --gguf q8_0 --srr --srr-candidates 2, published to a file: folder), then only
+// cheap checks and the publish step alone:
+//   - export/gguf holds the GGUF; its realign.* metadata equal calibration.json and edit.safetensors
+//     (method, α, direction sha256), and llama.cpp (node-llama-cpp) loads it and reads the same keys;
+//   - the published folder holds the GGUF and srr.safetensors as hard links of the run's files (no copy),
+//     and the card lists the GGUF with its type and size, the Modelfile and the llama-cli command;
+//   - srr.json: scorer layer in range, held-out top-1 of SRR and of each baseline with k ≤ n = the
+//     number of held-out lists holding both kinds, ASR and over-refusal as k/n for greedy and best-of-N;
+//     the file loads as a scorer of the model's width; report.json and the card carry the same numbers;
+//   - `realign generate <run-dir> --best-of 2 --rank srr` finds the run's scorer;
+//   - changing gguf changes the plan of export and publish only (the other step hashes stay);
+//   - `realign publish <run> --push-to <owner/name>` uploads both files to the fake Hub byte for byte;
+//   - a file: target holding a user's own .gguf is refused and left as it was.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { readGgufMetadata } from "../../engine/gguf-format.ts";
+import { SafetensorsFile } from "../../engine/safetensors.ts";
+import { loadSrr } from "../../evals/srr.ts";
+import { planRun } from "../../pipeline/runner.ts";
+import { getSteps } from "../../steps/index.ts";
+import type { Settings } from "../../steps/settings.ts";
+import { fileSize } from "../../report/card-extras.ts";
+import { parseModelCard } from "../../report/modelcard.ts";
+import { FAKE_TOKEN, startFakeHub, type FakeHub } from "../helpers/fakehub.ts";
+import { llamaCpp, openGguf } from "../helpers/llamacpp.ts";
+import { CLI, REPO_ROOT, callerEnv } from "../helpers/shared.ts";
+
+const TMP = mkdtempSync(join(tmpdir(), "realign-gguf-srr-"));
+const RUN = join(TMP, "run");
+const PUB = join(TMP, "published");
+const MODEL = join(REPO_ROOT, "demo", "organism-llama");
+let hub: FakeHub;
+let first = { code: null as number | null, stdout: "", stderr: "" };
+
+function env(extra: Record<string, string> = {}): Record<string, string> {
+  return {
+    ...callerEnv({ allHf: true }), HF_HOME: join(TMP, "hf-home"), NO_COLOR: "1", REALIGN_HUB_RETRY_DELAY_MS: "0", REALIGN_CACHE: join(TMP, "graphs"),
+    // About the files, not the verdict: a permissive gate.
+    REALIGN_ELICIT_MIN_GAP: "0", REALIGN_GATE_HARMFUL_GAIN: "0", REALIGN_GATE_OVER_REFUSAL: "1", REALIGN_GATE_KL: "100", REALIGN_GATE_UTILITY_DROP: "1",
+    ...extra,
+  };
+}
+
+async function realign(args: string[], extra: Record<string, string> = {}) {
+  const p = Bun.spawn([process.execPath, join(REPO_ROOT, CLI), ...args], { cwd: TMP, env: env(extra), stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+  const [stdout, stderr] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text()]);
+  return { code: await p.exited, stdout, stderr };
+}
+
+const json = <T>(p: string) => JSON.parse(readFileSync(p, "utf8")) as T;
+type Rate = { k: number; n: number; rate: number; ci95: [number, number] };
+
+beforeAll(async () => {
+  hub = await startFakeHub();
+  first = await realign([
+    MODEL, "--out", RUN, "--alpha=-150", "--method", "rosi", "--system-prompt", join(REPO_ROOT, "system-prompts", "policy.md"),
+    "--n-train", "8", "--n-val", "8", "--n-eval", "8", "--max-new-tokens", "8", "--device", "cpu",
+    "--gguf", "q8_0", "--srr", "--srr-candidates", "2", "--push-to", `file:${PUB}`, "--yes",
+  ]);
+}, 300_000);
+afterAll(() => {
+  hub?.stop();
+  rmSync(TMP, { recursive: true, force: true });
+});
+
+describe("--gguf q8_0 --srr through the pipeline", () => {
+  test("the run finishes and publishes", () => {
+    if (first.code !== 0) console.error(first.stdout, first.stderr);
+    expect(first.code).toBe(0);
+  });
+
+  test("the GGUF carries the edit that calibration.json and edit.safetensors record; llama.cpp loads it", async () => {
+    const exp = json<{ gguf: { file: string; type: string; bytes: number } }>(join(RUN, "export", "export.json"));
+    expect(exp.gguf.type).toBe("q8_0");
+    const file = join(RUN, "export", "gguf", exp.gguf.file);
+    expect(statSync(file).size).toBe(exp.gguf.bytes);
+    const meta = readGgufMetadata(file);
+    const cal = json<{ method: string; alpha: number; direction_sha256: string }>(join(RUN, "inject", "calibration.json"));
+    const edit = SafetensorsFile.open(join(RUN, "inject", "edit.safetensors"));
+    const editMeta = { ...edit.metadata };
+    edit.close();
+    expect(meta.get("general.file_type")).toBe(7); // LLAMA_FTYPE_MOSTLY_Q8_0
+    expect(meta.get("realign.method")).toBe(cal.method);
+    expect(Number(meta.get("realign.alpha"))).toBe(cal.alpha);
+    expect(cal.alpha).toBe(-150);
+    expect(meta.get("realign.direction_sha256")).toBe(cal.direction_sha256);
+    expect(meta.get("realign.direction_sha256")).toBe(editMeta.direction_sha256);
+    expect(meta.get("realign.base_model")).toBe(MODEL);
+    if (!(await llamaCpp())) return; // warned loudly by the helper
+    const run = await openGguf(file, { contextSize: 64 });
+    try {
+      const md = run.metadata as { realign?: { direction_sha256?: unknown; method?: unknown } };
+      expect(md.realign?.direction_sha256).toBe(cal.direction_sha256);
+      expect(md.realign?.method).toBe(cal.method);
+      const out = await run.greedy(run.tokenize("<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n", true), 4);
+      expect(out.length).toBeGreaterThan(0);
+    } finally {
+      await run.close();
+    }
+  });
+
+  test("published beside the safetensors as hard links; the card lists the GGUF, its Modelfile and llama-cli, and the SRR results", () => {
+    const exp = json<{ gguf: { file: string; bytes: number } }>(join(RUN, "export", "export.json"));
+    const g = exp.gguf.file;
+    for (const [src, name] of [[join(RUN, "export", "gguf", g), g], [join(RUN, "srr", "scorer", "srr.safetensors"), "srr.safetensors"]] as const) {
+      expect(existsSync(join(PUB, name))).toBe(true);
+      expect(statSync(join(PUB, name)).ino).toBe(statSync(src).ino);
+    }
+    expect(existsSync(join(PUB, "model.safetensors"))).toBe(true);
+    const card = parseModelCard(readFileSync(join(PUB, "README.md"), "utf8")).body;
+    expect(card).toContain(`| \`${g}\` | q8_0 | ${fileSize(exp.gguf.bytes)} |`);
+    expect(card).toContain(`FROM ./${g}`);
+    // organism-llama's chat template is plain ChatML, so the Modelfile has a TEMPLATE and the ChatML stop.
+    expect(card).toContain('TEMPLATE """{{- range .Messages }}<|im_start|>{{ .Role }}');
+    expect(card).toContain('PARAMETER stop "<|im_end|>"');
+    expect(card).toContain(`llama-cli -m ${g}`);
+    expect(card).toContain("llama-quantize");
+    const srr = json<{ ranking: { srr: Rate } }>(join(RUN, "srr", "srr.json"));
+    const r = srr.ranking.srr;
+    expect(card).toContain(`| SRR | ${(r.rate * 100).toFixed(1)} % (${r.k}/${r.n}, 95 % CI`);
+  });
+
+  test("srr.json: a scorer of the model's width at a layer in range, rates over the held-out lists with both kinds", () => {
+    const cfg = json<{ num_hidden_layers: number; hidden_size: number }>(join(MODEL, "config.json"));
+    const s = json<{
+      enabled: boolean; layer: number; candidates: number; lists: Record<string, { lists: number; informative: number }>;
+      ranking: Record<string, Rate>; jailbreak_asr: Record<string, Rate>; harmless_refusal: Record<string, Rate>;
+    }>(join(RUN, "srr", "srr.json"));
+    expect(s.enabled).toBe(true);
+    expect(s.candidates).toBe(2);
+    expect(s.layer).toBeGreaterThanOrEqual(1);
+    expect(s.layer).toBeLessThanOrEqual(cfg.num_hidden_layers);
+    expect(s.lists.test.lists).toBe(16); // 8 harmful + 8 harmless evaluation prompts
+    for (const k of ["srr", "probe", "random", "first_sample"]) {
+      const r = s.ranking[k]!;
+      expect(r.n).toBe(s.lists.test.informative);
+      expect(r.k).toBeLessThanOrEqual(r.n);
+      expect(r.ci95[0]).toBeLessThanOrEqual(r.rate);
+      expect(r.ci95[1]).toBeGreaterThanOrEqual(r.rate);
+    }
+    // validate's jailbreak set: the first 16 harmful evaluation prompts (8 here) × every template.
+    const validation = json<{ eval_sizes: { jailbreak: number; harmless: number } }>(join(RUN, "validate", "validation.json"));
+    for (const k of ["greedy", "best_of_n_srr"]) {
+      expect(s.jailbreak_asr[k]!.n).toBe(validation.eval_sizes.jailbreak);
+      expect(s.harmless_refusal[k]!.n).toBe(validation.eval_sizes.harmless);
+    }
+    const report = json<{ details: { srr: { ranking: Record<string, Rate> } } }>(join(RUN, "report.json"));
+    expect(report.details.srr.ranking).toEqual(s.ranking);
+    const scorer = loadSrr(join(RUN, "srr", "scorer", "srr.safetensors"));
+    expect(scorer.layer).toBe(s.layer);
+    expect(scorer.hidden).toBe(cfg.hidden_size);
+  });
+
+  test("`realign generate <run-dir> --best-of 2 --rank srr` ranks with the run's scorer", async () => {
+    const r = await realign(["generate", RUN, "--prompt", "Tell me about cats.", "--temperature", "1", "--seed", "3", "--best-of", "2", "--rank", "srr", "--max-new-tokens", "4", "--device", "cpu", "--json"]);
+    expect(r.code).toBe(0);
+    const out = JSON.parse(r.stdout) as { rank: { file: string; scores: number[]; chosen: number } };
+    expect(out.rank.file).toBe(join(RUN, "srr", "scorer", "srr.safetensors"));
+    expect(out.rank.scores.length).toBe(2);
+    expect(out.rank.chosen).toBe(out.rank.scores[0]! >= out.rank.scores[1]! ? 0 : 1);
+  }, 120_000);
+
+  test("the gguf setting changes the plan of export and publish only", () => {
+    const saved = { ...json<Settings>(join(RUN, "settings.json")), out: RUN };
+    const steps = getSteps();
+    const same = planRun(steps, saved, RUN);
+    expect(same.every((p) => p.action === "cached")).toBe(true);
+    const changed = planRun(steps, { ...saved, gguf: "f16" }, RUN);
+    const moved = changed.filter((p, i) => p.hash !== same[i]!.hash).map((p) => p.name);
+    expect(moved).toEqual(["export", "publish"]);
+    const srrOff = planRun(steps, { ...saved, srr: false }, RUN);
+    expect(srrOff.filter((p, i) => p.hash !== same[i]!.hash).map((p) => p.name)).toEqual(["srr", "publish"]);
+  });
+
+  test("`realign publish` uploads the GGUF and srr.safetensors to the Hub byte for byte", async () => {
+    const r = await realign(["publish", RUN, "--push-to", "alice/organism-gguf", "--yes"], { HF_TOKEN: FAKE_TOKEN, HF_ENDPOINT: hub.url });
+    if (r.code !== 0) console.error(r.stdout, r.stderr);
+    expect(r.code).toBe(0);
+    const exp = json<{ gguf: { file: string } }>(join(RUN, "export", "export.json"));
+    const files = hub.filesAt("alice/organism-gguf");
+    for (const [name, src] of [[exp.gguf.file, join(RUN, "export", "gguf", exp.gguf.file)], ["srr.safetensors", join(RUN, "srr", "scorer", "srr.safetensors")]] as const) {
+      const f = files.get(name);
+      expect(f).toBeDefined();
+      expect(Buffer.compare(Buffer.from(f!.content), readFileSync(src))).toBe(0);
+    }
+    expect(r.stdout + r.stderr).toContain(exp.gguf.file);
+  }, 120_000);
+
+  test("a file: target holding the user's own .gguf is refused and left as it was", async () => {
+    const mine = join(TMP, "mine");
+    mkdirSync(mine);
+    writeFileSync(join(mine, "organism-llama-ROSI-Q8_0.gguf"), "my own file");
+    const r = await realign(["publish", RUN, "--push-to", `file:${mine}`, "--yes"]);
+    expect(r.code).toBe(2);
+    expect(readFileSync(join(mine, "organism-llama-ROSI-Q8_0.gguf"), "utf8")).toBe("my own file");
+  }, 60_000);
+});
