@@ -191,6 +191,8 @@ function buildCli(): CAC {
     .example("  $ realign publish runs/owner--model --yes")
     .example("  $ realign publish runs/owner--model --push-to me/model-realigned");
 
+  registerFleetCommands(cli);
+
   cli.help((sections) => [...sections, { title: "Environment", body: HF_ENV_HELP }]);
   cli.version(readPackageVersion());
   return cli;
@@ -203,6 +205,7 @@ const HF_ENV_HELP = [
   "  HF_ENDPOINT               the Hub's URL, like --hub-url (which wins)",
   "  HF_HOME, HF_HUB_CACHE     where the Hugging Face cache is (default ~/.cache/huggingface/hub)",
   "  REALIGN_<SETTING>         any setting, e.g. REALIGN_N_TRAIN=128 (below the command line, above models.yaml)",
+  "  REDIS_URL                 the fleet's Redis for enqueue, worker, schedule, queue (default redis://127.0.0.1:6379)",
 ].join("\n");
 
 function readPackageVersion(): string {
@@ -627,6 +630,54 @@ async function cmdStatus(model: string | undefined, opts: Opts, deps: CliDeps): 
   return EXIT_OK;
 }
 
+// ---- the fleet (cli/fleet.ts: BullMQ + Redis) ----------------------------------------------------
+
+function registerFleetCommands(cli: CAC): void {
+  const fleetSettings = new Set(["device", "offline", "publish", "hubUrl"]);
+  const enqueue = cli.command("enqueue [models-yaml]", "fleet: add one job per enabled model of models.yaml to the Redis queue (REDIS_URL); an existing job is not added again").ignoreOptionDefaultValue();
+  addSettingOptions(enqueue, fleetSettings);
+  enqueue
+    .option("--queue <name>", "queue name (default: realign)")
+    .option("--attempts <n>", "tries per job before it fails, first run included (default: 5)")
+    .option("--backoff <ms>", "first retry delay, doubled at each retry (default: 30000)")
+    .option("--retry-failed", "retry jobs of these models that had failed (same settings)")
+    .example("  $ REDIS_URL=redis://queue-host:6379 realign enqueue models.yaml");
+  const schedule = cli.command("schedule [models-yaml]", "fleet: register one BullMQ job scheduler per enabled model on models.yaml's schedule: (again: updates them, one per model)").ignoreOptionDefaultValue();
+  addSettingOptions(schedule, fleetSettings);
+  schedule
+    .option("--queue <name>", "queue name (default: realign)")
+    .option("--attempts <n>", "tries per scheduled run (default: 5)")
+    .option("--backoff <ms>", "first retry delay, doubled at each retry (default: 30000)")
+    .example("  $ realign schedule models.yaml        # once, from any machine");
+  cli
+    .command("worker", "fleet: take jobs from the queue and run them (one worker per GPU); SIGTERM finishes the current step and hands the job back")
+    .ignoreOptionDefaultValue()
+    .option("--concurrency <n>", "jobs at once (default: 1, the sane choice for one GPU)")
+    .option("--device <name>", "auto | cpu | cuda | webgpu for every job (default: the job's)")
+    .option("--queue <name>", "queue name (default: realign)")
+    .option("--name <name>", "this worker's name in the status table (default: <host>:<pid>)")
+    .option("--lock-duration <ms>", "how long a job stays taken without this worker renewing it; a killed worker's job waits this long (default: 30000)")
+    .option("--stalled-interval <ms>", "how often jobs of dead workers are looked for (default: 30000)")
+    .example("  $ CUDA_VISIBLE_DEVICES=0 realign worker --device cuda");
+  cli
+    .command("queue", "fleet: the queue's jobs: waiting, active (worker, step, since), completed, failed with reasons; schedulers")
+    .ignoreOptionDefaultValue()
+    .option("--queue <name>", "queue name (default: realign)")
+    .option("--limit <n>", "jobs shown per state (default: 20)")
+    .option("--json", "print the status as JSON")
+    .example("  $ realign queue --json");
+}
+
+async function cmdFleet(name: string, file: string | undefined, opts: Opts, deps: CliDeps): Promise<number> {
+  // Loaded on use: the other commands need neither BullMQ nor ioredis.
+  const fleet = await import("./fleet.ts");
+  const fleetDeps = { env: deps.env ?? process.env, cwd: deps.cwd ?? process.cwd(), overrides: settingOverrides(opts) };
+  if (name === "enqueue") return fleet.enqueueCommand(file, opts, fleetDeps);
+  if (name === "schedule") return fleet.scheduleCommand(file, opts, fleetDeps);
+  if (name === "worker") return fleet.workerCommand(opts, fleetDeps);
+  return fleet.queueCommand(opts, fleetDeps);
+}
+
 // ---- entry -------------------------------------------------------------------------------------
 
 function printError(e: unknown, env: Record<string, string | undefined>): void {
@@ -692,6 +743,11 @@ export async function main(argv: readonly string[], deps: CliDeps = {}): Promise
         return await cmdBatch(pos[0], opts, deps);
       case "status":
         return await cmdStatus(pos[0], opts, deps);
+      case "enqueue":
+      case "schedule":
+      case "worker":
+      case "queue":
+        return await cmdFleet(cmd.name, pos[0], opts, deps);
       default:
         throw new UsageError(`unknown command ${cmd.name}`);
     }

@@ -1,13 +1,13 @@
 // The floor plan, enforced: every import between the project's rooms must point down this list.
 //
-//   cli → steps → rosi → evals → {engine, pipeline, hub} → report → util
+//   cli → fleet → steps → rosi → evals → {engine, pipeline, hub} → report → util
 //
 // A room may import itself and any room on a lower floor; rooms on the same floor (engine, pipeline,
 // hub) do not import each other. Exits 1 listing each offending import (file:line), else prints a summary.
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { dirname, join, relative, resolve, sep } from "node:path";
 
-export const FLOORS: readonly (readonly string[])[] = [["cli"], ["steps"], ["rosi"], ["evals"], ["engine", "pipeline", "hub"], ["report"], ["util"]];
+export const FLOORS: readonly (readonly string[])[] = [["cli"], ["fleet"], ["steps"], ["rosi"], ["evals"], ["engine", "pipeline", "hub"], ["report"], ["util"]];
 const floorOf = new Map(FLOORS.flatMap((rooms, i) => rooms.map((r) => [r, i] as const)));
 
 export interface Violation {
