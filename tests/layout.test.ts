@@ -1,5 +1,5 @@
 // The floor plan holds: imports between rooms point down (cli → steps → rosi → evals →
-// {engine, pipeline, hub} → report → util), and steps/ holds the six steps and their contracts only.
+// {engine, pipeline, hub} → report → util), and steps/ holds the eight steps and their contracts only.
 import { expect, test } from "bun:test";
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -25,7 +25,7 @@ test("the checker finds an upward import (it can fail)", () => {
   }
 });
 
-test("steps/ holds the six steps, the settings schema, the artefact table, shared helpers and the list", () => {
+test("steps/ holds the eight steps, the settings schema, the artefact table, shared helpers and the list", () => {
   const files = readdirSync(join(REPO_ROOT, "steps")).sort();
-  expect(files).toEqual(["artefacts.ts", "common.ts", "elicit.ts", "extract.ts", "index.ts", "inject.ts", "publish.ts", "pull.ts", "settings.ts", "validate.ts"]);
+  expect(files).toEqual(["artefacts.ts", "common.ts", "elicit.ts", "export.ts", "extract.ts", "index.ts", "inject.ts", "publish.ts", "pull.ts", "settings.ts", "srr.ts", "validate.ts"]);
 });
