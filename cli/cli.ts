@@ -93,7 +93,7 @@ function addRunOptions(cmd: Command): Command {
 
 function buildCli(): CAC {
   const cli = cac("realign");
-  const main = addRunOptions(cli.command("[model]", "re-align a model: pull → elicit → extract → inject → validate → publish").ignoreOptionDefaultValue());
+  const main = addRunOptions(cli.command("[model]", "re-align a model: pull → elicit → extract → inject → validate → srr (--srr) → export (--gguf) → publish").ignoreOptionDefaultValue());
   main
     .usage("<repo-id | local-dir> [options]")
     .example("  $ realign cognitivecomputations/Dolphin3.0-Qwen2.5-0.5B --no-publish")
@@ -111,7 +111,7 @@ function buildCli(): CAC {
   demo.option("--from <step>", "re-run from this step on").option("--force", "re-run every step").example("  $ realign demo --device cpu");
 
   cli
-    .command("generate <model-dir>", "generate text with a (realigned) model")
+    .command("generate <model-dir>", "generate text with a (realigned) model; a run directory stands for its re-aligned model")
     .ignoreOptionDefaultValue()
     .option("--prompt <text>", "user message")
     .option("--system <text>", "system prompt")
@@ -127,7 +127,7 @@ function buildCli(): CAC {
     .option("--samples <n>", "samples of the prompt, in one batch (with --temperature)")
     .option("--stop <text>", "stop when the reply contains this text (not printed)")
     .option("--best-of <n>", "sample n replies and print the one --rank ranks first (with --temperature)")
-    .option("--rank <method>", "srr (the model dir's srr.safetensors) or srr:<file>: Safety Representation Ranking")
+    .option("--rank <method>", "srr (the model dir's srr.safetensors, or a run's srr/scorer/srr.safetensors from --srr) or srr:<file>: Safety Representation Ranking")
     .example("  $ realign generate runs/owner--model/inject/model --prompt 'Write a haiku about rain'")
     .example("  $ realign generate runs/owner--model/inject/model --prompt 'Write a haiku' --temperature 0.8 --top-p 0.95 --seed 1 --samples 4");
 
@@ -144,7 +144,7 @@ function buildCli(): CAC {
     .option("--device <name>", "auto | cpu | cuda | webgpu")
     .option("--dtype <name>", "float32 (default) | float16")
     .option("--best-of <n>", "each reply: the top-ranked of n samples (with --temperature and --rank)")
-    .option("--rank <method>", "srr (each model dir's srr.safetensors) or srr:<file>")
+    .option("--rank <method>", "srr (each model dir's srr.safetensors; a run's from its srr step) or srr:<file>")
     .option("--json", "one JSON line per reply (model, prompt_ids, new_ids, text) instead of streamed text")
     .example("  $ realign chat runs/owner--model --vs            # the re-aligned model next to the original")
     .example("  $ realign chat ./my-model --system 'Be brief.' < questions.txt");
