@@ -1,6 +1,8 @@
-// `bun run bench [--model <dir>] [--batch B] [--seq T] [--decode N] [--device …] [--quantize int4|int8|int8-dynamic] [--dtype float32|float16] [--json]`
+// `bun run bench [--model <dir>] [--batch B] [--seq T] [--decode N] [--device …] [--quantize none|int4|int8|int8-dynamic|all|a,b,…] [--dtype float32|float16] [--kernels] [--json]`
 // Prints prefill and decode throughput and peak RSS. Without --model it benchmarks a random-weight
-// checkpoint of Qwen2.5-0.5B shape generated locally (once, in the realign cache).
+// checkpoint of Qwen2.5-0.5B shape generated locally (once, in the realign cache). With several
+// quantisations (`all` = none,int8,int4,int8-dynamic) each runs in its own process, one after the other (peak
+// RSS is per process). `--kernels` (on with --json) adds the kernel path: ORT's profiler on a separate session.
 // `--vs llama.cpp`: prefill / decode tokens/s of the engine and of llama.cpp side by side (see below).
 import cac from "cac";
 import { join } from "node:path";
@@ -10,6 +12,7 @@ import type { Device } from "../engine/session.ts";
 import { parseQuantize, type QuantizeConfig } from "../engine/quantize.ts";
 import type { ComputeDType } from "../engine/decoder.ts";
 import { SHAPES, writeRandomCheckpoint } from "./random-checkpoint.ts";
+import { kernelPath, type KernelPath } from "./kernels.ts";
 
 // `bun run bench --vs llama.cpp [--shape …] [--seq T] [--decode N] [--threads N] [--json]`: the engine and
 // llama.cpp on the same checkpoint (its GGUF), side by side; bench/gguf-vs-llamacpp.ts reads the other flags.
@@ -41,9 +44,35 @@ cli
   .option("--device <d>", "auto | cpu | cuda | webgpu", { default: "cpu" })
   .option("--quantize <q>", "int4 | int8 weight-only projections (MatMulNBits, optionally :blockSize, default 32), or int8-dynamic (int8 weights per channel, int8 activations per token)")
   .option("--dtype <t>", "compute type: float32 | float16", { default: "float32" })
+  .option("--kernels", "also print the kernel path (op types, provider, time share; ORT profiler on a separate session); on with --json")
   .option("--json", "print one JSON object");
 const { options } = cli.parse();
 if (options.help) process.exit(0);
+
+// Several quantisations: this script once per quantisation, in turn, each in its own process.
+const QUANTISATIONS = ["none", "int8", "int4", "int8-dynamic"];
+const requested = options.quantize === undefined ? [] : String(options.quantize) === "all" ? QUANTISATIONS : String(options.quantize).split(",");
+if (requested.length > 1) {
+  const passOn = process.argv.slice(2).filter((a, i, all) => a !== "--quantize" && all[i - 1] !== "--quantize" && !a.startsWith("--quantize="));
+  const runs: Record<string, unknown>[] = [];
+  for (const q of requested) {
+    const child = Bun.spawn([process.execPath, import.meta.path, ...passOn, ...(q === "none" ? [] : ["--quantize", q]), "--json"], { stdout: "pipe", stderr: options.json ? "ignore" : "inherit" });
+    const out = await new Response(child.stdout as ReadableStream).text();
+    const code = await child.exited;
+    const line = out.trim().split("\n").pop() ?? "";
+    runs.push(code === 0 && line.startsWith("{") ? JSON.parse(line) : { quantize: q, error: `exit ${code}` });
+  }
+  if (options.json) console.log(JSON.stringify({ runs }));
+  else {
+    console.log("quantize         prefill tok/s  decode tok/s  peak RSS MB  top kernels");
+    for (const r of runs) {
+      const k = r.kernels as KernelPath | undefined;
+      const top = k ? k.ops.slice(0, 3).map((o) => `${o.op} ${(o.share * 100).toFixed(0)}%`).join(", ") : String(r.error ?? "");
+      console.log(`${String(r.quantize_scheme ?? r.quantize).padEnd(16)} ${String(r.prefill_tokens_per_s ?? "-").padStart(13)}  ${String(r.decode_tokens_per_s ?? "-").padStart(12)}  ${String(r.peak_rss_mb ?? "-").padStart(11)}  ${top}`);
+    }
+  }
+  process.exit(runs.some((r) => r.error) ? 1 : 0);
+}
 
 const log = (m: string) => {
   if (!options.json) console.error(m);
@@ -67,7 +96,7 @@ if (!dir) {
 
 let quantize: QuantizeConfig | null = null;
 try {
-  quantize = options.quantize ? parseQuantize(String(options.quantize)) : null;
+  quantize = options.quantize && String(options.quantize) !== "none" ? parseQuantize(String(options.quantize)) : null;
 } catch (e) {
   console.error((e as Error).message);
   process.exit(2);
@@ -87,10 +116,15 @@ const prompts = Array.from({ length: B }, () => Array.from({ length: T }, rand))
 // Warm-up: the first run pays for kernel selection and weight prepacking.
 await generateGreedy(model, prompts.map((p) => p.slice(0, 8)), { maxNewTokens: 2 });
 const r = await generateGreedy(model, prompts, { maxNewTokens: N + 1 });
+const peakRss = mb();
+await model.close();
+// The kernel path comes from a second, profiled session (after the timed one is closed).
+const kernels: KernelPath | null = options.json || options.kernels ? await kernelPath(dir, { device: options.device as Device, quantize, dtype: options.dtype as ComputeDType }, prompts) : null;
 const result = {
   model: dir,
   device: model.ep,
   quantize: model.quantization,
+  quantize_scheme: options.quantize && String(options.quantize) !== "none" ? String(options.quantize) : "none",
   dtype: model.dtype,
   batch: B,
   seq: T,
@@ -99,7 +133,8 @@ const result = {
   prefill_tokens_per_s: Number((r.stats.prefillTokens / r.stats.prefillSeconds).toFixed(1)),
   decode_tokens_per_s: Number((r.stats.decodeTokens / r.stats.decodeSeconds).toFixed(1)),
   prefill_s: Number(r.stats.prefillSeconds.toFixed(3)),
-  peak_rss_mb: Number(mb().toFixed(0)),
+  peak_rss_mb: Number(peakRss.toFixed(0)),
+  kernels,
 };
 if (options.json) console.log(JSON.stringify(result));
 else {
@@ -109,5 +144,5 @@ else {
   console.log(`prefill           ${result.prefill_tokens_per_s} tokens/s (${result.prefill_s} s)`);
   console.log(`decode            ${result.decode_tokens_per_s} tokens/s`);
   console.log(`peak RSS          ${result.peak_rss_mb} MB`);
+  if (kernels) console.log(`kernels           ${kernels.ops.slice(0, 8).map((o) => `${o.op}@${o.provider} ${(o.share * 100).toFixed(1)}%`).join(", ")}`);
 }
-await model.close();

@@ -26,6 +26,8 @@ export interface LoadOptions extends CheckpointOptions {
   quantize?: QuantizeConfig | null;
   /** Compute type inside the graph (see DecoderBuildOptions.dtype); default float32. */
   dtype?: ComputeDType;
+  /** Run ONNX Runtime's profiler; `endProfiling()` writes the trace (bench's kernel path). */
+  profilePrefix?: string;
   /** Where built graphs are kept; default $REALIGN_CACHE or ~/.cache/realign. */
   cacheDir?: string;
   log?: (msg: string) => void;
@@ -199,7 +201,7 @@ export class DecoderModel {
       }
     }
     touchGraph(graphDir);
-    const { session, ep, fallbackReason } = await openSession(graphPath, opts.device ?? "auto", { prepack: quantize !== null });
+    const { session, ep, fallbackReason } = await openSession(graphPath, opts.device ?? "auto", { prepack: quantize !== null, profilePrefix: opts.profilePrefix });
     return new DecoderModel(dir, checkpoint, builder.cfg, session, ep, fallbackReason, interventions, graphPath, describeQuantization(quantize), dtype);
   }
 
@@ -264,6 +266,11 @@ export class DecoderModel {
       result.residuals = [...Array.from({ length: numLayers }, (_, l) => out[IO.residual(l)].data as Float32Array), out[IO.residualFinal].data as Float32Array];
     }
     return result;
+  }
+
+  /** Ends ONNX Runtime's profiling (loaded with `profilePrefix`) and writes its trace to `<profilePrefix>_<date>.json`. */
+  async endProfiling(): Promise<void> {
+    await this.session.endProfiling();
   }
 
   async close(): Promise<void> {

@@ -22,8 +22,10 @@ const CUDA_HINT =
   "the CUDA execution provider is not installed with onnxruntime-node by default; reinstall it with CUDA 12 binaries: " +
   "`ONNXRUNTIME_NODE_INSTALL=cuda12 npm install` (needs CUDA 12 and cuDNN 9 on the machine)";
 
-function sessionOptions(ep: "cpu" | "cuda" | "webgpu", prepack: boolean): ort.InferenceSession.SessionOptions {
+function sessionOptions(ep: "cpu" | "cuda" | "webgpu", prepack: boolean, profilePrefix?: string): ort.InferenceSession.SessionOptions {
   return {
+    // ORT's profiler: a JSON trace (every node run: op type, provider, duration) written by endProfiling().
+    ...(profilePrefix ? { enableProfiling: true, profileFilePrefix: profilePrefix } : {}),
     executionProviders: [ep],
     graphOptimizationLevel: "all",
     // Page-aligned external initializers are mapped from the cache file rather than copied.
@@ -37,8 +39,8 @@ function sessionOptions(ep: "cpu" | "cuda" | "webgpu", prepack: boolean): ort.In
   };
 }
 
-async function tryOpen(modelPath: string, ep: "cpu" | "cuda" | "webgpu", prepack: boolean): Promise<ort.InferenceSession> {
-  return ort.InferenceSession.create(modelPath, sessionOptions(ep, prepack));
+async function openWith(modelPath: string, ep: "cpu" | "cuda" | "webgpu", prepack: boolean, profilePrefix?: string): Promise<ort.InferenceSession> {
+  return ort.InferenceSession.create(modelPath, sessionOptions(ep, prepack, profilePrefix));
 }
 
 function bundled(ep: string): boolean {
@@ -50,8 +52,9 @@ export function deviceUnavailable(device: Device): string | null {
   return device === "cuda" && !bundled("cuda") ? `--device cuda: ${CUDA_HINT}` : null;
 }
 
-export async function openSession(modelPath: string, device: Device, opts: { prepack?: boolean } = {}): Promise<OpenedSession> {
+export async function openSession(modelPath: string, device: Device, opts: { prepack?: boolean; profilePrefix?: string } = {}): Promise<OpenedSession> {
   const prepack = opts.prepack ?? false;
+  const tryOpen = (path: string, ep: "cpu" | "cuda" | "webgpu", pre: boolean) => openWith(path, ep, pre, opts.profilePrefix);
   if (!DEVICES.includes(device)) throw new DeviceError(`unknown device "${device}"; use one of ${DEVICES.join(", ")}`);
   if (device === "cpu") return { session: await tryOpen(modelPath, "cpu", prepack), ep: "cpu", fallbackReason: null };
   if (device === "cuda" || device === "webgpu") {
