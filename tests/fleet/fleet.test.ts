@@ -290,30 +290,42 @@ describe.skipIf(!redisOk)("fleet on BullMQ + Redis", () => {
     expect(await stopWorker(b)).toBe(0);
   }, 300_000);
 
-  test("a worker SIGKILLed mid-job: the other worker resumes the run directory and the model is published once", async () => {
+  test("SIGTERM hands the job back after the current step; SIGKILL mid-job: the next worker resumes the run directory; published once", async () => {
     const name = `${tag}-kill`;
     const file = modelsYaml("kill.yaml", [{ name: "k1" }]);
     const out = join(work, "runs", "k1");
+    const q = queue(name);
+    const activeAt = (steps: string[], worker: string) =>
+      waitFor(`the job at ${steps.join(" or ")} on ${worker}`, async () => {
+        const j = (await q.getJobs(["active"]))[0];
+        const p = j?.progress as Partial<FleetProgress> | undefined;
+        return j && p?.worker === worker && steps.includes(p.step ?? "") ? { job: j, step: p.step! } : null;
+      });
     const a = startWorker("kA", name, 4000, 1000);
     expect((await cli(["enqueue", file, "--queue", name, "--backoff", "100"])).code).toBe(0);
-    const q = queue(name);
-    const [job] = await waitFor("the job to reach validate", async () => {
-      const j = (await q.getJobs(["active"]))[0];
-      const p = j?.progress as Partial<FleetProgress> | undefined;
-      return j && p?.step === "validate" ? [j] : null;
-    });
-    const id = String(job!.id);
-    // What is committed before the kill (pull … inject) must not be redone.
+
+    // SIGTERM: the step under way finishes and is committed, the job goes back to wait, the worker exits 0.
+    const early = await activeAt(["elicit", "extract"], "kA");
+    const id = String(early.job.id);
+    expect(await stopWorker(a)).toBe(0);
+    expect(a.lines.some((l) => l.startsWith(`job ${id} released by kA`))).toBe(true);
+    expect(await q.getJobState(id)).toBe("waiting");
+    expect(existsSync(join(out, early.step, ".done.json"))).toBe(true);
+    expect(readdirSync(out).filter((n) => n.includes(".tmp-"))).toEqual([]);
+
+    // SIGKILL during validate: what was committed (pull … inject) is not redone by the next worker.
+    const b = startWorker("kB", name, 4000, 1000);
+    await activeAt(["validate"], "kB");
     const doneBefore = ["pull", "elicit", "extract", "inject"].map((s) => readFileSync(join(out, s, ".done.json"), "utf8"));
     const active = JSON.parse((await cli(["queue", "--queue", name, "--json"])).stdout) as { jobs: { id: string; state: string; worker: string; step: string; since: string }[] };
     const row = active.jobs.find((r) => r.id === id)!;
     expect(row.state).toBe("active");
-    expect(row.worker).toBe("kA");
+    expect(row.worker).toBe("kB");
     expect(row.step).toBe("validate");
     expect(Number.isNaN(Date.parse(row.since))).toBe(false);
-    const childPid = Number(/pid (\d+)/.exec(a.lines.find((l) => l.startsWith(`job ${id} started`))!)![1]);
-    a.proc.kill("SIGKILL");
-    await a.done;
+    const childPid = Number(/pid (\d+)/.exec(b.lines.find((l) => l.startsWith(`job ${id} started by kB`))!)![1]);
+    b.proc.kill("SIGKILL");
+    await b.done;
     expect(await q.getJobState(id)).not.toBe("completed");
     // The killed worker's run process notices (its stdin closes) and exits instead of writing on.
     await waitFor("the orphaned run process to exit", async () => {
@@ -324,17 +336,17 @@ describe.skipIf(!redisOk)("fleet on BullMQ + Redis", () => {
         return true;
       }
     }, 60_000);
-    const b = startWorker("kB", name, 4000, 1000);
-    await waitFor("the job to complete", async () => (await q.getJobState(id)) === "completed" || (await q.getJobState(id)) === "failed");
+    const c = startWorker("kC", name, 4000, 1000);
+    await waitFor("the job to finish", async () => ["completed", "failed"].includes(await q.getJobState(id)));
     const finished = (await q.getJob(id))!;
     expect(await finished.getState()).toBe("completed");
-    expect(finished.returnvalue.worker).toBe("kB");
-    expect(starts().filter(([j]) => j === id).map(([, w]) => w)).toEqual(["kA", "kB"]);
+    expect(finished.returnvalue.worker).toBe("kC");
+    expect(starts().filter(([j]) => j === id).map(([, w]) => w)).toEqual(["kA", "kB", "kC"]);
     expect(["pull", "elicit", "extract", "inject"].map((s) => readFileSync(join(out, s, ".done.json"), "utf8"))).toEqual(doneBefore);
     expectCompleteRun(out);
     expectPublishedOnce("alice/k1-rosi", out);
     expect(commits("alice/k1-rosi").length).toBe(1);
-    expect(await stopWorker(b)).toBe(0);
+    expect(await stopWorker(c)).toBe(0);
   }, 300_000);
 
   test("Hub 500 twice on the commit: retried with back-off, published once; a failed gate fails at once, not retried", async () => {
