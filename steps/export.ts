@@ -21,7 +21,7 @@ import { outputsOf, patchedModelDir, readSource, writeJson, type ExportRecord, t
 
 /** A file-name-safe "<name>-ROSI-<TYPE>.gguf" for the base model (its repo name, or its folder's). */
 export function ggufFileName(baseModel: string, type: GgufType): string {
-  const name = (baseModel.split(/[\\/]/).filter(Boolean).pop() ?? "model").replace(/[^A-Za-z0-9._-]+/g, "-").replace(/^[.-]+/, "") || "model";
+  const name = (baseModel.split(/[\\/]/).filter(Boolean).pop() ?? "model").replace(/[^A-Za-z0-9._-]+/g, "-").replace(/^[.-]+|[.-]+$/g, "") || "model";
   return `${name}-ROSI-${type.toUpperCase()}.gguf`;
 }
 
