@@ -1,4 +1,4 @@
-// The floor plan holds: imports between rooms point down (cli → steps → rosi → evals →
+// The floor plan holds: imports between rooms point down (cli → fleet → steps → rosi → evals →
 // {engine, pipeline, hub} → report → util), and steps/ holds the eight steps and their contracts only.
 import { expect, test } from "bun:test";
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
