@@ -45,7 +45,8 @@ export interface DecoderBuildOptions {
    * - blockwise: weight-only `com.microsoft.MatMulNBits`, untied lm_head included; embeddings, norms, biases and a
    *   tied lm_head stay in the compute type.
    * - int8-dynamic: int8 weights per output channel, activations quantised per token, `MatMulInteger` (see
-   *   dynamicInt8MatMul); the lm_head stays float32 whether tied or not (the logits are what KL and greedy read).
+   *   dynamicInt8MatMul), the lm_head included (tied or not); embeddings, norms, residual adds and attention stay
+   *   float32, and so do the logits it returns.
    *   float32 graphs only.
    */
   quantize?: QuantizeConfig | null;
@@ -441,14 +442,17 @@ export class DecoderBuilder {
     const normed = this.rmsNorm(hidden, this.normWeight("model.norm.weight"), "final_norm");
     const headName = this.lmHeadName();
     // A tied head reuses the embedding initializer: Gemm(transB) reads the [vocab, hidden] table directly (unquantised
-    // even when quantising, since the Gather needs the full-precision table anyway).
+    // with MatMulNBits, since the Gather needs the full-precision table anyway). int8-dynamic quantises the head too,
+    // tied or not (a tied one gets its own int8 copy beside the float table): in batched decoding the head is most of
+    // the bytes read per step, and on organism-llama the int8 head leaves KL and greedy tokens as they were.
     const tied = headName === this.embedName();
-    const floatHead = this.opts.quantize?.scheme === "int8-dynamic";
-    const head = tied
-      ? this.embedName()
-      : floatHead
-        ? this.weight(headName, this.require(headName, [vocabSize, hiddenSize]), [vocabSize, hiddenSize])
-        : this.matrixWeight(headName, this.require(headName, [vocabSize, hiddenSize]), vocabSize, hiddenSize);
+    const read = () => this.require(headName, [vocabSize, hiddenSize]);
+    const head =
+      this.opts.quantize?.scheme === "int8-dynamic"
+        ? this.matrixWeight("lm_head.weight", read(), vocabSize, hiddenSize)
+        : tied
+          ? this.embedName()
+          : this.matrixWeight(headName, read(), vocabSize, hiddenSize);
     let logits = this.toFloat(this.gemm(normed, head, null, "lm_head"));
     const cap = this.cfg.finalLogitSoftcap;
     if (cap !== null) logits = g.op("Mul", [g.op("Tanh", [g.op("Div", [logits, g.scalarF32(cap)])]), g.scalarF32(cap)], {}, { name: "final_softcap" });

@@ -175,7 +175,7 @@ export class DecoderModel {
     // `quantize` is left out of the key when unset (undefined), so float32 graphs keep their cache entries.
     const key = createHash("sha256")
       // The fingerprint covers config and headers; size + mtime of each shard catch weights rewritten in place.
-      .update(JSON.stringify({ v: GRAPH_VERSION, fp: checkpoint.fingerprint(), files: checkpoint.shards().map((f) => statSync(f)).map((st) => [st.size, st.mtimeMs]), interventions, dtype, quantize: quantize ?? undefined }))
+      .update(JSON.stringify({ v: GRAPH_VERSION, fp: checkpoint.fingerprint(), files: checkpoint.shards().map((f) => statSync(f)).map((st) => [st.size, st.mtimeMs]), interventions, dtype, quantize: quantize ?? undefined, ...int8DynamicRevision(quantize) }))
       .digest("hex")
       .slice(0, 24);
     const graphsDir = join(opts.cacheDir ?? defaultCacheDir(), "graphs");
@@ -307,6 +307,11 @@ class ForwardLog {
 }
 const forwardLog = process.env.REALIGN_FORWARD_LOG ? new ForwardLog(process.env.REALIGN_FORWARD_LOG) : null;
 
+/** Layout revision of int8-dynamic graphs (2: int8 lm_head), in their cache key only: other graphs keep their entries. */
+function int8DynamicRevision(q: QuantizeConfig | null): { i8dyn?: number } {
+  return q?.scheme === "int8-dynamic" ? { i8dyn: 2 } : {};
+}
+
 /** About how many bytes a built graph's weights take (for the cache cap). */
 function estimatedGraphBytes(checkpoint: Checkpoint, dtype: ComputeDType, quantize: QuantizeConfig | null): number {
   const element = dtype === "float16" ? 2 : 4;
@@ -316,9 +321,11 @@ function estimatedGraphBytes(checkpoint: Checkpoint, dtype: ComputeDType, quanti
     // Quantised projection matrices: bits/8 per weight plus one scale per block; everything else at `element`.
     const quantised = quantize !== null && /(proj|lm_head)\.weight$/.test(n);
     if (!quantised) bytes += count * element;
-    else if (quantize.scheme === "int8-dynamic") bytes += /lm_head/.test(n) ? count * element : count;
+    else if (quantize.scheme === "int8-dynamic") bytes += count;
     else bytes += count * (quantize.bits / 8 + element / quantize.blockSize);
   }
+  // int8-dynamic gives a tied head its own int8 copy of the embedding table.
+  if (quantize?.scheme === "int8-dynamic" && !checkpoint.has("lm_head.weight") && checkpoint.has("model.embed_tokens.weight")) bytes += numel(checkpoint.info("model.embed_tokens.weight").shape);
   return bytes;
 }
 

@@ -21,7 +21,8 @@
 // AMX where the CPU has it):
 //   w[n, k] ≈ q[k, n] · scale[n],  scale[n] = max_k |w[n, k]| / 127,  q ∈ [−127, 127] (symmetric, no zero point)
 //   x[m, k] ≈ (xq[m, k] − 128) · s[m], s[m] = max_k |x[m, k]| / 127 (one scale per token)
-// The residual adds, norms, attention and the lm_head stay float32.
+// The lm_head is quantised too (the bulk of batched decoding's reads); the embedding table, residual adds,
+// norms, attention and the logits stay float32.
 // - qweight: int8 [K, N] (the HF [N, K] weight transposed: B as MatMulInteger / DynamicQuantizeMatMul take it).
 // - scales:  float32 [N].
 
