@@ -44,7 +44,7 @@ cli
   .option("--device <d>", "auto | cpu | cuda | webgpu", { default: "cpu" })
   .option("--quantize <q>", "int4 | int8 weight-only projections (MatMulNBits, optionally :blockSize, default 32), or int8-dynamic (int8 weights per channel, int8 activations per token)")
   .option("--dtype <t>", "compute type: float32 | float16", { default: "float32" })
-  .option("--kernels", "also print the kernel path (op types, provider, time share; ORT profiler on a separate session); on with --json")
+  .option("--kernels", "also print the kernel path (op types, provider, time share; ORT profiler on a separate session); on with --json unless --no-kernels")
   .option("--json", "print one JSON object");
 const { options } = cli.parse();
 if (options.help) process.exit(0);
@@ -119,7 +119,8 @@ const r = await generateGreedy(model, prompts, { maxNewTokens: N + 1 });
 const peakRss = mb();
 await model.close();
 // The kernel path comes from a second, profiled session (after the timed one is closed).
-const kernels: KernelPath | null = options.json || options.kernels ? await kernelPath(dir, { device: options.device as Device, quantize, dtype: options.dtype as ComputeDType }, prompts) : null;
+const wantKernels = options.kernels === undefined ? Boolean(options.json) : Boolean(options.kernels);
+const kernels: KernelPath | null = wantKernels ? await kernelPath(dir, { device: options.device as Device, quantize, dtype: options.dtype as ComputeDType }, prompts) : null;
 const result = {
   model: dir,
   device: model.ep,
