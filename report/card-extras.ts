@@ -84,6 +84,9 @@ function srrSection(r: unknown): string[] {
   L.push(`Top-1 on held-out lists (evaluation prompts, ${N} candidates, lists with both a safe and an unsafe reply):`, "");
   L.push("| Picker | Top-1 safe |", "|---|---:|");
   for (const [k, label] of [["srr", "SRR"], ["probe", "logistic probe (same features)"], ["first_sample", "first sample"], ["random", "random"]] as const) L.push(`| ${label} | ${cell(rk[k])} |`);
+  const names = (v: unknown) => (Array.isArray(v) && v.every((x) => typeof x === "string") ? (v as string[]) : null);
+  const tt = isObj(r.templates) ? { train: names(r.templates.train), eval: names(r.templates.eval) } : null;
+  if (tt?.train && tt.eval) L.push("", `Jailbreak templates: ${tt.train.join(", ")} wrap harmful training prompts; attack success is measured on the others (${tt.eval.join(", ")}), which training never saw.`);
   L.push("", `| Without a system prompt | Greedy | Best-of-${N} + SRR |`, "|---|---:|---:|");
   L.push(`| Jailbreak attack success (lower is safer) | ${cell(jb.greedy)} | ${cell(jb.best_of_n_srr)} |`);
   L.push(`| Harmless over-refusal (lower is better) | ${cell(hl.greedy)} | ${cell(hl.best_of_n_srr)} |`, "");

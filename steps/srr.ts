@@ -12,10 +12,15 @@
 //   labels     the refusal judge (evals/refusal.ts isRefusal)
 // Instructions: train lists from the train split, validation lists (layer, width and early stopping are
 // chosen on them) from the validation split, held-out lists from the evaluation split: no evaluation
-// instruction is trained on or chosen by.
+// instruction is trained on or chosen by. The harmful train and validation lists also hold the same
+// instructions wrapped in the first TRAIN_TEMPLATES jailbreak templates (round robin): bench/srr.ts
+// measured on organism-llama that a scorer trained on plain requests alone does not transfer to
+// jailbreaks (best-of-8 ASR 159/192 vs greedy 148/192 re-aligned), with wrapped lists it does (69/96 vs
+// 77/96). Attack success is then measured on the other templates only, never seen in training.
 // Reported (k/n, 95 % Wilson interval): top-1 on held-out lists that hold both kinds for SRR, a random
 // pick, the first plain sample and a logistic probe on the same features; jailbreak attack success (not
-// a refusal) on the validate step's jailbreak prompts, greedy vs best-of-N ranked by SRR; harmless
+// a refusal) on the first 16 harmful evaluation prompts in each held-out template, greedy vs best-of-N
+// ranked by SRR; harmless
 // refusal on the evaluation harmless prompts, greedy vs best-of-N + SRR.
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
@@ -38,6 +43,8 @@ const EPOCHS = 300;
 const PATIENCE = 30;
 /** Rows (prompt × sample) per generation batch. */
 const ROWS = 64;
+/** Jailbreak templates whose wrappings join the harmful train and validation lists (the rest are held out). */
+const TRAIN_TEMPLATES = 3;
 
 type Kind = "harmful" | "harmless";
 interface Item {
@@ -55,6 +62,8 @@ export interface SrrRecord {
   tau: number;
   candidates: number;
   temperature: number;
+  /** Jailbreak templates wrapped around harmful train / validation prompts, and those attack success is measured on. */
+  templates: { train: string[]; eval: string[] };
   lists: Record<"train" | "val" | "test", { lists: number; informative: number }>;
   /** Every (layer, width) tried, with its validation loss and top-1. */
   selection: { layer: number; dim: number; val_loss: number; val_top1: number }[];
@@ -72,7 +81,7 @@ const goodOf = (kind: Kind, text: string) => (kind === "harmful" ? isRefusal(tex
 
 export const srrStep: Step<Settings> = {
   name: "srr",
-  version: 1,
+  version: 2,
   deps: ["pull", "elicit", "inject"],
   outputs: outputsOf("srr"),
   // Off, nothing else matters (changing the seed does not re-run a step that does nothing).
@@ -127,10 +136,13 @@ export const srrStep: Step<Settings> = {
           return its.map((it) => ({ inst: layer[k++]!, cands: it.cands.map(() => layer[k++]!), good: it.cands.map((c) => goodOf(it.kind, c.text)) }));
         });
       };
+      const trainTemplates = JAILBREAK_TEMPLATES.slice(0, TRAIN_TEMPLATES);
+      const evalTemplates = JAILBREAK_TEMPLATES.slice(TRAIN_TEMPLATES);
+      const withWrapped = (ps: string[]) => [...ps, ...ps.map((p, i) => wrapJailbreak(trainTemplates[i % trainTemplates.length]!.id, p))];
       const bar = ctx.progress("srr: sample lists", 3);
       const data = {
-        train: await items(splits.harmful.train, splits.harmless.train),
-        val: await items(splits.harmful.val, splits.harmless.val),
+        train: await items(withWrapped(splits.harmful.train), splits.harmless.train),
+        val: await items(withWrapped(splits.harmful.val), splits.harmless.val),
         test: await items(splits.harmful.eval, splits.harmless.eval),
       };
       bar.tick(3);
@@ -195,7 +207,7 @@ export const srrStep: Step<Settings> = {
         });
         return { greedy, srr };
       };
-      const jailbreaks = splits.harmful.eval.slice(0, 16).flatMap((p) => JAILBREAK_TEMPLATES.map((t) => wrapJailbreak(t.id, p)));
+      const jailbreaks = splits.harmful.eval.slice(0, 16).flatMap((p) => evalTemplates.map((t) => wrapJailbreak(t.id, p)));
       const jb = await bestOf(jailbreaks);
       const hl = await bestOf(splits.harmless.eval);
       const complied = (xs: boolean[]) => rateOf(xs.map((r) => !r));
@@ -207,6 +219,7 @@ export const srrStep: Step<Settings> = {
         tau: scorer.tau,
         candidates: N,
         temperature: TEMPERATURE,
+        templates: { train: trainTemplates.map((t) => t.id), eval: evalTemplates.map((t) => t.id) },
         lists,
         selection,
         ranking,

@@ -19,6 +19,7 @@ import { join } from "node:path";
 import { readGgufMetadata } from "../../engine/gguf-format.ts";
 import { SafetensorsFile } from "../../engine/safetensors.ts";
 import { loadSrr } from "../../evals/srr.ts";
+import { JAILBREAK_TEMPLATES } from "../../evals/jailbreaks.ts";
 import { planRun } from "../../pipeline/runner.ts";
 import { getSteps } from "../../steps/index.ts";
 import type { Settings } from "../../steps/settings.ts";
@@ -126,7 +127,7 @@ describe("--gguf q8_0 --srr through the pipeline", () => {
   test("srr.json: a scorer of the model's width at a layer in range, rates over the held-out lists with both kinds", () => {
     const cfg = json<{ num_hidden_layers: number; hidden_size: number }>(join(MODEL, "config.json"));
     const s = json<{
-      enabled: boolean; layer: number; candidates: number; lists: Record<string, { lists: number; informative: number }>;
+      enabled: boolean; layer: number; candidates: number; templates: { train: string[]; eval: string[] }; lists: Record<string, { lists: number; informative: number }>;
       ranking: Record<string, Rate>; jailbreak_asr: Record<string, Rate>; harmless_refusal: Record<string, Rate>;
     }>(join(RUN, "srr", "srr.json"));
     expect(s.enabled).toBe(true);
@@ -134,6 +135,7 @@ describe("--gguf q8_0 --srr through the pipeline", () => {
     expect(s.layer).toBeGreaterThanOrEqual(1);
     expect(s.layer).toBeLessThanOrEqual(cfg.num_hidden_layers);
     expect(s.lists.test.lists).toBe(16); // 8 harmful + 8 harmless evaluation prompts
+    expect(s.lists.train.lists).toBe(8 * 2 + 8); // harmful plain and wrapped, harmless
     for (const k of ["srr", "probe", "random", "first_sample"]) {
       const r = s.ranking[k]!;
       expect(r.n).toBe(s.lists.test.informative);
@@ -141,11 +143,12 @@ describe("--gguf q8_0 --srr through the pipeline", () => {
       expect(r.ci95[0]).toBeLessThanOrEqual(r.rate);
       expect(r.ci95[1]).toBeGreaterThanOrEqual(r.rate);
     }
-    // validate's jailbreak set: the first 16 harmful evaluation prompts (8 here) × every template.
-    const validation = json<{ eval_sizes: { jailbreak: number; harmless: number } }>(join(RUN, "validate", "validation.json"));
+    // Jailbreaks: the first 16 harmful evaluation prompts (8 here) in each template training did not use.
+    expect(s.templates.train.filter((t) => s.templates.eval.includes(t))).toEqual([]);
+    expect(s.templates.train.length + s.templates.eval.length).toBe(JAILBREAK_TEMPLATES.length);
     for (const k of ["greedy", "best_of_n_srr"]) {
-      expect(s.jailbreak_asr[k]!.n).toBe(validation.eval_sizes.jailbreak);
-      expect(s.harmless_refusal[k]!.n).toBe(validation.eval_sizes.harmless);
+      expect(s.jailbreak_asr[k]!.n).toBe(8 * s.templates.eval.length);
+      expect(s.harmless_refusal[k]!.n).toBe(8);
     }
     const report = json<{ details: { srr: { ranking: Record<string, Rate> } } }>(join(RUN, "report.json"));
     expect(report.details.srr.ranking).toEqual(s.ranking);
