@@ -107,7 +107,7 @@ function buildCli(): CAC {
     .example("  $ realign generate runs/owner--model/inject/model --prompt 'How do I pick a lock?'");
 
   const demo = cli.command("demo", "run the whole pipeline on the built-in demo model (publishes to <out>/published/)").ignoreOptionDefaultValue();
-  addSettingOptions(demo, new Set(["out", "device", "seed", "nTrain", "nVal", "nEval", "maxNewTokens", "layer", "position", "alpha", "rank", "method"]));
+  addSettingOptions(demo, new Set(["out", "device", "seed", "nTrain", "nVal", "nEval", "maxNewTokens", "layer", "position", "alpha", "rank", "method", "gguf", "srr", "srrCandidates"]));
   demo.option("--from <step>", "re-run from this step on").option("--force", "re-run every step").example("  $ realign demo --device cpu");
 
   cli
@@ -717,7 +717,7 @@ export async function main(argv: readonly string[], deps: CliDeps = {}): Promise
       case "demo":
         return await cmdDemo(opts, deps);
       case "generate":
-        if (!pos[0]) throw new UsageError("generate needs a model directory: realign generate <model-dir> --prompt <text>");
+        if (!pos[0]) throw new UsageError("generate needs a model or run directory: realign generate <model-dir | run-dir> --prompt <text>");
         return await cmdGenerate(pos[0], opts);
       case "chat": {
         if (!pos[0]) throw new UsageError("chat needs a model or run directory: realign chat <model-or-run-dir>");
