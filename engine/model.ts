@@ -193,8 +193,20 @@ export class DecoderModel {
         const graph = builder.build(new OnnxGraph(external));
         external.close();
         writeFileSync(join(tmp, "model.onnx"), graph.encode({ opsets: OPSETS, metadata: { source: dir, fingerprint: checkpoint.fingerprint() } }));
-        rmSync(graphDir, { recursive: true, force: true });
-        renameSync(tmp, graphDir);
+        // Processes sharing the cache (fleet workers) may build the same graph at once: the first
+        // rename wins and the others keep it; a complete graph is never removed here, only a leftover.
+        if (existsSync(graphPath)) rmSync(tmp, { recursive: true, force: true });
+        else {
+          try {
+            renameSync(tmp, graphDir);
+          } catch {
+            if (existsSync(graphPath)) rmSync(tmp, { recursive: true, force: true });
+            else {
+              rmSync(graphDir, { recursive: true, force: true });
+              renameSync(tmp, graphDir);
+            }
+          }
+        }
       } catch (e) {
         rmSync(tmp, { recursive: true, force: true });
         throw e;
