@@ -376,12 +376,19 @@ describe.skipIf(!redisOk)("fleet on BullMQ + Redis", () => {
     expect(failed!.data.settings.model).toBe(join(work, "models", "g1"));
     expect(failed!.failedReason).toContain("gate failed");
     const glogs = (await q.getJobLogs(String(failed!.id), 0, -1, true)).logs;
+    if (glogs.filter((l) => / attempt \d\/4 started/.test(l)).length !== 1) console.warn(workers.flatMap((w) => w.lines.filter((l) => l.includes("failed (")).map((l) => `${w.name}: ${l}`)).join("\n"));
     expect(glogs.filter((l) => / attempt \d\/4 started/.test(l)).length).toBe(1);
     expect(hub.repos.has("alice/g1-rosi")).toBe(false);
     const status = await cli(["queue", "--queue", name]);
     expect(status.stdout).toMatch(/failed:\n\s+\S+\s+attempt 1\/4: gate failed/);
     expect(await stopWorker(a)).toBe(0);
     expect(await stopWorker(b)).toBe(0);
+    // Enqueueing the file again adds nothing; --retry-failed puts the failed job back (no worker runs it here).
+    const again = await cli(["enqueue", file, "--queue", name, "--retry-failed"]);
+    expect(again.code).toBe(0);
+    expect(again.stdout).toContain(`retried   ${failed!.id}`);
+    expect(again.stdout).toContain(`exists    ${done!.id}`);
+    expect(await q.getJobState(String(failed!.id))).toBe("waiting");
   }, 300_000);
 
   test("Redis down: enqueue, worker, schedule and queue exit 1 with one clear line, and nothing is written", async () => {
