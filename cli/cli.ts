@@ -472,7 +472,7 @@ async function cmdRun(model: string | undefined, opts: Opts, argv: readonly stri
     checkSettingsPaths(resolved.settings, resolved.sources, cwd);
   } catch (e) {
     // "realign statsu" is more likely a mistyped command than a model.
-    const hint = !model.includes("/") && isLocalModel(model, cwd) ? didYouMean(model, ["demo", "generate", "chat", "batch", "status", "publish"]) : null;
+    const hint = !model.includes("/") && isLocalModel(model, cwd) ? didYouMean(model, ["demo", "generate", "chat", "batch", "status", "publish", "enqueue", "worker", "schedule", "queue"]) : null;
     if (hint && e instanceof ConfigError) throw new ConfigError([...e.problems, `(did you mean \`realign ${hint}\`?)`]);
     throw e;
   }
