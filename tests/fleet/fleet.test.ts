@@ -215,6 +215,17 @@ describe.skipIf(!redisOk)("fleet on BullMQ + Redis", () => {
     expect(added[0]!.startsWith("e2@default~")).toBe(true);
     // The job carries settings, never the token.
     for (const j of await q.getJobs(["waiting"])) expect(JSON.stringify(j.data)).not.toContain(FAKE_TOKEN);
+    // A model whose run directory is a folder of the user's: exit 2, nothing enqueued, the folder untouched.
+    mkdirSync(join(work, "runs", "e4"), { recursive: true });
+    writeFileSync(join(work, "runs", "e4", "notes.txt"), "mine\n");
+    const foreign = modelsYaml("enqueue-foreign.yaml", [{ name: "e5" }, { name: "e4" }]);
+    const refused = await cli(["enqueue", foreign, "--queue", name]);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toContain("nothing was enqueued");
+    expect(refused.stderr).toContain("notes.txt");
+    expect((await q.getJobs(["waiting"])).length).toBe(3);
+    expect(readdirSync(join(work, "runs", "e4"))).toEqual(["notes.txt"]);
+    expect(readFileSync(join(work, "runs", "e4", "notes.txt"), "utf8")).toBe("mine\n");
   }, 120_000);
 
   test("schedule twice keeps one scheduler per model; a changed cron replaces it; a disabled model's is removed", async () => {
@@ -349,20 +360,31 @@ describe.skipIf(!redisOk)("fleet on BullMQ + Redis", () => {
     expect(await stopWorker(c)).toBe(0);
   }, 300_000);
 
-  test("Hub 500 twice on the commit: retried with back-off, published once; a failed gate fails at once, not retried", async () => {
+  test("Hub 500 twice on the commit: retried with back-off, published once; a failed gate or a user's folder fails at once, not retried", async () => {
     const name = `${tag}-retry`;
     hub.addFault({ match: "POST /api/models/alice/r1-rosi/commit/main", kind: "status", status: 500, times: 2 });
     const file = modelsYaml("retry.yaml", [{ name: "r1" }, { name: "g1", extra: ["gate:", "  harmful_abs: 1", "  harmful_gain: 1"] }]);
     expect((await cli(["enqueue", file, "--queue", name, "--attempts", "4", "--backoff", "100"])).code).toBe(0);
+    // u1's run directory turns into a folder of the user's after it was enqueued.
+    const user = modelsYaml("retry-user.yaml", [{ name: "u1" }]);
+    expect((await cli(["enqueue", user, "--queue", name, "--attempts", "4", "--backoff", "100"])).code).toBe(0);
+    mkdirSync(join(work, "runs", "u1"), { recursive: true });
+    writeFileSync(join(work, "runs", "u1", "thesis.tex"), "mine\n");
     const a = startWorker("rA", name);
     const b = startWorker("rB", name);
     const q = queue(name);
-    await waitFor("both jobs to finish", async () => {
+    await waitFor("the three jobs to finish", async () => {
       const c = await q.getJobCounts("completed", "failed");
-      return c.completed + c.failed >= 2;
+      return c.completed + c.failed >= 3;
     });
     const [done] = await q.getJobs(["completed"]);
-    const [failed] = await q.getJobs(["failed"]);
+    const failedJobs = await q.getJobs(["failed"]);
+    const failed = failedJobs.find((j) => j.data.settings.model.endsWith("/g1"));
+    const refused = failedJobs.find((j) => j.data.settings.model.endsWith("/u1"))!;
+    expect(refused.failedReason).toContain("thesis.tex");
+    expect(refused.attemptsMade).toBe(1);
+    expect(readdirSync(join(work, "runs", "u1"))).toEqual(["thesis.tex"]);
+    expect(readFileSync(join(work, "runs", "u1", "thesis.tex"), "utf8")).toBe("mine\n");
     expect(done!.data.settings.model).toBe(join(work, "models", "r1"));
     expect(commits("alice/r1-rosi").map((r) => r.status)).toEqual([500, 500, 200]);
     expectPublishedOnce("alice/r1-rosi", join(work, "runs", "r1"));
@@ -380,7 +402,8 @@ describe.skipIf(!redisOk)("fleet on BullMQ + Redis", () => {
     expect(glogs.filter((l) => / attempt \d\/4 started/.test(l)).length).toBe(1);
     expect(hub.repos.has("alice/g1-rosi")).toBe(false);
     const status = await cli(["queue", "--queue", name]);
-    expect(status.stdout).toMatch(/failed:\n\s+\S+\s+attempt 1\/4: gate failed/);
+    expect(status.stdout).toContain(`${failed!.id}  attempt 1/4: gate failed`);
+    expect(status.stdout).toContain(`${refused.id}  attempt 1/4: run directory ${join(work, "runs", "u1")}`);
     expect(await stopWorker(a)).toBe(0);
     expect(await stopWorker(b)).toBe(0);
     // Enqueueing the file again adds nothing; --retry-failed puts the failed job back (no worker runs it here).
