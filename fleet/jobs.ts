@@ -213,7 +213,13 @@ function rowOf(job: Job<FleetJobData, FleetJobResult>, state: JobRow["state"]): 
 /** Counts, and up to `limit` jobs per state (newest first), and the schedulers. */
 export async function queueStatus(queue: Queue<FleetJobData, FleetJobResult>, limit = 20): Promise<QueueStatus> {
   const c = await queue.getJobCounts("waiting", "active", "delayed", "completed", "failed", "prioritized");
-  const counts = { waiting: (c.waiting ?? 0) + (c.prioritized ?? 0), active: c.active ?? 0, delayed: c.delayed ?? 0, completed: c.completed ?? 0, failed: c.failed ?? 0 };
+  const counts = {
+    waiting: (c.waiting ?? 0) + (c.prioritized ?? 0),
+    active: c.active ?? 0,
+    delayed: c.delayed ?? 0,
+    completed: c.completed ?? 0,
+    failed: c.failed ?? 0,
+  };
   const jobs: JobRow[] = [];
   for (const state of ["active", "waiting", "delayed", "failed", "completed"] as const) {
     const list = (await queue.getJobs(state === "waiting" ? ["waiting", "prioritized"] : [state], 0, limit - 1, false)) as Job<FleetJobData, FleetJobResult>[];

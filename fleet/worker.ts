@@ -95,14 +95,27 @@ export async function startWorker(opts: FleetWorkerOptions): Promise<FleetWorker
     if (!settings || typeof settings.model !== "string" || typeof settings.out !== "string") throw new UnrecoverableError("the job carries no realign settings (was it added by realign enqueue?)");
     const child = Bun.spawn(opts.childArgv, { stdin: "pipe", stdout: "pipe", stderr: "pipe", env: { ...(opts.env ?? process.env) } });
     children.set(id, child);
-    const request: ChildRequest = { settings, jobId: id, attempt, worker: opts.name, redisUrl: opts.redisUrl, device: opts.device };
+    const request: ChildRequest = {
+      settings,
+      jobId: id,
+      attempt,
+      worker: opts.name,
+      redisUrl: opts.redisUrl,
+      device: opts.device,
+    };
     child.stdin.write(JSON.stringify(request) + "\n");
     await child.stdin.flush();
     log(`job ${id} started by ${opts.name} (attempt ${attempt}/${attempts}, pid ${child.pid}): ${settings.model} → ${settings.out}`);
     await job.log(`${opts.name}: attempt ${attempt}/${attempts} started, pid ${child.pid}`);
 
     let final: ChildMessage | null = null;
-    let progress: FleetProgress = { step: "starting", percent: 0, since: new Date().toISOString(), worker: opts.name, attempt };
+    let progress: FleetProgress = {
+      step: "starting",
+      percent: 0,
+      since: new Date().toISOString(),
+      worker: opts.name,
+      attempt,
+    };
     let pending = Promise.resolve();
     /** Redis writes in order, none lost, none blocking the reader. */
     const queued = (f: () => Promise<unknown>) => (pending = pending.then(f).then(() => undefined, () => undefined));
