@@ -297,7 +297,9 @@ async function runJob(): Promise<number> {
     } else ac.abort("SIGTERM");
   };
   process.on("SIGTERM", onTerm);
-  process.on("SIGINT", onTerm);
+  // Ctrl-C reaches the whole process group: the worker turns it into SIGTERMs, so that the first
+  // one lets the step finish here too.
+  process.on("SIGINT", () => {});
 
   const registry = getSteps();
   const total = registry.length;
