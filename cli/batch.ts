@@ -124,8 +124,8 @@ export function applyHfEnv(resolved: { settings: Settings; sources: Record<strin
 
 /** What realign writes at a run directory's top level besides the step folders, settings.json and the lock. */
 function appNames(settings: Settings): (string | RegExp)[] {
-  // inject's sweep memo (steps/inject.ts MEMO_FILE) and the report files (report/build.ts).
-  const names: (string | RegExp)[] = ["report.json", "report.md", ".inject-sweep.jsonl"];
+  // inject's sweep memo and trade-off choice (steps/inject.ts MEMO_FILE, CHOICE_FILE) and the report files (report/build.ts).
+  const names: (string | RegExp)[] = ["report.json", "report.md", ".inject-sweep.jsonl", ".inject-choice.json"];
   const target = localPublishTarget(settings);
   if (target && dirname(target) === resolve(settings.out)) {
     // The demo publishes into <out>/published (the publish step stages it as published.tmp-<pid>).

@@ -29,6 +29,8 @@ import { exportCommand } from "./export.ts";
 import { DEMO_SETTINGS } from "../steps/reproduce.ts";
 import { deviceUnavailable } from "../engine/session.ts";
 import { alpha as fmtAlpha, MISSING, percent } from "../util/format.ts";
+import { runAsker } from "./ask.ts";
+import type { AskUser } from "../pipeline/runner.ts";
 
 const REPO_ROOT = resolve(import.meta.dir, "..");
 export const DEMO_MODEL_DIR = join(REPO_ROOT, "demo", "organism-llama");
@@ -40,6 +42,8 @@ export interface CliDeps {
   cwd?: string;
   /** Whether to ask before publishing (default: stdin is a TTY). */
   interactive?: boolean;
+  /** How a run asks the user (the trade-off after calibration); default: the terminal's, when stdin and stdout are one and --yes is not given. */
+  ask?: AskUser;
 }
 
 type Opts = Record<string, unknown>;
@@ -86,7 +90,7 @@ function addRunOptions(cmd: Command): Command {
   return cmd
     .option("--from <step>", `re-run from this step on (${STEP_NAMES.join(", ")})`)
     .option("--force", "re-run every step, ignoring cached results, and publish even if the gate fails")
-    .option("--yes", "publish without asking for confirmation")
+    .option("--yes", "do not ask: publish without confirmation, and take the recommended calibration point (on a terminal the run shows the admissible points and asks which)")
     .option("--token <token>", "Hugging Face token (default: HF_TOKEN or the huggingface-cli login); never stored")
     .option("--config <file>", "models.yaml with defaults and per-model settings (default: ./models.yaml if present)");
 }
@@ -108,7 +112,11 @@ function buildCli(): CAC {
 
   const demo = cli.command("demo", "run the whole pipeline on the built-in demo model (publishes to <out>/published/)").ignoreOptionDefaultValue();
   addSettingOptions(demo, new Set(["out", "device", "seed", "nTrain", "nVal", "nEval", "maxNewTokens", "layer", "position", "alpha", "rank", "method", "gguf", "srr", "srrCandidates"]));
-  demo.option("--from <step>", "re-run from this step on").option("--force", "re-run every step").example("  $ realign demo --device cpu");
+  demo
+    .option("--from <step>", "re-run from this step on")
+    .option("--force", "re-run every step")
+    .option("--yes", "take the recommended calibration point without asking (on a terminal the demo shows the admissible points and asks which)")
+    .example("  $ realign demo --device cpu");
 
   cli
     .command("generate <model-dir>", "generate text with a (realigned) model; a run directory stands for its re-aligned model")
@@ -404,6 +412,8 @@ interface RunRequest {
   token: string | null;
   from: string | null;
   force: boolean;
+  /** Who answers the trade-off question after calibration (undefined: nobody, the recommended point). */
+  ask?: AskUser;
 }
 
 /** How messages name the run directory: the flag when the user gave it, else what it is. */
@@ -434,6 +444,7 @@ async function executeRun(req: RunRequest): Promise<number> {
       secrets: { hfToken: req.token },
       owner: realignRunDir(settings, outLabel(sources)),
       removeCreatedDir: true,
+      ask: req.ask,
     });
     const report = writeRunReport({ outDir: settings.out, run: outcome, base: { model: settings.model, revision: settings.revision, settings_hash: hash } });
     out();
@@ -450,6 +461,12 @@ async function executeRun(req: RunRequest): Promise<number> {
   } finally {
     dispose();
   }
+}
+
+/** Who answers questions during a run: the test's asker, else the terminal's (none without a TTY or with --yes). */
+function askerFor(opts: Opts, deps: CliDeps): AskUser | undefined {
+  if (opts.yes === true) return undefined;
+  return deps.ask ?? runAsker({ yes: false, interactive: deps.interactive ?? Boolean(process.stdin.isTTY && process.stdout.isTTY) });
 }
 
 async function loadSteps(deps: CliDeps): Promise<Step<Settings>[]> {
@@ -488,7 +505,7 @@ async function cmdRun(model: string | undefined, opts: Opts, argv: readonly stri
   checkFrom(steps, from);
   checkRunDir(resolved.settings, steps, outLabel(resolved.sources));
   await confirmPublish(resolved.settings, opts, deps.interactive ?? Boolean(process.stdin.isTTY), token);
-  return executeRun({ ...resolved, steps, token, from, force: opts.force === true });
+  return executeRun({ ...resolved, steps, token, from, force: opts.force === true, ask: askerFor(opts, deps) });
 }
 
 async function cmdDemo(opts: Opts, deps: CliDeps): Promise<number> {
@@ -511,7 +528,7 @@ async function cmdDemo(opts: Opts, deps: CliDeps): Promise<number> {
   const from = typeof opts.from === "string" ? opts.from : null;
   checkFrom(steps, from);
   checkRunDir(resolved.settings, steps, outLabel(resolved.sources));
-  return executeRun({ ...resolved, steps, token: null, from, force: opts.force === true });
+  return executeRun({ ...resolved, steps, token: null, from, force: opts.force === true, ask: askerFor(opts, deps) });
 }
 
 async function cmdGenerate(modelDir: string, opts: Opts): Promise<number> {

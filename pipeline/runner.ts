@@ -54,7 +54,15 @@ export interface StepContext<S> {
   reportParts(): StepPart[];
   /** --force was given: besides re-running every step, a failed gate does not stop publishing. */
   forced: boolean;
+  /**
+   * Asks the person at the terminal (the question's lines, then their answer line); absent when nobody
+   * can be asked (not a TTY, --yes, batch, fleet, tests): the step then takes its default.
+   */
+  ask?: AskUser;
 }
+
+/** One question to the user: prints `question`, resolves with the line typed (null: end of input). */
+export type AskUser = (question: string) => Promise<string | null>;
 
 export interface StepResult {
   /** Fields this step contributes to report.json (merged in step order; objects merge key by key). */
@@ -128,6 +136,8 @@ export interface RunOptions<S> extends PlanOptions {
    * directory stays.
    */
   removeCreatedDir?: boolean;
+  /** Handed to every step as `ctx.ask` (StepContext): only when someone at a terminal can answer. */
+  ask?: AskUser;
 }
 
 export interface StepOutcome {
@@ -700,6 +710,7 @@ export async function runPipeline<S>(opts: RunOptions<S>): Promise<RunOutcome> {
         secrets: opts.secrets ?? {},
         reportParts: () => parts.filter((p) => step.deps.includes(p.step)),
         forced: opts.force === true,
+        ask: opts.ask,
       };
 
       let result: StepResult | void = undefined;

@@ -96,6 +96,8 @@ export function renderReportMarkdown(r: RunReport, samples?: unknown): string {
       lines.push(`  - ${basename(t.source)}${t.source === r.elicitation.chosen ? " (chosen)" : ""}: harmful ${formatRate(t.harmful)}, harmless ${formatRate(t.harmless)}, gap ${pct(t.gap)}`);
     }
   }
+  const traded = choiceLine(r.choice);
+  if (traded) lines.push(`- Trade-off: ${traded}`);
   if (r.gate) lines.push(`- Gate: **${r.gate.passed ? "passed" : "FAILED"}**${r.gate.reasons.length ? ` (${r.gate.reasons.join("; ")})` : ""}`);
   lines.push(`- Published: ${r.published ? `[${r.published.repo}](${r.published.url}) @ ${r.published.commit}` : "no"}`);
   lines.push("");
@@ -161,4 +163,15 @@ export function readSamples(outDir: string): unknown {
   } catch {
     return null;
   }
+}
+
+/**
+ * What the report says when the user took another calibration point than the recommended one (null
+ * otherwise: the recommended point needs no remark).
+ */
+export function choiceLine(c: RunReport["choice"]): string | null {
+  if (!c || c.by !== "user" || c.index === c.recommended) return null;
+  const r = c.recommended_point;
+  const rec = r ? ` (${r.method}, layer ${r.layer}, α ${fmtAlpha(r.alpha)}: harmful refusal ${percent(r.harmful_refusal)}, over-refusal ${percent(r.harmless_refusal)}, KL ${fmtKl(r.kl)} on the validation split)` : "";
+  return `the user chose calibration point ${c.index}${c.offered ? ` of ${c.offered} admissible` : ""} instead of the recommended point ${c.recommended}${rec}; the edit above is the user's choice`;
 }

@@ -12,7 +12,7 @@
 // is the closest value: it puts this model under the base model's "Finetunes" in the model tree.
 import { stringify as stringifyYaml } from "yaml";
 import { utilityKind, type BehaviourMetrics, type GateCheck, type MetricKey, type RateMetric, type RunReport } from "./report.ts";
-import { gateValue, metricCell } from "./build.ts";
+import { choiceLine, gateValue, metricCell } from "./build.ts";
 import { pickSamples, renderSamplesMarkdown } from "./samples.ts";
 import { alpha as fmtAlpha, kl as fmtKl, MISSING, percent, position as fmtPosition } from "../util/format.ts";
 import { basename } from "node:path";
@@ -205,6 +205,8 @@ export function renderModelCard(input: ModelCardInput): string {
   if (gate) L.push(`- **Gate read-out** (Σ k·x at the last prompt positions; 1 = the full step): ${gate}`);
   L.push(`- **Direction taken at layer:** ${d?.layer ?? DASH}, **token position:** ${fmtPosition(d?.position, d?.position_label)}`);
   L.push(`- **Strength α:** ${fmtAlpha(d?.alpha)}, **rank:** ${d?.rank ?? DASH}`);
+  const traded = choiceLine(report.choice);
+  if (traded) L.push(`- **Trade-off:** ${traded}`);
   if (report.elicitation) {
     L.push(
       `- **Elicitation check** (base model with the system prompt below): harmful refusal ${pct(report.elicitation.harmful_refusal_with_prompt)}, ` +

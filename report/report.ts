@@ -63,8 +63,19 @@ export interface RunReport {
   gate: { passed: boolean; reasons: string[]; checks?: GateCheck[] } | null;
   published: { repo: string; commit: string; url: string } | null;
   timings_s: Record<string, number>;
-  /** The trade-off point the user chose at calibration, when one was offered (absent: the recommended one). */
-  choice?: { index: number; recommended: number; by: "user" | "default" } | null;
+  /**
+   * The trade-off point taken at calibration (1-based numbers in inject/calibration.json's choice.points,
+   * `offered` of them): by "user" when asked at a terminal, "default" when nobody was (the recommended
+   * one). Absent or null: nothing was offered (α given, or no admissible point).
+   */
+  choice?: {
+    index: number;
+    recommended: number;
+    by: "user" | "default";
+    offered?: number;
+    /** The recommended point, so that a card can say what the user's choice was instead of. */
+    recommended_point?: { method: string; layer: number; alpha: number; harmful_refusal: number; harmless_refusal: number; kl: number };
+  } | null;
   /** Free-form facts a reader needs: engine device, quantisation used, prompt-set sources and sizes, system prompt. */
   details?: Record<string, unknown>;
 }

@@ -17,6 +17,7 @@
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { StepContext } from "../pipeline/runner.ts";
+import type { TradeoffChoice } from "./tradeoff.ts";
 import { SafetensorsFile } from "../engine/safetensors.ts";
 
 export const ARTEFACTS = {
@@ -287,6 +288,8 @@ export interface Calibration extends InjectedEdit {
   control: ({ seed: number; alpha: number; harmful_gain_over_control: number } & Omit<SweepPoint, "layer" | "position" | "method" | "alpha" | "ok">) | null;
   /** The gated family's keys (null for rosi / rosi-mv); the keys themselves are in edit.safetensors. */
   gated: GatedRecord | null;
+  /** The admissible points offered and the one taken (steps/tradeoff.ts); null: α given, or nothing admissible. */
+  choice?: TradeoffChoice | null;
 }
 
 export const readCalibration = (ctx: StepContext<unknown>): Calibration =>

@@ -28,6 +28,8 @@ import { editedMatrices, vectorSha256, writeEditedCheckpoint } from "../rosi/edi
 import { klAt, measure, pointKey, randomUnit, scaleForKl, SweepMemo, sweepScale, type Measured, type MeasureOptions } from "../rosi/calibrate.ts";
 import { sha256Hex } from "../util/fs.ts";
 import { chart, lineChart } from "../report/plot.ts";
+import { chooseTradeoff, recordPoints, tradeoffPoints, type TradeoffChoice } from "./tradeoff.ts";
+import type { RunReport } from "../report/report.ts";
 import { openModel, readJson, type Ctx } from "./common.ts";
 import { outputsOf, readDirections, readSelection, readSource, readSplits, readSpread, writeJson, type Calibration, type GatedRecord, type InjectedEdit, type Selection, type ShortlistEntry, type SweepPoint } from "./artefacts.ts";
 
@@ -36,6 +38,8 @@ const KL_MARGIN = 0.75;
 const CALIBRATION_TOKENS = 32;
 /** Memo of measured sweep points inside the run directory (survives a crash; the step's tmp dir does not). */
 const MEMO_FILE = ".inject-sweep.jsonl";
+/** The trade-off point the user chose (steps/tradeoff.ts), so that a resumed run does not ask again. */
+export const CHOICE_FILE = ".inject-choice.json";
 
 type FamilyName = SpreadMethod | "gated";
 
@@ -94,6 +98,7 @@ export const injectStep: Step<Settings> = {
       let chosen: { family: Family; alpha: number } = { family: families[0], alpha: s.alpha ?? 0 };
       const sweep: SweepPoint[] = [];
       let control: Calibration["control"] = null;
+      let choice: TradeoffChoice | null = null;
       if (s.alpha === null) {
         const utilityItems = utilitySplit(source.dir, s.seed, s.nEval)?.calibration ?? [];
         const harmlessVal = ids(splits.harmless.val);
@@ -164,6 +169,33 @@ export const injectStep: Step<Settings> = {
           results.set(best.family, refined);
           if (refined.best && better(refined.best, best)) best = { family: best.family, ...refined.best };
         }
+        // Choosing the trade-off: on a terminal the user may take another admissible point (steps/tradeoff.ts).
+        if (best && best.point.harmful_refusal > base.harmful_refusal) {
+          const at = (family: Family, alpha: number, point: Measured) => ({
+            family,
+            method: family.kind === "gated" ? `gated (last ${family.fit.positions})` : family.name,
+            layer: family.candidate.layer,
+            position: family.candidate.position,
+            alpha,
+            ...point,
+          });
+          const swept = [...results].flatMap(([family, r]) => r.points.filter((p) => p.admissible).map((p) => at(family, p.scale, p.point)));
+          const offered = tradeoffPoints(swept, at(best.family, best.scale, best.point), base.harmful_refusal);
+          const sizes = { harmful: sets.harmful.length, harmless: sets.harmless.length, utility: sets.utility.length };
+          const points = recordPoints(offered.offer, sizes);
+          const [original] = recordPoints([at(best.family, 0, base)], sizes);
+          const picked = await chooseTradeoff({
+            points,
+            recommended: offered.recommended,
+            base: { harmful: original.harmful_refusal, harmless: original.harmless_refusal, utility: original.utility },
+            ask: ctx.ask,
+            log: (l) => ctx.log(l),
+            recordPath: join(ctx.outDir, CHOICE_FILE),
+          });
+          choice = { points, recommended: offered.recommended + 1, chosen: picked.index + 1, by: picked.by };
+          const p = offered.offer[picked.index];
+          best = { family: p.family, scale: p.alpha, point: { harmful_refusal: p.harmful_refusal, harmless_refusal: p.harmless_refusal, kl: p.kl, utility: p.utility } };
+        }
         for (const [family, result] of results) {
           const { candidate } = family;
           for (const p of result.points) sweep.push({ layer: candidate.layer, position: candidate.position, method: family.name, alpha: p.scale, ...p.point, ok: p.admissible });
@@ -199,15 +231,17 @@ export const injectStep: Step<Settings> = {
       const { candidate } = family;
       const dir = directionOf(candidate);
       ctx.log(`chosen: ${family.name}, layer ${candidate.layer}, position ${fmtPosition(candidate.position, candidate.position_label)}, α ${fmtAlpha(alpha)}${s.alpha === null ? " (calibrated)" : " (given)"}`);
+      if (choice && choice.chosen !== choice.recommended) ctx.log(`(point ${choice.chosen} of the table, chosen by the user instead of the recommended ${choice.recommended})`);
       const readOut = family.kind === "gated" ? await gatedRecord(ctx, model, family.fit, [ids(splits.harmful.val), ids(splits.harmless.val)]) : null;
       const gated = readOut?.record ?? null;
       if (readOut) writeFileSync(join(ctx.tmpDir, "gate.svg"), await gatePlot(readOut.validation));
-      writeInjected(ctx, { source: source.dir, cfg, family, alpha, dir, spread, sweep, control, gated });
+      writeInjected(ctx, { source: source.dir, cfg, family, alpha, dir, spread, sweep, control, gated, choice });
       writeFileSync(join(ctx.tmpDir, "calibration.svg"), await sweepPlot(sweep, names, candidate, { method: family.name, alpha }, s.gate.kl * KL_MARGIN));
       return {
         report: {
           direction: { layer: candidate.layer, position: candidate.position, position_label: candidate.position_label, alpha, rank: s.rank, method: family.name },
           details: { random_direction_control: control, gate_keys: gated },
+          choice: choice ? reportChoice(choice) : null,
         },
       };
     } finally {
@@ -352,6 +386,7 @@ function writeInjected(
     sweep: SweepPoint[];
     control: Calibration["control"];
     gated: GatedRecord | null;
+    choice: TradeoffChoice | null;
   },
 ): void {
   const s = ctx.settings;
@@ -410,8 +445,21 @@ function writeInjected(
     sweep: o.sweep,
     control: o.control,
     gated: o.gated,
+    choice: o.choice,
   };
   writeJson(join(ctx.tmpDir, "calibration.json"), calibration);
+}
+
+/** The report's record of the trade-off choice (report/report.ts RunReport.choice). */
+function reportChoice(c: TradeoffChoice): NonNullable<RunReport["choice"]> {
+  const r = c.points[c.recommended - 1];
+  return {
+    index: c.chosen,
+    recommended: c.recommended,
+    by: c.by,
+    offered: c.points.length,
+    recommended_point: { method: r.method, layer: r.layer, alpha: r.alpha, harmful_refusal: r.harmful_refusal.rate, harmless_refusal: r.harmless_refusal.rate, kl: r.kl },
+  };
 }
 
 /** Refusal rates and KL over |α| in two panels (one colour per family), the chosen point marked in both. */
