@@ -74,6 +74,21 @@ export function checkPublishable(settings: Settings, token: string | null): "no 
   return token ? null : "no token";
 }
 
+/**
+ * A run whose publishing was asked for explicitly (`--push-to` to the Hub, or `publish: true` set on the
+ * command line, in the environment or in models.yaml) but that has no token: the message to fail with
+ * before anything is downloaded. null: it can publish, or it was not asked (then the run finishes and
+ * says how to publish later).
+ */
+export function missingTokenError(settings: Settings, sources: Record<string, string>, token: string | null): string | null {
+  if (checkPublishable(settings, token) !== "no token") return null;
+  const pushTo = sources.pushTo !== undefined && sources.pushTo !== "default" && settings.pushTo !== null;
+  const publish = sources.publish !== undefined && sources.publish !== "default";
+  if (!pushTo && !publish) return null;
+  const asked = pushTo ? `publishing to ${settings.pushTo} was asked for (${sources.pushTo})` : `publish: true was set (${sources.publish})`;
+  return `${asked}, but there is no Hugging Face token: set HF_TOKEN (or HF_TOKEN_PATH, \`huggingface-cli login\`, --token), or run with --no-publish and publish later with \`realign publish ${settings.out}\`; nothing was downloaded`;
+}
+
 /** The last line of a run that did not publish for `why`: how to publish it later. */
 export function publishLaterLine(settings: Settings, why: string): string {
   return `not published (${why}) — publish with \`realign publish ${settings.out}\``;

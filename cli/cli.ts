@@ -7,7 +7,7 @@
 import { cac, type CAC, type Command } from "cac";
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { applyHfEnv, checkPublishable, checkPublishTarget, checkRunDir, publishFrom, publishLaterLine, pushesToHub, readReportFile, realignRunDir, runBatch, runSchedule, summarizeReportJson, tryItLines, type ReportSummary } from "./batch.ts";
+import { applyHfEnv, checkPublishable, missingTokenError, checkPublishTarget, checkRunDir, publishFrom, publishLaterLine, pushesToHub, readReportFile, realignRunDir, runBatch, runSchedule, summarizeReportJson, tryItLines, type ReportSummary } from "./batch.ts";
 import { publishCommand } from "./publish.ts";
 import { defaultRepoName } from "../steps/publish.ts";
 import { HubError } from "../hub/errors.ts";
@@ -497,6 +497,9 @@ async function cmdRun(model: string | undefined, opts: Opts, argv: readonly stri
   const noDevice = deviceUnavailable(resolved.settings.device);
   if (noDevice) throw new UsageError(noDevice);
   const token = resolveToken(typeof opts.token === "string" ? opts.token : null, env);
+  // Publishing asked for in so many words, without a token: say so now, not after the run.
+  const noToken = missingTokenError(resolved.settings, resolved.sources, token);
+  if (noToken) throw new UsageError(noToken);
   const unpublished = checkPublishable(resolved.settings, token);
   if (unpublished) err(`note: ${unpublished === "offline" ? "offline" : "no Hugging Face token (HF_TOKEN, HF_TOKEN_PATH or --token)"}: the run does everything but publish; publish later with \`realign publish ${resolved.settings.out}\``);
   checkPublishTarget(resolved.settings);
