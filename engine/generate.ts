@@ -3,7 +3,7 @@
 // `sampling.temperature` > 0; then temperature / top-k / top-p sampling with a seeded stream per row
 // (engine/sampling.ts), optionally several samples per prompt in one batch. Rows stop at an EOS id
 // or a stop string; every new token can be streamed to a callback.
-import type { DecoderModel, ForwardInput } from "./model.ts";
+import { releaseCache, type DecoderModel, type ForwardInput, type KVCache } from "./model.ts";
 import { firstNonFinite, NonFiniteError } from "./dtype.ts";
 import { checkSampling, findStop, hashIds, randomSeed, Rng, sampleToken, type SamplingOptions } from "./sampling.ts";
 
@@ -131,73 +131,81 @@ export async function generate(model: DecoderModel, promptList: number[][], opts
     noCache: !useCache,
     ...interventions,
   };
-  for (let step = 0; step < opts.maxNewTokens; step++) {
-    if (opts.signal?.aborted) throw new Error("generation aborted");
-    const t0 = performance.now();
-    const out = await model.forward(input);
-    const seconds = (performance.now() - t0) / 1000;
-    if (step === 0 || !useCache) {
-      stats.prefillTokens += step === 0 ? batch.attentionMask.flat().filter((m) => m === 1).length : 0;
-      if (step === 0) stats.prefillSeconds += seconds;
-      else stats.decodeSeconds += seconds;
-    } else stats.decodeSeconds += seconds;
-    if (step > 0) stats.decodeTokens += done.filter((d) => !d).length;
+  let last: KVCache | undefined;
+  try {
+    for (let step = 0; step < opts.maxNewTokens; step++) {
+      if (opts.signal?.aborted) throw new Error("generation aborted");
+      const t0 = performance.now();
+      const out = await model.forward(input);
+      // A device-resident cache (WebGPU) is freed as soon as the next step has read it.
+      releaseCache(input.past);
+      last = out.present;
+      const seconds = (performance.now() - t0) / 1000;
+      if (step === 0 || !useCache) {
+        stats.prefillTokens += step === 0 ? batch.attentionMask.flat().filter((m) => m === 1).length : 0;
+        if (step === 0) stats.prefillSeconds += seconds;
+        else stats.decodeSeconds += seconds;
+      } else stats.decodeSeconds += seconds;
+      if (step > 0) stats.decodeTokens += done.filter((d) => !d).length;
 
-    const next: number[] = [];
-    for (let b = 0; b < B; b++) {
-      const row = out.logits.subarray(b * vocab, (b + 1) * vocab);
-      if (step === 0 && opts.returnFirstLogits) firstLogits.push(row.slice());
-      let token = argmax(out.logits, b * vocab, vocab);
-      // NaN/Inf logits make argmax pick token 0 forever ("!!!!!!"): name the problem instead.
-      if (!done[b] && firstNonFinite(row) >= 0) {
-        const i = firstNonFinite(row);
-        throw new NonFiniteError(`${model.dir}: the model produced a non-finite logit (${row[i]}) for token ${i} at generation step ${step} of sequence ${b}; the weights or the compute (float16 overflow?) are broken`, i, row[i]);
-      }
-      if (!done[b]) {
-        // One uniform per token of a running row, so a row's stream never depends on the others.
-        if (sampling) token = sampleToken(row, sampling, rngs[b]!.nextFloat());
-        if (opts.returnStepLogits) stepLogits[b].push(row.slice());
-        newIds[b].push(token);
-        if (eos.has(token)) {
-          done[b] = true;
-          finishReasons[b] = "eos";
-        } else if (stops.length) {
-          const hit = findStop(opts.decode!(newIds[b]), stops);
-          if (hit) {
-            done[b] = true;
-            finishReasons[b] = "stop";
-            stopIndex[b] = hit.index;
-          }
+      const next: number[] = [];
+      for (let b = 0; b < B; b++) {
+        const row = out.logits.subarray(b * vocab, (b + 1) * vocab);
+        if (step === 0 && opts.returnFirstLogits) firstLogits.push(row.slice());
+        let token = argmax(out.logits, b * vocab, vocab);
+        // NaN/Inf logits make argmax pick token 0 forever ("!!!!!!"): name the problem instead.
+        if (!done[b] && firstNonFinite(row) >= 0) {
+          const i = firstNonFinite(row);
+          throw new NonFiniteError(`${model.dir}: the model produced a non-finite logit (${row[i]}) for token ${i} at generation step ${step} of sequence ${b}; the weights or the compute (float16 overflow?) are broken`, i, row[i]);
         }
-        opts.onToken?.(b, token, step);
+        if (!done[b]) {
+          // One uniform per token of a running row, so a row's stream never depends on the others.
+          if (sampling) token = sampleToken(row, sampling, rngs[b]!.nextFloat());
+          if (opts.returnStepLogits) stepLogits[b].push(row.slice());
+          newIds[b].push(token);
+          if (eos.has(token)) {
+            done[b] = true;
+            finishReasons[b] = "eos";
+          } else if (stops.length) {
+            const hit = findStop(opts.decode!(newIds[b]), stops);
+            if (hit) {
+              done[b] = true;
+              finishReasons[b] = "stop";
+              stopIndex[b] = hit.index;
+            }
+          }
+          opts.onToken?.(b, token, step);
+        }
+        // Finished rows keep decoding a pad so the batch stays rectangular.
+        next.push(done[b] && !eos.has(token) ? padId : token);
       }
-      // Finished rows keep decoding a pad so the batch stays rectangular.
-      next.push(done[b] && !eos.has(token) ? padId : token);
-    }
-    opts.onStep?.(step + 1, opts.maxNewTokens);
-    if (done.every(Boolean) || step + 1 === opts.maxNewTokens) break;
+      opts.onStep?.(step + 1, opts.maxNewTokens);
+      if (done.every(Boolean) || step + 1 === opts.maxNewTokens) break;
 
-    const lastPos = input.positionIds.map((row) => row[row.length - 1]);
-    if (useCache) {
-      input = {
-        inputIds: next.map((t) => [t]),
-        attentionMask: input.attentionMask.map((row) => [...row, 1]),
-        positionIds: lastPos.map((p) => [p + 1]),
-        logitPositions: prompts.map(() => [0]),
-        past: out.present,
-        ...interventions,
-      };
-    } else {
-      const ids = input.inputIds.map((row, b) => [...row, next[b]]);
-      input = {
-        inputIds: ids,
-        attentionMask: input.attentionMask.map((row) => [...row, 1]),
-        positionIds: input.positionIds.map((row, b) => [...row, lastPos[b] + 1]),
-        logitPositions: prompts.map(() => [ids[0].length - 1]),
-        noCache: true,
-        ...interventions,
-      };
+      const lastPos = input.positionIds.map((row) => row[row.length - 1]);
+      if (useCache) {
+        input = {
+          inputIds: next.map((t) => [t]),
+          attentionMask: input.attentionMask.map((row) => [...row, 1]),
+          positionIds: lastPos.map((p) => [p + 1]),
+          logitPositions: prompts.map(() => [0]),
+          past: out.present,
+          ...interventions,
+        };
+      } else {
+        const ids = input.inputIds.map((row, b) => [...row, next[b]]);
+        input = {
+          inputIds: ids,
+          attentionMask: input.attentionMask.map((row) => [...row, 1]),
+          positionIds: input.positionIds.map((row, b) => [...row, lastPos[b] + 1]),
+          logitPositions: prompts.map(() => [ids[0].length - 1]),
+          noCache: true,
+          ...interventions,
+        };
+      }
     }
+  } finally {
+    releaseCache(last);
   }
   const result: GenerateResult = { newIds, stats, finishReasons, stopIndex };
   if (seed !== undefined) result.seed = seed;

@@ -33,9 +33,16 @@ export interface LoadOptions extends CheckpointOptions {
   log?: (msg: string) => void;
 }
 
+/** One tensor per layer, [B, kv_heads, S, head_dim]; on WebGPU they stay in GPU buffers (location "gpu-buffer"). */
 export interface KVCache {
   keys: ort.Tensor[];
   values: ort.Tensor[];
+}
+
+/** Frees a cache held in GPU buffers (host tensors are left to the garbage collector). */
+export function releaseCache(cache: KVCache | undefined): void {
+  if (!cache) return;
+  for (const t of [...cache.keys, ...cache.values]) if (t.location === "gpu-buffer") t.dispose();
 }
 
 export interface ForwardInput {
@@ -104,6 +111,10 @@ export class DecoderModel {
   ) {}
 
   private rowMeans: Float32Array[] | null = null;
+  /** WebGPU keeps the KV cache (and the other non-logit outputs) in GPU buffers; REALIGN_KV_ON_HOST=1 turns it off. */
+  private get outputsOnDevice(): boolean {
+    return this.ep === "webgpu" && process.env.REALIGN_KV_ON_HOST !== "1";
+  }
   private zeroKeys: { attn: ort.Tensor; mlp: ort.Tensor } | null = null;
 
   /** Input width of every residual writer, in rosi_vectors row order (o_proj: heads·head_dim, down_proj: intermediate). */
@@ -213,7 +224,11 @@ export class DecoderModel {
       }
     }
     touchGraph(graphDir);
-    const { session, ep, fallbackReason } = await openSession(graphPath, opts.device ?? "auto", { prepack: quantize !== null, profilePrefix: opts.profilePrefix });
+    const { session, ep, fallbackReason } = await openSession(graphPath, opts.device ?? "auto", {
+      prepack: quantize !== null,
+      profilePrefix: opts.profilePrefix,
+      deviceOutputs: deviceOutputNames(builder.cfg, interventions),
+    });
     return new DecoderModel(dir, checkpoint, builder.cfg, session, ep, fallbackReason, interventions, graphPath, describeQuantization(quantize), dtype);
   }
 
@@ -260,7 +275,7 @@ export class DecoderModel {
     if (input.coefficients) fetches.push(IO.rosiCoefficients);
     const writers = 2 * numLayers;
     if (input.writerInputs) for (let m = 0; m < writers; m++) fetches.push(IO.writerInput(m));
-    const out = await this.session.run(feeds, fetches);
+    const out = this.outputsOnDevice ? await this.runDevice(feeds, fetches) : await this.session.run(feeds, fetches);
     forwardLog?.record(input, K);
     const result: ForwardOutput = {
       logits: out[IO.logits].data as Float32Array,
@@ -278,6 +293,26 @@ export class DecoderModel {
       result.residuals = [...Array.from({ length: numLayers }, (_, l) => out[IO.residual(l)].data as Float32Array), out[IO.residualFinal].data as Float32Array];
     }
     return result;
+  }
+
+  /**
+   * WebGPU: every output but the logits lives in GPU buffers (deviceOutputNames). onnxruntime-node 1.30 returns
+   * them there only when the run fetches all outputs (with a list of names it returns host copies, and binds the
+   * previous run's buffers to the outputs left out, which then fail on a new shape), so all are fetched: the
+   * KV cache stays on the device for the next step, outputs asked for are downloaded, the rest freed at once.
+   */
+  private async runDevice(feeds: Record<string, ort.Tensor>, fetches: string[]): Promise<Record<string, ort.Tensor>> {
+    const all = await this.session.run(feeds);
+    const wanted = new Set(fetches);
+    const out: Record<string, ort.Tensor> = {};
+    for (const [name, t] of Object.entries(all)) {
+      if (!wanted.has(name)) {
+        if (t.location === "gpu-buffer") t.dispose();
+      } else if (t.location === "gpu-buffer" && !name.startsWith("present.")) {
+        out[name] = new ort.Tensor(t.type as "float32", (await t.getData(true)) as Float32Array, t.dims);
+      } else out[name] = t;
+    }
+    return out;
   }
 
   /** Ends ONNX Runtime's profiling (loaded with `profilePrefix`) and writes its trace to `<profilePrefix>_<date>.json`. */
@@ -319,6 +354,15 @@ class ForwardLog {
 }
 const forwardLog = process.env.REALIGN_FORWARD_LOG ? new ForwardLog(process.env.REALIGN_FORWARD_LOG) : null;
 
+/** The graph's outputs other than the logits (WebGPU keeps them in GPU buffers; see runDevice). */
+function deviceOutputNames(cfg: DecoderConfig, interventions: boolean): string[] {
+  const L = cfg.numLayers;
+  const names = Array.from({ length: L }, (_, l) => [IO.presentKey(l), IO.presentValue(l), IO.residual(l)]).flat();
+  names.push(IO.residualFinal);
+  if (interventions) names.push(IO.rosiCoefficients, ...Array.from({ length: 2 * L }, (_, m) => IO.writerInput(m)));
+  return names;
+}
+
 /** Layout revision of int8-dynamic graphs (2: int8 lm_head), in their cache key only: other graphs keep their entries. */
 function int8DynamicRevision(q: QuantizeConfig | null): { i8dyn?: number } {
   return q?.scheme === "int8-dynamic" ? { i8dyn: 2 } : {};
@@ -347,7 +391,7 @@ function estimatedGraphBytes(checkpoint: Checkpoint, dtype: ComputeDType, quanti
  * tensor is handed over with a Uint16Array view of the same bytes as its `data` (no copy).
  */
 function nativeHalf(t: ort.Tensor): ort.Tensor {
-  if (t.type !== "float16" || t.data instanceof Uint16Array) return t;
+  if (t.location !== "cpu" || t.type !== "float16" || t.data instanceof Uint16Array) return t;
   const d = t.data as unknown as ArrayBufferView;
   const bits = new Uint16Array(d.buffer, d.byteOffset, d.byteLength / 2);
   const view = new ort.Tensor("float16", bits, t.dims);

@@ -22,8 +22,13 @@ const CUDA_HINT =
   "the CUDA execution provider is not installed with onnxruntime-node by default; reinstall it with CUDA 12 binaries: " +
   "`ONNXRUNTIME_NODE_INSTALL=cuda12 npm install` (needs CUDA 12 and cuDNN 9 on the machine)";
 
-function sessionOptions(ep: "cpu" | "cuda" | "webgpu", prepack: boolean, profilePrefix?: string): ort.InferenceSession.SessionOptions {
+function sessionOptions(ep: "cpu" | "cuda" | "webgpu", prepack: boolean, profilePrefix?: string, deviceOutputs: string[] = []): ort.InferenceSession.SessionOptions {
   return {
+    // WebGPU: these outputs (the KV cache) stay in GPU buffers and are fed back as the next step's inputs, instead
+    // of a download and an upload per step. REALIGN_KV_ON_HOST=1 brings them back to host memory.
+    ...(ep === "webgpu" && deviceOutputs.length && process.env.REALIGN_KV_ON_HOST !== "1"
+      ? { preferredOutputLocation: Object.fromEntries(deviceOutputs.map((n) => [n, "gpu-buffer" as const])) }
+      : {}),
     // ORT's profiler: a JSON trace (every node run: op type, provider, duration) written by endProfiling().
     ...(profilePrefix ? { enableProfiling: true, profileFilePrefix: profilePrefix } : {}),
     executionProviders: [ep],
@@ -39,8 +44,8 @@ function sessionOptions(ep: "cpu" | "cuda" | "webgpu", prepack: boolean, profile
   };
 }
 
-async function openWith(modelPath: string, ep: "cpu" | "cuda" | "webgpu", prepack: boolean, profilePrefix?: string): Promise<ort.InferenceSession> {
-  return ort.InferenceSession.create(modelPath, sessionOptions(ep, prepack, profilePrefix));
+async function openWith(modelPath: string, ep: "cpu" | "cuda" | "webgpu", prepack: boolean, profilePrefix?: string, deviceOutputs?: string[]): Promise<ort.InferenceSession> {
+  return ort.InferenceSession.create(modelPath, sessionOptions(ep, prepack, profilePrefix, deviceOutputs));
 }
 
 function bundled(ep: string): boolean {
@@ -52,9 +57,9 @@ export function deviceUnavailable(device: Device): string | null {
   return device === "cuda" && !bundled("cuda") ? `--device cuda: ${CUDA_HINT}` : null;
 }
 
-export async function openSession(modelPath: string, device: Device, opts: { prepack?: boolean; profilePrefix?: string } = {}): Promise<OpenedSession> {
+export async function openSession(modelPath: string, device: Device, opts: { prepack?: boolean; profilePrefix?: string; deviceOutputs?: string[] } = {}): Promise<OpenedSession> {
   const prepack = opts.prepack ?? false;
-  const tryOpen = (path: string, ep: "cpu" | "cuda" | "webgpu", pre: boolean) => openWith(path, ep, pre, opts.profilePrefix);
+  const tryOpen = (path: string, ep: "cpu" | "cuda" | "webgpu", pre: boolean) => openWith(path, ep, pre, opts.profilePrefix, opts.deviceOutputs);
   if (!DEVICES.includes(device)) throw new DeviceError(`unknown device "${device}"; use one of ${DEVICES.join(", ")}`);
   if (device === "cpu") return { session: await tryOpen(modelPath, "cpu", prepack), ep: "cpu", fallbackReason: null };
   if (device === "cuda" || device === "webgpu") {
