@@ -25,7 +25,7 @@ test("the checker finds an upward import (it can fail)", () => {
   }
 });
 
-test("steps/ holds the eight steps, the settings schema and its Reproduce command, the artefact table, shared helpers and the list", () => {
+test("steps/ holds the eight steps, the settings schema and its Reproduce command, the trade-off choice, the artefact table, shared helpers and the list", () => {
   const files = readdirSync(join(REPO_ROOT, "steps")).sort();
-  expect(files).toEqual(["artefacts.ts", "common.ts", "elicit.ts", "export.ts", "extract.ts", "index.ts", "inject.ts", "publish.ts", "pull.ts", "reproduce.ts", "settings.ts", "srr.ts", "validate.ts"]);
+  expect(files).toEqual(["artefacts.ts", "common.ts", "elicit.ts", "export.ts", "extract.ts", "index.ts", "inject.ts", "publish.ts", "pull.ts", "reproduce.ts", "settings.ts", "srr.ts", "tradeoff.ts", "validate.ts"]);
 });
