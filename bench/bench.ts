@@ -115,7 +115,15 @@ const rand = () => ((seed = (seed * 1103515245 + 12345) >>> 0) % (model.config.v
 const prompts = Array.from({ length: B }, () => Array.from({ length: T }, rand));
 // Warm-up: the first run pays for kernel selection and weight prepacking.
 await generateGreedy(model, prompts.map((p) => p.slice(0, 8)), { maxNewTokens: 2 });
-const r = await generateGreedy(model, prompts, { maxNewTokens: N + 1 });
+// CPU seconds of this process (all ORT threads) beside wall time: on a machine shared with other work, the
+// wall-clock figures move with the load and CPU time per token much less.
+const cpu = () => {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1e6;
+};
+const cpuAt = [cpu(), 0];
+const r = await generateGreedy(model, prompts, { maxNewTokens: N + 1, onStep: (step) => void (step === 1 && (cpuAt[1] = cpu())) });
+const cpuEnd = cpu();
 const peakRss = mb();
 await model.close();
 // The kernel path comes from a second, profiled session (after the timed one is closed).
@@ -134,6 +142,8 @@ const result = {
   prefill_tokens_per_s: Number((r.stats.prefillTokens / r.stats.prefillSeconds).toFixed(1)),
   decode_tokens_per_s: Number((r.stats.decodeTokens / r.stats.decodeSeconds).toFixed(1)),
   prefill_s: Number(r.stats.prefillSeconds.toFixed(3)),
+  prefill_cpu_ms_per_token: Number(((1000 * (cpuAt[1] - cpuAt[0])) / r.stats.prefillTokens).toFixed(2)),
+  decode_cpu_ms_per_token: Number(((1000 * (cpuEnd - cpuAt[1])) / Math.max(1, r.stats.decodeTokens)).toFixed(2)),
   peak_rss_mb: Number(peakRss.toFixed(0)),
   kernels,
 };
