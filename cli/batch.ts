@@ -13,6 +13,7 @@ import { ConfigError, UsageError } from "../util/errors.ts";
 import { InterruptedError } from "../pipeline/errors.ts";
 import { exitCodeFor, EXIT_FAILED, EXIT_GATE, EXIT_OK } from "./errors.ts";
 import { atomicWriteJson } from "../util/fs.ts";
+import { MISSING, percent } from "../util/format.ts";
 import { checkLocalPublishTarget, pendingPublish } from "../steps/publish.ts";
 import type { ModelsFile } from "./models-file.ts";
 import { formatSeconds, memoryUI, type RunnerUI } from "../pipeline/progress.ts";
@@ -101,7 +102,14 @@ export function publishLaterLine(settings: Settings, why: string): string {
 export function tryItLines(settings: Settings): string[] {
   const model = join(settings.out, "inject", "model");
   if (!existsSync(join(model, "config.json"))) return [];
-  return [`re-aligned model: ${model}`, `try it: realign chat ${settings.out}   (--vs: next to the original)`];
+  const lines = [`re-aligned model: ${model}`, `try it: realign chat ${settings.out}   (--vs: next to the original)`];
+  // The optional artefacts of the srr and export steps, when the settings asked for them and they exist.
+  const scorer = join(settings.out, "srr", "scorer", "srr.safetensors");
+  if (settings.srr && existsSync(scorer)) lines.push(`best-of-N: realign chat ${settings.out} --temperature 1 --best-of ${settings.srrCandidates} --rank srr   (scorer ${scorer})`);
+  const ggufDir = join(settings.out, "export", "gguf");
+  const gguf = settings.gguf !== "none" && existsSync(ggufDir) ? readdirSync(ggufDir).find((f) => f.endsWith(".gguf")) : undefined;
+  if (gguf) lines.push(`GGUF: ${join(ggufDir, gguf)}   (llama-cli -m <it> -cnv; Ollama: FROM <it> in a Modelfile, see the model card)`);
+  return lines;
 }
 
 /** The run's `from`: a run whose publish step skipped for want of a token re-runs publish once there is one. */
@@ -263,16 +271,17 @@ export function isComplete(steps: readonly Step<Settings>[], settings: Settings,
   return { done: allCached && report !== null && (report.published !== null || !settings.publish || unpublishable), report };
 }
 
-const pct = (v: number | null) => (v === null ? "–" : `${Math.round(v * 100)}%`);
+// One decimal, as everywhere (util/format.ts): 12.5 % is not "13%".
+const pct = percent;
 
 export function formatBatchTable(rows: readonly BatchRow[]): string[] {
   const header = ["model", "status", "gate", "harmful refusal", "published"];
   const body = rows.map((r) => [
     r.repo,
     r.status,
-    r.gate ?? "–",
-    r.harmful_before === null && r.harmful_after === null ? "–" : `${pct(r.harmful_before)} → ${pct(r.harmful_after)}`,
-    r.published ?? "–",
+    r.gate ?? MISSING,
+    r.harmful_before === null && r.harmful_after === null ? MISSING : `${pct(r.harmful_before)} → ${pct(r.harmful_after)}`,
+    r.published ?? MISSING,
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
   const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd();

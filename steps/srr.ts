@@ -140,12 +140,16 @@ export const srrStep: Step<Settings> = {
       const evalTemplates = JAILBREAK_TEMPLATES.slice(TRAIN_TEMPLATES);
       const withWrapped = (ps: string[]) => [...ps, ...ps.map((p, i) => wrapJailbreak(trainTemplates[i % trainTemplates.length]!.id, p))];
       const bar = ctx.progress("srr: sample lists", 3);
-      const data = {
-        train: await items(withWrapped(splits.harmful.train), splits.harmless.train),
-        val: await items(withWrapped(splits.harmful.val), splits.harmless.val),
-        test: await items(splits.harmful.eval, splits.harmless.eval),
+      const ticked = async <T>(p: Promise<T>) => {
+        const v = await p;
+        bar.tick();
+        return v;
       };
-      bar.tick(3);
+      const data = {
+        train: await ticked(items(withWrapped(splits.harmful.train), splits.harmless.train)),
+        val: await ticked(items(withWrapped(splits.harmful.val), splits.harmless.val)),
+        test: await ticked(items(splits.harmful.eval, splits.harmless.eval)),
+      };
       bar.done();
       const feats = { train: await listsOf(data.train), val: await listsOf(data.val), test: await listsOf(data.test) };
       const count = (ls: SrrList[]) => ({ lists: ls.length, informative: ls.filter(informative).length });

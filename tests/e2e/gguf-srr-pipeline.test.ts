@@ -71,6 +71,10 @@ describe("--gguf q8_0 --srr through the pipeline", () => {
   test("the run finishes and publishes", () => {
     if (first.code !== 0) console.error(first.stdout, first.stderr);
     expect(first.code).toBe(0);
+    // The last lines say where the GGUF and the scorer are and how to use them.
+    const out = first.stdout + first.stderr;
+    expect(out).toContain(`GGUF: ${join(RUN, "export", "gguf", "organism-llama-ROSI-Q8_0.gguf")}`);
+    expect(out).toContain(`best-of-N: realign chat ${RUN} --temperature 1 --best-of 2 --rank srr`);
   });
 
   test("the GGUF carries the edit that calibration.json and edit.safetensors record; llama.cpp loads it", async () => {
