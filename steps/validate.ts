@@ -15,7 +15,8 @@ import { encodeAll, firstTokenLogProbs, generateTexts, klDivergence, mean, multi
 import { ClassifierJudge } from "../evals/llama-guard.ts";
 import { chooseGenerationBatchSize } from "../engine/batching.ts";
 import { openModel, type Ctx } from "./common.ts";
-import { gateChecks } from "../evals/gate.ts";
+import { gateChecks, gateReason } from "../evals/gate.ts";
+import { kl as fmtKl, percent } from "../util/format.ts";
 import { rateOf, type Rate } from "../evals/stats.ts";
 import { utilitySplit } from "../evals/datasets.ts";
 import { outputsOf, patchedModelDir, readSource, readSplits } from "./artefacts.ts";
@@ -144,17 +145,18 @@ export const validateStep: Step<Settings> = {
       }
     }
     // Validation's utility is always measured (exact-answer task or multiple choice), so every check counts.
-    const checks = gateChecks(before.metrics, after.metrics, s.gate).map(({ id: _id, ...c }) => c);
+    const checked = gateChecks(before.metrics, after.metrics, s.gate);
+    const checks = checked.map(({ id: _id, ...c }) => c);
     const passed = checks.every((c) => c.passed);
-    const reasons = checks.filter((c) => !c.passed).map((c) => `${c.name}: ${c.value === null ? "not measured" : c.value.toFixed(3)} (needs ${c.threshold})`);
+    const reasons = checked.filter((c) => !c.passed).map(gateReason);
     const seconds = (performance.now() - t0) / 1000;
     const validation = { baseline: before.metrics, realigned: after.metrics, gate: { passed, reasons, checks }, judge: judgeInfo, quantization, dtype: patched.model.dtype, batch_size: batchSize, eval_sizes: { harmful: data.harmful.length, harmless: data.harmless.length, borderline: borderline.length, jailbreak: jailbreak.length, utility: data.utilityTask?.length ?? data.mc.length }, device: ep, generation_tokens_per_s: { original: before.tokensPerSecond, realigned: after.tokensPerSecond }, seconds };
     writeFileSync(join(ctx.tmpDir, "validation.json"), JSON.stringify(validation, null, 2));
     // The refusal judgments beside the texts: the report and the card show a few answers with them.
     const judged = (side: SideResult) => ({ harmful: side.samples.harmful.map(isRefusal), harmless: side.samples.harmless.map(isRefusal), borderline: side.samples.borderline.map(isRefusal) });
     writeFileSync(join(ctx.tmpDir, "samples.json"), JSON.stringify({ prompts: { harmful: data.harmful, harmless: data.harmless, borderline }, original: before.samples, realigned: after.samples, refused: { original: judged(before), realigned: judged(after) } }, null, 2));
-    const fmt = (x: number | null | undefined) => (x === null || x === undefined ? "—" : `${(x * 100).toFixed(1)} %`);
-    ctx.log(`harmful refusal ${fmt(before.metrics.harmful_refusal)} → ${fmt(after.metrics.harmful_refusal)}; harmless refusal ${fmt(before.metrics.harmless_refusal)} → ${fmt(after.metrics.harmless_refusal)}; KL ${after.metrics.kl?.toFixed(3)}; utility ${fmt(before.metrics.utility)} → ${fmt(after.metrics.utility)}; gate ${passed ? "passed" : "FAILED"}`);
+    const fmt = percent;
+    ctx.log(`harmful refusal ${fmt(before.metrics.harmful_refusal)} → ${fmt(after.metrics.harmful_refusal)}; harmless refusal ${fmt(before.metrics.harmless_refusal)} → ${fmt(after.metrics.harmless_refusal)}; KL ${fmtKl(after.metrics.kl)}; utility ${fmt(before.metrics.utility)} → ${fmt(after.metrics.utility)}; gate ${passed ? "passed" : "FAILED"}`);
     const report = { baseline: before.metrics, realigned: after.metrics, gate: { passed, reasons, checks }, details: { validation_device: ep, dtype: patched.model.dtype, utility_questions: { source: mcSet.source, license: mcSet.license, used: mcSet.items.length }, quantization, batch_size: batchSize, generation_tokens_per_s: validation.generation_tokens_per_s, eval_sizes: validation.eval_sizes, judge: judgeInfo } };
     if (!passed && !ctx.forced) throw new GateFailedError(reasons, report);
     if (!passed) ctx.log(`gate FAILED (${reasons.join("; ")}); continuing to publish because of --force — the model card says so`);

@@ -237,7 +237,7 @@ describe("runs with fake steps", () => {
     const r = cli(["batch", "models.yaml", "--runs-dir", "summaries"], { fake: true, cwd: dir });
     expect(r.code).toBe(1);
     expect(r.stdout).toMatch(/test\/broken\s+failed/);
-    expect(r.stdout).toMatch(/test\/fine\s+ok\s+passed\s+10% → 95%/);
+    expect(r.stdout).toMatch(/test\/fine\s+ok\s+passed\s+10.0 % → 95.0 %/);
     const summaries = readdirSync(join(dir, "summaries"));
     expect(summaries.length).toBe(1);
     expect(summaries[0]).toMatch(/^batch-.*\.json$/);
