@@ -45,6 +45,29 @@ export interface PullOptions {
   retryDelayMs?: number;
   /** Where back-off lines go ("…; retrying in 4 s (3/6)"). */
   log?: (line: string) => void;
+  /**
+   * Called online once config.json (and the index) are in and the files to fetch are known, before any
+   * weights are downloaded; throwing stops the pull with that very error (e.g. not enough disk space).
+   */
+  beforeDownload?: (plan: DownloadPlan) => void | Promise<void>;
+}
+
+/** What an online pull is about to fetch: each file with its size and whether the cache has it already. */
+export interface DownloadPlan {
+  repoId: string;
+  commit: string;
+  /** The repo's cache folder (<cache>/models--owner--name). */
+  repoDir: string;
+  /** config.json as parsed. */
+  config: Record<string, unknown>;
+  weights: { path: string; size: number; cached: boolean }[];
+  /** The other files (tokenizer, card, …). */
+  metadata: { path: string; size: number; cached: boolean }[];
+}
+
+/** An error thrown by beforeDownload, carried past the Hub error handling unchanged. */
+class PlanRefused {
+  constructor(readonly error: unknown) {}
 }
 
 export interface PullResult {
@@ -171,20 +194,22 @@ export async function pullModel(repoId: string, opts: PullOptions = {}): Promise
       log: opts.log,
     };
     try {
-      return await pullOnline(ctx, revision, repoDir, concurrency, opts.onProgress);
+      return await pullOnline(ctx, revision, repoDir, concurrency, opts.onProgress, opts.beforeDownload);
     } catch (e) {
       // The Hub cannot be reached, but the cache may already hold the model: say how to use it.
+      if (e instanceof PlanRefused) throw e;
       if (e instanceof HubError && (e.code === "network" || e.code === "timeout") && (await cachedSnapshot(repoDir, revision))) {
         throw new HubError(e.code, `${e.message}; ${repoId} (revision ${revision}) is in the cache at ${repoDir}: run with --offline (or HF_HUB_OFFLINE=1) to use it`, { url: e.url, status: e.status });
       }
       throw e;
     }
   } catch (e) {
+    if (e instanceof PlanRefused) throw e.error;
     throw sanitize(e, token);
   }
 }
 
-async function pullOnline(ctx: NetCtx, revision: string, repoDir: string, concurrency: number, onProgress?: (e: PullProgress) => void): Promise<PullResult> {
+async function pullOnline(ctx: NetCtx, revision: string, repoDir: string, concurrency: number, onProgress?: (e: PullProgress) => void, beforeDownload?: PullOptions["beforeDownload"]): Promise<PullResult> {
   const { repoId, hubUrl, token } = ctx;
   const repo = { type: "model" as const, name: repoId };
 
@@ -251,8 +276,22 @@ async function pullOnline(ctx: NetCtx, revision: string, repoDir: string, concur
     if (missing.length) throw new HubError("bad_config", `${repoId}: ${INDEX_FILE} names shard(s) the repo does not have: ${missing.join(", ")}`);
   }
 
-  // 5. Everything else, in parallel.
+  // 5. Everything else, in parallel, once the caller has seen what it will be (disk space).
   const rest = [...plan.metadata.filter((p) => p !== "config.json"), ...weights].map((p) => remote.get(p)!);
+  if (beforeDownload) {
+    const entry = (p: string) => ({ path: p, size: remote.get(p)!.size, cached: existsSync(join(blobsDir, remote.get(p)!.check.id)) });
+    let config: Record<string, unknown> = {};
+    try {
+      config = JSON.parse(await readFile(join(snapshotDir, "config.json"), "utf8")) as Record<string, unknown>;
+    } catch {
+      // checkConfig has read it already; an odd one gives no dtype, and the caller assumes one
+    }
+    try {
+      await beforeDownload({ repoId, commit, repoDir, config, weights: weights.map(entry), metadata: plan.metadata.filter((p) => p !== "config.json").map(entry) });
+    } catch (e) {
+      throw new PlanRefused(e);
+    }
+  }
   await runPool(rest, concurrency, fetchOne);
 
   // 6. refs/<revision> (not for a commit sha, as Python does).
