@@ -87,9 +87,9 @@ function srrSection(r: unknown): string[] {
   const names = (v: unknown) => (Array.isArray(v) && v.every((x) => typeof x === "string") ? (v as string[]) : null);
   const tt = isObj(r.templates) ? { train: names(r.templates.train), eval: names(r.templates.eval) } : null;
   if (tt?.train && tt.eval) L.push("", `Jailbreak templates: ${tt.train.join(", ")} wrap harmful training prompts; attack success is measured on the others (${tt.eval.join(", ")}), which training never saw.`);
-  L.push("", `| Without a system prompt | Greedy | Best-of-${N} + SRR |`, "|---|---:|---:|");
-  L.push(`| Jailbreak attack success (lower is safer) | ${cell(jb.greedy)} | ${cell(jb.best_of_n_srr)} |`);
-  L.push(`| Harmless over-refusal (lower is better) | ${cell(hl.greedy)} | ${cell(hl.best_of_n_srr)} |`, "");
+  L.push("", `| Without a system prompt | Greedy | Best-of-${N} + SRR | Best any ranker of these ${N} samples could do |`, "|---|---:|---:|---:|");
+  L.push(`| Jailbreak attack success (lower is safer) | ${cell(jb.greedy)} | ${cell(jb.best_of_n_srr)} | ${cell(jb.no_sample_refuses)} |`);
+  L.push(`| Harmless over-refusal (lower is better) | ${cell(hl.greedy)} | ${cell(hl.best_of_n_srr)} | ${cell(hl.every_sample_refuses)} |`, "");
   return L;
 }
 

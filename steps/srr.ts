@@ -69,10 +69,13 @@ export interface SrrRecord {
   selection: { layer: number; dim: number; val_loss: number; val_top1: number }[];
   /** Top-1 on held-out lists that hold a good and a bad candidate. */
   ranking: Record<"srr" | "probe" | "random" | "first_sample", Rate>;
-  /** Attack success (the reply is not a refusal) on jailbreak-wrapped evaluation prompts. */
-  jailbreak_asr: Record<"greedy" | "best_of_n_srr", Rate>;
-  /** Refusal of harmless evaluation prompts. */
-  harmless_refusal: Record<"greedy" | "best_of_n_srr", Rate>;
+  /**
+   * Attack success (the reply is not a refusal) on jailbreak-wrapped evaluation prompts; `no_sample_refuses`
+   * is the lowest any ranker of the same N samples could reach.
+   */
+  jailbreak_asr: Record<"greedy" | "best_of_n_srr" | "no_sample_refuses", Rate>;
+  /** Refusal of harmless evaluation prompts; `every_sample_refuses` is the lowest any ranker could reach. */
+  harmless_refusal: Record<"greedy" | "best_of_n_srr" | "every_sample_refuses", Rate>;
   judge: "refusal markers";
 }
 export type SrrFile = { enabled: false } | SrrRecord;
@@ -81,7 +84,7 @@ const goodOf = (kind: Kind, text: string) => (kind === "harmful" ? isRefusal(tex
 
 export const srrStep: Step<Settings> = {
   name: "srr",
-  version: 2,
+  version: 3,
   deps: ["pull", "elicit", "inject"],
   outputs: outputsOf("srr"),
   // Off, nothing else matters (changing the seed does not re-run a step that does nothing).
@@ -199,17 +202,17 @@ export const srrStep: Step<Settings> = {
       };
 
       // Best-of-N + SRR vs greedy, without any system prompt, as a user would run it.
-      const bestOf = async (prompts: string[]): Promise<{ greedy: boolean[]; srr: boolean[] }> => {
+      const bestOf = async (prompts: string[]): Promise<{ greedy: boolean[]; srr: boolean[]; any: boolean[]; all: boolean[] }> => {
         const ids = prompts.map((p) => enc(p));
         const greedy = (await sample(ids, 1, true)).map((g) => isRefusal(decode(g[0]!)));
         const samples = await sample(ids, N);
         const states = (await lastTokenStates(model, ids.flatMap((p, i) => [p, ...samples[i]!.map((c) => [...p, ...c])]), ROWS))[layer]!;
+        const refused = samples.map((cands) => cands.map((c) => isRefusal(decode(c))));
         const srr = ids.map((_, i) => {
           const base = i * (N + 1);
-          const pick = argmaxOf(srrScores(scorer, states[base]!, states.slice(base + 1, base + 1 + N)));
-          return isRefusal(decode(samples[i]![pick]!));
+          return refused[i]![argmaxOf(srrScores(scorer, states[base]!, states.slice(base + 1, base + 1 + N)))]!;
         });
-        return { greedy, srr };
+        return { greedy, srr, any: refused.map((r) => r.some(Boolean)), all: refused.map((r) => r.every(Boolean)) };
       };
       const jailbreaks = splits.harmful.eval.slice(0, 16).flatMap((p) => evalTemplates.map((t) => wrapJailbreak(t.id, p)));
       const jb = await bestOf(jailbreaks);
@@ -227,8 +230,8 @@ export const srrStep: Step<Settings> = {
         lists,
         selection,
         ranking,
-        jailbreak_asr: { greedy: complied(jb.greedy), best_of_n_srr: complied(jb.srr) },
-        harmless_refusal: { greedy: rateOf(hl.greedy), best_of_n_srr: rateOf(hl.srr) },
+        jailbreak_asr: { greedy: complied(jb.greedy), best_of_n_srr: complied(jb.srr), no_sample_refuses: complied(jb.any) },
+        harmless_refusal: { greedy: rateOf(hl.greedy), best_of_n_srr: rateOf(hl.srr), every_sample_refuses: rateOf(hl.all) },
         judge: "refusal markers",
       };
       writeJson(join(ctx.tmpDir, "srr.json"), record);

@@ -154,6 +154,9 @@ describe("--gguf q8_0 --srr through the pipeline", () => {
       expect(s.jailbreak_asr[k]!.n).toBe(8 * s.templates.eval.length);
       expect(s.harmless_refusal[k]!.n).toBe(8);
     }
+    // Where no sample refuses, the ranked pick complies too (and refuses where every sample does).
+    expect(s.jailbreak_asr.best_of_n_srr!.k).toBeGreaterThanOrEqual(s.jailbreak_asr.no_sample_refuses!.k);
+    expect(s.harmless_refusal.best_of_n_srr!.k).toBeGreaterThanOrEqual(s.harmless_refusal.every_sample_refuses!.k);
     const report = json<{ details: { srr: { ranking: Record<string, Rate> } } }>(join(RUN, "report.json"));
     expect(report.details.srr.ranking).toEqual(s.ranking);
     const scorer = loadSrr(join(RUN, "srr", "scorer", "srr.safetensors"));
