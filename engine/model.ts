@@ -363,9 +363,9 @@ function deviceOutputNames(cfg: DecoderConfig, interventions: boolean): string[]
   return names;
 }
 
-/** Layout revision of int8-dynamic graphs (2: int8 lm_head), in their cache key only: other graphs keep their entries. */
+/** Layout revision of int8-dynamic graphs (2: int8 lm_head, 3: MatMulIntegerToFloat), in their cache key only: other graphs keep their entries. */
 function int8DynamicRevision(q: QuantizeConfig | null): { i8dyn?: number } {
-  return q?.scheme === "int8-dynamic" ? { i8dyn: 2 } : {};
+  return q?.scheme === "int8-dynamic" ? { i8dyn: 3 } : {};
 }
 
 /** About how many bytes a built graph's weights take (for the cache cap). */
