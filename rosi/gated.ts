@@ -18,11 +18,15 @@
 // then every key is multiplied by one factor so that g averages exactly 1 on the harmful train rows,
 // which makes t the length of the step along ŝ on a typical harmful prompt.
 //
-// ρ (GATE_RIDGES), P (1–3 positions) and whether the earlier harmless tokens join the fit are chosen
-// by measurement, on train prompts held out of the fit (chooseGateFit): the score is (mean g at the
-// last token of held-out harmful prompts)² over the mean of g² on every held-out harmless row — how far the edit pushes harmful inputs per unit of push
-// on harmless ones, which is what the KL and over-refusal bounds charge for. The chosen setting is then
-// refitted on all train prompts. Splitting the target evenly over the matrices (rather than fitting
+// For each P (1–3 positions), ρ (GATE_RIDGES) and whether the earlier harmless tokens join the fit are
+// chosen by measurement on train prompts held out of the fit (chooseGateFit); P itself is chosen by
+// calibration on the validation split, where the replies are generated (how far P positions of push move
+// the reply is not something gate separation can tell). The held-out score is (mean g at the last
+// token of held-out harmful prompts)² over the mean of g² on every held-out harmless row: how far the
+// edit pushes harmful inputs per unit of push on harmless ones, which is what the KL and over-refusal
+// bounds charge for. The chosen setting is then refitted on all train prompts, which are the run's own
+// and prompts of the built-in sets in no split (elicit's gateExtra), so that the gate learns harm across
+// phrasings rather than one dataset's style. Splitting the target evenly over the matrices (rather than fitting
 // them jointly) keeps each solve independent and no single matrix carrying the edit.
 //
 // Edited layers: those from the direction's layer on (its writers feed the residual ŝ was read from and

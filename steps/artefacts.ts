@@ -240,6 +240,8 @@ export interface SweepPoint {
   layer: number | null;
   position: number | null;
   method: string;
+  /** Gated families: the prompt positions the keys were fitted at (one family per count). */
+  gate_positions?: number;
   alpha: number;
   harmful_refusal: number;
   harmless_refusal: number;

@@ -49,6 +49,18 @@ async function splitsFor(ctx: Ctx, kind: Exclude<PromptKind, "borderline">): Pro
   return { train: split.train, val: split.val, eval: evalPrompts, rest: split.rest.filter((p) => !inEval.has(p)), sources };
 }
 
+/**
+ * The gate fit's extra prompts of one class (see PromptSplits.gateExtra): up to nTrain built-in prompts
+ * in no split of this run, or, when the run's own prompts are the built-in ones, what its splits left
+ * (less the KL prompts, which must stay unseen by the fit).
+ */
+async function gateExtraFor(ctx: Ctx, kind: "harmful" | "harmless", rest: string[], inSplits: Set<string>): Promise<string[]> {
+  const s = ctx.settings;
+  const spec = kind === "harmful" ? s.harmful : s.harmless;
+  const candidates = spec.trim() === "builtin" ? rest : (await loadPrompts("builtin", { kind })).prompts;
+  return samplePrompts(candidates.filter((p) => !inSplits.has(p)), s.nTrain, s.seed + 2);
+}
+
 /** At most this many train prompts per class are generated for each candidate prompt (bounds `auto`'s time). */
 export const ELICIT_CANDIDATE_CAP = 64;
 /** Greedy tokens per elicitation answer (at most; maxNewTokens if smaller): enough to see an opening refusal. */
@@ -80,7 +92,8 @@ export const elicitStep: Step<Settings> = {
   //    elicitHarmlessMax); rates as {rate, k, n, ci95}; prompts.json gains `contrast` (refused harmful
   //    and answered harmless train prompts under the chosen prompt).
   // 3: prompts.json gains klExtra (harmless prompts outside every split, for calibration's KL only).
-  version: 3,
+  // 4: prompts.json gains gateExtra (prompts in no split, for the gated edit's key fit only).
+  version: 4,
   deps: ["pull"],
   outputs: outputsOf("elicit"),
   inputs: (s) => ({
@@ -179,10 +192,17 @@ export const elicitStep: Step<Settings> = {
       const system = chosen?.text ?? null;
       const probe = encodeAll(tok, [harmful.val[0] ?? "Hello"], system)[0];
       if (probe.systemMerged) ctx.log("the chat template has no system role: the safety prompt is prepended to the user turn");
+      const klExtra = harmless.rest.slice(0, KL_EXTRA_PROMPTS);
+      const inSplits = new Set([harmful, harmless].flatMap((x) => [...x.train, ...x.val, ...x.eval]).concat(klExtra));
+      const gateExtra = {
+        harmful: await gateExtraFor(ctx, "harmful", harmful.rest, inSplits),
+        harmless: await gateExtraFor(ctx, "harmless", harmless.rest, inSplits),
+      };
       const splits: PromptSplits = {
         harmful: { train: harmful.train, val: harmful.val, eval: harmful.eval },
         harmless: { train: harmless.train, val: harmless.val, eval: harmless.eval },
-        klExtra: harmless.rest.slice(0, KL_EXTRA_PROMPTS),
+        klExtra,
+        gateExtra,
         sources: [...harmful.sources, ...harmless.sources],
         systemPrompt: system,
         systemPromptSource: chosen?.source ?? null,

@@ -23,7 +23,7 @@ import { gateChecks, passesGate } from "../evals/gate.ts";
 import { alpha as fmtAlpha, kl as fmtKl, percent, points, position as fmtPosition } from "../util/format.ts";
 import { rosiRows, type SpreadMethod } from "../rosi/spread.ts";
 import { unit } from "../rosi/directions.ts";
-import { chooseGateFit, collectWriterSamples, concatSamples, fitGatedKeys, gatedInterventions, gatedLayers, gateStats, gateValues, rowsFor, selectRows, type GatedFit, type WriterSamples } from "../rosi/gated.ts";
+import { chooseGateFit, collectWriterSamples, concatSamples, fitGatedKeys, GATE_POSITION_CHOICES, gatedInterventions, gatedLayers, gateStats, gateValues, rowsFor, selectRows, type GatedFit, type WriterSamples } from "../rosi/gated.ts";
 import { editedMatrices, vectorSha256, writeEditedCheckpoint } from "../rosi/edit.ts";
 import { klAt, measure, pointKey, randomUnit, scaleForKl, SweepMemo, sweepScale, type Measured, type MeasureOptions } from "../rosi/calibrate.ts";
 import { sha256Hex } from "../util/fs.ts";
@@ -51,7 +51,9 @@ type Family =
 export const injectStep: Step<Settings> = {
   name: "inject",
   // 10: the gated family (fitted keys; edit.safetensors carries them), --method auto calibrates it too.
-  version: 10,
+  // 11: the key fit adds prompts.json's gateExtra to the train prompts; one gated family per number of
+  //     prompt positions fitted, chosen by calibration.
+  version: 11,
   deps: ["pull", "elicit", "extract"],
   outputs: outputsOf("inject"),
   inputs: (s) => ({ includeEmbeddings: s.includeEmbeddings, quantize: s.quantize, dtype: s.dtype, alpha: s.alpha, rank: s.rank, method: s.method, seed: s.seed, gate: s.gate, nEval: s.nEval }),
@@ -81,9 +83,10 @@ export const injectStep: Step<Settings> = {
       // Keys are fitted as deployed (no system prompt); borderline-but-safe prompts count as harmless.
       const ids = (prompts: string[]) => encodeAll(tok, prompts, null).map((e) => e.ids);
       const borderlineFit = names.includes("gated") ? (await borderlineSplit(s.seed)).fit : [];
+      // The fit's train prompts, interleaved so that the held-out share draws from every source alike.
       const families = await buildFamilies(ctx, model, names, shortlist, selection, spread, cfg.numLayers, {
-        harmful: ids(splits.harmful.train),
-        harmless: interleave(ids(splits.harmless.train), ids(borderlineFit)),
+        harmful: interleave(ids(splits.harmful.train), ids(splits.gateExtra.harmful)),
+        harmless: interleave(interleave(ids(splits.harmless.train), ids(splits.gateExtra.harmless)), ids(borderlineFit)),
       });
       /** The run-time form of a family along `dir` at strength t. */
       const interventions = (f: Family, dir: Float32Array, t: number): Interventions =>
@@ -147,7 +150,7 @@ export const injectStep: Step<Settings> = {
               if (cached && refine) return point; // measured (and logged) by the coarse pass
               bar.tick();
               const out = outside(point);
-              ctx.log(`layer ${candidate.layer}, position ${fmtPosition(candidate.position, candidate.position_label)}, ${family.name} α ${fmtAlpha(alpha)}: harmful ${percent(point.harmful_refusal)}, harmless ${percent(point.harmless_refusal)}, KL ${fmtKl(point.kl)}${point.utility === null ? "" : `, utility ${percent(point.utility)}`}${out.length ? ` (outside: ${out.join(", ")})` : ""}`);
+              ctx.log(`layer ${candidate.layer}, position ${fmtPosition(candidate.position, candidate.position_label)}, ${familyLabel(family)} α ${fmtAlpha(alpha)}: harmful ${percent(point.harmful_refusal)}, harmless ${percent(point.harmless_refusal)}, KL ${fmtKl(point.kl)}${point.utility === null ? "" : `, utility ${percent(point.utility)}`}${out.length ? ` (outside: ${out.join(", ")})` : ""}`);
               return point;
             },
           });
@@ -198,7 +201,8 @@ export const injectStep: Step<Settings> = {
         }
         for (const [family, result] of results) {
           const { candidate } = family;
-          for (const p of result.points) sweep.push({ layer: candidate.layer, position: candidate.position, method: family.name, alpha: p.scale, ...p.point, ok: p.admissible });
+          const variant = family.kind === "gated" ? { gate_positions: family.fit.positions } : {};
+          for (const p of result.points) sweep.push({ layer: candidate.layer, position: candidate.position, method: family.name, ...variant, alpha: p.scale, ...p.point, ok: p.admissible });
         }
         bar.done();
         if (!best || best.point.harmful_refusal <= base.harmful_refusal) {
@@ -230,13 +234,13 @@ export const injectStep: Step<Settings> = {
       const { family, alpha } = chosen;
       const { candidate } = family;
       const dir = directionOf(candidate);
-      ctx.log(`chosen: ${family.name}, layer ${candidate.layer}, position ${fmtPosition(candidate.position, candidate.position_label)}, α ${fmtAlpha(alpha)}${s.alpha === null ? " (calibrated)" : " (given)"}`);
+      ctx.log(`chosen: ${familyLabel(family)}, layer ${candidate.layer}, position ${fmtPosition(candidate.position, candidate.position_label)}, α ${fmtAlpha(alpha)}${s.alpha === null ? " (calibrated)" : " (given)"}`);
       if (choice && choice.chosen !== choice.recommended) ctx.log(`(point ${choice.chosen} of the table, chosen by the user instead of the recommended ${choice.recommended})`);
       const readOut = family.kind === "gated" ? await gatedRecord(ctx, model, family.fit, [ids(splits.harmful.val), ids(splits.harmless.val)]) : null;
       const gated = readOut?.record ?? null;
       if (readOut) writeFileSync(join(ctx.tmpDir, "gate.svg"), await gatePlot(readOut.validation));
       writeInjected(ctx, { source: source.dir, cfg, family, alpha, dir, spread, sweep, control, gated, choice });
-      writeFileSync(join(ctx.tmpDir, "calibration.svg"), await sweepPlot(sweep, names, candidate, { method: family.name, alpha }, s.gate.kl * KL_MARGIN));
+      writeFileSync(join(ctx.tmpDir, "calibration.svg"), await sweepPlot(sweep, names, candidate, { method: family.name, alpha, gatePositions: family.kind === "gated" ? family.fit.positions : undefined }, s.gate.kl * KL_MARGIN));
       return {
         report: {
           direction: { layer: candidate.layer, position: candidate.position, position_label: candidate.position_label, alpha, rank: s.rank, method: family.name },
@@ -253,7 +257,17 @@ export const injectStep: Step<Settings> = {
 /** Share of the train prompts that fits the keys while the rest chooses the fit setting (held out). */
 const GATE_FIT_SHARE = 0.75;
 
-/** Every family to calibrate: each name on each shortlisted direction (gated keys fitted once per layer set). */
+/** How logs name a family: the method, and for gated keys the prompt positions they were fitted at. */
+function familyLabel(f: Family): string {
+  return f.kind === "gated" ? `gated (last ${f.fit.positions} position${f.fit.positions === 1 ? "" : "s"})` : f.name;
+}
+
+/**
+ * Every family to calibrate: each name on each shortlisted direction. Gated keys are fitted once per
+ * layer set and number of prompt positions P: the held-out train prompts choose each P's ridge and
+ * harmless rows, but not P itself, since how far P positions of push move the reply is a question of
+ * generation, not of gate separation: calibration measures each P on the validation split.
+ */
 async function buildFamilies(
   ctx: Ctx,
   model: DecoderModel,
@@ -265,7 +279,7 @@ async function buildFamilies(
   train: { harmful: number[][]; harmless: number[][] },
 ): Promise<Family[]> {
   let samples: { fit: WriterSamples; heldOut: WriterSamples } | null = null;
-  const fits = new Map<string, GatedFit>();
+  const fits = new Map<string, GatedFit[]>();
   const families: Family[] = [];
   for (const candidate of shortlist) {
     for (const name of names) {
@@ -289,20 +303,24 @@ async function buildFamilies(
       }
       const layers = gatedLayers(numLayers, candidate.layer);
       const key = layers.join(",");
-      let fit = fits.get(key);
-      if (!fit) {
+      let setFits = fits.get(key);
+      if (!setFits) {
         const choices = chooseGateFit(samples.fit, samples.heldOut, layers);
-        const best = choices[0];
         const all = concatSamples(samples.fit, samples.heldOut);
-        fit = { ...fitGatedKeys(selectRows(all, rowsFor(all, best.positions, best.harmless_rows)), { layers, ridge: best.ridge, positions: best.positions }), choices };
-        fits.set(key, fit);
-        const f = fit;
-        ctx.log(
-          `gate keys for layers ${layers[0]}–${layers[layers.length - 1]}: ridge ${best.ridge}, last ${best.positions} position(s), harmless rows "${best.harmless_rows}" (held-out score ${best.score.toFixed(2)}, best of ${choices.length}); ` +
-            `on the train rows g = ${f.train.harmful.mean.toFixed(2)} ± ${f.train.harmful.std.toFixed(2)} (harmful), ${f.train.harmless.mean.toFixed(2)} ± ${f.train.harmless.std.toFixed(2)} (harmless)`,
-        );
+        setFits = [];
+        for (const positions of GATE_POSITION_CHOICES) {
+          const best = choices.find((c) => c.positions === positions);
+          if (!best) continue;
+          const f: GatedFit = { ...fitGatedKeys(selectRows(all, rowsFor(all, best.positions, best.harmless_rows)), { layers, ridge: best.ridge, positions: best.positions }), choices };
+          setFits.push(f);
+          ctx.log(
+            `gate keys for layers ${layers[0]}–${layers[layers.length - 1]}, last ${best.positions} position${best.positions === 1 ? "" : "s"}: ridge ${best.ridge}, harmless rows "${best.harmless_rows}" (held-out score ${best.score.toFixed(2)}); ` +
+              `on the train rows g = ${f.train.harmful.mean.toFixed(2)} ± ${f.train.harmful.std.toFixed(2)} (harmful), ${f.train.harmless.mean.toFixed(2)} ± ${f.train.harmless.std.toFixed(2)} (harmless)`,
+          );
+        }
+        fits.set(key, setFits);
       }
-      families.push({ kind: "gated", name, candidate, probe: candidateNorm(selection, candidate), fit });
+      for (const fit of setFits) families.push({ kind: "gated", name, candidate, probe: candidateNorm(selection, candidate), fit });
     }
   }
   if (!families.length) throw new Error(`no edit family to calibrate for --method ${names.join(", ")} (extract probed ${Object.keys(spread).join(", ")}); re-run extract with this method (--from extract)`);
@@ -463,11 +481,13 @@ function reportChoice(c: TradeoffChoice): NonNullable<RunReport["choice"]> {
 }
 
 /** Refusal rates and KL over |α| in two panels (one colour per family), the chosen point marked in both. */
-function sweepPlot(sweep: SweepPoint[], names: FamilyName[], c: { layer: number; position: number }, chosen: { method: string; alpha: number }, klBound: number): Promise<string> {
+function sweepPlot(sweep: SweepPoint[], names: FamilyName[], c: { layer: number; position: number }, chosen: { method: string; alpha: number; gatePositions?: number }, klBound: number): Promise<string> {
   const colors: Record<string, string> = { rosi: "#1f77b4", "rosi-mv": "#2ca02c", gated: "#d62728" };
-  const pts = (m: string) => sweep.filter((p) => (p.method === m && p.layer === c.layer && p.position === c.position) || p.method === "none");
+  // Gated families of other position counts are in calibration.json; the plot shows the chosen one's.
+  const sameVariant = (p: SweepPoint) => p.gate_positions === undefined || chosen.gatePositions === undefined || p.gate_positions === chosen.gatePositions;
+  const pts = (m: string) => sweep.filter((p) => (p.method === m && p.layer === c.layer && p.position === c.position && sameVariant(p)) || p.method === "none");
   const at = (p: SweepPoint) => Math.abs(p.alpha);
-  const hit = sweep.find((p) => p.method === chosen.method && p.layer === c.layer && p.position === c.position && p.alpha === chosen.alpha);
+  const hit = sweep.find((p) => p.method === chosen.method && p.layer === c.layer && p.position === c.position && sameVariant(p) && p.alpha === chosen.alpha);
   const label = `chosen: ${chosen.method}, α ${fmtAlpha(chosen.alpha)}`;
   return chart({
     title: `α sweep on the validation split (no system prompt), layer ${c.layer}`,
