@@ -111,9 +111,9 @@ export class DecoderModel {
   ) {}
 
   private rowMeans: Float32Array[] | null = null;
-  /** WebGPU keeps the KV cache (and the other non-logit outputs) in GPU buffers; REALIGN_KV_ON_HOST=1 turns it off. */
+  /** WebGPU without interventions keeps the KV cache (and the residuals) in GPU buffers; REALIGN_KV_ON_HOST=1 turns it off. */
   private get outputsOnDevice(): boolean {
-    return this.ep === "webgpu" && process.env.REALIGN_KV_ON_HOST !== "1";
+    return this.ep === "webgpu" && !this.interventions && process.env.REALIGN_KV_ON_HOST !== "1";
   }
   private zeroKeys: { attn: ort.Tensor; mlp: ort.Tensor } | null = null;
 
@@ -227,7 +227,7 @@ export class DecoderModel {
     const { session, ep, fallbackReason } = await openSession(graphPath, opts.device ?? "auto", {
       prepack: quantize !== null,
       profilePrefix: opts.profilePrefix,
-      deviceOutputs: deviceOutputNames(builder.cfg, interventions),
+      deviceOutputs: interventions ? [] : deviceOutputNames(builder.cfg),
     });
     return new DecoderModel(dir, checkpoint, builder.cfg, session, ep, fallbackReason, interventions, graphPath, describeQuantization(quantize), dtype);
   }
@@ -354,12 +354,15 @@ class ForwardLog {
 }
 const forwardLog = process.env.REALIGN_FORWARD_LOG ? new ForwardLog(process.env.REALIGN_FORWARD_LOG) : null;
 
-/** The graph's outputs other than the logits (WebGPU keeps them in GPU buffers; see runDevice). */
-function deviceOutputNames(cfg: DecoderConfig, interventions: boolean): string[] {
+/**
+ * The outputs other than the logits of a graph without interventions (WebGPU keeps them in GPU buffers; see
+ * runDevice). Graphs with interventions keep the host round trip: fetching every output there would also
+ * compute every writer input (2·layers tensors as wide as the MLP) at each step.
+ */
+function deviceOutputNames(cfg: DecoderConfig): string[] {
   const L = cfg.numLayers;
   const names = Array.from({ length: L }, (_, l) => [IO.presentKey(l), IO.presentValue(l), IO.residual(l)]).flat();
   names.push(IO.residualFinal);
-  if (interventions) names.push(IO.rosiCoefficients, ...Array.from({ length: 2 * L }, (_, m) => IO.writerInput(m)));
   return names;
 }
 
