@@ -42,10 +42,11 @@ cli
   .option("--seq <n>", "prompt tokens per row", { default: 128 })
   .option("--decode <n>", "new tokens to decode", { default: 16 })
   .option("--device <d>", "auto | cpu | cuda | webgpu", { default: "cpu" })
-  .option("--quantize <q>", "int4 | int8 weight-only projections (MatMulNBits, optionally :blockSize, default 32), or int8-dynamic (int8 weights per channel, int8 activations per token)")
+  .option("--quantize <q>", "none | int4 | int8 weight-only projections (MatMulNBits, optionally :blockSize, default 32) | int8-dynamic (int8 weights per channel, int8 activations per token); all, or a comma list, runs each in turn")
   .option("--dtype <t>", "compute type: float32 | float16", { default: "float32" })
   .option("--kernels", "also print the kernel path (op types, provider, time share; ORT profiler on a separate session); on with --json unless --no-kernels")
   .option("--json", "print one JSON object");
+cli.help();
 const { options } = cli.parse();
 if (options.help) process.exit(0);
 

@@ -11,7 +11,7 @@
 // pipeline is expected and reported, not an error here). `--no-relax` keeps the checks (the run then stops
 // at elicit). Each run starts from an empty --out (the steps are not reused: they are what is measured).
 import cac from "cac";
-import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { defaultCacheDir } from "../engine/model.ts";
 import { numel } from "../engine/safetensors.ts";
@@ -31,8 +31,9 @@ cli
   .option("--n-eval <n>", "evaluation prompts per class (pipeline default when absent)")
   .option("--max-new-tokens <n>", "tokens per evaluation answer (pipeline default when absent)")
   .option("--relax", "turn off the checks a random model cannot pass (--elicit-min-gap 0); --no-relax keeps them", { default: true })
-  .option("--out <dir>", "run directory (emptied first)", { default: "runs/bench-pipeline" })
+  .option("--out <dir>", "run directory: new, empty, or an earlier realign run (cleared first)", { default: "runs/bench-pipeline" })
   .option("--json", "print one JSON object");
+cli.help();
 const { options } = cli.parse();
 if (options.help) process.exit(0);
 
@@ -53,6 +54,11 @@ for (const f of ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.
 
 const out = resolve(ROOT, String(options.out));
 const forwardLog = `${out}.forward.jsonl`;
+// Only a run folder realign made (its .realign-run marker) or an empty one is cleared; anything else is refused.
+if (existsSync(out) && readdirSync(out).length > 0 && !existsSync(join(out, ".realign-run"))) {
+  console.error(`--out ${out} holds files that are not a realign run; choose another folder`);
+  process.exit(2);
+}
 rmSync(out, { recursive: true, force: true });
 rmSync(forwardLog, { force: true });
 mkdirSync(out, { recursive: true });
