@@ -199,7 +199,7 @@ export function checkPublishTarget(settings: Settings): void {
 
 /** What `status` and `batch` read from a report.json, each field checked (a hand-edited or foreign file never crashes them). */
 export interface ReportSummary {
-  direction: { layer: number | null; position: number | null; alpha: number | null; rank: number | null } | null;
+  direction: { method: string | null; layer: number | null; position: number | null; position_label: string | null; alpha: number | null; rank: number | null } | null;
   baseline: { harmful_refusal: number | null; harmless_refusal: number | null } | null;
   realigned: { harmful_refusal: number | null; harmless_refusal: number | null } | null;
   /** passed null: the report has a gate without a readable verdict. */
@@ -223,7 +223,7 @@ export function summarizeReportJson(raw: unknown): ReportSummary | null {
   const g = asObj(r.gate);
   const p = asObj(r.published);
   return {
-    direction: d ? { layer: asNum(d.layer), position: asNum(d.position), alpha: asNum(d.alpha), rank: asNum(d.rank) } : null,
+    direction: d ? { method: asStr(d.method), layer: asNum(d.layer), position: asNum(d.position), position_label: asStr(d.position_label), alpha: asNum(d.alpha), rank: asNum(d.rank) } : null,
     baseline: rates(r.baseline),
     realigned: rates(r.realigned),
     gate: g ? { passed: typeof g.passed === "boolean" ? g.passed : null, reasons: Array.isArray(g.reasons) ? g.reasons.map((x) => String(x)) : [] } : null,

@@ -28,7 +28,7 @@ import { checkPromptSetSizes } from "../evals/datasets.ts";
 import { exportCommand } from "./export.ts";
 import { DEMO_SETTINGS } from "../steps/reproduce.ts";
 import { deviceUnavailable } from "../engine/session.ts";
-import { alpha as fmtAlpha, MISSING, percent } from "../util/format.ts";
+import { alpha as fmtAlpha, MISSING, percent, position as fmtPosition } from "../util/format.ts";
 import { runAsker } from "./ask.ts";
 import type { AskUser } from "../pipeline/runner.ts";
 
@@ -392,7 +392,9 @@ function summarizeReport(r: ReportSummary): string[] {
   const lines: string[] = [];
   const pct = percent;
   const val = (v: number | null) => (v === null ? MISSING : String(v));
-  if (r.direction) lines.push(`direction: layer ${val(r.direction.layer)}, position ${val(r.direction.position)}, α ${fmtAlpha(r.direction.alpha)}, rank ${val(r.direction.rank)}`);
+  // The position as inject and report.md write it: '5 ("\n")'.
+  const d = r.direction;
+  if (d) lines.push(`direction: ${d.method ? `${d.method}, ` : ""}layer ${val(d.layer)}, position ${fmtPosition(d.position, d.position_label)}, α ${fmtAlpha(d.alpha)}, rank ${val(d.rank)}`);
   if (r.baseline || r.realigned) {
     lines.push(`harmful refusal: ${pct(r.baseline?.harmful_refusal)} → ${pct(r.realigned?.harmful_refusal)}; harmless refusal: ${pct(r.baseline?.harmless_refusal)} → ${pct(r.realigned?.harmless_refusal)}`);
   }
@@ -525,6 +527,8 @@ async function cmdDemo(opts: Opts, deps: CliDeps): Promise<number> {
   const cli = { out, ...DEMO_SETTINGS, ...overrides, publish: true, pushTo: `file:${join(out, "published")}` };
   const resolved = resolveSettings({ cli, env, modelsYaml: null, repo: DEMO_MODEL_DIR, cwd });
   resolved.settings.model = DEMO_MODEL_DIR;
+  // What the demo sets itself is the demo's, not a flag the user typed.
+  for (const key of ["out", ...Object.keys(DEMO_SETTINGS), "publish", "pushTo"]) if (!(key in overrides)) resolved.sources[key] = "demo";
   checkSettingsPaths(resolved.settings, resolved.sources, cwd);
   checkPublishTarget(resolved.settings);
   const steps = await loadSteps(deps);

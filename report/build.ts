@@ -5,7 +5,7 @@ import { basename, join } from "node:path";
 import { atomicWriteFile, atomicWriteJson } from "../util/fs.ts";
 import { utilityKind, type BehaviourMetrics, type MetricKey, type RateMetric, type RunReport } from "./report.ts";
 import { formatRate } from "../util/stats.ts";
-import { alpha as fmtAlpha, kl as fmtKl, MISSING, percent, position as fmtPosition, seconds } from "../util/format.ts";
+import { alpha as fmtAlpha, kl as fmtKl, MISSING, percent, points, position as fmtPosition, seconds } from "../util/format.ts";
 import { pickSamples, renderSamplesMarkdown } from "./samples.ts";
 
 type DeepPartial<T> = T extends readonly unknown[] ? T : T extends object ? { [K in keyof T]?: DeepPartial<T[K]> | null } : T;
@@ -93,7 +93,7 @@ export function renderReportMarkdown(r: RunReport, samples?: unknown): string {
   if (r.elicitation) {
     lines.push(`- Elicitation (with safety system prompt): harmful refusal ${pct(r.elicitation.harmful_refusal_with_prompt)}, harmless refusal ${pct(r.elicitation.harmless_refusal_with_prompt)}`);
     for (const t of r.elicitation.prompts_tried ?? []) {
-      lines.push(`  - ${basename(t.source)}${t.source === r.elicitation.chosen ? " (chosen)" : ""}: harmful ${formatRate(t.harmful)}, harmless ${formatRate(t.harmless)}, gap ${pct(t.gap)}`);
+      lines.push(`  - ${basename(t.source)}${t.source === r.elicitation.chosen ? " (chosen)" : ""}: harmful ${formatRate(t.harmful)}, harmless ${formatRate(t.harmless)}, gap ${points(t.gap)}`);
     }
   }
   const traded = choiceLine(r.choice);

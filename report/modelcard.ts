@@ -14,7 +14,7 @@ import { stringify as stringifyYaml } from "yaml";
 import { utilityKind, type BehaviourMetrics, type GateCheck, type MetricKey, type RateMetric, type RunReport } from "./report.ts";
 import { choiceLine, gateValue, metricCell } from "./build.ts";
 import { pickSamples, renderSamplesMarkdown } from "./samples.ts";
-import { alpha as fmtAlpha, kl as fmtKl, MISSING, percent, position as fmtPosition } from "../util/format.ts";
+import { alpha as fmtAlpha, kl as fmtKl, MISSING, percent, points, position as fmtPosition } from "../util/format.ts";
 import { basename } from "node:path";
 import { formatRate } from "../util/stats.ts";
 import { FrontMatterError, parseFrontMatter } from "../util/frontmatter.ts";
@@ -219,7 +219,7 @@ export function renderModelCard(input: ModelCardInput): string {
   if (tried.length) {
     L.push("Safety prompts tried on the training prompts (the one with the largest harmful − harmless refusal gap was kept):", "");
     L.push("| Prompt | Harmful refusal | Harmless refusal | Gap |", "|---|---:|---:|---:|");
-    for (const t of tried) L.push(`| ${cell(basename(t.source))}${t.source === report.elicitation?.chosen ? " (kept)" : ""} | ${formatRate(t.harmful)} | ${formatRate(t.harmless)} | ${pct(t.gap)} |`);
+    for (const t of tried) L.push(`| ${cell(basename(t.source))}${t.source === report.elicitation?.chosen ? " (kept)" : ""} | ${formatRate(t.harmful)} | ${formatRate(t.harmless)} | ${points(t.gap)} |`);
     L.push("");
   }
   if (input.promptSets.length) {

@@ -5,8 +5,11 @@
 // Contract: chart() returns a standalone SVG document. Every panel has an x and a y axis title; a
 // marked point (the chosen α, the chosen layer) is drawn as a filled diamond with its label, in a
 // mark named "marked" (its SVG group carries the class "marked_marks"); a rule (a bound) is a dashed
-// line with its label; a dashed series is drawn dashed in its colour. Legends go below the panel, one column per series up to 3, labels never
-// truncated. Non-finite points are dropped. Deterministic for equal inputs.
+// line with its label; a dashed series is drawn dashed in its colour, in the legend too. Legends go below
+// the panel, one column per series up to 3, labels never truncated; a series without a finite point has
+// no legend entry. A number axis (not a rate) fits its data rather than reaching for zero; a "symlog"
+// panel spreads values near zero (a KL bound) and far from it (KL 2.5) on one axis. Non-finite points
+// are dropped. Deterministic for equal inputs.
 import * as vega from "vega";
 import * as vl from "vega-lite";
 
@@ -36,6 +39,8 @@ export interface Panel {
   series: Series[];
   /** "percent": y is a rate in [0, 1], shown as 0–100 %. */
   yFormat?: "percent" | "number";
+  /** "symlog": linear near zero, logarithmic beyond (values that span orders of magnitude, e.g. KL). */
+  yScale?: "linear" | "symlog";
   rules?: Rule[];
   marked?: Marked[];
 }
@@ -48,6 +53,8 @@ export interface ChartOptions {
   width?: number;
   /** Height of each panel's plotting area, px (default 200). */
   height?: number;
+  /** x takes whole numbers only (layers): integer ticks. */
+  xInteger?: boolean;
 }
 
 const COLORS = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf"];
@@ -59,24 +66,42 @@ export function chartSpec(opts: ChartOptions): vl.TopLevelSpec {
   const width = opts.width ?? 520;
   const height = opts.height ?? 200;
   const panels = opts.panels.map((panel, pi) => {
-    const names = panel.series.map((s) => s.name);
-    const colors = panel.series.map((s, i) => s.color ?? COLORS[i % COLORS.length]!);
-    const rows = panel.series.flatMap((s) => s.points.filter(finite).map(([x, y]) => ({ x, y, series: s.name, dash: s.dashed ? "dashed" : "solid" })));
+    // Colours follow the series' places in the caller's list, so dropping an empty one shifts none.
+    const drawn = panel.series.map((s, i) => ({ s, color: s.color ?? COLORS[i % COLORS.length]! })).filter(({ s }) => s.points.some(finite));
+    const names = drawn.map(({ s }) => s.name);
+    const colors = drawn.map(({ color }) => color);
+    const dashedNames = drawn.filter(({ s }) => s.dashed).map(({ s }) => s.name);
+    const rows = drawn.flatMap(({ s }) => s.points.filter(finite).map(([x, y]) => ({ x, y, series: s.name, dash: s.dashed ? "dashed" : "solid" })));
     const percent = panel.yFormat === "percent";
-    const yAxis = { title: panel.yLabel, ...(percent ? { format: ".0%" } : {}) };
-    const x = { field: "x", type: "quantitative" as const, title: opts.xLabel };
+    // A symlog axis gets a tick per decade up to the data's maximum (its own would fall on 0.5 steps).
+    const maxY = Math.max(0, ...rows.map((r) => r.y), ...(panel.rules ?? []).map((r) => r.y));
+    const symlogTicks = [0, 0.01, 0.1, 1, 10, 100].filter((v) => v <= maxY * 1.05);
+    const yAxis = { title: panel.yLabel, ...(percent ? { format: ".0%" } : {}), ...(panel.yScale === "symlog" && !percent ? { values: symlogTicks, format: "~g", labelOverlap: false } : {}) };
+    const yScale = percent ? { domain: [0, 1] } : { zero: false, ...(panel.yScale === "symlog" ? { type: "symlog", constant: 0.01 } : {}) };
+    const x = { field: "x", type: "quantitative" as const, title: opts.xLabel, ...(opts.xInteger ? { axis: { tickMinStep: 1, format: "d" } } : {}) };
+    const y = { field: "y", type: "quantitative" as const, scale: yScale };
     const layers: Record<string, unknown>[] = [
       {
         data: { values: rows },
         mark: { type: "line", point: { size: 36 }, strokeWidth: 2 },
         encoding: {
           x,
-          y: { field: "y", type: "quantitative", axis: yAxis, ...(percent ? { scale: { domain: [0, 1] } } : {}) },
+          y: { ...y, axis: yAxis },
           color: {
             field: "series",
             type: "nominal",
             scale: { domain: names, range: colors },
-            legend: { title: null, orient: "bottom", columns: Math.min(3, Math.max(1, names.length)), labelLimit: 0, symbolType: "stroke" },
+            legend: {
+              title: null,
+              orient: "bottom",
+              columns: Math.min(3, Math.max(1, names.length)),
+              labelLimit: 0,
+              symbolType: "stroke",
+              symbolSize: 400,
+              symbolStrokeWidth: 2,
+              // The legend's line is dashed where the series is (harmless beside harmful, same colour).
+              encode: { symbols: { update: { strokeDash: [{ test: `indexof(${JSON.stringify(dashedNames)}, datum.value) >= 0`, value: [6, 4] }, { value: [1, 0] }] } } },
+            },
           },
           strokeDash: { field: "dash", type: "nominal", scale: { domain: ["solid", "dashed"], range: [[1, 0], [6, 4]] }, legend: null },
         },
@@ -85,15 +110,15 @@ export function chartSpec(opts: ChartOptions): vl.TopLevelSpec {
     if (panel.rules?.length) {
       const values = panel.rules.map((r) => ({ y: r.y, label: r.label }));
       layers.push(
-        { data: { values }, mark: { type: "rule", strokeDash: [6, 4], color: "#555" }, encoding: { y: { field: "y", type: "quantitative" } } },
-        { data: { values }, mark: { type: "text", align: "right", baseline: "bottom", dy: -2, color: "#555", x: width }, encoding: { y: { field: "y", type: "quantitative" }, text: { field: "label" } } },
+        { data: { values }, mark: { type: "rule", strokeDash: [6, 4], color: "#555" }, encoding: { y } },
+        { data: { values }, mark: { type: "text", align: "right", baseline: "bottom", dy: -2, color: "#555", x: width }, encoding: { y, text: { field: "label" } } },
       );
     }
     if (panel.marked?.length) {
       const values = panel.marked.map((m) => ({ x: m.x, y: m.y, label: m.label }));
       layers.push(
-        { name: pi === 0 ? "marked" : `marked${pi}`, data: { values }, mark: { type: "point", shape: "diamond", filled: true, size: 220, color: "black", stroke: "white", strokeWidth: 1.5 }, encoding: { x, y: { field: "y", type: "quantitative" } } },
-        { data: { values }, mark: { type: "text", align: "left", dx: 9, dy: -9, fontWeight: "bold" }, encoding: { x, y: { field: "y", type: "quantitative" }, text: { field: "label" } } },
+        { name: pi === 0 ? "marked" : `marked${pi}`, data: { values }, mark: { type: "point", shape: "diamond", filled: true, size: 220, color: "black", stroke: "white", strokeWidth: 1.5 }, encoding: { x, y } },
+        { data: { values }, mark: { type: "text", align: "left", dx: 9, dy: -9, fontWeight: "bold" }, encoding: { x, y, text: { field: "label" } } },
       );
     }
     return { width, height, layer: layers, resolve: { scale: { color: "independent" } } };
@@ -120,6 +145,6 @@ export async function chart(opts: ChartOptions): Promise<string> {
 }
 
 /** One panel of lines: the simple case. */
-export function lineChart(opts: { title: string; xLabel: string; yLabel: string; series: Series[]; yFormat?: Panel["yFormat"]; marked?: Marked[]; width?: number; height?: number }): Promise<string> {
-  return chart({ title: opts.title, xLabel: opts.xLabel, width: opts.width, height: opts.height, panels: [{ yLabel: opts.yLabel, series: opts.series, yFormat: opts.yFormat, marked: opts.marked }] });
+export function lineChart(opts: { title: string; xLabel: string; yLabel: string; series: Series[]; yFormat?: Panel["yFormat"]; marked?: Marked[]; width?: number; height?: number; xInteger?: boolean }): Promise<string> {
+  return chart({ title: opts.title, xLabel: opts.xLabel, width: opts.width, height: opts.height, xInteger: opts.xInteger, panels: [{ yLabel: opts.yLabel, series: opts.series, yFormat: opts.yFormat, marked: opts.marked }] });
 }

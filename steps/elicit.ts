@@ -12,6 +12,7 @@ import { loadSystemPrompt, systemPromptFiles } from "../evals/system-prompt.ts";
 import { isRefusal } from "../evals/refusal.ts";
 import { encodeAll, generateTexts } from "../evals/measure.ts";
 import { formatRate, rateOf, type Rate } from "../evals/stats.ts";
+import { points } from "../util/format.ts";
 import { sha256Hex } from "../util/fs.ts";
 import { openModel, type Ctx } from "./common.ts";
 import { outputsOf, readSource, writeJson, type PromptSplits } from "./artefacts.ts";
@@ -20,7 +21,8 @@ export class ElicitationError extends Error {
   override name = "ElicitationError";
 }
 
-const pct = (x: number) => `${(x * 100).toFixed(1)} %`;
+// Gaps are differences of rates: "+12.5 points", as everywhere (util/format.ts).
+const pct = points;
 
 /**
  * Harmless prompts beyond the validation split that calibration adds to its first-token KL (one forward

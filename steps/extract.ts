@@ -112,7 +112,7 @@ export const extractStep: Step<Settings> = {
         seen = done;
       };
       const hMeans = await residualMeans(model, hTrain, P, { onBatch: tick, signal: ctx.signal });
-      seen = 0;
+      // The harmless pass counts on from the harmful one (`seen` is already hTrain.length).
       const nMeans = await residualMeans(model, nTrain, P, { onBatch: (d) => tick(d + hTrain.length), signal: ctx.signal });
       bar.done();
       const cands = candidates(hMeans, nMeans, L);
@@ -268,8 +268,9 @@ function selectionPlot(scores: CandidateScore[], cands: Candidate[], L: number, 
   const norm = (l: number) => Math.max(...cands.filter((c) => c.layer === l).map((c) => c.norm));
   const label = `chosen: layer ${chosen.layer}, position ${fmtPosition(chosen.position, labels[chosen.position])}`;
   return chart({
-    title: "Candidate directions (train prompts)",
+    title: "Candidate directions (means of the train prompts, scored on the validation prompts without the system prompt)",
     xLabel: "layer",
+    xInteger: true,
     panels: [
       { yLabel: "harmful refusal score at the KL probe", series, marked: hit && hit.status === "scored" ? [{ x: hit.layer, y: hit.best.harmful_score, label }] : [] },
       { yLabel: "separation ‖r‖ (best position)", series: [{ name: "‖r‖ = ‖mean harmful − mean harmless‖", points: Array.from({ length: L }, (_, l) => [l, norm(l)] as [number, number]) }], marked: [{ x: chosen.layer, y: norm(chosen.layer), label: "chosen" }] },

@@ -173,6 +173,8 @@ export const injectStep: Step<Settings> = {
           if (refined.best && better(refined.best, best)) best = { family: best.family, ...refined.best };
         }
         // Choosing the trade-off: on a terminal the user may take another admissible point (steps/tradeoff.ts).
+        // The sweep's bar ends first, so that a live bar does not redraw over the question.
+        bar.done();
         if (best && best.point.harmful_refusal > base.harmful_refusal) {
           const at = (family: Family, alpha: number, point: Measured) => ({
             family,
@@ -503,7 +505,9 @@ function sweepPlot(sweep: SweepPoint[], names: FamilyName[], c: { layer: number;
         marked: hit ? [{ x: at(hit), y: hit.harmful_refusal, label }] : [],
       },
       {
-        yLabel: "first-token KL (harmless)",
+        yLabel: "first-token KL (harmless, symlog axis)",
+        // KL spans 0.001 near the bound to 2.5 far past it: a symlog axis shows both.
+        yScale: "symlog",
         series: names.map((m) => ({ name: `${m}: KL`, color: colors[m], points: pts(m).map((p) => [at(p), p.kl] as [number, number]) })),
         rules: [{ y: klBound, label: `calibration bound ${fmtKl(klBound)}` }],
         marked: hit ? [{ x: at(hit), y: hit.kl, label: "chosen" }] : [],

@@ -40,3 +40,33 @@ test("two panels (refusal rate, KL) with their axis titles, a bound, the marked 
   expect(w).toBeGreaterThan(500);
   expect(h).toBeGreaterThan(400);
 });
+
+test("legend lines are dashed where the series is; a series without points has no entry; integer and symlog axes", async () => {
+  const svg = await chart({
+    title: "t",
+    xLabel: "layer",
+    xInteger: true,
+    panels: [
+      {
+        yLabel: "KL",
+        yScale: "symlog",
+        series: [
+          { name: "harmful", points: [[0, 0], [1, 0.05], [3, 2.4]] },
+          { name: "harmless", dashed: true, points: [[0, 0], [2, 0.5]] },
+          { name: "never measured", points: [[0, Number.NaN]] },
+        ],
+      },
+    ],
+  });
+  const legend = [...svg.matchAll(/role-legend-symbol"[^>]*><path[^>]*stroke-dasharray="([^"]+)"[^>]*\/><\/g><g class="mark-text role-legend-label"[^>]*><text[^>]*>([^<]+)<\/text>/g)].map((m) => [m[2], m[1]]);
+  expect(legend).toEqual([
+    ["harmful", "1,0"],
+    ["harmless", "6,4"],
+  ]);
+  expect(svg).not.toContain(">never measured<");
+  const labels = [...svg.matchAll(/>([0-9.]+)<\/text>/g)].map((m) => m[1]);
+  // Layers 0–3 in whole steps only; KL ticks one per decade (symlog), up to the data's 2.4.
+  expect(labels.filter((l) => l.includes(".") && Number(l) > 0.5 && Number(l) < 3)).toEqual([]);
+  for (const t of ["0.01", "0.1", "1"]) expect(labels).toContain(t);
+  expect(labels).not.toContain("10");
+});
