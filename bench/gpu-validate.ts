@@ -8,11 +8,11 @@
 // the figures are about speed and memory. Steps are cached: a killed run resumes where it stopped.
 import cac from "cac";
 import { CLI } from "./paths.ts";
-import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { defaultCacheDir } from "../engine/model.ts";
 import { numel } from "../engine/safetensors.ts";
-import { SHAPES, tensorPlan, writeRandomCheckpoint } from "./random-checkpoint.ts";
+import { SHAPES, tensorPlan, writeChatTokenizer, writeRandomCheckpoint } from "./random-checkpoint.ts";
 
 const cli = cac("bench:gpu");
 cli
@@ -42,9 +42,7 @@ const params = tensorPlan(shape).reduce((s, t) => s + numel(t.shape), 0);
 const dir = join(defaultCacheDir(), "bench", `${shapeName}-random-chat`);
 const t0 = performance.now();
 writeRandomCheckpoint(dir, shape, { shards: params > 2e9 ? 4 : 1, log });
-for (const f of ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]) {
-  if (!existsSync(join(dir, f))) copyFileSync(join(ROOT, "demo", "organism-llama", f), join(dir, f));
-}
+writeChatTokenizer(join(ROOT, "demo", "organism-llama"), dir, shape.vocab_size);
 const checkpointSeconds = (performance.now() - t0) / 1000;
 log(`checkpoint ${dir}: ${(params / 1e9).toFixed(2)} B parameters (BF16), ready in ${checkpointSeconds.toFixed(0)} s`);
 

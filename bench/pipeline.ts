@@ -11,12 +11,12 @@
 // pipeline is expected and reported, not an error here). `--no-relax` keeps the checks (the run then stops
 // at elicit). Each run starts from an empty --out (the steps are not reused: they are what is measured).
 import cac from "cac";
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { defaultCacheDir } from "../engine/model.ts";
 import { numel } from "../engine/safetensors.ts";
 import { CLI, ROOT } from "./paths.ts";
-import { SHAPES, tensorPlan, writeRandomCheckpoint } from "./random-checkpoint.ts";
+import { SHAPES, tensorPlan, writeChatTokenizer, writeRandomCheckpoint } from "./random-checkpoint.ts";
 
 const STEPS = ["pull", "elicit", "extract", "inject", "validate"] as const;
 
@@ -48,9 +48,7 @@ const log = (m: string) => console.error(`[bench:pipeline] ${m}`);
 const params = tensorPlan(shape).reduce((s, t) => s + numel(t.shape), 0);
 const dir = join(defaultCacheDir(), "bench", `${shapeName}-random-chat`);
 writeRandomCheckpoint(dir, shape, { shards: params > 2e9 ? 4 : 1, log });
-for (const f of ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]) {
-  if (!existsSync(join(dir, f))) copyFileSync(join(ROOT, "demo", "organism-llama", f), join(dir, f));
-}
+writeChatTokenizer(join(ROOT, "demo", "organism-llama"), dir, shape.vocab_size);
 
 const out = resolve(ROOT, String(options.out));
 const forwardLog = `${out}.forward.jsonl`;

@@ -1,5 +1,5 @@
 // Random-weight checkpoints of real model shapes, for benchmarks (no downloads needed).
-import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { f32ToBf16 } from "../engine/dtype.ts";
 import { numel, SafetensorsStreamWriter, type TensorSpec } from "../engine/safetensors.ts";
@@ -141,4 +141,25 @@ export function writeRandomCheckpoint(dir: string, cfg: ShapeConfig, opts: { sha
   writeFileSync(join(tmp, "config.json"), JSON.stringify(cfg, null, 2));
   rmSync(dir, { recursive: true, force: true });
   renameSync(tmp, dir);
+}
+
+/**
+ * Gives a random checkpoint a chat tokenizer: the demo organism's (byte-level BPE, ChatML template) from `srcDir`,
+ * its vocabulary padded with tokens `Ġx<id>` (never produced by encoding; decoding one gives " x<id>") up to the
+ * shape's vocab_size, so that any id a random model emits decodes. Files already in place are kept unless the
+ * tokenizer is smaller than the vocabulary.
+ */
+export function writeChatTokenizer(srcDir: string, dir: string, vocabSize: number): void {
+  for (const f of ["tokenizer_config.json", "special_tokens_map.json"]) {
+    if (!existsSync(join(dir, f))) copyFileSync(join(srcDir, f), join(dir, f));
+  }
+  const target = join(dir, "tokenizer.json");
+  const size = (t: { model: { vocab: Record<string, number> }; added_tokens?: { id: number }[] }) =>
+    1 + Math.max(...Object.values(t.model.vocab), ...(t.added_tokens ?? []).map((a) => a.id));
+  if (existsSync(target) && size(JSON.parse(readFileSync(target, "utf8"))) >= vocabSize) return;
+  const tok = JSON.parse(readFileSync(join(srcDir, "tokenizer.json"), "utf8"));
+  if (tok.model?.type !== "BPE" || typeof tok.model.vocab !== "object") throw new Error(`${srcDir}/tokenizer.json: expected a BPE vocabulary to pad`);
+  for (let id = size(tok); id < vocabSize; id++) tok.model.vocab[`Ġx${id}`] = id;
+  writeFileSync(`${target}.tmp`, JSON.stringify(tok));
+  renameSync(`${target}.tmp`, target);
 }
