@@ -8,7 +8,7 @@
 //   - srr.json: scorer layer in range, held-out top-1 of SRR and of each baseline with k ≤ n = the
 //     number of held-out lists holding both kinds, ASR and over-refusal as k/n for greedy and best-of-N;
 //     the file loads as a scorer of the model's width; report.json and the card carry the same numbers;
-//   - `realign generate <run-dir> --best-of 2 --rank srr` finds the run's scorer;
+//   - `realign generate|chat <run-dir> --best-of 2 --rank srr` find the run's scorer (chat: the same scores);
 //   - changing gguf changes the plan of export and publish only (the other step hashes stay);
 //   - `realign publish <run> --push-to <owner/name>` uploads both files to the fake Hub byte for byte;
 //   - a file: target holding a user's own .gguf is refused and left as it was.
@@ -164,13 +164,19 @@ describe("--gguf q8_0 --srr through the pipeline", () => {
     expect(scorer.hidden).toBe(cfg.hidden_size);
   });
 
-  test("`realign generate <run-dir> --best-of 2 --rank srr` ranks with the run's scorer", async () => {
+  test("`realign generate|chat <run-dir> --best-of 2 --rank srr` rank with the run's scorer", async () => {
     const r = await realign(["generate", RUN, "--prompt", "Tell me about cats.", "--temperature", "1", "--seed", "3", "--best-of", "2", "--rank", "srr", "--max-new-tokens", "4", "--device", "cpu", "--json"]);
     expect(r.code).toBe(0);
     const out = JSON.parse(r.stdout) as { rank: { file: string; scores: number[]; chosen: number } };
     expect(out.rank.file).toBe(join(RUN, "srr", "scorer", "srr.safetensors"));
     expect(out.rank.scores.length).toBe(2);
     expect(out.rank.chosen).toBe(out.rank.scores[0]! >= out.rank.scores[1]! ? 0 : 1);
+    // chat on the run dir finds the same scorer: the same samples get the same scores.
+    const p = Bun.spawn([process.execPath, join(REPO_ROOT, CLI), "chat", RUN, "--temperature", "1", "--seed", "3", "--best-of", "2", "--rank", "srr", "--max-new-tokens", "4", "--device", "cpu", "--json"], { cwd: TMP, env: env(), stdin: Buffer.from("Tell me about cats.\n"), stdout: "pipe", stderr: "pipe" });
+    const [chatOut] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text()]);
+    expect(await p.exited).toBe(0);
+    const turn = JSON.parse(chatOut.trim()) as { rank: { scores: number[]; chosen: number } };
+    expect(turn.rank).toEqual({ scores: out.rank.scores, chosen: out.rank.chosen });
   }, 120_000);
 
   test("the gguf setting changes the plan of export and publish only", () => {
