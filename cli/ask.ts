@@ -31,16 +31,12 @@ export function lineAsker(input: Readable, output: Writable): AskUser {
   };
 }
 
-/** The run's asker: the terminal's, unless nobody is there (not a TTY) or --yes said not to ask. */
+/**
+ * The run's asker: the terminal's, unless nobody is there (not a TTY) or --yes said not to ask. Its
+ * readline stays open on stdin between questions (re-asking after a wrong answer reads on); the CLI
+ * ends with process.exit, so it keeps nothing alive.
+ */
 export function runAsker(o: { yes: boolean; interactive: boolean }): AskUser | undefined {
   if (o.yes || !o.interactive) return undefined;
-  const ask = lineAsker(process.stdin, process.stdout);
-  return async (q) => {
-    try {
-      return await ask(q);
-    } finally {
-      // Let the process exit once the run is over: a paused stdin keeps no handle open.
-      process.stdin.pause();
-    }
-  };
+  return lineAsker(process.stdin, process.stdout);
 }

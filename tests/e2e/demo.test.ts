@@ -72,6 +72,22 @@ describe("realign demo", () => {
     expect(meta.realign_layer).toBe(String(calibration.layer));
   });
 
+  test("without a terminal the recommended trade-off point is taken, and recorded as such (nobody asked)", () => {
+    const run = join(work, "run");
+    const calibration = JSON.parse(readFileSync(join(run, "inject", "calibration.json"), "utf8")) as Calibration;
+    const report = JSON.parse(readFileSync(join(run, "report.json"), "utf8")) as RunReport;
+    const choice = calibration.choice!;
+    expect(choice.by).toBe("default");
+    expect(choice.chosen).toBe(choice.recommended);
+    // The recommended point is the edit injected, and the highest harmful refusal on offer.
+    const point = choice.points[choice.chosen - 1];
+    expect(point.alpha).toBe(calibration.alpha);
+    expect(point.harmful_refusal.rate).toBe(Math.max(...choice.points.map((p) => p.harmful_refusal.rate)));
+    expect(report.choice).toMatchObject({ index: choice.chosen, recommended: choice.recommended, by: "default", offered: choice.points.length });
+    expect(output).toContain("taking the recommended point");
+    expect(existsSync(join(run, ".inject-choice.json"))).toBe(false);
+  });
+
   test("every edited matrix is W + α·wₘ·ŝ·kᵀ, with k the key shipped in edit.safetensors (gated) or the mean of W's rows", () => {
     const run = join(work, "run");
     const calibration = JSON.parse(readFileSync(join(run, "inject", "calibration.json"), "utf8")) as Calibration;

@@ -8,7 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PassThrough } from "node:stream";
 import { chooseTradeoff, formatTradeoffTable, parseChoice, recordPoints, tradeoffPoints, type SweptPoint } from "../../steps/tradeoff.ts";
-import { lineAsker } from "../../cli/ask.ts";
+import { lineAsker, runAsker } from "../../cli/ask.ts";
 import { choiceLine, renderReportMarkdown } from "../../report/build.ts";
 import type { RunReport } from "../../report/report.ts";
 
@@ -116,6 +116,27 @@ describe("the choice", () => {
     expect(logged.at(-1)).toContain("recommended point 1");
     expect(existsSync(join(dir, "none.json"))).toBe(false);
   });
+});
+
+test("the CLI's asker on a real process stdin: questions in a row read a line each, end of input is null", async () => {
+  const script = `import { runAsker } from ${JSON.stringify(join(import.meta.dir, "..", "..", "cli", "ask.ts"))};
+const ask = runAsker({ yes: false, interactive: true });
+const a = await ask("first? ");
+const b = await ask("second? ");
+const c = await ask("third? ");
+console.log(JSON.stringify([a, b, c]));
+process.exit(0);`;
+  const file = join(dir, "asker.ts");
+  await Bun.write(file, script);
+  const p = Bun.spawn([process.execPath, file], { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+  p.stdin.write("x\n2\n");
+  p.stdin.end();
+  const out = await new Response(p.stdout).text();
+  expect(await p.exited).toBe(0);
+  // The questions as written (no newline of their own), then the three answers.
+  expect(out).toBe(`first? second? third? ${JSON.stringify(["x", "2", null])}\n`);
+  expect(runAsker({ yes: true, interactive: true })).toBeUndefined();
+  expect(runAsker({ yes: false, interactive: false })).toBeUndefined();
 });
 
 describe("report and card", () => {
