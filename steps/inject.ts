@@ -268,7 +268,8 @@ function familyLabel(f: Family): string {
  * Every family to calibrate: each name on each shortlisted direction. Gated keys are fitted once per
  * layer set and number of prompt positions P: the held-out train prompts choose each P's ridge and
  * harmless rows, but not P itself, since how far P positions of push move the reply is a question of
- * generation, not of gate separation: calibration measures each P on the validation split.
+ * generation, not of gate separation: calibration measures each P on the validation split (on the
+ * leading shortlisted direction; the others get the P the held-out prompts rank first).
  */
 async function buildFamilies(
   ctx: Ctx,
@@ -322,7 +323,11 @@ async function buildFamilies(
         }
         fits.set(key, setFits);
       }
-      for (const fit of setFits) families.push({ kind: "gated", name, candidate, probe: candidateNorm(selection, candidate), fit });
+      // Every P on the leading direction; the others take the P the held-out prompts rank first, which
+      // bounds calibration's cost (the coarse pass measures each family).
+      const heldOutBest = setFits[0].choices?.[0]?.positions;
+      const tried = candidate === shortlist[0] ? setFits : setFits.filter((f) => f.positions === heldOutBest);
+      for (const fit of tried) families.push({ kind: "gated", name, candidate, probe: candidateNorm(selection, candidate), fit });
     }
   }
   if (!families.length) throw new Error(`no edit family to calibrate for --method ${names.join(", ")} (extract probed ${Object.keys(spread).join(", ")}); re-run extract with this method (--from extract)`);
