@@ -10,7 +10,7 @@ import { createHash } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { FAKE_TOKEN, startFakeHub, type FakeHub } from "../helpers/fakehub.ts";
-import { CLI, REPO_ROOT, callerEnv } from "../helpers/shared.ts";
+import { CLI, REPO_ROOT, callerEnv, PIPELINE_TEST_TIMEOUT } from "../helpers/shared.ts";
 
 const TMP = mkdtempSync(join(tmpdir(), "realign-publish-later-"));
 const RUN = join(TMP, "run");
@@ -53,7 +53,7 @@ const commits = () => hub.repos.get(TARGET)?.commits.size ?? 0;
 beforeAll(async () => {
   hub = await startFakeHub();
   first = await realign([MODEL, "--out", RUN, "--alpha=-150", "--method", "rosi", "--n-train", "16", "--n-val", "16", "--n-eval", "16", "--max-new-tokens", "16", "--device", "cpu"]);
-}, 600_000);
+}, PIPELINE_TEST_TIMEOUT);
 afterAll(() => {
   hub?.stop();
   rmSync(TMP, { recursive: true, force: true });
@@ -111,7 +111,7 @@ describe("a run without a token, published later", () => {
     expect(again.code).toBe(0);
     expect(again.stdout).toContain(`${TARGET} already holds this run`);
     expect(commits()).toBe(n);
-  }, 120_000);
+  }, PIPELINE_TEST_TIMEOUT);
 
   test("re-running the run with a token publishes (the publish step re-runs, nothing upstream)", async () => {
     const r = await realign([MODEL, "--out", RUN, "--alpha=-150", "--method", "rosi", "--n-train", "16", "--n-val", "16", "--n-eval", "16", "--max-new-tokens", "16", "--device", "cpu", "--push-to", "alice/second", "--yes"], withToken());
@@ -120,7 +120,7 @@ describe("a run without a token, published later", () => {
     expect(r.stdout).toContain("publish: running");
     expect(hub.repos.has("alice/second")).toBe(true);
     expect(r.stdout).not.toContain("not published");
-  }, 120_000);
+  }, PIPELINE_TEST_TIMEOUT);
 
   test("--push-to file:<a user's folder> is refused and the folder unchanged; a new folder gets the repo's files", async () => {
     const user = join(TMP, "user-folder");
@@ -134,7 +134,7 @@ describe("a run without a token, published later", () => {
     const ok = await realign(["publish", RUN, "--push-to", `file:${target}`, "--yes"]);
     expect(ok.code).toBe(0);
     expect(readdirSync(target).sort()).toContain("rosi-direction.safetensors");
-  }, 120_000);
+  }, PIPELINE_TEST_TIMEOUT);
 
   test("an unfinished run is refused (exit 2), a failed gate unless --force (exit 3); the copies are unchanged when refused", async () => {
     const unfinished = join(TMP, "unfinished");
@@ -165,7 +165,7 @@ describe("a run without a token, published later", () => {
     expect(f.code).toBe(0);
     expect(readdirSync(join(TMP, "forced"))).toContain("README.md");
     expect(readJson(join(failed, "report.json")).gate.passed).toBe(false);
-  }, 120_000);
+  }, PIPELINE_TEST_TIMEOUT);
 
   test("not a run directory: exit 2, one line", async () => {
     const dir = join(TMP, "plain");

@@ -6,7 +6,7 @@ import { afterAll, expect, test } from "bun:test";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { REPO_ROOT, CLI } from "../helpers/shared.ts";
+import { REPO_ROOT, CLI, PIPELINE_TEST_TIMEOUT } from "../helpers/shared.ts";
 import type { PromptSplits } from "../../steps/artefacts.ts";
 import type { PromptTried } from "../../steps/elicit.ts";
 
@@ -87,7 +87,7 @@ test("a weak first prompt loses to a real safety prompt; every prompt tried is l
   const used = new Set([...splits.harmless.train, ...splits.harmless.val, ...splits.harmless.eval, ...splits.harmful.train, ...splits.harmful.val, ...splits.harmful.eval]);
   expect(splits.klExtra.filter((p) => used.has(p))).toEqual([]);
   expect(new Set(splits.klExtra).size).toBe(128);
-}, 240_000);
+}, PIPELINE_TEST_TIMEOUT);
 
 test("only neutral prompts: exit 1, each prompt named with its rates, no stack trace, no elicit folder", async () => {
   const dir = promptDir("neutral", {
@@ -105,4 +105,4 @@ test("only neutral prompts: exit 1, each prompt named with its rates, no stack t
   expect(output).toContain("--elicit-min-gap");
   expect(output).not.toContain("    at "); // no stack trace
   expect(existsSync(join(out, "elicit"))).toBe(false);
-}, 240_000);
+}, PIPELINE_TEST_TIMEOUT);

@@ -4,7 +4,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { RunReport } from "../../report/report.ts";
-import { REPO_ROOT, CLI } from "../helpers/shared.ts";
+import { REPO_ROOT, CLI, PIPELINE_TEST_TIMEOUT } from "../helpers/shared.ts";
 
 const work = mkdtempSync(join(tmpdir(), "realign-gate-"));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
@@ -26,7 +26,7 @@ test("an absurd α fails the gate, exits 3 and is not published", async () => {
   expect(existsSync(join(out, "published"))).toBe(false);
   expect(existsSync(join(out, "publish"))).toBe(false);
   expect(text).toContain("gate");
-}, 300_000);
+}, PIPELINE_TEST_TIMEOUT);
 
 test("--force publishes a failed-gate run, and the model card says the gate failed", async () => {
   const out = join(work, "forced");
@@ -42,4 +42,4 @@ test("--force publishes a failed-gate run, and the model card says the gate fail
   expect(report.published).not.toBeNull();
   const card = readFileSync(join(out, "published", "README.md"), "utf8");
   expect(card).toMatch(/## Release gate\s+\*\*Failed\.\*\*/);
-}, 300_000);
+}, PIPELINE_TEST_TIMEOUT);

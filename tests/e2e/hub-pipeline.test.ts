@@ -9,7 +9,7 @@ import { fromFloat32 } from "../../engine/dtype.ts";
 import { pullModel } from "../../hub/hub.ts";
 import { parseModelCard } from "../../report/modelcard.ts";
 import { FAKE_TOKEN, startFakeHub, type FakeHub } from "../helpers/fakehub.ts";
-import { hasShared, sharedPath, REPO_ROOT, CLI } from "../helpers/shared.ts";
+import { hasShared, sharedPath, REPO_ROOT, CLI, PIPELINE_TEST_TIMEOUT } from "../helpers/shared.ts";
 import type { RunReport } from "../../report/report.ts";
 
 /** safetensors bytes of the given tensors, via the project's writer into a temp file. */
@@ -101,5 +101,5 @@ describe.skipIf(!hasShared())("Hub round trip through the pipeline", () => {
     // The token is in no file of the run and not in the output.
     expect(output).not.toContain(FAKE_TOKEN);
     for (const f of filesUnder(out)) expect(readFileSync(join(out, f)).includes(FAKE_TOKEN)).toBe(false);
-  }, 300_000);
+  }, PIPELINE_TEST_TIMEOUT);
 });

@@ -7,7 +7,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { RunReport } from "../../report/report.ts";
-import { hasShared, sharedPath, REPO_ROOT, CLI } from "../helpers/shared.ts";
+import { hasShared, sharedPath, REPO_ROOT, CLI, PIPELINE_TEST_TIMEOUT } from "../helpers/shared.ts";
 
 const work = mkdtempSync(join(tmpdir(), "realign-organism-rosi-"));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
@@ -33,4 +33,4 @@ test.skipIf(!hasShared())("ROSI re-aligns the organism: +10 points harmful refus
   expect(before.utility! - after.utility!).toBeLessThanOrEqual(0.02);
   expect(after.kl!).toBeLessThanOrEqual(0.1);
   expect(r.gate?.passed).toBe(true);
-}, 600_000);
+}, PIPELINE_TEST_TIMEOUT);

@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { REPO_ROOT, CLI } from "../helpers/shared.ts";
+import { REPO_ROOT, CLI, PIPELINE_TEST_TIMEOUT } from "../helpers/shared.ts";
 
 const ROOT = REPO_ROOT;
 const work = mkdtempSync(join(tmpdir(), "realign-resume-"));
@@ -51,7 +51,7 @@ describe("resume after SIGKILL", () => {
   let codeA = -1;
   beforeAll(async () => {
     codeA = (await run(A)).code;
-  }, 300_000);
+  }, PIPELINE_TEST_TIMEOUT);
   afterAll(() => rmSync(work, { recursive: true, force: true }));
 
   test("killed during extract, then during inject: the third invocation completes with the same results", async () => {
@@ -79,5 +79,5 @@ describe("resume after SIGKILL", () => {
       expect(done(B)).toBe(done(A));
     }
     expect(readdirSync(B).filter((f) => f.startsWith(".tmp-"))).toEqual([]);
-  }, 600_000);
+  }, PIPELINE_TEST_TIMEOUT);
 });

@@ -4,7 +4,7 @@ import { afterAll, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { REPO_ROOT } from "../helpers/shared.ts";
+import { REPO_ROOT, PIPELINE_TEST_TIMEOUT } from "../helpers/shared.ts";
 
 const cache = mkdtempSync(join(tmpdir(), "realign-gguf-mem-"));
 afterAll(() => rmSync(cache, { recursive: true, force: true }));
@@ -18,4 +18,4 @@ test("peak RSS of the tensor-by-tensor GGUF export of a ≥ 1 GB checkpoint is w
   expect(r.checkpoint_bytes).toBeGreaterThanOrEqual(1e9);
   expect(r.gguf_bytes).toBeGreaterThanOrEqual(r.checkpoint_bytes);
   expect(r.ratio_to_bound).toBeLessThan(1);
-}, 180_000);
+}, PIPELINE_TEST_TIMEOUT);

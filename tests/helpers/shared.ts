@@ -6,6 +6,11 @@ import { join, resolve } from "node:path";
 /** The repository root, and the `realign` entry point relative to it (spawn with cwd: REPO_ROOT). */
 export const REPO_ROOT = resolve(import.meta.dir, "..", "..");
 export const CLI = "cli/cli.ts";
+/**
+ * Time limit of a test that runs a pipeline or a model end to end: a safety net against a hang, not a
+ * speed check (no test asserts on elapsed time), so generous enough that a loaded machine still passes.
+ */
+export const PIPELINE_TEST_TIMEOUT = 1_800_000;
 
 export const SHARED_DIR = resolve(REPO_ROOT, "..", "shared");
 export const HAS_SHARED = existsSync(join(SHARED_DIR, "README.md"));

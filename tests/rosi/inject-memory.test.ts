@@ -4,7 +4,7 @@ import { afterAll, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { REPO_ROOT } from "../helpers/shared.ts";
+import { REPO_ROOT, PIPELINE_TEST_TIMEOUT } from "../helpers/shared.ts";
 
 const cache = mkdtempSync(join(tmpdir(), "realign-inject-mem-"));
 afterAll(() => rmSync(cache, { recursive: true, force: true }));
@@ -16,4 +16,4 @@ test("peak RSS of the shard-by-shard rewrite is within 1.5 × largest tensor + 3
   const r = JSON.parse(out.trim().split("\n").pop()!) as { checkpoint_bytes: number; largest_tensor_bytes: number; peak_rss_mb: number; ratio_to_bound: number };
   expect(r.checkpoint_bytes).toBeGreaterThanOrEqual(1e9);
   expect(r.ratio_to_bound).toBeLessThan(1);
-}, 180_000);
+}, PIPELINE_TEST_TIMEOUT);
