@@ -268,7 +268,7 @@ function selectionPlot(scores: CandidateScore[], cands: Candidate[], L: number, 
   const norm = (l: number) => Math.max(...cands.filter((c) => c.layer === l).map((c) => c.norm));
   const label = `chosen: layer ${chosen.layer}, position ${fmtPosition(chosen.position, labels[chosen.position])}`;
   return chart({
-    title: "Candidate directions (means of the train prompts, scored on the validation prompts without the system prompt)",
+    title: "Candidate directions (train-prompt means, scored on validation prompts)",
     xLabel: "layer",
     xInteger: true,
     panels: [
