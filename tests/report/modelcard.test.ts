@@ -98,6 +98,14 @@ describe("model card on the Hub", () => {
     expect(mc).toContain("| Utility (multiple-choice accuracy) |");
   });
 
+  test("a trade-off point other than the recommended one is said in the card; the recommended one is not", () => {
+    const recommended_point = { method: "gated (last 2)", layer: 3, alpha: 27.646300246123413, harmful_refusal: 0.125, harmless_refusal: 0, kl: 0.0585 };
+    const chose = renderModelCard(input({ report: { ...REPORT, choice: { index: 3, recommended: 1, by: "user", offered: 4, recommended_point } } }));
+    expect(chose).toContain("- **Trade-off:** the user chose calibration point 3 of 4 admissible instead of the recommended point 1 (gated (last 2), layer 3, α 27.65: harmful refusal 12.5 %, over-refusal 0.0 %, KL 0.059");
+    const took = renderModelCard(input({ report: { ...REPORT, choice: { index: 1, recommended: 1, by: "default", offered: 4, recommended_point } } }));
+    expect(took).not.toContain("Trade-off");
+  });
+
   test("report.md: the same samples, positions and α formatted, timings never '60 s'", () => {
     const md = renderReportMarkdown(REPORT, SAMPLES);
     expect(md).toContain('position 5 ("\\n"), α 32.88');
