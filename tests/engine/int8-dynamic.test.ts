@@ -238,7 +238,7 @@ describe.skipIf(!hasShared())("int8-dynamic fidelity on organism-llama", () => {
     console.log(`int8-dynamic direction cosine: worst ${worst.toFixed(6)} over ${ca.filter(scored).length} candidates`);
     expect(worst).toBeGreaterThanOrEqual(0.999);
 
-    const val = encodeAll(tok, lines(sharedPath("models", "organism-llama", "eval", "harmless_eval.jsonl"), 24).slice(8), null).map((e) => e.ids);
+    const val = encodeAll(tok, lines(sharedPath("models", "organism-llama", "eval", "harmless_eval.jsonl"), 16).slice(8), null).map((e) => e.ids);
     const refusalIds = refusalTokenIds(tok);
     const rank = async (m: DecoderModel, cs: Candidate[]) => {
       const scores: { at: string; induce: number }[] = [];
