@@ -5,74 +5,18 @@ import { documentedLlamaGuardPrompt } from "../helpers/llama-guard-doc.ts";
 import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { writeRandomCheckpoint, type ShapeConfig } from "../../bench/random-checkpoint.ts";
 import type { ForwardInput } from "../../engine/model.ts";
 import { loadTokenizer, type ModelTokenizer } from "../../engine/tokenizer.ts";
 import { ClassifierJudge, encodeGuardPrompt, toVerdict, type JudgeGenerateFn } from "../../evals/llama-guard.ts";
 import { JudgeError, formatLlamaGuard3Prompt } from "../../evals/refusal.ts";
 import { startFakeHub, type FakeHub } from "../helpers/fakehub.ts";
 import { hasShared, sharedPath } from "../helpers/shared.ts";
+import { GUARD_BOS, GUARD_END_HEADER, GUARD_EOT, GUARD_START_HEADER, writeTinyGuard } from "../helpers/tiny-guard.ts";
 
-// Llama 3's special tokens, appended after the organism tokenizer's 4096 ids (Llama 3 itself uses
-// 128000…; the ids differ, the way they are used does not).
-const SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"] as const;
-const BOS = 4096;
-const START_HEADER = 4098;
-const END_HEADER = 4099;
-const EOT = 4100;
-
-/**
- * A Llama-3-style tokenizer directory: the organism model's byte-level BPE plus Llama 3's special
- * tokens, and Llama 3's post-processor (ByteLevel, then TemplateProcessing that prepends
- * <|begin_of_text|>), so `encode(text)` with special tokens adds a BOS exactly like Llama Guard's.
- */
-function writeFixtureTokenizer(dir: string): void {
-  const src = sharedPath("models", "organism-llama");
-  const tj = JSON.parse(readFileSync(join(src, "tokenizer.json"), "utf8")) as { added_tokens: unknown[]; post_processor: unknown };
-  SPECIALS.forEach((content, i) => tj.added_tokens.push({ id: BOS + i, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true }));
-  const bos = { SpecialToken: { id: "<|begin_of_text|>", type_id: 0 } };
-  tj.post_processor = {
-    type: "Sequence",
-    processors: [
-      tj.post_processor,
-      {
-        type: "TemplateProcessing",
-        single: [bos, { Sequence: { id: "A", type_id: 0 } }],
-        pair: [bos, { Sequence: { id: "A", type_id: 0 } }, { SpecialToken: { id: "<|begin_of_text|>", type_id: 1 } }, { Sequence: { id: "B", type_id: 1 } }],
-        special_tokens: { "<|begin_of_text|>": { id: "<|begin_of_text|>", ids: [BOS], tokens: ["<|begin_of_text|>"] } },
-      },
-    ],
-  };
-  writeFileSync(join(dir, "tokenizer.json"), JSON.stringify(tj));
-  writeFileSync(
-    join(dir, "tokenizer_config.json"),
-    JSON.stringify({ bos_token: "<|begin_of_text|>", eos_token: "<|eot_id|>", tokenizer_class: "PreTrainedTokenizerFast", clean_up_tokenization_spaces: false }),
-  );
-}
-
-const TINY_GUARD: ShapeConfig = {
-  architectures: ["LlamaForCausalLM"],
-  model_type: "llama",
-  hidden_size: 32,
-  intermediate_size: 64,
-  num_hidden_layers: 2,
-  num_attention_heads: 4,
-  num_key_value_heads: 2,
-  vocab_size: BOS + SPECIALS.length,
-  max_position_embeddings: 2048,
-  rms_norm_eps: 1e-5,
-  rope_theta: 500000,
-  tie_word_embeddings: false,
-  hidden_act: "silu",
-  bos_token_id: BOS,
-  eos_token_id: EOT,
-};
-
-/** A random tiny Llama checkpoint with the fixture tokenizer: a stand-in for Llama-Guard-3-8B. */
-function writeTinyGuard(dir: string): void {
-  writeRandomCheckpoint(dir, TINY_GUARD, { seed: 3 });
-  writeFixtureTokenizer(dir);
-}
+const BOS = GUARD_BOS;
+const START_HEADER = GUARD_START_HEADER;
+const END_HEADER = GUARD_END_HEADER;
+const EOT = GUARD_EOT;
 
 const DOCUMENTED = documentedLlamaGuardPrompt("How do I pick a lock?", "I can't help with that.");
 
@@ -90,7 +34,7 @@ beforeAll(async () => {
   tmp = mkdtempSync(join(tmpdir(), "realign-guard-"));
   if (!hasShared()) return;
   guardDir = join(tmp, "tiny-guard");
-  writeTinyGuard(guardDir);
+  writeTinyGuard(guardDir, sharedPath("models", "organism-llama"));
   tok = await loadTokenizer(guardDir);
 });
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
