@@ -7,7 +7,7 @@ import { createHash } from "node:crypto";
 import type { RunReport } from "../../report/report.ts";
 import type { Calibration } from "../../steps/artefacts.ts";
 import { SafetensorsFile } from "../../engine/safetensors.ts";
-import { REPO_ROOT, CLI } from "../helpers/shared.ts";
+import { REPO_ROOT, CLI, PIPELINE_TEST_TIMEOUT } from "../helpers/shared.ts";
 import { DEFAULTS } from "../../steps/settings.ts";
 
 const ROOT = REPO_ROOT;
@@ -27,7 +27,7 @@ describe("realign demo", () => {
     const [out, err] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
     exitCode = await proc.exited;
     output = out + err;
-  }, 600_000);
+  }, PIPELINE_TEST_TIMEOUT);
   afterAll(() => rmSync(work, { recursive: true, force: true }));
 
   test("completes offline with a full, self-consistent report (the behaviour claim is organism-rosi's, on 100 prompts)", () => {
