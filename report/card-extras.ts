@@ -7,7 +7,9 @@
 // the file; a TEMPLATE only when the export step checked one renders exactly the model's chat template,
 // otherwise the card says why not), and where k-quants come from (llama-quantize on an f16 export).
 // SRR: top-1 ranking accuracy on held-out lists against the baselines, and best-of-N + SRR against
-// greedy for jailbreak attack success and harmless over-refusal, as k/n with 95 % Wilson intervals.
+// greedy for jailbreak attack success and harmless over-refusal, as k/n with 95 % Wilson intervals, for
+// the original model (its own scorer, not published) and the re-aligned one (srr.safetensors), and
+// which judge labelled the candidates.
 import type { Rate } from "../util/stats.ts";
 import { formatRate } from "../util/stats.ts";
 
@@ -67,29 +69,41 @@ function ggufSection(g: unknown): string[] {
 }
 
 function srrSection(r: unknown): string[] {
-  if (!isObj(r) || r.enabled !== true || typeof r.layer !== "number" || typeof r.candidates !== "number" || !isObj(r.ranking)) return [];
-  const rk = r.ranking;
-  const jb = isObj(r.jailbreak_asr) ? r.jailbreak_asr : {};
-  const hl = isObj(r.harmless_refusal) ? r.harmless_refusal : {};
+  if (!isObj(r) || r.enabled !== true || typeof r.candidates !== "number" || !isObj(r.models)) return [];
+  const ms = r.models;
+  const re = isObj(ms.realigned) ? ms.realigned : null;
+  const og = isObj(ms.original) ? ms.original : {};
+  if (!re || typeof re.layer !== "number" || !isObj(re.ranking)) return [];
+  const sub = (m: Obj, k: string): Obj => (isObj(m[k]) ? (m[k] as Obj) : {});
   const cell = (v: unknown) => (isRate(v) ? formatRate(v) : "—");
   const N = r.candidates;
+  const classifier = isObj(r.judge) && r.judge.harmful === "classifier" && typeof r.judge.model === "string" ? r.judge.model : null;
+  const judge = classifier ? `the classifier judge \`${classifier}\` for harmful requests and refusal markers for harmless ones` : "refusal markers";
   const L: string[] = ["## Safety Representation Ranking (best-of-N)", ""];
   L.push(
-    `\`srr.safetensors\` is a small scorer (after Du et al., arXiv 2505.15710) that reads this model's own hidden state at layer ${r.layer}` +
-      `${typeof r.dim === "number" ? ` (projection width ${r.dim})` : ""}, chosen on validation lists, and ranks sampled replies so that the top one is a refusal ` +
-      "for a harmful request and an answer for a harmless one. It was trained on the train prompts' lists (samples with and without the safety prompt, labelled by refusal markers).",
+    `\`srr.safetensors\` is a small scorer (after Du et al., arXiv 2505.15710) that reads this model's own hidden state at layer ${re.layer}` +
+      `${typeof re.dim === "number" ? ` (projection width ${re.dim})` : ""}, chosen on validation lists, and ranks sampled replies so that the top one is ${classifier ? "safe" : "a refusal"} ` +
+      `for a harmful request and an answer for a harmless one. It was trained on the train prompts' lists (samples with and without the safety prompt, labelled by ${judge}). ` +
+      `For comparison the original model got its own scorer, trained the same way on its own hidden states${typeof og.layer === "number" ? ` (layer ${og.layer})` : ""}; that one is not published.`,
     "",
   );
   L.push(fenced(`realign generate <this-model-dir> --prompt "…" --temperature 1 --best-of ${N} --rank srr`, "sh"), "");
   L.push(`Top-1 on held-out lists (evaluation prompts, ${N} candidates, lists with both a safe and an unsafe reply):`, "");
-  L.push("| Picker | Top-1 safe |", "|---|---:|");
-  for (const [k, label] of [["srr", "SRR"], ["probe", "logistic probe (same features)"], ["first_sample", "first sample"], ["random", "random"]] as const) L.push(`| ${label} | ${cell(rk[k])} |`);
+  L.push("| Picker | Original | Re-aligned |", "|---|---:|---:|");
+  for (const [k, label] of [["srr", "SRR"], ["probe", "logistic probe (same features)"], ["first_sample", "first sample"], ["random", "random"]] as const) L.push(`| ${label} | ${cell(sub(og, "ranking")[k])} | ${cell(sub(re, "ranking")[k])} |`);
   const names = (v: unknown) => (Array.isArray(v) && v.every((x) => typeof x === "string") ? (v as string[]) : null);
   const tt = isObj(r.templates) ? { train: names(r.templates.train), eval: names(r.templates.eval) } : null;
   if (tt?.train && tt.eval) L.push("", `Jailbreak templates: ${tt.train.join(", ")} wrap harmful training prompts; attack success is measured on the others (${tt.eval.join(", ")}), which training never saw.`);
   L.push("", `| Without a system prompt | Greedy | Best-of-${N} + SRR | Best any ranker of these ${N} samples could do |`, "|---|---:|---:|---:|");
-  L.push(`| Jailbreak attack success (lower is safer) | ${cell(jb.greedy)} | ${cell(jb.best_of_n_srr)} | ${cell(jb.no_sample_refuses)} |`);
-  L.push(`| Harmless over-refusal (lower is better) | ${cell(hl.greedy)} | ${cell(hl.best_of_n_srr)} | ${cell(hl.every_sample_refuses)} |`, "");
+  for (const [m, who] of [[og, "original"], [re, "re-aligned"]] as const) {
+    const jb = sub(m, "jailbreak_asr");
+    L.push(`| Jailbreak attack success, ${who} (lower is safer) | ${cell(jb.greedy)} | ${cell(jb.best_of_n_srr)} | ${cell(jb.no_sample_refuses)} |`);
+  }
+  for (const [m, who] of [[og, "original"], [re, "re-aligned"]] as const) {
+    const hl = sub(m, "harmless_refusal");
+    L.push(`| Harmless over-refusal, ${who} (lower is better) | ${cell(hl.greedy)} | ${cell(hl.best_of_n_srr)} | ${cell(hl.every_sample_refuses)} |`);
+  }
+  L.push("");
   return L;
 }
 

@@ -1,13 +1,18 @@
 // The gguf and srr settings through the real CLI (issues 15 and 16): ONE pipeline run on the demo model
-// (given α, tiny sizes, --gguf q8_0 --srr --srr-candidates 2, published to a file: folder), then only
-// cheap checks and the publish step alone:
+// (given α, tiny sizes, --gguf q8_0 --srr --srr-candidates 2, --judge a tiny random Llama Guard stand-in
+// (tests/helpers/tiny-guard.ts), published to a file: folder), then only cheap checks and the publish step alone:
 //   - export/gguf holds the GGUF; its realign.* metadata equal calibration.json and edit.safetensors
 //     (method, α, direction sha256), and llama.cpp (node-llama-cpp) loads it and reads the same keys;
 //   - the published folder holds the GGUF and srr.safetensors as hard links of the run's files (no copy),
 //     and the card lists the GGUF with its type and size, the Modelfile and the llama-cli command;
-//   - srr.json: scorer layer in range, held-out top-1 of SRR and of each baseline with k ≤ n = the
-//     number of held-out lists holding both kinds, ASR and over-refusal as k/n for greedy and best-of-N;
-//     the file loads as a scorer of the model's width; report.json and the card carry the same numbers;
+//   - srr.json, for the original and the re-aligned model (each its own scorer): layer in range, held-out
+//     top-1 of SRR and of each baseline with k ≤ n = the number of held-out lists holding both kinds, ASR
+//     and over-refusal as k/n (intervals holding the rate) for greedy and best-of-N; greedy harmless
+//     refusal equals validate's for the same model (same prompts, same decoding; greedy ASR is not the
+//     same quantity: validate counts all six templates, srr the three held out); the harmful candidates
+//     were labelled by the classifier (the stand-in's garbled verdicts: all unsafe, all unparsed), the
+//     harmless ones by refusal markers; the file loads as a scorer of the model's width; report.json and
+//     the card (both models' rows) carry the same numbers;
 //   - `realign generate|chat <run-dir> --best-of 2 --rank srr` find the run's scorer (chat: the same scores);
 //   - changing gguf changes the plan of export and publish only (the other step hashes stay);
 //   - `realign publish <run> --push-to <owner/name>` uploads both files to the fake Hub byte for byte;
@@ -24,15 +29,18 @@ import { planRun } from "../../pipeline/runner.ts";
 import { getSteps } from "../../steps/index.ts";
 import type { Settings } from "../../steps/settings.ts";
 import { fileSize } from "../../report/card-extras.ts";
+import { formatRate } from "../../util/stats.ts";
 import { parseModelCard } from "../../report/modelcard.ts";
 import { FAKE_TOKEN, startFakeHub, type FakeHub } from "../helpers/fakehub.ts";
 import { llamaCpp, openGguf } from "../helpers/llamacpp.ts";
 import { CLI, REPO_ROOT, callerEnv } from "../helpers/shared.ts";
+import { writeTinyGuard } from "../helpers/tiny-guard.ts";
 
 const TMP = mkdtempSync(join(tmpdir(), "realign-gguf-srr-"));
 const RUN = join(TMP, "run");
 const PUB = join(TMP, "published");
 const MODEL = join(REPO_ROOT, "demo", "organism-llama");
+const GUARD = join(TMP, "tiny-guard");
 let hub: FakeHub;
 let first = { code: null as number | null, stdout: "", stderr: "" };
 
@@ -56,10 +64,11 @@ type Rate = { k: number; n: number; rate: number; ci95: [number, number] };
 
 beforeAll(async () => {
   hub = await startFakeHub();
+  writeTinyGuard(GUARD, MODEL);
   first = await realign([
     MODEL, "--out", RUN, "--alpha=-150", "--method", "rosi", "--system-prompt", join(REPO_ROOT, "system-prompts", "policy.md"),
     "--n-train", "8", "--n-val", "8", "--n-eval", "8", "--max-new-tokens", "8", "--device", "cpu",
-    "--gguf", "q8_0", "--srr", "--srr-candidates", "2", "--push-to", `file:${PUB}`, "--yes",
+    "--gguf", "q8_0", "--srr", "--srr-candidates", "2", "--judge", GUARD, "--push-to", `file:${PUB}`, "--yes",
   ]);
 }, 300_000);
 afterAll(() => {
@@ -123,45 +132,76 @@ describe("--gguf q8_0 --srr through the pipeline", () => {
     expect(card).toContain('PARAMETER stop "<|im_end|>"');
     expect(card).toContain(`llama-cli -m ${g}`);
     expect(card).toContain("llama-quantize");
-    const srr = json<{ ranking: { srr: Rate } }>(join(RUN, "srr", "srr.json"));
-    const r = srr.ranking.srr;
-    expect(card).toContain(`| SRR | ${(r.rate * 100).toFixed(1)} % (${r.k}/${r.n}, 95 % CI`);
+    type M = { ranking: Record<string, Rate>; jailbreak_asr: Record<string, Rate>; harmless_refusal: Record<string, Rate> };
+    const { models } = json<{ models: { original: M; realigned: M } }>(join(RUN, "srr", "srr.json"));
+    const [o, r] = [models.original, models.realigned];
+    expect(card).toContain(`| SRR | ${formatRate(o.ranking.srr!)} | ${formatRate(r.ranking.srr!)} |`);
+    for (const [m, who] of [[o, "original"], [r, "re-aligned"]] as const) {
+      const jb = m.jailbreak_asr;
+      const hl = m.harmless_refusal;
+      expect(card).toContain(`| Jailbreak attack success, ${who} (lower is safer) | ${formatRate(jb.greedy!)} | ${formatRate(jb.best_of_n_srr!)} | ${formatRate(jb.no_sample_refuses!)} |`);
+      expect(card).toContain(`| Harmless over-refusal, ${who} (lower is better) | ${formatRate(hl.greedy!)} | ${formatRate(hl.best_of_n_srr!)} | ${formatRate(hl.every_sample_refuses!)} |`);
+    }
+    expect(card).toContain(`labelled by the classifier judge \`${GUARD}\` for harmful requests and refusal markers for harmless ones`);
   });
 
-  test("srr.json: a scorer of the model's width at a layer in range, rates over the held-out lists with both kinds", () => {
+  test("srr.json: for the original and the re-aligned model, a scorer at a layer in range, rates over the held-out lists with both kinds", () => {
     const cfg = json<{ num_hidden_layers: number; hidden_size: number }>(join(MODEL, "config.json"));
-    const s = json<{
-      enabled: boolean; layer: number; candidates: number; templates: { train: string[]; eval: string[] }; lists: Record<string, { lists: number; informative: number }>;
+    type M = {
+      model: string; layer: number; lists: Record<string, { lists: number; informative: number }>; labels: Record<"harmful" | "harmless", { candidates: number; good: number }>;
       ranking: Record<string, Rate>; jailbreak_asr: Record<string, Rate>; harmless_refusal: Record<string, Rate>;
+    };
+    const s = json<{
+      enabled: boolean; candidates: number; templates: { train: string[]; eval: string[] };
+      judge: { harmful: string; harmless: string; model?: string; unparsed?: Record<string, number> }; models: { original: M; realigned: M };
     }>(join(RUN, "srr", "srr.json"));
     expect(s.enabled).toBe(true);
     expect(s.candidates).toBe(2);
-    expect(s.layer).toBeGreaterThanOrEqual(1);
-    expect(s.layer).toBeLessThanOrEqual(cfg.num_hidden_layers);
-    expect(s.lists.test.lists).toBe(16); // 8 harmful + 8 harmless evaluation prompts
-    expect(s.lists.train.lists).toBe(8 * 2 + 8); // harmful plain and wrapped, harmless
-    for (const k of ["srr", "probe", "random", "first_sample"]) {
-      const r = s.ranking[k]!;
-      expect(r.n).toBe(s.lists.test.informative);
-      expect(r.k).toBeLessThanOrEqual(r.n);
-      expect(r.ci95[0]).toBeLessThanOrEqual(r.rate);
-      expect(r.ci95[1]).toBeGreaterThanOrEqual(r.rate);
-    }
     // Jailbreaks: the first 16 harmful evaluation prompts (8 here) in each template training did not use.
     expect(s.templates.train.filter((t) => s.templates.eval.includes(t))).toEqual([]);
     expect(s.templates.train.length + s.templates.eval.length).toBe(JAILBREAK_TEMPLATES.length);
-    for (const k of ["greedy", "best_of_n_srr"]) {
-      expect(s.jailbreak_asr[k]!.n).toBe(8 * s.templates.eval.length);
-      expect(s.harmless_refusal[k]!.n).toBe(8);
+    const val = json<{ baseline: { rates: Record<string, Rate> }; realigned: { rates: Record<string, Rate> }; judge: { model: string } | null }>(join(RUN, "validate", "validation.json"));
+    expect(val.judge?.model).toBe(GUARD);
+    expect(Object.keys(s.models).sort()).toEqual(["original", "realigned"]);
+    expect([s.models.original.model, s.models.realigned.model]).toEqual(["pull/source", "inject/model"]);
+    for (const [which, m] of Object.entries(s.models)) {
+      expect(m.layer).toBeGreaterThanOrEqual(1);
+      expect(m.layer).toBeLessThanOrEqual(cfg.num_hidden_layers);
+      expect(m.lists.test.lists).toBe(16); // 8 harmful + 8 harmless evaluation prompts
+      expect(m.lists.train.lists).toBe(8 * 2 + 8); // harmful plain and wrapped, harmless
+      const rates = [...Object.values(m.ranking), ...Object.values(m.jailbreak_asr), ...Object.values(m.harmless_refusal)];
+      expect(rates.length).toBe(4 + 3 + 3);
+      for (const r of rates) {
+        expect(r.k).toBeLessThanOrEqual(r.n);
+        expect(r.rate).toBe(r.n ? r.k / r.n : 0);
+        expect(r.ci95[0]).toBeLessThanOrEqual(r.rate);
+        expect(r.ci95[1]).toBeGreaterThanOrEqual(r.rate);
+      }
+      for (const k of ["srr", "probe", "random", "first_sample"]) expect(m.ranking[k]!.n).toBe(m.lists.test.informative);
+      for (const k of ["greedy", "best_of_n_srr", "no_sample_refuses"]) expect(m.jailbreak_asr[k]!.n).toBe(8 * s.templates.eval.length);
+      for (const k of ["greedy", "best_of_n_srr", "every_sample_refuses"]) expect(m.harmless_refusal[k]!.n).toBe(8);
+      // Where no sample refuses, the ranked pick complies too (and refuses where every sample does).
+      expect(m.jailbreak_asr.best_of_n_srr!.k).toBeGreaterThanOrEqual(m.jailbreak_asr.no_sample_refuses!.k);
+      expect(m.harmless_refusal.best_of_n_srr!.k).toBeGreaterThanOrEqual(m.harmless_refusal.every_sample_refuses!.k);
+      // Greedy harmless refusal is validate's figure for the same model: the same prompts, decoded the same way.
+      expect(m.harmless_refusal.greedy).toEqual((which === "original" ? val.baseline : val.realigned).rates.harmless_refusal!);
+      // Labels: (8 + 8) harmful train, (8 + 8) validation and 8 held-out lists of 2, all judged by the
+      // stand-in classifier, whose garbled verdicts are unsafe; harmless ones by the refusal markers.
+      expect(m.labels.harmful).toEqual({ candidates: (16 + 16 + 8) * 2, good: 0 });
+      expect(m.labels.harmless.candidates).toBe((8 + 8 + 8) * 2);
+      expect(m.labels.harmless.good).toBeGreaterThan(0);
+      expect(s.judge.unparsed?.[which]).toBe(m.labels.harmful.candidates);
     }
-    // Where no sample refuses, the ranked pick complies too (and refuses where every sample does).
-    expect(s.jailbreak_asr.best_of_n_srr!.k).toBeGreaterThanOrEqual(s.jailbreak_asr.no_sample_refuses!.k);
-    expect(s.harmless_refusal.best_of_n_srr!.k).toBeGreaterThanOrEqual(s.harmless_refusal.every_sample_refuses!.k);
-    const report = json<{ details: { srr: { ranking: Record<string, Rate> } } }>(join(RUN, "report.json"));
-    expect(report.details.srr.ranking).toEqual(s.ranking);
+    expect(s.judge).toMatchObject({ harmful: "classifier", harmless: "refusal markers", model: GUARD });
+    const report = json<{ details: { srr: { models: Record<string, { ranking: Record<string, Rate>; jailbreak_asr: Record<string, Rate> }> } } }>(join(RUN, "report.json"));
+    for (const which of ["original", "realigned"] as const) {
+      expect(report.details.srr.models[which]!.ranking).toEqual(s.models[which].ranking);
+      expect(report.details.srr.models[which]!.jailbreak_asr).toEqual(s.models[which].jailbreak_asr);
+    }
     const scorer = loadSrr(join(RUN, "srr", "scorer", "srr.safetensors"));
-    expect(scorer.layer).toBe(s.layer);
+    expect(scorer.layer).toBe(s.models.realigned.layer);
     expect(scorer.hidden).toBe(cfg.hidden_size);
+    expect(scorer.metadata.judge).toBe(`classifier ${GUARD}`);
   });
 
   test("`realign generate|chat <run-dir> --best-of 2 --rank srr` rank with the run's scorer", async () => {
