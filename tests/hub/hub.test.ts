@@ -595,7 +595,7 @@ describe("model card", () => {
     expect(body).toContain("**Strength α:** 0.75, **rank:** 1");
     expect(body).toContain("You are a helpful assistant. Refuse harmful requests.");
     // Every safety prompt tried, by file name (never the local path), the kept one marked.
-    expect(body).toContain("| default.md | 25.0 % (16/64, 95 % CI 16.0–37.0 %) | 0.0 % (0/64, 95 % CI 0.0–5.7 %) | 25.0 % |");
+    expect(body).toContain("| default.md | 25.0 % (16/64, 95 % CI 16.0–37.0 %) | 0.0 % (0/64, 95 % CI 0.0–5.7 %) | +25.0 points |");
     expect(body).toContain("| short.md (kept) | 90.0 % (58/64, 95 % CI 81.0–95.0 %) |");
     expect(body).not.toContain("/x/system-prompts");
     expect(body).toContain("| harmful_train | refusal_direction (Arditi et al.) | 260 |");

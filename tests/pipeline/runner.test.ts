@@ -337,7 +337,7 @@ models:
     expect(result.rows[0]!.harmful_after).toBe(0.95);
     expect(result.rows[1]!.error).toBe("step extract failed: fake extract failure");
     const table = printed.join("\n");
-    expect(table).toMatch(/test\/good\s+ok\s+passed\s+10% → 95%/);
+    expect(table).toMatch(/test\/good\s+ok\s+passed\s+10.0 % → 95.0 %/);
     expect(table).toMatch(/test\/bad\s+failed/);
     expect(result.summaryPath).toBe(join(dir, "runs", "batch-2030-01-02T03-04-05Z.json"));
     const saved = JSON.parse(readFileSync(result.summaryPath, "utf8")) as { rows: { repo: string; status: string }[] };
