@@ -5,6 +5,7 @@ import { execFileSync } from "node:child_process";
 import { freemem } from "node:os";
 import { generateGreedy } from "./generate.ts";
 import type { DecoderModel } from "./model.ts";
+import { LARGEST_DEFAULT_BATCH, maxBatch } from "./batch-cap.ts";
 
 export interface AutoBatchOptions {
   /** First batch size tried (default 1). */
@@ -46,7 +47,7 @@ export type BatchProbe = (batch: number) => Promise<void | number>;
  */
 export async function autoBatchSize(probe: BatchProbe, opts: AutoBatchOptions = {}): Promise<AutoBatchResult> {
   const start = opts.start ?? 1;
-  const max = opts.max ?? 256;
+  const max = opts.max ?? LARGEST_DEFAULT_BATCH;
   const minGain = opts.minGain ?? 0.05;
   const clock = opts.clock ?? (() => performance.now());
   if (!Number.isInteger(start) || start < 1) throw new RangeError(`autoBatchSize: start must be a positive integer, got ${start}`);
@@ -145,7 +146,7 @@ export function nvidiaFreeBytes(): number | null {
 export function suggestedBatchSize(model: Pick<DecoderModel, "config" | "ep"> & Partial<Pick<DecoderModel, "dtype">>, promptTokens: number, opts: MemoryEstimateOptions = {}): number {
   if (!Number.isInteger(promptTokens) || promptTokens < 1) throw new RangeError(`suggestedBatchSize: promptTokens must be a positive integer, got ${promptTokens}`);
   const fraction = opts.fraction ?? 0.5;
-  const hardMax = opts.hardMax ?? 256;
+  const hardMax = opts.hardMax ?? LARGEST_DEFAULT_BATCH;
   const free = opts.freeBytes ?? (model.ep === "cpu" ? freemem() : (nvidiaFreeBytes() ?? freemem()));
   const fits = Math.floor((free * fraction) / bytesPerRow(model, promptTokens, opts.newTokens ?? 64));
   let batch = 1;
@@ -176,8 +177,11 @@ export function generationProbe(model: DecoderModel, promptTokens: number, newTo
 
 /** suggestedBatchSize as the cap, then autoBatchSize with a generation probe: the batch size to generate with. */
 export async function chooseGenerationBatchSize(model: DecoderModel, opts: ChooseBatchOptions): Promise<AutoBatchResult & { cap: number }> {
-  const cap = suggestedBatchSize(model, opts.promptTokens, opts);
-  opts.log?.(`batch-size search on ${model.ep}: prompts of ${opts.promptTokens} tokens, memory cap ${cap}`);
+  const memoryCap = suggestedBatchSize(model, opts.promptTokens, opts);
+  // REALIGN_MAX_BATCH (an out-of-memory retry) bounds the search too, so the size chosen is the size run.
+  const envCap = maxBatch();
+  const cap = envCap === null ? memoryCap : Math.min(memoryCap, envCap);
+  opts.log?.(`batch-size search on ${model.ep}: prompts of ${opts.promptTokens} tokens, memory cap ${memoryCap}${envCap !== null && envCap < memoryCap ? `, REALIGN_MAX_BATCH ${envCap}` : ""}`);
   const r = await autoBatchSize(generationProbe(model, opts.promptTokens, opts.probeNewTokens ?? 8), { max: cap, minGain: opts.minGain, log: opts.log, clock: opts.clock });
   return { ...r, cap };
 }

@@ -6,6 +6,7 @@
 import { releaseCache, type DecoderModel, type ForwardInput, type KVCache } from "./model.ts";
 import { firstNonFinite, NonFiniteError } from "./dtype.ts";
 import { checkSampling, findStop, hashIds, randomSeed, Rng, sampleToken, type SamplingOptions } from "./sampling.ts";
+import { batchChunks, maxBatch } from "./batch-cap.ts";
 
 export interface GenerateOptions {
   maxNewTokens: number;
@@ -110,6 +111,39 @@ export async function generate(model: DecoderModel, promptList: number[][], opts
   const prompts = numSamples === 1 ? promptList : promptList.flatMap((p) => Array.from({ length: numSamples }, () => p));
   const seed = sampling ? (sampling.seed ?? randomSeed()) : undefined;
   const rngs = sampling ? prompts.map((p, r) => new Rng(seed!, hashIds(p), r % numSamples)) : [];
+  // REALIGN_MAX_BATCH (engine/batch-cap.ts): an over-large batch is decoded as sequential chunks, each
+  // with its own KV cache. Rows are independent (each samples from its own stream), so only padding
+  // differs, which can move the last float digits; without the variable this is one chunk, as before.
+  const cap = maxBatch();
+  const chunks = cap !== null && prompts.length > cap ? batchChunks(prompts.length, cap) : [[0, prompts.length] as [number, number]];
+  const merged: RowsResult = { newIds: [], finishReasons: [], stopIndex: [], firstLogits: [], stepLogits: [], stats: { prefillTokens: 0, prefillSeconds: 0, decodeTokens: 0, decodeSeconds: 0 } };
+  for (const [start, end] of chunks) {
+    const r = await decodeRows(model, prompts.slice(start, end), rngs.slice(start, end), sampling, stops, opts, start);
+    merged.newIds.push(...r.newIds);
+    merged.finishReasons.push(...r.finishReasons);
+    merged.stopIndex.push(...r.stopIndex);
+    merged.firstLogits.push(...r.firstLogits);
+    merged.stepLogits.push(...r.stepLogits);
+    for (const k of ["prefillTokens", "prefillSeconds", "decodeTokens", "decodeSeconds"] as const) merged.stats[k] += r.stats[k];
+  }
+  const result: GenerateResult = { newIds: merged.newIds, stats: merged.stats, finishReasons: merged.finishReasons, stopIndex: merged.stopIndex };
+  if (seed !== undefined) result.seed = seed;
+  if (opts.returnFirstLogits) result.firstLogits = merged.firstLogits;
+  if (opts.returnStepLogits) result.stepLogits = merged.stepLogits;
+  return result;
+}
+
+interface RowsResult {
+  newIds: number[][];
+  finishReasons: FinishReason[];
+  stopIndex: (number | null)[];
+  firstLogits: Float32Array[];
+  stepLogits: Float32Array[][];
+  stats: GenerateResult["stats"];
+}
+
+/** Decodes one batch of rows (rows `offset` … of the whole request, for onToken) with one KV cache. */
+async function decodeRows(model: DecoderModel, prompts: number[][], rngs: Rng[], sampling: SamplingOptions | null, stops: string[], opts: GenerateOptions, offset: number): Promise<RowsResult> {
   const B = prompts.length;
   const vocab = model.config.vocabSize;
   const finishReasons: FinishReason[] = prompts.map(() => "length");
@@ -174,7 +208,7 @@ export async function generate(model: DecoderModel, promptList: number[][], opts
               stopIndex[b] = hit.index;
             }
           }
-          opts.onToken?.(b, token, step);
+          opts.onToken?.(offset + b, token, step);
         }
         // Finished rows keep decoding a pad so the batch stays rectangular.
         next.push(done[b] && !eos.has(token) ? padId : token);
@@ -207,9 +241,5 @@ export async function generate(model: DecoderModel, promptList: number[][], opts
   } finally {
     releaseCache(last);
   }
-  const result: GenerateResult = { newIds, stats, finishReasons, stopIndex };
-  if (seed !== undefined) result.seed = seed;
-  if (opts.returnFirstLogits) result.firstLogits = firstLogits;
-  if (opts.returnStepLogits) result.stepLogits = stepLogits;
-  return result;
+  return { newIds, finishReasons, stopIndex, firstLogits, stepLogits, stats };
 }

@@ -14,6 +14,7 @@ import { openSession, ort, type Device } from "./session.ts";
 import { graphCacheLimit, makeRoom, touchGraph } from "./graph-cache.ts";
 import { numel } from "./safetensors.ts";
 import { allResidualWriters } from "./writers.ts";
+import { batchChunks, maxBatch } from "./batch-cap.ts";
 
 /** Bump when the graph layout changes, so cached graphs are rebuilt. */
 const GRAPH_VERSION = "5";
@@ -240,6 +241,31 @@ export class DecoderModel {
   }
 
   async forward(input: ForwardInput): Promise<ForwardOutput> {
+    // REALIGN_MAX_BATCH (engine/batch-cap.ts): more rows than the cap run as sequential runs of at most
+    // that many rows, outputs concatenated along the batch. Rows keep their padding, but the kernels see
+    // other shapes, so the last float digits can move; without the variable this is one run, as before.
+    const cap = maxBatch();
+    const B = input.inputIds.length;
+    if (cap === null || B <= cap) return this.forwardRows(input);
+    const parts: ForwardOutput[] = [];
+    for (const [start, end] of batchChunks(B, cap)) {
+      const rows = <T>(x: T[]) => x.slice(start, end);
+      const past = input.past ? { keys: await Promise.all(input.past.keys.map((t) => sliceBatch(t, start, end))), values: await Promise.all(input.past.values.map((t) => sliceBatch(t, start, end))) } : undefined;
+      const out = await this.forwardRows({ ...input, inputIds: rows(input.inputIds), attentionMask: rows(input.attentionMask), positionIds: rows(input.positionIds), logitPositions: rows(input.logitPositions), past });
+      // A chunk's cache on the device (WebGPU) comes back to the host to be joined with the others.
+      if (out.present) out.present = { keys: await Promise.all(out.present.keys.map(onHost)), values: await Promise.all(out.present.values.map(onHost)) };
+      parts.push(out);
+    }
+    const first = parts[0]!;
+    const result: ForwardOutput = { logits: concatF32(parts.map((p) => p.logits)), dims: { ...first.dims, batch: B } };
+    if (first.present) result.present = { keys: first.present.keys.map((_, l) => concatBatch(parts.map((p) => p.present!.keys[l]!))), values: first.present.values.map((_, l) => concatBatch(parts.map((p) => p.present!.values[l]!))) };
+    if (first.coefficients) result.coefficients = concatF32(parts.map((p) => p.coefficients!));
+    if (first.writerInputs) result.writerInputs = first.writerInputs.map((_, m) => concatF32(parts.map((p) => p.writerInputs![m]!)));
+    if (first.residuals) result.residuals = first.residuals.map((_, l) => concatF32(parts.map((p) => p.residuals![l]!)));
+    return result;
+  }
+
+  private async forwardRows(input: ForwardInput): Promise<ForwardOutput> {
     const B = input.inputIds.length;
     const K = input.logitPositions[0]?.length ?? 0;
     const { numLayers, hiddenSize, vocabSize } = this.config;
@@ -400,6 +426,45 @@ function nativeHalf(t: ort.Tensor): ort.Tensor {
   const view = new ort.Tensor("float16", bits, t.dims);
   Object.defineProperty(view, "data", { value: bits });
   return view;
+}
+
+type Rows = Float32Array | Uint16Array | Float64Array | BigInt64Array;
+
+/** A host copy of a tensor kept on the device (the device buffer is freed); host tensors as they are. */
+async function onHost(t: ort.Tensor): Promise<ort.Tensor> {
+  if (t.location !== "gpu-buffer") return t;
+  const data = (await t.getData(true)) as Rows;
+  return new ort.Tensor(t.type as "float32", data as Float32Array, t.dims);
+}
+
+/** Rows [start, end) of a batch-major tensor ([B, …]), on the host (a device tensor is copied, not freed). */
+async function sliceBatch(t: ort.Tensor, start: number, end: number): Promise<ort.Tensor> {
+  const data = (t.location === "gpu-buffer" ? await t.getData(false) : t.data) as Rows;
+  const row = t.dims[0] ? data.length / t.dims[0] : 0;
+  return new ort.Tensor(t.type as "float32", data.slice(start * row, end * row) as Float32Array, [end - start, ...t.dims.slice(1)]);
+}
+
+/** Host tensors ([B_i, …], same trailing dims and type) joined along the batch. */
+function concatBatch(ts: ort.Tensor[]): ort.Tensor {
+  const datas = ts.map((t) => t.data as Rows);
+  const total = datas.reduce((n, d) => n + d.length, 0);
+  const out = new (datas[0]!.constructor as new (n: number) => Rows)(total);
+  let at = 0;
+  for (const d of datas) {
+    (out as Float32Array).set(d as Float32Array, at);
+    at += d.length;
+  }
+  return new ort.Tensor(ts[0]!.type as "float32", out as Float32Array, [ts.reduce((n, t) => n + t.dims[0]!, 0), ...ts[0]!.dims.slice(1)]);
+}
+
+function concatF32(xs: Float32Array[]): Float32Array {
+  const out = new Float32Array(xs.reduce((n, x) => n + x.length, 0));
+  let at = 0;
+  for (const x of xs) {
+    out.set(x, at);
+    at += x.length;
+  }
+  return out;
 }
 
 function int64Tensor(rows: number[][]): ort.Tensor {

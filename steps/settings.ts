@@ -217,7 +217,7 @@ export const cliFlag = (path: string) => "--" + yamlKey(path).replace(/[._]/g, "
 export const NEGATED_FLAGS: Readonly<Record<string, string>> = { publish: "--no-publish", useSystemPrompt: "--no-system-prompt" };
 
 /** REALIGN_* variables read outside the settings (the graph cache, debugging, tests): never "unknown". */
-export const OTHER_ENV = new Set(["REALIGN_CONFIG", "REALIGN_DEBUG", "REALIGN_CACHE", "REALIGN_GRAPH_CACHE_GB", "REALIGN_ORT_PREPACK", "REALIGN_FORWARD_LOG", "REALIGN_KV_ON_HOST", "REALIGN_FORCE_WEBGPU_PROBE", "REALIGN_GPU_TESTS", "REALIGN_BUNDLE_TEST", "REALIGN_HUB_RETRY_DELAY_MS"]);
+export const OTHER_ENV = new Set(["REALIGN_CONFIG", "REALIGN_DEBUG", "REALIGN_CACHE", "REALIGN_GRAPH_CACHE_GB", "REALIGN_ORT_PREPACK", "REALIGN_FORWARD_LOG", "REALIGN_KV_ON_HOST", "REALIGN_MAX_BATCH", "REALIGN_FORCE_WEBGPU_PROBE", "REALIGN_GPU_TESTS", "REALIGN_BUNDLE_TEST", "REALIGN_HUB_RETRY_DELAY_MS"]);
 
 // ---- values ------------------------------------------------------------------------------------
 
