@@ -24,6 +24,7 @@ import { loadModelsFile } from "./models-file.ts";
 import { checkSettingsPaths, resolveSettings } from "./settings.ts";
 import { exitCodeFor, EXIT_FAILED, EXIT_OK } from "./errors.ts";
 import { checkPromptSetSizes } from "../evals/datasets.ts";
+import { maxBatch, MAX_BATCH_ENV } from "../engine/batch-cap.ts";
 import { DEVICES } from "../engine/device.ts";
 import { isLocalModel, resolveToken } from "../hub/repo.ts";
 import { InterruptedError } from "../pipeline/errors.ts";
@@ -344,6 +345,8 @@ async function runJob(): Promise<number> {
   };
 
   try {
+    const cap = maxBatch();
+    if (cap !== null) send({ fleet: 1, t: "log", line: `batches of at most ${cap} rows (${MAX_BATCH_ENV}; results can differ from uncapped ones in the last float digits)` });
     checkSettingsPaths(settings);
     await checkPromptSetSizes(settings);
     checkPublishTarget(settings);

@@ -8,6 +8,10 @@
 //   transient  network errors and timeouts, Hub 408/409/412/429/5xx, out of memory, a device that
 //              would not start, a run directory locked by a live run (a worker that lost its job
 //              and has not yet stopped), anything not recognised (bounded by the attempts)
+//
+// After running out of memory the next attempt also gets a smaller batch (nextBatchCap: the worker
+// sets REALIGN_MAX_BATCH for its child).
+import { LARGEST_DEFAULT_BATCH } from "../engine/batch-cap.ts";
 import { CheckpointError } from "../engine/checkpoint.ts";
 import { ModelConfigError } from "../engine/config.ts";
 import { MissingWeightError } from "../engine/decoder.ts";
@@ -59,4 +63,36 @@ export function classifyFailure(err: unknown): Failure {
   }
   if (cause instanceof Error && OOM.test(cause.message)) return transient(`out of memory: ${reason}`);
   return transient();
+}
+
+// ---- a smaller batch after running out of memory -----------------------------------------------
+
+/** How the worker words a run whose process ended without a result (fleet/worker.ts). */
+export function childDiedReason(how: string): string {
+  return `the run's process ended without a result (${how}); retrying resumes from the last finished step`;
+}
+
+/**
+ * Whether a failed attempt ran out of memory: the child's own classification says so (its reason
+ * starts with "out of memory": an allocator or ONNX Runtime error, which is how a GPU running out
+ * shows), or the child was killed by SIGKILL that its worker did not send (the worker words that as
+ * childDiedReason("killed by SIGKILL")): the kernel's and a container's out-of-memory killers send
+ * SIGKILL and leave no message, and on the host that is the only trace a full memory leaves. Other
+ * deaths without a message (a crash, SIGTERM, another exit code) are not taken for memory.
+ */
+export function ranOutOfMemory(reason: string | null | undefined): boolean {
+  if (!reason) return false;
+  return reason.startsWith("out of memory") || reason.startsWith(childDiedReason("killed by SIGKILL"));
+}
+
+/**
+ * The REALIGN_MAX_BATCH for the next attempt (null: no cap): after running out of memory, half the
+ * previous cap, or, with none yet, half of the largest batch the pipeline runs by default
+ * (LARGEST_DEFAULT_BATCH); never below 1. After any other failure the previous cap stays (the memory
+ * it saved is still needed).
+ */
+export function nextBatchCap(previousReason: string | null | undefined, previousCap: number | null | undefined): number | null {
+  const cap = previousCap ?? null;
+  if (!ranOutOfMemory(previousReason)) return cap;
+  return Math.max(1, Math.floor((cap ?? LARGEST_DEFAULT_BATCH) / 2));
 }

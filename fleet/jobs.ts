@@ -24,6 +24,11 @@ export interface FleetJobData {
   settings: Settings;
   /** The models.yaml they were resolved from (for the status table). */
   source: string;
+  /**
+   * Set by a worker after an attempt ran out of memory: the REALIGN_MAX_BATCH of the next attempt
+   * (fleet/classify.ts nextBatchCap). Absent: batches as the pipeline chooses them.
+   */
+  maxBatch?: number;
 }
 
 /** What a finished job returns (the job's return value). */

@@ -13,6 +13,11 @@
 //   stopped  → moved back to wait (SIGTERM: the current step finished; no attempt is used up)
 //   nothing  → the child died (killed, out of memory): transient
 //
+// Out of memory (classify.ts ranOutOfMemory: the child's reason starts with "out of memory", or the
+// child was killed by a SIGKILL its worker did not send) also halves the batch: the next attempt's
+// cap (nextBatchCap) is stored in the job's data (maxBatch) and logged, and whichever worker runs that
+// attempt gives its child REALIGN_MAX_BATCH (engine/batch-cap.ts). The cap stays for later attempts.
+//
 // Protocol: the worker writes one ChildRequest JSON line to the child's stdin and keeps stdin open;
 // the child answers with ChildMessage JSON lines (`"fleet":1`) on stdout, anything else on stdout or
 // stderr is relayed as log text. The child exits when its stdin closes (the worker died, even by
@@ -21,7 +26,8 @@
 import { UnrecoverableError, WaitingError, Worker, type Job } from "bullmq";
 import type { Subprocess } from "bun";
 import type { Settings } from "../steps/settings.ts";
-import type { FailureKind } from "./classify.ts";
+import { maxBatch, MAX_BATCH_ENV } from "../engine/batch-cap.ts";
+import { childDiedReason, nextBatchCap, ranOutOfMemory, type FailureKind } from "./classify.ts";
 import type { FleetJobData, FleetJobResult, FleetProgress } from "./jobs.ts";
 import { connectionOptions } from "./redis.ts";
 
@@ -86,6 +92,8 @@ export async function startWorker(opts: FleetWorkerOptions): Promise<FleetWorker
   const children = new Map<string, Subprocess<"pipe", "pipe", "pipe">>();
   const lost = new Set<string>();
   const log = opts.log;
+  // A cap in the worker's own environment applies to every job (and is halved from on out of memory).
+  const baseCap = maxBatch(opts.env ?? process.env);
 
   const processor = async (job: Job<FleetJobData, FleetJobResult>, token?: string): Promise<FleetJobResult> => {
     const id = String(job.id);
@@ -93,7 +101,10 @@ export async function startWorker(opts: FleetWorkerOptions): Promise<FleetWorker
     const attempts = job.opts.attempts ?? 1;
     const settings = job.data?.settings;
     if (!settings || typeof settings.model !== "string" || typeof settings.out !== "string") throw new UnrecoverableError("the job carries no realign settings (was it added by realign enqueue?)");
-    const child = Bun.spawn(opts.childArgv, { stdin: "pipe", stdout: "pipe", stderr: "pipe", env: { ...(opts.env ?? process.env) } });
+    const jobCap = typeof job.data.maxBatch === "number" && Number.isInteger(job.data.maxBatch) && job.data.maxBatch >= 1 ? job.data.maxBatch : null;
+    const cap = jobCap ?? baseCap;
+    const env = { ...(opts.env ?? process.env), ...(cap !== null ? { [MAX_BATCH_ENV]: String(cap) } : {}) };
+    const child = Bun.spawn(opts.childArgv, { stdin: "pipe", stdout: "pipe", stderr: "pipe", env });
     children.set(id, child);
     const request: ChildRequest = {
       settings,
@@ -107,6 +118,22 @@ export async function startWorker(opts: FleetWorkerOptions): Promise<FleetWorker
     await child.stdin.flush();
     log(`job ${id} started by ${opts.name} (attempt ${attempt}/${attempts}, pid ${child.pid}): ${settings.model} → ${settings.out}`);
     await job.log(`${opts.name}: attempt ${attempt}/${attempts} started, pid ${child.pid}`);
+    if (jobCap !== null) {
+      const line = `retrying with batches of at most ${jobCap} after running out of memory (${MAX_BATCH_ENV}=${jobCap})`;
+      log(`job ${id}: ${line}`);
+      await job.log(line);
+    }
+    /** After running out of memory: the next attempt's cap, in the job's data and both logs. */
+    const halveBatch = async (reason: string) => {
+      if (!ranOutOfMemory(reason)) return;
+      const next = nextBatchCap(reason, cap)!;
+      // Without Redis the job's own failure is still what matters: the next attempt keeps the cap it had.
+      await job.updateData({ ...job.data, maxBatch: next }).catch((e: Error) => log(`job ${id}: could not record the batch cap: ${e.message}`));
+      if (attempt >= attempts) return;
+      const line = `retrying with batches of at most ${next} after running out of memory (${MAX_BATCH_ENV}=${next}${cap !== null ? `, was ${cap}` : ""})`;
+      log(`job ${id}: ${line}`);
+      await job.log(line);
+    };
 
     let final: ChildMessage | null = null;
     let progress: FleetProgress = {
@@ -157,6 +184,7 @@ export async function startWorker(opts: FleetWorkerOptions): Promise<FleetWorker
     if (end?.t === "failed") {
       log(`job ${id} failed (${end.kind}, attempt ${attempt}/${attempts}): ${end.reason}`);
       if (end.kind === "permanent") throw new UnrecoverableError(end.reason);
+      await halveBatch(end.reason);
       throw new Error(end.reason);
     }
     if (end?.t === "stopped") {
@@ -166,7 +194,9 @@ export async function startWorker(opts: FleetWorkerOptions): Promise<FleetWorker
     }
     const how = child.signalCode ? `killed by ${child.signalCode}` : `exit code ${code}`;
     log(`job ${id}: the run's process ended without a result (${how})`);
-    throw new Error(`the run's process ended without a result (${how}); retrying resumes from the last finished step`);
+    const reason = childDiedReason(how);
+    await halveBatch(reason);
+    throw new Error(reason);
   };
 
   const worker = new Worker<FleetJobData, FleetJobResult>(opts.queue, processor, {

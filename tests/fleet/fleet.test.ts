@@ -2,7 +2,8 @@
 // schedule / queue` processes, the demo model with a fixed α and tiny prompt sets, publishing to the
 // fake Hub. Checks: 4 jobs on 2 workers each run once and publish once; a worker killed with SIGKILL
 // mid-job hands the job to the other worker, which resumes the run directory and publishes once;
-// Hub 500s are retried and a failed gate is not; enqueue and schedule are idempotent; Redis down
+// Hub 500s are retried and a failed gate is not; out of memory is retried with half the batch cap each
+// time (an in-process worker with a stand-in child, no pipeline); enqueue and schedule are idempotent; Redis down
 // means exit 1 and nothing done. Skips loudly when no Redis answers at REDIS_URL.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
@@ -13,7 +14,9 @@ import type { Subprocess } from "bun";
 import { Queue } from "bullmq";
 import { parseCron, nextRun } from "../../cli/cron.ts";
 import { checkRedis, connectionOptions } from "../../fleet/redis.ts";
-import { JOB_NAME, type FleetJobData, type FleetJobResult, type FleetProgress } from "../../fleet/jobs.ts";
+import { JOB_NAME, jobOptions, type FleetJobData, type FleetJobResult, type FleetProgress } from "../../fleet/jobs.ts";
+import { startWorker as startFleetWorker } from "../../fleet/worker.ts";
+import { DEFAULTS } from "../../steps/settings.ts";
 import { parseModelCard } from "../../report/modelcard.ts";
 import { FAKE_TOKEN, startFakeHub, type FakeHub } from "../helpers/fakehub.ts";
 import { CLI, REPO_ROOT, callerEnv } from "../helpers/shared.ts";
@@ -413,6 +416,42 @@ describe.skipIf(!redisOk)("fleet on BullMQ + Redis", () => {
     expect(again.stdout).toContain(`exists    ${done!.id}`);
     expect(await q.getJobState(String(failed!.id))).toBe("waiting");
   }, 300_000);
+
+  test("out of memory: retried with REALIGN_MAX_BATCH halved each time (128, then 64), recorded in the job's data and logs", async () => {
+    const name = `${tag}-oom`;
+    // A stand-in for the run's process: runs out of memory unless its batches are capped at 64 or less.
+    const child = join(work, "oom-child.ts");
+    writeFileSync(
+      child,
+      [
+        "await Bun.stdin.stream().getReader().read();",
+        "const cap = process.env.REALIGN_MAX_BATCH;",
+        "const m = cap && Number(cap) <= 64",
+        '  ? { fleet: 1, t: "done", result: { out: cap, published: null, unpublished: "test", work: "ran" } }',
+        '  : { fleet: 1, t: "failed", kind: "transient", reason: `out of memory: Failed to allocate memory (cap ${cap ?? "none"})` };',
+        'process.stdout.write(JSON.stringify(m) + "\\n");',
+        "process.exit(0);",
+      ].join("\n"),
+    );
+    const q = queue(name);
+    const settings = { ...structuredClone(DEFAULTS), model: join(work, "models", "oom"), out: join(work, "runs", "oom") };
+    await q.add(JOB_NAME, { settings, source: "test" }, { ...jobOptions({ attempts: 4, backoffMs: 10 }), jobId: "oom-job" });
+    const lines: string[] = [];
+    const { REALIGN_MAX_BATCH: _unset, ...childEnv } = env();
+    const w = await startFleetWorker({ redisUrl: REDIS_URL, queue: name, name: "oomW", concurrency: 1, device: null, lockDurationMs: 30_000, stalledIntervalMs: 5000, childArgv: [process.execPath, child], env: childEnv, log: (l) => lines.push(l) });
+    try {
+      const job = await waitFor("the job to complete", async () => ((await q.getJobState("oom-job")) === "completed" ? q.getJob("oom-job") : null), 30_000);
+      expect(job!.returnvalue.out).toBe("64");
+      expect(job!.attemptsMade).toBe(3);
+      expect(job!.data.maxBatch).toBe(64);
+      const logs = (await q.getJobLogs("oom-job", 0, -1, true)).logs;
+      expect(logs.filter((l) => l.startsWith("retrying with batches of at most 128 after running out of memory")).length).toBe(2); // when failing, when starting
+      expect(logs.filter((l) => l.startsWith("retrying with batches of at most 64 after running out of memory")).length).toBe(2);
+      expect(lines.some((l) => l.startsWith("job oom-job: retrying with batches of at most 64 after running out of memory (REALIGN_MAX_BATCH=64, was 128)"))).toBe(true);
+    } finally {
+      await w.stop();
+    }
+  }, 60_000);
 
   test("Redis down: enqueue, worker, schedule and queue exit 1 with one clear line, and nothing is written", async () => {
     const port = await new Promise<number>((res) => {

@@ -6,7 +6,8 @@ import { HubError } from "../../hub/errors.ts";
 import { GateFailedError, StepFailedError } from "../../pipeline/errors.ts";
 import { DEFAULTS, settingsHash, type Settings } from "../../steps/settings.ts";
 import { ConfigError, UsageError } from "../../util/errors.ts";
-import { classifyFailure } from "../../fleet/classify.ts";
+import { childDiedReason, classifyFailure, nextBatchCap, ranOutOfMemory } from "../../fleet/classify.ts";
+import { LARGEST_DEFAULT_BATCH } from "../../engine/batch-cap.ts";
 import { jobIdFor, schedulerIdFor } from "../../fleet/jobs.ts";
 import { withRedisLock } from "../../fleet/lock.ts";
 import { checkRedis, redactUrl, redisOptions, RedisUnreachableError } from "../../fleet/redis.ts";
@@ -58,6 +59,28 @@ describe("failure classes", () => {
     expect(classifyFailure(new StepFailedError("validate", new Error("std::bad_alloc"))).reason).toStartWith("out of memory");
     expect(kind(new UsageError("another realign run (pid 4242) is using /runs/x; wait for it, or delete /runs/x/.lock if that process is not realign"))).toBe("transient");
     expect(kind(new Error("something unexpected"))).toBe("transient");
+  });
+});
+
+describe("a smaller batch after running out of memory", () => {
+  const oom = classifyFailure(new StepFailedError("validate", new Error("Failed to allocate memory for requested buffer of size 1073741824"))).reason;
+  test("out of memory (the child's reason, or a SIGKILL its worker did not send) halves the cap: first half the largest default batch, never below 1", () => {
+    expect(oom).toStartWith("out of memory");
+    expect(LARGEST_DEFAULT_BATCH).toBe(256);
+    expect(nextBatchCap(oom, null)).toBe(128);
+    expect(nextBatchCap(oom, 128)).toBe(64);
+    expect(nextBatchCap(oom, 3)).toBe(1);
+    expect(nextBatchCap(oom, 1)).toBe(1);
+    expect(ranOutOfMemory(childDiedReason("killed by SIGKILL"))).toBe(true);
+    expect(nextBatchCap(childDiedReason("killed by SIGKILL"), 64)).toBe(32);
+  });
+  test("any other failure keeps the cap as it was (none stays none)", () => {
+    expect(nextBatchCap(null, null)).toBeNull();
+    expect(nextBatchCap("committing failed (HTTP 500)", null)).toBeNull();
+    expect(nextBatchCap("committing failed (HTTP 500)", 32)).toBe(32);
+    expect(nextBatchCap(childDiedReason("killed by SIGSEGV"), null)).toBeNull();
+    expect(nextBatchCap(childDiedReason("exit code 1"), 16)).toBe(16);
+    expect(ranOutOfMemory("the model ran out of patience: out of memory")).toBe(false); // only a reason that starts so
   });
 });
 
