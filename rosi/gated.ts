@@ -186,16 +186,66 @@ export function rowsFor(s: WriterSamples, positions: number, harmlessRows: "last
 export function chooseGateFit(fit: WriterSamples, heldOut: WriterSamples, layers: number[]): GateChoice[] {
   const choices: GateChoice[] = [];
   const matrixRows = layers.flatMap((l) => [2 * l, 2 * l + 1]);
+  const M = matrixRows.length;
   const n = fit.labels.length;
-  const fullGrams = new Map(matrixRows.map((r) => [r, gram(fit.data[r], n, fit.widths[r])]));
+  // Every setting's rows are a union of groups (class, position from the end), so each matrix's
+  // unweighted moments are summed once per group and each setting adds them with its weights (primal
+  // form, for matrices narrower than the rows); a wider matrix takes sub-blocks of one Gram matrix.
+  const groupOf = (i: number) => fit.labels[i] * 256 + fit.fromEnd[i];
+  const groups = [...new Set(Array.from({ length: n }, (_, i) => groupOf(i)))];
+  const counts = new Map(groups.map((g) => [g, 0]));
+  const firstRow = new Map<number, number>();
+  for (let i = 0; i < n; i++) {
+    const g = groupOf(i);
+    counts.set(g, counts.get(g)! + 1);
+    if (!firstRow.has(g)) firstRow.set(g, i);
+  }
+  const ones = new Float64Array(n).fill(1);
+  const moments = new Map<number, Map<number, ReturnType<typeof weightedMoments>>>();
+  const momentsOf = (r: number) => {
+    let m = moments.get(r);
+    if (!m) {
+      m = new Map(groups.map((g) => [g, weightedMoments(fit.data[r], n, fit.widths[r], Float64Array.from({ length: n }, (_, i) => +(groupOf(i) === g)), ones)]));
+      moments.set(r, m);
+    }
+    return m;
+  };
+  const fullGrams = new Map<number, Float64Array>();
+  const gramOf = (r: number) => fullGrams.get(r) ?? fullGrams.set(r, gram(fit.data[r], n, fit.widths[r])).get(r)!;
   for (const positions of GATE_POSITION_CHOICES) {
     for (const harmlessRows of ["last", "spread"] as const) {
       const keep = rowsFor(fit, positions, harmlessRows);
       const idx: number[] = [];
       for (let i = 0; i < n; i++) if (keep(i)) idx.push(i);
       const rows = selectRows(fit, keep);
-      const grams = matrixRows.map((r) => subBlock(fullGrams.get(r)!, n, idx));
-      for (const f of fitGatedKeysForRidges(rows, { layers, ridges: GATE_RIDGES, positions, grams })) {
+      // keep() depends on a row's class and position only, so one row speaks for its group.
+      const chosen = groups.filter((g) => keep(firstRow.get(g)!));
+      let nHarmful = 0;
+      let nHarmless = 0;
+      for (const g of chosen) (g >> 8 ? (nHarmful += counts.get(g)!) : (nHarmless += counts.get(g)!));
+      if (nHarmful === 0 || nHarmless === 0) continue;
+      const harmlessW = (HARMLESS_WEIGHT * nHarmful) / nHarmless;
+      const solvers: KeySolver[] = matrixRows.map((r) => {
+        const d = fit.widths[r];
+        if (d >= idx.length) {
+          const G = subBlock(gramOf(r), n, idx);
+          const sqrtW = Float64Array.from(rows.labels, (y) => Math.sqrt(y ? 1 : harmlessW));
+          const rhs = Float64Array.from(rows.labels, (y, i) => (sqrtW[i] * y) / M);
+          return (ridge: number) => keyFromGram(G, rows.data[r], idx.length, d, sqrtW, rhs, ridge);
+        }
+        const C = new Float64Array(d * d);
+        const b = new Float64Array(d);
+        let trace = 0;
+        for (const g of chosen) {
+          const mg = momentsOf(r).get(g)!;
+          const w = g >> 8 ? 1 : harmlessW;
+          for (let k = 0; k < C.length; k++) C[k] += w * mg.C[k];
+          if (g >> 8) for (let k = 0; k < d; k++) b[k] += mg.b[k] / M;
+          trace += w * mg.trace;
+        }
+        return (ridge: number) => primalKey(C, b, trace, d, ridge);
+      });
+      for (const f of fitGatedKeysForRidges(rows, { layers, ridges: GATE_RIDGES, positions, solvers })) {
         const g = gateValues(heldOut, f.rows, f.keys);
         let hs = 0;
         let hn = 0;
@@ -276,8 +326,71 @@ export function fitGatedKeys(samples: WriterSamples, opts: { layers: number[]; p
   return fitGatedKeysForRidges(samples, { ...opts, ridges: [opts.ridge ?? RIDGE] })[0];
 }
 
-/** The fit for each ridge strength; each matrix's Gram matrix (the costly n²·d part) is computed once. */
-export function fitGatedKeysForRidges(samples: WriterSamples, opts: { layers: number[]; ridges: number[]; positions?: number; harmlessWeight?: number; grams?: Float64Array[] }): GatedFit[] {
+/**
+ * One matrix's unnormalised ridge key for a ridge strength ρ. The same solution comes from the primal
+ * system (XᵀWX + λI)·k = XᵀW·y/M (d × d) or from the dual one (n × n, see keyFromGram); each solver
+ * factors the smaller, so the cost is min(n, d)³ per ridge, after one n·min(n, d)·max(n, d) product.
+ */
+export type KeySolver = (ridge: number) => Float32Array;
+
+/**
+ * The solvers of the edited matrices for the rows of `samples` with weights wᵢ and targets yᵢ/M.
+ * `grams` (X·Xᵀ per matrix, when the caller has them) serve the dual form.
+ */
+function keySolvers(samples: WriterSamples, rows: number[], weight: Float64Array, target: Float64Array, grams?: (Float64Array | null)[]): KeySolver[] {
+  const n = samples.labels.length;
+  const sqrtW = weight.map(Math.sqrt);
+  const rhs = Float64Array.from(target, (y, i) => sqrtW[i] * y);
+  return rows.map((r, j) => {
+    const X = samples.data[r];
+    const d = samples.widths[r];
+    if (d < n) {
+      const { C, b, trace } = weightedMoments(X, n, d, weight, target);
+      return (ridge) => primalKey(C, b, trace, d, ridge);
+    }
+    const G = grams?.[j] ?? gram(X, n, d);
+    return (ridge) => keyFromGram(G, X, n, d, sqrtW, rhs, ridge);
+  });
+}
+
+/** C = Σᵢ wᵢ·xᵢxᵢᵀ (both triangles), b = Σᵢ wᵢ·yᵢ·xᵢ, trace = Σᵢ wᵢ‖xᵢ‖² of a row-major [n, d] matrix. */
+export function weightedMoments(X: Float32Array, n: number, d: number, weight: Float64Array, target: Float64Array): { C: Float64Array; b: Float64Array; trace: number } {
+  const C = new Float64Array(d * d);
+  const b = new Float64Array(d);
+  const x = new Float64Array(d);
+  for (let i = 0; i < n; i++) {
+    const w = weight[i];
+    if (w === 0) continue;
+    const base = i * d;
+    for (let c = 0; c < d; c++) x[c] = X[base + c];
+    const wy = w * target[i];
+    for (let a = 0; a < d; a++) {
+      const wxa = w * x[a];
+      if (wxa === 0) continue;
+      const rowA = a * d;
+      for (let c = a; c < d; c++) C[rowA + c] += wxa * x[c];
+      b[a] += wy * x[a];
+    }
+  }
+  let trace = 0;
+  for (let a = 0; a < d; a++) {
+    trace += C[a * d + a];
+    for (let c = a + 1; c < d; c++) C[c * d + a] = C[a * d + c];
+  }
+  return { C, b, trace };
+}
+
+/** k = (C + λI)⁻¹·b with λ = ρ·trace/d (the dual's λ: trace(D^½XXᵀD^½) = trace(XᵀWX)). */
+export function primalKey(C: Float64Array, b: Float64Array, trace: number, d: number, ridge: number): Float32Array {
+  const lambda = (ridge * trace) / d;
+  if (!(lambda > 0)) throw new GatedFitError("the writer inputs are all zero: no key can be fitted");
+  const A = Float64Array.from(C);
+  for (let a = 0; a < d; a++) A[a * d + a] += lambda;
+  return Float32Array.from(choleskySolve(A, d, b));
+}
+
+/** The fit for each ridge strength; each matrix's system (Gram or moment matrix, the costly part) is built once. */
+export function fitGatedKeysForRidges(samples: WriterSamples, opts: { layers: number[]; ridges: number[]; positions?: number; harmlessWeight?: number; grams?: (Float64Array | null)[]; solvers?: KeySolver[] }): GatedFit[] {
   const harmlessWeight = opts.harmlessWeight ?? HARMLESS_WEIGHT;
   const { labels } = samples;
   const n = labels.length;
@@ -289,12 +402,10 @@ export function fitGatedKeysForRidges(samples: WriterSamples, opts: { layers: nu
   for (const r of rows) if (r >= samples.data.length) throw new GatedFitError(`layer ${r >> 1} is not in the samples (${samples.data.length / 2} layers)`);
   const M = rows.length;
   const weight = Float64Array.from(labels, (y) => (y ? 1 : (harmlessWeight * nHarmful) / nHarmless));
-  const sqrtW = weight.map(Math.sqrt);
-  const rhs = Float64Array.from(labels, (y, i) => (sqrtW[i] * y) / M);
-  // Gram matrices X·Xᵀ of the edited matrices' rows (given by the caller when it has them).
-  const grams = opts.grams ?? rows.map((r) => gram(samples.data[r], n, samples.widths[r]));
+  const target = Float64Array.from(labels, (y) => y / M);
+  const solvers = opts.solvers ?? keySolvers(samples, rows, weight, target, opts.grams);
   return opts.ridges.map((ridge) => {
-    const keys = rows.map((r, j) => keyFromGram(grams[j], samples.data[r], n, samples.widths[r], sqrtW, rhs, ridge));
+    const keys = solvers.map((solve) => solve(ridge));
     // One common factor: g averages 1 on the harmful rows.
     const gate = gateValues(samples, rows, keys);
     let harmfulSum = 0;
