@@ -2,7 +2,7 @@
 // equations (XᵀDX + λI)·k = XᵀD·y solved by plain Gaussian elimination in float64.
 import { describe, expect, test } from "bun:test";
 import { mulberry32 } from "../../evals/datasets.ts";
-import { chooseGateFit, concatSamples, EARLIER, GATE_POSITION_CHOICES, rowsFor, selectRows, GATE_RIDGES, choleskySolve, fitGatedKeys, gatedInterventions, gatedLayers, gateValues, GatedFitError, ridgeKeyDual, type WriterSamples } from "../../rosi/gated.ts";
+import { chooseGateFit, concatSamples, EARLIER, GATE_POSITION_CHOICES, rowsFor, selectRows, GATE_RIDGES, choleskySolve, fitGatedKeys, gatedInterventions, gatedLayers, gateValues, GatedFitError, ridgeKeyDual, primalKey as primalKeyFromMoments, weightedMoments, type WriterSamples } from "../../rosi/gated.ts";
 
 /** Seeded uniform(−1, 1) numbers. */
 function rng(seed: number): () => number {
@@ -148,4 +148,25 @@ describe("gated edit: key fit", () => {
     expect(Array.from(both.fromEnd.subarray(fit.labels.length))).toEqual(Array.from(held.fromEnd));
     expect(Array.from(both.data[1].subarray(fit.data[1].length, fit.data[1].length + 10))).toEqual(Array.from(held.data[1].subarray(0, 10)));
   });
+});
+
+test("the primal ridge system (d × d) gives the dual's key (n × n), with weights, for rows fewer and more than the width", () => {
+  const rand = mulberry32(7);
+  for (const [n, d] of [[40, 8], [6, 10]] as const) {
+    const X = Float32Array.from({ length: n * d }, () => rand() * 2 - 1);
+    const weight = Float64Array.from({ length: n }, () => 0.5 + rand() * 4);
+    const target = Float64Array.from({ length: n }, (_, i) => (i % 3 === 0 ? 0.25 : 0));
+    const sqrtW = weight.map(Math.sqrt);
+    const rhs = Float64Array.from(target, (y, i) => sqrtW[i] * y);
+    const { C, b, trace } = weightedMoments(X, n, d, weight, target);
+    let expectTrace = 0;
+    for (let i = 0; i < n; i++) for (let c = 0; c < d; c++) expectTrace += weight[i] * X[i * d + c] ** 2;
+    expect(Math.abs(trace - expectTrace)).toBeLessThan(1e-9 * expectTrace);
+    for (const ridge of [0.03, 1, 10]) {
+      const dual = ridgeKeyDual(X, n, d, sqrtW, rhs, ridge);
+      const primal = primalKeyFromMoments(C, b, trace, d, ridge);
+      const scale = Math.max(...dual.map(Math.abs));
+      for (let c = 0; c < d; c++) expect(Math.abs(primal[c] - dual[c])).toBeLessThan(1e-5 * scale);
+    }
+  }
 });
