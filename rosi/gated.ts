@@ -29,6 +29,11 @@
 // phrasings rather than one dataset's style. Splitting the target evenly over the matrices (rather than fitting
 // them jointly) keeps each solve independent and no single matrix carrying the edit.
 //
+// Limit measured on organism-llama (development prompts only: its prompts in no split and HarmBench's
+// validation behaviours): refusal peaks where the push g·α is ≈ 75–80 and falls beyond it (the replies
+// degrade), while g itself reads 1.46 on the training distribution and 0.83 on HarmBench; one t cannot
+// suit both, and calibration on the validation split picks the training distribution's optimum.
+//
 // Edited layers: those from the direction's layer on (its writers feed the residual ŝ was read from and
 // everything after), never layer 0, whose inputs are little more than token embeddings.
 import type { DecoderModel } from "../engine/model.ts";
