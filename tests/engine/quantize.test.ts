@@ -15,6 +15,7 @@ import { describeQuantization, dequantizeBlockwise, parseQuantize, quantizeBlock
 import { SafetensorsFile, writeSafetensors } from "../../engine/safetensors.ts";
 import { ort } from "../../engine/session.ts";
 import { editedMatrices } from "../../rosi/edit.ts";
+import { compareWithHF, forwardAll, type GoldenExpected } from "../helpers/hf-golden.ts";
 import { hasShared, sharedPath } from "../helpers/shared.ts";
 
 const f = Math.fround;
@@ -177,9 +178,7 @@ describe("MatMulNBits layout (one-node graph)", () => {
 // ---- whole decoders on the HF golden fixtures -----------------------------------------------
 
 type Matrix = number[][];
-interface Expected {
-  single: { input_ids: number[]; position_ids: number[]; logits: Matrix; generate: { new_tokens: number[] } }[];
-}
+type Expected = GoldenExpected;
 
 const PROJECTIONS = /\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)\.weight$|^lm_head\.weight$/;
 
@@ -197,42 +196,6 @@ function writeDequantizedCheckpoint(src: string, out: string, q: BlockQuantizeCo
   });
   file.close();
   writeSafetensors(join(out, "model.safetensors"), tensors);
-}
-
-/** Teacher-forced: prompt + HF's first 7 greedy tokens in one pass; logits at every position. */
-async function forwardAll(model: DecoderModel, s: Expected["single"][number]) {
-  const ids = [...s.input_ids, ...s.generate.new_tokens.slice(0, 7)];
-  const range = [...Array(ids.length).keys()];
-  return (await model.forward({ inputIds: [ids], attentionMask: [ids.map(() => 1)], positionIds: [range], logitPositions: [range], noCache: true })).logits;
-}
-
-/** Against HF: max |Δlogit| and relative RMS over the prompt positions, and teacher-forced top-1 agreement. */
-async function compareWithHF(model: DecoderModel, expected: Expected) {
-  const V = model.config.vocabSize;
-  let maxAbs = 0;
-  let se = 0;
-  let ss = 0;
-  let agree = 0;
-  let total = 0;
-  for (const s of expected.single) {
-    const logits = await forwardAll(model, s);
-    const P = s.input_ids.length;
-    s.logits.forEach((row, t) =>
-      row.forEach((v, c) => {
-        const d = logits[t * V + c] - v;
-        maxAbs = Math.max(maxAbs, Math.abs(d));
-        se += d * d;
-        ss += v * v;
-      }),
-    );
-    for (let t = 0; t < P + 7; t++) {
-      // HF's choice: argmax of its logits inside the prompt, then its greedy tokens.
-      const ref = t < P - 1 ? argmax(new Float32Array(s.logits[t])) : s.generate.new_tokens[t - P + 1];
-      total++;
-      if (argmax(logits, t * V, V) === ref) agree++;
-    }
-  }
-  return { maxAbs, relRms: Math.sqrt(se / ss), agree, total };
 }
 
 for (const name of ["llama", "qwen2"] as const) {
