@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { createBuilder } from "../../engine/architectures.ts";
 import { Checkpoint } from "../../engine/checkpoint.ts";
 import { OPSETS } from "../../engine/decoder.ts";
-import { argmax, generateGreedy } from "../../engine/generate.ts";
+import { generateGreedy } from "../../engine/generate.ts";
 import { DecoderModel } from "../../engine/model.ts";
 import { OnnxGraph } from "../../engine/onnx/graph.ts";
 import { OnnxDataType as DT } from "../../engine/onnx/schema.ts";
