@@ -133,6 +133,16 @@ export async function fleetJobs(file: string | undefined, deps: FleetDeps): Prom
 
 // ---- commands --------------------------------------------------------------------------------------
 
+/** Runs `use` on the named queue and closes the queue's connection whatever happens. */
+async function withQueue<T>(url: string, name: string, use: (queue: ReturnType<typeof openQueue>) => Promise<T>): Promise<T> {
+  const queue = openQueue(url, name);
+  try {
+    return await use(queue);
+  } finally {
+    await queue.close();
+  }
+}
+
 export async function enqueueCommand(file: string | undefined, opts: Opts, deps: FleetDeps): Promise<number> {
   const out = deps.out ?? console.log;
   return guarded(deps, async () => {
@@ -140,8 +150,7 @@ export async function enqueueCommand(file: string | undefined, opts: Opts, deps:
     const name = queueName(opts);
     const { url } = await redisOrExit(deps.env);
     const { label, jobs } = await fleetJobs(file, deps);
-    const queue = openQueue(url, name);
-    try {
+    return withQueue(url, name, async (queue) => {
       const results = await enqueueJobs(queue, jobs, retry, { retryFailed: opts.retryFailed === true });
       for (const r of results) {
         if (r.action === "added") out(`added     ${r.id}  ${r.model}`);
@@ -151,9 +160,7 @@ export async function enqueueCommand(file: string | undefined, opts: Opts, deps:
       const added = results.filter((r) => r.action !== "exists").length;
       out(`${added} job(s) added to queue ${name} on ${redactUrl(url)} from ${label}; ${results.length - added} already there`);
       return EXIT_OK;
-    } finally {
-      await queue.close();
-    }
+    });
   });
 }
 
@@ -173,8 +180,7 @@ export async function scheduleCommand(file: string | undefined, opts: Opts, deps
     if (!schedule) throw new UsageError(`${label}: no schedule: set, so there is nothing to register (e.g. schedule: "0 3 * * 1")`);
     const tz = deps.env.TZ?.trim() || Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
     const entries: ScheduleEntry[] = jobs.map((data) => ({ data, cron: bullmqCron(schedule), tz }));
-    const queue = openQueue(url, name);
-    try {
+    return withQueue(url, name, async (queue) => {
       const results = await syncSchedulers(queue, entries, retry);
       const when = (ms: number | null) => (ms === null ? "" : `, next run ${new Date(ms).toISOString()}`);
       for (const r of results) {
@@ -185,9 +191,7 @@ export async function scheduleCommand(file: string | undefined, opts: Opts, deps
       }
       out(`${jobs.length} scheduler(s) on queue ${name} (${tz}); each run goes to whichever worker is free`);
       return EXIT_OK;
-    } finally {
-      await queue.close();
-    }
+    });
   });
 }
 
@@ -197,15 +201,12 @@ export async function queueCommand(opts: Opts, deps: FleetDeps): Promise<number>
     const name = queueName(opts);
     const limit = intOption(opts, "limit", "--limit", 20, 1);
     const { url } = await redisOrExit(deps.env);
-    const queue = openQueue(url, name);
-    try {
+    return withQueue(url, name, async (queue) => {
       const st = await queueStatus(queue, limit);
       if (opts.json === true) out(JSON.stringify(st, null, 2));
       else for (const l of formatQueueStatus(st, redactUrl(url))) out(l);
       return EXIT_OK;
-    } finally {
-      await queue.close();
-    }
+    });
   });
 }
 
