@@ -10,7 +10,7 @@ import { createHash } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { FAKE_TOKEN, startFakeHub, type FakeHub } from "../helpers/fakehub.ts";
-import { CLI, REPO_ROOT, callerEnv, PIPELINE_TEST_TIMEOUT } from "../helpers/shared.ts";
+import { REPO_ROOT, PIPELINE_TEST_TIMEOUT, permissiveRunEnv, spawnCli } from "../helpers/shared.ts";
 
 const TMP = mkdtempSync(join(tmpdir(), "realign-publish-later-"));
 const RUN = join(TMP, "run");
@@ -19,22 +19,9 @@ const TARGET = "alice/organism-llama-ROSI";
 let hub: FakeHub;
 let first = { code: null as number | null, stdout: "", stderr: "" };
 
-function cleanEnv(extra: Record<string, string>): Record<string, string> {
-  const env = callerEnv({ allHf: true });
-  return {
-    ...env, HF_HOME: join(TMP, "hf-home"), NO_COLOR: "1", REALIGN_HUB_RETRY_DELAY_MS: "0", REALIGN_CACHE: join(TMP, "graphs"),
-    // This test is about publishing, not the verdict: a permissive gate.
-    REALIGN_ELICIT_MIN_GAP: "0", REALIGN_GATE_HARMFUL_GAIN: "0", REALIGN_GATE_OVER_REFUSAL: "1", REALIGN_GATE_KL: "100", REALIGN_GATE_UTILITY_DROP: "1",
-    ...extra,
-  };
-}
-
-/** The real CLI, spawned without blocking this process (the fake hub lives here). */
-async function realign(args: string[], extra: Record<string, string> = {}) {
-  const p = Bun.spawn([process.execPath, join(REPO_ROOT, CLI), ...args], { cwd: TMP, env: cleanEnv(extra), stdout: "pipe", stderr: "pipe", stdin: "ignore" });
-  const [stdout, stderr] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text()]);
-  return { code: await p.exited, stdout, stderr };
-}
+// This test is about publishing, not the verdict: a permissive gate.
+const cleanEnv = (extra: Record<string, string> = {}) => permissiveRunEnv(TMP, extra);
+const realign = (args: string[], extra: Record<string, string> = {}) => spawnCli(args, { cwd: TMP, env: cleanEnv(extra) });
 const withToken = () => ({ HF_TOKEN: FAKE_TOKEN, HF_ENDPOINT: hub.url });
 
 /** Every file under `dir` with its sha256: "nothing changed" is this map unchanged. */

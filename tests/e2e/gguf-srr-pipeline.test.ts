@@ -33,7 +33,7 @@ import { formatRate } from "../../util/stats.ts";
 import { parseModelCard } from "../../report/modelcard.ts";
 import { FAKE_TOKEN, startFakeHub, type FakeHub } from "../helpers/fakehub.ts";
 import { llamaCpp, openGguf } from "../helpers/llamacpp.ts";
-import { CLI, REPO_ROOT, callerEnv } from "../helpers/shared.ts";
+import { CLI, REPO_ROOT, permissiveRunEnv, spawnCli } from "../helpers/shared.ts";
 import { writeTinyGuard } from "../helpers/tiny-guard.ts";
 
 const TMP = mkdtempSync(join(tmpdir(), "realign-gguf-srr-"));
@@ -44,20 +44,9 @@ const GUARD = join(TMP, "tiny-guard");
 let hub: FakeHub;
 let first = { code: null as number | null, stdout: "", stderr: "" };
 
-function env(extra: Record<string, string> = {}): Record<string, string> {
-  return {
-    ...callerEnv({ allHf: true }), HF_HOME: join(TMP, "hf-home"), NO_COLOR: "1", REALIGN_HUB_RETRY_DELAY_MS: "0", REALIGN_CACHE: join(TMP, "graphs"),
-    // About the files, not the verdict: a permissive gate.
-    REALIGN_ELICIT_MIN_GAP: "0", REALIGN_GATE_HARMFUL_GAIN: "0", REALIGN_GATE_OVER_REFUSAL: "1", REALIGN_GATE_KL: "100", REALIGN_GATE_UTILITY_DROP: "1",
-    ...extra,
-  };
-}
-
-async function realign(args: string[], extra: Record<string, string> = {}) {
-  const p = Bun.spawn([process.execPath, join(REPO_ROOT, CLI), ...args], { cwd: TMP, env: env(extra), stdout: "pipe", stderr: "pipe", stdin: "ignore" });
-  const [stdout, stderr] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text()]);
-  return { code: await p.exited, stdout, stderr };
-}
+// About the files, not the verdict: a permissive gate.
+const env = (extra: Record<string, string> = {}) => permissiveRunEnv(TMP, extra);
+const realign = (args: string[], extra: Record<string, string> = {}) => spawnCli(args, { cwd: TMP, env: env(extra) });
 
 const json = <T>(p: string) => JSON.parse(readFileSync(p, "utf8")) as T;
 type Rate = { k: number; n: number; rate: number; ci95: [number, number] };

@@ -40,3 +40,22 @@ export function callerEnv(opts: { allHf?: boolean } = {}): Record<string, string
   }
   return env;
 }
+
+/**
+ * The environment of a spawned CLI in a test about files rather than verdicts: callerEnv({allHf}),
+ * HF_HOME and the graph cache under `tmp`, no Hub retry delay, and a gate that passes anything.
+ */
+export function permissiveRunEnv(tmp: string, extra: Record<string, string> = {}): Record<string, string> {
+  return {
+    ...callerEnv({ allHf: true }), HF_HOME: join(tmp, "hf-home"), NO_COLOR: "1", REALIGN_HUB_RETRY_DELAY_MS: "0", REALIGN_CACHE: join(tmp, "graphs"),
+    REALIGN_ELICIT_MIN_GAP: "0", REALIGN_GATE_HARMFUL_GAIN: "0", REALIGN_GATE_OVER_REFUSAL: "1", REALIGN_GATE_KL: "100", REALIGN_GATE_UTILITY_DROP: "1",
+    ...extra,
+  };
+}
+
+/** The real CLI, spawned without blocking this process (a fake Hub may be serving from it), stdin closed. */
+export async function spawnCli(args: string[], opts: { cwd: string; env: Record<string, string> }): Promise<{ code: number; stdout: string; stderr: string }> {
+  const p = Bun.spawn([process.execPath, join(REPO_ROOT, CLI), ...args], { cwd: opts.cwd, env: opts.env, stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+  const [stdout, stderr] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text()]);
+  return { code: await p.exited, stdout, stderr };
+}
