@@ -230,12 +230,12 @@ export function chooseGateFit(fit: WriterSamples, heldOut: WriterSamples, layers
       for (const g of chosen) (g >> 8 ? (nHarmful += counts.get(g)!) : (nHarmless += counts.get(g)!));
       if (nHarmful === 0 || nHarmless === 0) continue;
       const harmlessW = (HARMLESS_WEIGHT * nHarmful) / nHarmless;
+      const sqrtW = Float64Array.from(rows.labels, (y) => Math.sqrt(y ? 1 : harmlessW));
+      const rhs = Float64Array.from(rows.labels, (y, i) => (sqrtW[i] * y) / M);
       const solvers: KeySolver[] = matrixRows.map((r) => {
         const d = fit.widths[r];
         if (d >= idx.length) {
           const G = subBlock(gramOf(r), n, idx);
-          const sqrtW = Float64Array.from(rows.labels, (y) => Math.sqrt(y ? 1 : harmlessW));
-          const rhs = Float64Array.from(rows.labels, (y, i) => (sqrtW[i] * y) / M);
           return (ridge: number) => keyFromGram(G, rows.data[r], idx.length, d, sqrtW, rhs, ridge);
         }
         const C = new Float64Array(d * d);

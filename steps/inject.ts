@@ -23,7 +23,7 @@ import { gateChecks, passesGate } from "../evals/gate.ts";
 import { alpha as fmtAlpha, kl as fmtKl, percent, points, position as fmtPosition } from "../util/format.ts";
 import { rosiRows, type SpreadMethod } from "../rosi/spread.ts";
 import { unit } from "../rosi/directions.ts";
-import { chooseGateFit, collectWriterSamples, concatSamples, fitGatedKeys, GATE_POSITION_CHOICES, gatedInterventions, gatedLayers, gateStats, gateValues, rowsFor, selectRows, type GatedFit, type WriterSamples } from "../rosi/gated.ts";
+import { chooseGateFit, collectWriterSamples, concatSamples, fitGatedKeys, GATE_POSITION_CHOICES, gatedInterventions, gatedLayers, gateStats, gateValues, rowsFor, selectRows, type GateChoice, type GatedFit, type WriterSamples } from "../rosi/gated.ts";
 import { editedMatrices, vectorSha256, writeEditedCheckpoint } from "../rosi/edit.ts";
 import { klAt, measure, pointKey, randomUnit, scaleForKl, SweepMemo, sweepScale, type Measured, type MeasureOptions } from "../rosi/calibrate.ts";
 import { sha256Hex } from "../util/fs.ts";
@@ -282,7 +282,10 @@ async function buildFamilies(
   train: { harmful: number[][]; harmless: number[][] },
 ): Promise<Family[]> {
   let samples: { fit: WriterSamples; heldOut: WriterSamples } | null = null;
-  const fits = new Map<string, GatedFit[]>();
+  /** The held-out choices per edited layer set, and the fitted keys per (layer set, positions). */
+  const choicesBySet = new Map<string, GateChoice[]>();
+  const fits = new Map<string, GatedFit>();
+  let allSamples: WriterSamples | null = null;
   const families: Family[] = [];
   for (const candidate of shortlist) {
     for (const name of names) {
@@ -305,29 +308,32 @@ async function buildFamilies(
         samples = { fit, heldOut };
       }
       const layers = gatedLayers(numLayers, candidate.layer);
-      const key = layers.join(",");
-      let setFits = fits.get(key);
-      if (!setFits) {
-        const choices = chooseGateFit(samples.fit, samples.heldOut, layers);
-        const all = concatSamples(samples.fit, samples.heldOut);
-        setFits = [];
-        for (const positions of GATE_POSITION_CHOICES) {
-          const best = choices.find((c) => c.positions === positions);
-          if (!best) continue;
-          const f: GatedFit = { ...fitGatedKeys(selectRows(all, rowsFor(all, best.positions, best.harmless_rows)), { layers, ridge: best.ridge, positions: best.positions }), choices };
-          setFits.push(f);
-          ctx.log(
-            `gate keys for layers ${layers[0]}–${layers[layers.length - 1]}, last ${best.positions} position${best.positions === 1 ? "" : "s"}: ridge ${best.ridge}, harmless rows "${best.harmless_rows}" (held-out score ${best.score.toFixed(2)}); ` +
-              `on the train rows g = ${f.train.harmful.mean.toFixed(2)} ± ${f.train.harmful.std.toFixed(2)} (harmful), ${f.train.harmless.mean.toFixed(2)} ± ${f.train.harmless.std.toFixed(2)} (harmless)`,
-          );
-        }
-        fits.set(key, setFits);
+      const setKey = layers.join(",");
+      let choices = choicesBySet.get(setKey);
+      if (!choices) {
+        choices = chooseGateFit(samples.fit, samples.heldOut, layers);
+        choicesBySet.set(setKey, choices);
       }
       // Every P on the leading direction; the others take the P the held-out prompts rank first, which
-      // bounds calibration's cost (the coarse pass measures each family).
-      const heldOutBest = setFits[0].choices?.[0]?.positions;
-      const tried = candidate === shortlist[0] ? setFits : setFits.filter((f) => f.positions === heldOutBest);
-      for (const fit of tried) families.push({ kind: "gated", name, candidate, probe: candidateNorm(selection, candidate), fit });
+      // bounds calibration's cost (the coarse pass measures each family). Keys are fitted only for these.
+      const wanted = candidate === shortlist[0] ? GATE_POSITION_CHOICES : [choices[0].positions];
+      for (const positions of wanted) {
+        const best = choices.find((c) => c.positions === positions);
+        if (!best) continue;
+        const fitKey = `${setKey}|${positions}`;
+        let fit = fits.get(fitKey);
+        if (!fit) {
+          const all = (allSamples ??= concatSamples(samples.fit, samples.heldOut));
+          fit = { ...fitGatedKeys(selectRows(all, rowsFor(all, positions, best.harmless_rows)), { layers, ridge: best.ridge, positions }), choices };
+          fits.set(fitKey, fit);
+          const range = layers.length === 1 ? `layer ${layers[0]}` : `layers ${layers[0]}–${layers[layers.length - 1]}`;
+          ctx.log(
+            `gate keys for ${range}, last ${positions} position${positions === 1 ? "" : "s"}: ridge ${best.ridge}, harmless rows "${best.harmless_rows}" (held-out score ${best.score.toFixed(2)}); ` +
+              `on the train rows g = ${fit.train.harmful.mean.toFixed(2)} ± ${fit.train.harmful.std.toFixed(2)} (harmful), ${fit.train.harmless.mean.toFixed(2)} ± ${fit.train.harmless.std.toFixed(2)} (harmless)`,
+          );
+        }
+        families.push({ kind: "gated", name, candidate, probe: candidateNorm(selection, candidate), fit });
+      }
     }
   }
   if (!families.length) throw new Error(`no edit family to calibrate for --method ${names.join(", ")} (extract probed ${Object.keys(spread).join(", ")}); re-run extract with this method (--from extract)`);
