@@ -4,6 +4,7 @@ import { expect, test } from "bun:test";
 import { spawnSync } from "node:child_process";
 import { readFileSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
+import { PIPELINE_TEST_TIMEOUT } from "../helpers/shared.ts";
 
 const ROOT = resolve(import.meta.dir, "..", "..");
 
@@ -26,4 +27,4 @@ test("npx realign --help prints the usage and exits 0; a bad option exits 2 thro
   const bad = spawnSync("npx", ["--no-install", "realign", "demo", "--n-trian", "3"], { cwd: ROOT, encoding: "utf8", env });
   expect(bad.status).toBe(2);
   expect(bad.stderr).toContain("did you mean --n-train");
-}, 60_000);
+}, PIPELINE_TEST_TIMEOUT);

@@ -33,7 +33,7 @@ import { formatRate } from "../../util/stats.ts";
 import { parseModelCard } from "../../report/modelcard.ts";
 import { FAKE_TOKEN, startFakeHub, type FakeHub } from "../helpers/fakehub.ts";
 import { llamaCpp, openGguf } from "../helpers/llamacpp.ts";
-import { CLI, REPO_ROOT, permissiveRunEnv, spawnCli } from "../helpers/shared.ts";
+import { CLI, REPO_ROOT, permissiveRunEnv, spawnCli, PIPELINE_TEST_TIMEOUT } from "../helpers/shared.ts";
 import { writeTinyGuard } from "../helpers/tiny-guard.ts";
 
 const TMP = mkdtempSync(join(tmpdir(), "realign-gguf-srr-"));
@@ -59,7 +59,7 @@ beforeAll(async () => {
     "--n-train", "8", "--n-val", "8", "--n-eval", "8", "--max-new-tokens", "8", "--device", "cpu",
     "--gguf", "q8_0", "--srr", "--srr-candidates", "2", "--judge", GUARD, "--push-to", `file:${PUB}`, "--yes",
   ]);
-}, 300_000);
+}, PIPELINE_TEST_TIMEOUT);
 afterAll(() => {
   hub?.stop();
   rmSync(TMP, { recursive: true, force: true });
@@ -206,7 +206,7 @@ describe("--gguf q8_0 --srr through the pipeline", () => {
     expect(await p.exited).toBe(0);
     const turn = JSON.parse(chatOut.trim()) as { rank: { scores: number[]; chosen: number } };
     expect(turn.rank).toEqual({ scores: out.rank.scores, chosen: out.rank.chosen });
-  }, 120_000);
+  }, PIPELINE_TEST_TIMEOUT);
 
   test("the gguf setting changes the plan of export and publish only", () => {
     const saved = { ...json<Settings>(join(RUN, "settings.json")), out: RUN };
@@ -232,7 +232,7 @@ describe("--gguf q8_0 --srr through the pipeline", () => {
       expect(Buffer.compare(Buffer.from(f!.content), readFileSync(src))).toBe(0);
     }
     expect(r.stdout + r.stderr).toContain(exp.gguf.file);
-  }, 120_000);
+  }, PIPELINE_TEST_TIMEOUT);
 
   test("a file: target holding the user's own .gguf is refused and left as it was", async () => {
     const mine = join(TMP, "mine");
@@ -241,5 +241,5 @@ describe("--gguf q8_0 --srr through the pipeline", () => {
     const r = await realign(["publish", RUN, "--push-to", `file:${mine}`, "--yes"]);
     expect(r.code).toBe(2);
     expect(readFileSync(join(mine, "organism-llama-ROSI-Q8_0.gguf"), "utf8")).toBe("my own file");
-  }, 60_000);
+  }, PIPELINE_TEST_TIMEOUT);
 });

@@ -19,7 +19,7 @@ import { startWorker as startFleetWorker } from "../../fleet/worker.ts";
 import { DEFAULTS } from "../../steps/settings.ts";
 import { parseModelCard } from "../../report/modelcard.ts";
 import { FAKE_TOKEN, startFakeHub, type FakeHub } from "../helpers/fakehub.ts";
-import { CLI, REPO_ROOT, callerEnv } from "../helpers/shared.ts";
+import { CLI, REPO_ROOT, callerEnv, PIPELINE_TEST_TIMEOUT } from "../helpers/shared.ts";
 
 const REDIS_URL = process.env.REDIS_URL ?? "";
 const redisOk = REDIS_URL ? await checkRedis(REDIS_URL).then(() => true, (e: Error) => (console.warn(`\n!!! ${e.message}: tests/fleet SKIPPED !!!\n`), false)) : false;
@@ -130,7 +130,7 @@ async function stopWorker(w: WorkerProc): Promise<number> {
   return w.done;
 }
 
-async function waitFor<T>(what: string, f: () => Promise<T | null | undefined | false>, timeoutMs = 240_000): Promise<T> {
+async function waitFor<T>(what: string, f: () => Promise<T | null | undefined | false>, timeoutMs = 1_200_000): Promise<T> {
   const end = Date.now() + timeoutMs;
   for (;;) {
     const v = await f();
@@ -229,7 +229,7 @@ describe.skipIf(!redisOk)("fleet on BullMQ + Redis", () => {
     expect((await q.getJobs(["waiting"])).length).toBe(3);
     expect(readdirSync(join(work, "runs", "e4"))).toEqual(["notes.txt"]);
     expect(readFileSync(join(work, "runs", "e4", "notes.txt"), "utf8")).toBe("mine\n");
-  }, 120_000);
+  }, PIPELINE_TEST_TIMEOUT);
 
   test("schedule twice keeps one scheduler per model; a changed cron replaces it; a disabled model's is removed", async () => {
     const name = `${tag}-sched`;
@@ -264,7 +264,7 @@ describe.skipIf(!redisOk)("fleet on BullMQ + Redis", () => {
     expect((scheds[0]!.template?.data as FleetJobData).settings.model).toBe(join(work, "models", "s1"));
     // Each scheduler holds exactly one upcoming run (the scheduled job).
     expect((await q.getJobs(["delayed"])).filter((j) => j.name === JOB_NAME).length).toBe(1);
-  }, 120_000);
+  }, PIPELINE_TEST_TIMEOUT);
 
   test("4 jobs on 2 worker processes: every job runs once, publishes once, one complete result per run directory", async () => {
     const name = `${tag}-four`;
@@ -302,7 +302,7 @@ describe.skipIf(!redisOk)("fleet on BullMQ + Redis", () => {
     // SIGTERM on an idle worker: it stops cleanly.
     expect(await stopWorker(a)).toBe(0);
     expect(await stopWorker(b)).toBe(0);
-  }, 300_000);
+  }, PIPELINE_TEST_TIMEOUT);
 
   test("SIGTERM hands the job back after the current step; SIGKILL mid-job: the next worker resumes the run directory; published once", async () => {
     const name = `${tag}-kill`;
@@ -349,7 +349,7 @@ describe.skipIf(!redisOk)("fleet on BullMQ + Redis", () => {
       } catch {
         return true;
       }
-    }, 60_000);
+    }, PIPELINE_TEST_TIMEOUT);
     const c = startWorker("kC", name, 4000, 1000);
     await waitFor("the job to finish", async () => ["completed", "failed"].includes(await q.getJobState(id)));
     const finished = (await q.getJob(id))!;
@@ -361,7 +361,7 @@ describe.skipIf(!redisOk)("fleet on BullMQ + Redis", () => {
     expectPublishedOnce("alice/k1-rosi", out);
     expect(commits("alice/k1-rosi").length).toBe(1);
     expect(await stopWorker(c)).toBe(0);
-  }, 300_000);
+  }, PIPELINE_TEST_TIMEOUT);
 
   test("Hub 500 twice on the commit: retried with back-off, published once; a failed gate or a user's folder fails at once, not retried", async () => {
     const name = `${tag}-retry`;
@@ -415,7 +415,7 @@ describe.skipIf(!redisOk)("fleet on BullMQ + Redis", () => {
     expect(again.stdout).toContain(`retried   ${failed!.id}`);
     expect(again.stdout).toContain(`exists    ${done!.id}`);
     expect(await q.getJobState(String(failed!.id))).toBe("waiting");
-  }, 300_000);
+  }, PIPELINE_TEST_TIMEOUT);
 
   test("out of memory: retried with REALIGN_MAX_BATCH halved each time (128, then 64), recorded in the job's data and logs", async () => {
     const name = `${tag}-oom`;
@@ -440,7 +440,7 @@ describe.skipIf(!redisOk)("fleet on BullMQ + Redis", () => {
     const { REALIGN_MAX_BATCH: _unset, ...childEnv } = env();
     const w = await startFleetWorker({ redisUrl: REDIS_URL, queue: name, name: "oomW", concurrency: 1, device: null, lockDurationMs: 30_000, stalledIntervalMs: 5000, childArgv: [process.execPath, child], env: childEnv, log: (l) => lines.push(l) });
     try {
-      const job = await waitFor("the job to complete", async () => ((await q.getJobState("oom-job")) === "completed" ? q.getJob("oom-job") : null), 30_000);
+      const job = await waitFor("the job to complete", async () => ((await q.getJobState("oom-job")) === "completed" ? q.getJob("oom-job") : null));
       expect(job!.returnvalue.out).toBe("64");
       expect(job!.attemptsMade).toBe(3);
       expect(job!.data.maxBatch).toBe(64);
@@ -451,7 +451,7 @@ describe.skipIf(!redisOk)("fleet on BullMQ + Redis", () => {
     } finally {
       await w.stop();
     }
-  }, 60_000);
+  }, PIPELINE_TEST_TIMEOUT);
 
   test("Redis down: enqueue, worker, schedule and queue exit 1 with one clear line, and nothing is written", async () => {
     const port = await new Promise<number>((res) => {
@@ -469,5 +469,5 @@ describe.skipIf(!redisOk)("fleet on BullMQ + Redis", () => {
       expect(r.stdout).not.toContain("started");
     }
     expect(existsSync(join(work, "runs", "d1"))).toBe(false);
-  }, 120_000);
+  }, PIPELINE_TEST_TIMEOUT);
 });

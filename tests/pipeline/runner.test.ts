@@ -14,7 +14,7 @@ import { consoleUI } from "../../pipeline/progress.ts";
 import type { RunReport } from "../../report/report.ts";
 import { planRun, readDoneRecord, runPipeline, type Step } from "../../pipeline/runner.ts";
 import { makeFakeSteps, type FakeOptions } from "../helpers/fixtures-runner/fake-steps.ts";
-import { REPO_ROOT } from "../helpers/shared.ts";
+import { REPO_ROOT, PIPELINE_TEST_TIMEOUT } from "../helpers/shared.ts";
 import { writeRunReport } from "../../report/build.ts";
 
 const ROOT = mkdtempSync(join(tmpdir(), "realign-runner-"));
@@ -276,7 +276,7 @@ describe("interruption", () => {
       expect(ranSteps.filter((x) => x === "elicit").length).toBe(1);
       expect(ranSteps.filter((x) => x === "extract").length).toBe(marker === "STEP validate start" ? 1 : 2);
     }
-  }, 60_000);
+  }, PIPELINE_TEST_TIMEOUT);
 });
 
 describe("progress output", () => {
