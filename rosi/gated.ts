@@ -34,7 +34,7 @@
 // degrade), while g itself reads 1.46 on the training distribution and 0.83 on HarmBench; one t cannot
 // suit both, and calibration on the validation split picks the training distribution's optimum.
 // Why refusal falls past the peak: the keys are fitted on prompt tokens only, and g still reads 0.3–0.8 on
-// the reply's tokens (0.3–0.6 on harmless replies too), so a large t keeps pushing while the model writes
+// the reply's tokens (up to 0.66 on harmless replies too), so a large t keeps pushing while the model writes
 // and the refusal it starts ("I am sorry, but I can…") turns to noise. Adding reply tokens as quiet rows
 // (the model's refusals under the safety prompt and its harmless answers, teacher-forced without it) moved
 // the validation peak from 14/32 (t 54) to 19/32 (t 40) and HarmBench's from 19/41 (t 76) to 23/41 (t 108),
