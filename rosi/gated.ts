@@ -8,8 +8,11 @@
 //
 // Fit: weighted ridge regression of the class label on each writer's inputs, on the train prompts
 // rendered without the safety prompt (as deployed). Rows: the last P prompt positions (the chat
-// template's closing tokens, where the first reply token is decided) of every prompt, and, for harmless
-// prompts (borderline-but-safe ones included), a few earlier tokens too, where the gate must stay quiet:
+// template's closing tokens, where the first reply token is decided) of every prompt; for harmless
+// prompts (borderline-but-safe ones included), a few earlier tokens too, where the gate must stay quiet;
+// and quiet rows (y = 0, weighed as harmless) on reply tokens: the model's own reply under the safety
+// prompt to the train prompts of elicit's contrast (its refusals of harmful ones, its answers to harmless
+// ones), teacher-forced after the prompt without the safety prompt, read at REPLY_POSITIONS:
 //   minimise Σᵢ wᵢ·(kₘ·xₘᵢ − yᵢ/M)² + λₘ·‖kₘ‖²      yᵢ = 1 harmful, 0 harmless; M = matrices edited
 //   wᵢ = 1 on harmful rows, H·n_harmful/n_harmless on harmless rows (the harmless class weighs H times more)
 //   λₘ = ρ · Σᵢ wᵢ‖xₘᵢ‖² / dₘ                       (ρ × the mean diagonal of XᵀWX: free of units)
@@ -33,12 +36,15 @@
 // validation behaviours): refusal peaks where the push g·α is ≈ 75–80 and falls beyond it (the replies
 // degrade), while g itself reads 1.46 on the training distribution and 0.83 on HarmBench; one t cannot
 // suit both, and calibration on the validation split picks the training distribution's optimum.
-// Why refusal falls past the peak: the keys are fitted on prompt tokens only, and g still reads 0.3–0.8 on
-// the reply's tokens (up to 0.66 on harmless replies too), so a large t keeps pushing while the model writes
-// and the refusal it starts ("I am sorry, but I can…") turns to noise. Adding reply tokens as quiet rows
-// (the model's refusals under the safety prompt and its harmless answers, teacher-forced without it) moved
-// the validation peak from 14/32 (t 54) to 19/32 (t 40) and HarmBench's from 19/41 (t 76) to 23/41 (t 108),
-// one fit each (not built in yet: the two splits still want different t).
+// Why the quiet reply rows: fitted on prompt tokens only, g still read 0.3–0.8 on the reply's tokens (up to
+// 0.66 on harmless replies too), so a large t kept pushing while the model wrote and the refusal it started
+// ("I am sorry, but I can…") turned to noise past the peak. With reply tokens as quiet rows (a first
+// trial, one fit each) the validation peak moved from 14/32 (t 54) to 19/32 (t 40) and HarmBench's from
+// 19/41 (t 76) to 23/41 (t 108). Built in (bench:organism, default auto, calibration on validation only):
+// validation 15/32 → 18/32 at t 53, JailbreakBench 30/100 → 34/100 (95 % CI 25.5–43.7 %), harmless
+// 0/100 both, borderline 1/45 both; HarmBench at the chosen t 14/41. The first reply token is quiet too:
+// once the refusal has begun, the model continues it without help, and the edit's work is the decision
+// at the prompt's last tokens.
 //
 // Edited layers: those from the direction's layer on (its writers feed the residual ŝ was read from and
 // everything after), never layer 0, whose inputs are little more than token embeddings.
@@ -69,17 +75,30 @@ export interface WriterSamples {
 
 /** fromEnd of an earlier harmless token (not one of the last positions). */
 export const EARLIER = 255;
+/** fromEnd of a reply token (a quiet row whatever the prompt's class). */
+export const REPLY = 254;
 
 /** Earlier tokens read per harmless prompt besides its last ones (the gate must stay quiet there too). */
 export const HARMLESS_EARLIER_POSITIONS = 4;
+/** Reply tokens read per reply, as offsets from its first token (spread over the first ~20 tokens written). */
+export const REPLY_POSITIONS = [0, 2, 5, 9, 14, 20];
+
+/** One prompt's token ids, and optionally the reply that is teacher-forced after it (its tokens become quiet rows). */
+export interface GatePrompt {
+  ids: number[];
+  reply?: number[];
+}
 
 /**
  * The writer inputs of the prompts (one forward pass per batch): every prompt's last `positions` tokens,
- * and for harmless prompts also `earlier` tokens spread evenly over the rest of the prompt.
+ * for harmless prompts also `earlier` tokens spread evenly over the rest of the prompt, and, where a
+ * prompt comes with a reply, the reply tokens at REPLY_POSITIONS (label 0: once the reply is under way
+ * the gate should be quiet, whether the model refuses or answers). Causal attention keeps the prompt's
+ * rows the same with or without the reply after it.
  */
 export async function collectWriterSamples(
   model: DecoderModel,
-  sets: { harmful: number[][]; harmless: number[][] },
+  sets: { harmful: (number[] | GatePrompt)[]; harmless: (number[] | GatePrompt)[] },
   opts: { positions?: number; earlier?: number; batchSize?: number; signal?: AbortSignal; onBatch?: (done: number, total: number) => void } = {},
 ): Promise<WriterSamples> {
   const P = opts.positions ?? GATE_POSITIONS;
@@ -87,21 +106,24 @@ export async function collectWriterSamples(
   const batchSize = opts.batchSize ?? 16;
   const widths = model.writerWidths();
   const M = widths.length;
-  const prompts = [...sets.harmful.map((ids) => ({ ids, label: 1 })), ...sets.harmless.map((ids) => ({ ids, label: 0 }))];
+  const asPrompt = (p: number[] | GatePrompt): GatePrompt => (Array.isArray(p) ? { ids: p } : p);
+  const prompts = [...sets.harmful.map((p) => ({ ...asPrompt(p), label: 1 })), ...sets.harmless.map((p) => ({ ...asPrompt(p), label: 0 }))];
   for (const p of prompts) if (p.ids.length < P) throw new GatedFitError(`a prompt has ${p.ids.length} tokens, fewer than the ${P} positions the gate reads`);
-  /** Positions read in a prompt of `len` tokens, as offsets from its first token. */
-  const positionsOf = (len: number, label: number): { offset: number; fromEnd: number }[] => {
-    const out: { offset: number; fromEnd: number }[] = [];
+  /** Rows read in a prompt of `len` tokens followed by `replyLen` reply tokens, as offsets from its first token. */
+  const positionsOf = (len: number, label: number, replyLen: number): { offset: number; fromEnd: number; label: number }[] => {
+    const out: { offset: number; fromEnd: number; label: number }[] = [];
     const before = len - P;
     if (label === 0 && before > 0) {
       const seen = new Set<number>();
       for (let j = 0; j < E; j++) seen.add(Math.floor(((j + 0.5) * before) / E));
-      for (const o of seen) out.push({ offset: o, fromEnd: EARLIER });
+      for (const o of seen) out.push({ offset: o, fromEnd: EARLIER, label });
     }
-    for (let t = before; t < len; t++) out.push({ offset: t, fromEnd: len - 1 - t });
+    for (let t = before; t < len; t++) out.push({ offset: t, fromEnd: len - 1 - t, label });
+    for (const r of REPLY_POSITIONS) if (r < replyLen) out.push({ offset: len + r, fromEnd: REPLY, label: 0 });
     return out;
   };
-  const n = prompts.reduce((acc, p) => acc + positionsOf(p.ids.length, p.label).length, 0);
+  const rowsOf = (p: (typeof prompts)[number]) => positionsOf(p.ids.length, p.label, p.reply?.length ?? 0);
+  const n = prompts.reduce((acc, p) => acc + rowsOf(p).length, 0);
   const labels = new Uint8Array(n);
   const fromEnd = new Uint8Array(n);
   const data = widths.map((d) => new Float32Array(n * d));
@@ -109,16 +131,17 @@ export async function collectWriterSamples(
   for (let i = 0; i < prompts.length; i += batchSize) {
     if (opts.signal?.aborted) throw new GatedFitError("aborted");
     const chunk = prompts.slice(i, i + batchSize);
-    const batch = leftPad(chunk.map((c) => c.ids), 0);
+    const sequences = chunk.map((c) => (c.reply?.length ? [...c.ids, ...c.reply] : c.ids));
+    const batch = leftPad(sequences, 0);
     const T = batch.inputIds[0].length;
     const r = await model.forward({ ...batch, logitPositions: chunk.map(() => [T - 1]), writerInputs: true, noCache: true });
     const inputs = r.writerInputs!;
     for (let b = 0; b < chunk.length; b++) {
-      // Left padding puts every prompt's last token at T − 1, its first at T − len.
-      const len = chunk[b].ids.length;
-      for (const pos of positionsOf(len, chunk[b].label)) {
-        const t = T - len + pos.offset;
-        labels[row] = chunk[b].label;
+      // Left padding puts every sequence's last token at T − 1, its first at T − length.
+      const start = T - sequences[b].length;
+      for (const pos of rowsOf(chunk[b])) {
+        const t = start + pos.offset;
+        labels[row] = pos.label;
         fromEnd[row] = pos.fromEnd;
         for (let m = 0; m < M; m++) {
           const d = widths[m];
@@ -183,9 +206,12 @@ export interface GateChoice {
 export const GATE_RIDGES = [0.03, 0.1, 0.3, 1, 3, 10];
 export const GATE_POSITION_CHOICES = [1, 2, 3];
 
-/** The rows a setting fits: every prompt's last `positions` tokens, and the earlier harmless ones for "spread". */
+/**
+ * The rows a setting fits: every prompt's last `positions` tokens, the earlier harmless ones for
+ * "spread", and every reply row (quiet rows; see the file's opening comment).
+ */
 export function rowsFor(s: WriterSamples, positions: number, harmlessRows: "last" | "spread"): (i: number) => boolean {
-  return (i) => s.fromEnd[i] < positions || (harmlessRows === "spread" && s.labels[i] === 0 && s.fromEnd[i] === EARLIER);
+  return (i) => s.fromEnd[i] < positions || s.fromEnd[i] === REPLY || (harmlessRows === "spread" && s.labels[i] === 0 && s.fromEnd[i] === EARLIER);
 }
 
 /**

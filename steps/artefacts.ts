@@ -106,9 +106,11 @@ export interface PromptSplits {
   systemMerged: boolean;
   /**
    * Under the chosen safety prompt: the harmful train prompts it refused and the harmless train prompts
-   * it answered (extract's contrastive pairs); null without a system prompt.
+   * it answered (extract's contrastive pairs); null without a system prompt. `replies` holds the greedy
+   * reply to each of them under that prompt, index for index (the gated fit's quiet reply rows); empty
+   * lists when written before elicit version 5.
    */
-  contrast: { harmful: string[]; harmless: string[] } | null;
+  contrast: { harmful: string[]; harmless: string[]; replies: { harmful: string[]; harmless: string[] } } | null;
 }
 
 export function readSplits(ctx: StepContext<unknown>): PromptSplits {
@@ -127,6 +129,13 @@ export function readSplits(ctx: StepContext<unknown>): PromptSplits {
   const isList = (v: unknown) => Array.isArray(v) && v.every((x) => typeof x === "string");
   if (c !== null && (typeof c !== "object" || !isList((c as Record<string, unknown>).harmful) || !isList((c as Record<string, unknown>).harmless))) {
     throw new ArtefactError(`${path}: field "contrast" should be null or {harmful, harmless} lists of prompts; re-run the step that writes it (--force)`);
+  }
+  if (s.contrast) {
+    const r = (s.contrast as { replies?: unknown }).replies as Record<string, unknown> | undefined;
+    if (r === undefined) s.contrast.replies = { harmful: [], harmless: [] }; // written before elicit version 5
+    else if (!isList(r.harmful) || !isList(r.harmless) || (r.harmful as string[]).length !== s.contrast.harmful.length || (r.harmless as string[]).length !== s.contrast.harmless.length) {
+      throw new ArtefactError(`${path}: field "contrast.replies" should hold one reply per contrast prompt; re-run the step that writes it (--force)`);
+    }
   }
   return s;
 }

@@ -95,7 +95,8 @@ export const elicitStep: Step<Settings> = {
   //    and answered harmless train prompts under the chosen prompt).
   // 3: prompts.json gains klExtra (harmless prompts outside every split, for calibration's KL only).
   // 4: prompts.json gains gateExtra (prompts in no split, for the gated edit's key fit only).
-  version: 4,
+  // 5: the contrast keeps the model's reply to each of its prompts (the gated fit's quiet reply rows).
+  version: 5,
   deps: ["pull"],
   outputs: outputsOf("elicit"),
   inputs: (s) => ({
@@ -177,7 +178,16 @@ export const elicitStep: Step<Settings> = {
         const nRest = await refusals(harmless.train.slice(nSub.length), chosen.text, "elicit harmless (rest of train)");
         const hRefused = [...got.harmful.refused, ...hRest.refused];
         const nRefused = [...got.harmless.refused, ...nRest.refused];
-        contrast = { harmful: harmful.train.filter((_, i) => hRefused[i]), harmless: harmless.train.filter((_, i) => !nRefused[i]) };
+        const hTexts = [...got.harmful.texts, ...hRest.texts];
+        const nTexts = [...got.harmless.texts, ...nRest.texts];
+        contrast = {
+          harmful: harmful.train.filter((_, i) => hRefused[i]),
+          harmless: harmless.train.filter((_, i) => !nRefused[i]),
+          replies: {
+            harmful: hTexts.filter((_, i) => hRefused[i]),
+            harmless: nTexts.filter((_, i) => !nRefused[i]),
+          },
+        };
         const fullHarmful = rateOf(hRefused);
         const fullHarmless = rateOf(nRefused);
         rates = { harmful_refusal_with_prompt: fullHarmful.rate, harmless_refusal_with_prompt: fullHarmless.rate };

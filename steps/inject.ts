@@ -23,7 +23,7 @@ import { gateChecks, passesGate } from "../evals/gate.ts";
 import { alpha as fmtAlpha, kl as fmtKl, percent, points, position as fmtPosition } from "../util/format.ts";
 import { rosiRows, type SpreadMethod } from "../rosi/spread.ts";
 import { unit } from "../rosi/directions.ts";
-import { chooseGateFit, collectWriterSamples, concatSamples, fitGatedKeys, GATE_POSITION_CHOICES, gatedInterventions, gatedLayers, gateStats, gateValues, rowsFor, selectRows, type GateChoice, type GatedFit, type WriterSamples } from "../rosi/gated.ts";
+import { chooseGateFit, collectWriterSamples, concatSamples, fitGatedKeys, GATE_POSITION_CHOICES, gatedInterventions, gatedLayers, gateStats, gateValues, rowsFor, selectRows, type GateChoice, type GatePrompt, type GatedFit, type WriterSamples } from "../rosi/gated.ts";
 import { editedMatrices, vectorSha256, writeEditedCheckpoint } from "../rosi/edit.ts";
 import { klAt, measure, pointKey, randomUnit, scaleForKl, SweepMemo, sweepScale, type Measured, type MeasureOptions } from "../rosi/calibrate.ts";
 import { sha256Hex } from "../util/fs.ts";
@@ -53,7 +53,8 @@ export const injectStep: Step<Settings> = {
   // 10: the gated family (fitted keys; edit.safetensors carries them), --method auto calibrates it too.
   // 11: the key fit adds prompts.json's gateExtra to the train prompts; one gated family per number of
   //     prompt positions fitted, chosen by calibration.
-  version: 11,
+  // 12: the key fit adds quiet rows on the contrast's replies (teacher-forced without the safety prompt).
+  version: 12,
   deps: ["pull", "elicit", "extract"],
   outputs: outputsOf("inject"),
   inputs: (s) => ({ includeEmbeddings: s.includeEmbeddings, quantize: s.quantize, dtype: s.dtype, alpha: s.alpha, rank: s.rank, method: s.method, seed: s.seed, gate: s.gate, nEval: s.nEval }),
@@ -84,9 +85,20 @@ export const injectStep: Step<Settings> = {
       const ids = (prompts: string[]) => encodeAll(tok, prompts, null).map((e) => e.ids);
       const borderlineFit = names.includes("gated") ? (await borderlineSplit(s.seed)).fit : [];
       // The fit's train prompts, interleaved so that the held-out share draws from every source alike.
+      // Train prompts of the contrast bring the model's reply under the safety prompt (refusal or answer),
+      // teacher-forced here without it: the reply's tokens are quiet rows of the fit.
+      const withReplies = (prompts: string[], kind: "harmful" | "harmless"): GatePrompt[] => {
+        const replies = new Map<string, string>();
+        splits.contrast?.[kind].forEach((p, i) => replies.set(p, splits.contrast!.replies[kind][i]));
+        return ids(prompts).map((promptIds, i) => {
+          const reply = replies.get(prompts[i]);
+          return reply ? { ids: promptIds, reply: tok.encode(reply, { addSpecialTokens: false }) } : { ids: promptIds };
+        });
+      };
+      const plain = (prompts: string[]): GatePrompt[] => ids(prompts).map((promptIds) => ({ ids: promptIds }));
       const families = await buildFamilies(ctx, model, names, shortlist, selection, spread, cfg.numLayers, {
-        harmful: interleave(ids(splits.harmful.train), ids(splits.gateExtra.harmful)),
-        harmless: interleave(interleave(ids(splits.harmless.train), ids(splits.gateExtra.harmless)), ids(borderlineFit)),
+        harmful: interleave(withReplies(splits.harmful.train, "harmful"), plain(splits.gateExtra.harmful)),
+        harmless: interleave(interleave(withReplies(splits.harmless.train, "harmless"), plain(splits.gateExtra.harmless)), plain(borderlineFit)),
       });
       /** The run-time form of a family along `dir` at strength t. */
       const interventions = (f: Family, dir: Float32Array, t: number): Interventions =>
@@ -279,7 +291,7 @@ async function buildFamilies(
   selection: Selection,
   spread: Record<SpreadMethod, number[]>,
   numLayers: number,
-  train: { harmful: number[][]; harmless: number[][] },
+  train: { harmful: GatePrompt[]; harmless: GatePrompt[] },
 ): Promise<Family[]> {
   let samples: { fit: WriterSamples; heldOut: WriterSamples } | null = null;
   /** The held-out choices per edited layer set, and the fitted keys per (layer set, positions). */
@@ -297,7 +309,7 @@ async function buildFamilies(
       }
       if (!samples) {
         // Held out by prompt, not by row: the choice is scored on prompts the fit never saw.
-        const cut = (xs: number[][]) => Math.max(1, Math.min(xs.length - 1, Math.round(xs.length * GATE_FIT_SHARE)));
+        const cut = (xs: unknown[]) => Math.max(1, Math.min(xs.length - 1, Math.round(xs.length * GATE_FIT_SHARE)));
         const [h, n] = [cut(train.harmful), cut(train.harmless)];
         const bar = ctx.progress("gate: writer inputs", train.harmful.length + train.harmless.length);
         let seen = 0;

@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { REPO_ROOT, CLI, PIPELINE_TEST_TIMEOUT } from "../helpers/shared.ts";
 import type { PromptSplits } from "../../steps/artefacts.ts";
 import type { PromptTried } from "../../steps/elicit.ts";
+import { isRefusal } from "../../evals/refusal.ts";
 
 const work = mkdtempSync(join(tmpdir(), "realign-elicit-auto-"));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
@@ -82,6 +83,11 @@ test("a weak first prompt loses to a real safety prompt; every prompt tried is l
   expect(splits.contrast!.harmless.length).toBe(policy!.harmless.n - policy!.harmless.k);
   for (const p of splits.contrast!.harmful) expect(splits.harmful.train).toContain(p);
   for (const p of splits.contrast!.harmless) expect(splits.harmless.train).toContain(p);
+  // One reply per contrast prompt (the gated fit's quiet rows): refusals for the refused harmful prompts, answers for the rest.
+  expect(splits.contrast!.replies.harmful.length).toBe(splits.contrast!.harmful.length);
+  expect(splits.contrast!.replies.harmless.length).toBe(splits.contrast!.harmless.length);
+  for (const r of splits.contrast!.replies.harmful) expect(isRefusal(r)).toBe(true);
+  for (const r of splits.contrast!.replies.harmless) expect(isRefusal(r)).toBe(false);
   // The extra KL prompts are harmless prompts in no split: 252 built-in − 24 − 16 − 16 = 196, capped at 128.
   expect(splits.klExtra.length).toBe(128);
   const used = new Set([...splits.harmless.train, ...splits.harmless.val, ...splits.harmless.eval, ...splits.harmful.train, ...splits.harmful.val, ...splits.harmful.eval]);

@@ -2,7 +2,12 @@
 // equations (XᵀDX + λI)·k = XᵀD·y solved by plain Gaussian elimination in float64.
 import { describe, expect, test } from "bun:test";
 import { mulberry32 } from "../../evals/datasets.ts";
-import { chooseGateFit, concatSamples, EARLIER, GATE_POSITION_CHOICES, rowsFor, selectRows, GATE_RIDGES, choleskySolve, fitGatedKeys, gatedInterventions, gatedLayers, gateValues, GatedFitError, ridgeKeyDual, primalKey as primalKeyFromMoments, weightedMoments, type WriterSamples } from "../../rosi/gated.ts";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { DecoderModel } from "../../engine/model.ts";
+import { hasShared, sharedPath } from "../helpers/shared.ts";
+import { chooseGateFit, collectWriterSamples, REPLY, REPLY_POSITIONS, concatSamples, EARLIER, GATE_POSITION_CHOICES, rowsFor, selectRows, GATE_RIDGES, choleskySolve, fitGatedKeys, gatedInterventions, gatedLayers, gateValues, GatedFitError, ridgeKeyDual, primalKey as primalKeyFromMoments, weightedMoments, type WriterSamples } from "../../rosi/gated.ts";
 
 /** Seeded uniform(−1, 1) numbers. */
 function rng(seed: number): () => number {
@@ -170,3 +175,61 @@ test("the primal ridge system (d × d) gives the dual's key (n × n), with weigh
     }
   }
 });
+
+describe.skipIf(!hasShared())("gated edit: writer samples of a real model (llama fixture)", () => {
+  test("reply rows: teacher-forced reply tokens at REPLY_POSITIONS, label 0, equal to an unpadded forward's writer inputs; prompt rows unchanged by the reply after them", async () => {
+    const dir = sharedPath("fixtures", "hf-golden", "llama");
+    const work = mkdtempSync(join(tmpdir(), "realign-gated-rows-"));
+    const model = await DecoderModel.load(dir, { device: "cpu", cacheDir: join(work, "cache"), interventions: true });
+    try {
+      const rand = mulberry32(11);
+      const ids = (n: number) => Array.from({ length: n }, () => 1 + Math.floor(rand() * 250));
+      // Different prompt and reply lengths, so that left padding moves every row; one reply shorter than the positions.
+      const harmful = [{ ids: ids(9), reply: ids(23) }, { ids: ids(5) }];
+      const harmless = [{ ids: ids(12), reply: ids(7) }, { ids: ids(6) }];
+      const s = await collectWriterSamples(model, { harmful, harmless }, { positions: 2, earlier: 2, batchSize: 4 });
+      const widths = model.writerWidths();
+      // Expected rows, in order: per prompt its earlier harmless tokens, its last 2 tokens, then its reply rows.
+      const expected: { seq: number[]; t: number; label: number; fromEnd: number }[] = [];
+      for (const [label, set] of [[1, harmful], [0, harmless]] as const) {
+        for (const p of set) {
+          const seq = [...p.ids, ...(p.reply ?? [])];
+          const len = p.ids.length;
+          if (label === 0) for (const o of [...new Set([Math.floor(0.5 * (len - 2) / 2), Math.floor(1.5 * (len - 2) / 2)])]) expected.push({ seq, t: o, label, fromEnd: EARLIER });
+          for (const t of [len - 2, len - 1]) expected.push({ seq, t, label, fromEnd: len - 1 - t });
+          for (const r of REPLY_POSITIONS) if (r < (p.reply?.length ?? 0)) expected.push({ seq, t: len + r, label: 0, fromEnd: REPLY });
+        }
+      }
+      expect(s.labels.length).toBe(expected.length);
+      expect(expected.filter((e) => e.fromEnd === REPLY).length).toBe(REPLY_POSITIONS.length + REPLY_POSITIONS.filter((r) => r < 7).length);
+      for (const [i, e] of expected.entries()) {
+        expect(s.labels[i]).toBe(e.label);
+        expect(s.fromEnd[i]).toBe(e.fromEnd);
+        const one = await model.forward({ ...feedOne(e.seq), writerInputs: true });
+        for (let m = 0; m < widths.length; m++) {
+          const d = widths[m];
+          const got = s.data[m].subarray(i * d, (i + 1) * d);
+          const want = one.writerInputs![m].subarray(e.t * d, (e.t + 1) * d);
+          let diff = 0;
+          for (let c = 0; c < d; c++) diff = Math.max(diff, Math.abs(got[c] - want[c]));
+          expect(diff).toBeLessThan(1e-4);
+        }
+      }
+      // Without the replies, the prompt rows are the same (causal attention) and there are no reply rows.
+      const bare = await collectWriterSamples(model, { harmful: harmful.map((p) => p.ids), harmless: harmless.map((p) => p.ids) }, { positions: 2, earlier: 2, batchSize: 4 });
+      const promptRows = expected.map((e, i) => ({ e, i })).filter(({ e }) => e.fromEnd !== REPLY);
+      expect(bare.labels.length).toBe(promptRows.length);
+      promptRows.forEach(({ i }, j) => {
+        const d = widths[1];
+        const a = s.data[1].subarray(i * d, (i + 1) * d);
+        const b = bare.data[1].subarray(j * d, (j + 1) * d);
+        for (let c = 0; c < d; c++) expect(Math.abs(a[c] - b[c])).toBeLessThan(1e-4);
+      });
+    } finally {
+      await model.close();
+      rmSync(work, { recursive: true, force: true });
+    }
+  });
+});
+
+const feedOne = (ids: number[]) => ({ inputIds: [ids], attentionMask: [ids.map(() => 1)], positionIds: [ids.map((_, i) => i)], logitPositions: [[ids.length - 1]], noCache: true });
