@@ -1,7 +1,8 @@
 // `realign publish <run-dir> [--push-to …]`: publish a finished run, later than the run itself (it
 // had no token, was offline, or ran with --no-publish). The same publish step does the work, with the
 // same gate and idempotency: a run whose steps up to the publish step are not all done is refused
-// (exit 2: nothing to publish), a run whose gate failed is refused unless --force (exit 3), and a Hub
+// (exit 2: nothing to publish), a run whose gate failed is refused unless --force (exit 3; with it, the
+// steps the run stopped before at the gate, srr and export, run first), and a Hub
 // repo that already holds this run (its card carries the settings hash) gets no new commit. Before
 // anything is uploaded the command names the real target (the token's user from the Hub's whoami
 // when --push-to is not given), the files and their sizes, and asks (or needs --yes). Only the
@@ -65,22 +66,25 @@ export async function publishCommand(runDir: string, opts: Record<string, unknow
   if (!isRealignSettings(saved)) throw new UsageError(`${runDir} is not a realign run directory (it has no realign settings.json): give a folder a run wrote, e.g. runs/<model>`);
   const ran = { ...(saved as Settings), out: dir };
 
-  // 1. Finished up to the publish step?
+  // 1. Finished up to the publish step? A run stops at a failed gate, so with --force the steps it
+  // never reached (srr, export) run now; without --force the failed gate is the answer, not "unfinished".
   const steps = deps.steps;
   const idx = steps.findIndex((s) => s.name === "publish");
   if (idx < 0) throw new Error("the step list has no publish step");
   const plan = planRun(steps, ran, dir);
-  const notDone = plan.slice(0, idx).filter((p) => p.action !== "cached");
+  const gateAt = plan.findIndex((p, i) => i < idx && p.action === "cached" && readDoneRecord(join(dir, p.name))?.gate_failed);
+  const gateFailed = gateAt >= 0 ? readDoneRecord(join(dir, plan[gateAt]!.name))!.gate_failed : null;
+  const notDone = plan.slice(0, gateAt >= 0 ? gateAt : idx).filter((p) => p.action !== "cached");
   if (notDone.length) {
     throw new UsageError(
       `${runDir} is unfinished: ${notDone.map((p) => `${p.name} (${p.reason})`).join(", ")}; finish the run first (realign ${ran.model} --out ${runDir}), then publish it`,
     );
   }
-  const gateFailed = steps.slice(0, idx).map((s) => readDoneRecord(join(dir, s.name))?.gate_failed).find((g) => g) ?? null;
   if (gateFailed && opts.force !== true) {
     err(`realign: the gate failed for ${runDir} (${gateFailed.join("; ")}): not publishing; pass --force to publish it anyway`);
     return EXIT_GATE;
   }
+  const unreached = gateAt >= 0 ? plan.slice(gateAt + 1, idx).filter((p) => p.action !== "cached") : [];
 
   // 2. Where to, and with what.
   const pushTo = typeof opts.pushTo === "string" ? opts.pushTo : ran.pushTo;
@@ -131,7 +135,12 @@ export async function publishCommand(runDir: string, opts: Record<string, unknow
     if (!answer || !/^y(es)?$/i.test(answer.trim())) throw new UsageError("not publishing (not confirmed)");
   }
 
-  // 4. The publish step alone: its upstream folders are read where they are, not re-run.
+  // 4. The steps the failed gate stopped before (--force), then the publish step alone: its upstream
+  // folders are read where they are, not re-run.
+  if (unreached.length) {
+    out(`--force: running the step${unreached.length > 1 ? "s" : ""} the failed gate stopped the run before: ${unreached.map((p) => p.name).join(", ")}`);
+    await runPipeline({ steps: steps.slice(0, idx), settings: ran, outDir: dir, signal: deps.signal, ui: deps.ui, pastFailedGate: true, owner: realignRunDir(ran, "run directory") });
+  }
   const step = steps[idx]!;
   const parts: StepPart[] = steps.slice(0, idx).map((s) => ({ step: s.name, part: readJson(join(dir, s.name, PART_FILE)) as StepPart["part"] }));
   const alone: Step<Settings> = {

@@ -131,6 +131,11 @@ export interface RunOptions<S> extends PlanOptions {
   /** Whose run directory this is and what the application writes in it (default: DEFAULT_OWNER). */
   owner?: RunDirOwner;
   /**
+   * Go on past a done step whose gate failed instead of stopping there (`realign publish --force` runs
+   * the steps such a run never reached); the outcome still reports the failed gate.
+   */
+  pastFailedGate?: boolean;
+  /**
    * When the run fails before committing any step, also remove the folders this call created for
    * the run directory (the CLI: a refused run leaves nothing behind). Default false: the empty
    * directory stays.
@@ -677,7 +682,7 @@ export async function runPipeline<S>(opts: RunOptions<S>): Promise<RunOutcome> {
         ui.info(`${step.name}: up to date (took ${formatSeconds(rec.seconds)}, finished ${rec.finished})${rec.gate_failed ? "; its gate verdict: failed" : ""}`);
         if (rec.gate_failed) {
           gateFailed = rec.gate_failed;
-          break;
+          if (!opts.pastFailedGate) break;
         }
         continue;
       }
@@ -709,7 +714,7 @@ export async function runPipeline<S>(opts: RunOptions<S>): Promise<RunOutcome> {
         signal,
         secrets: opts.secrets ?? {},
         reportParts: () => parts.filter((p) => step.deps.includes(p.step)),
-        forced: opts.force === true,
+        forced: opts.force === true || (opts.pastFailedGate === true && gateFailed !== null),
         ask: opts.ask,
       };
 

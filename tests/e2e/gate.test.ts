@@ -10,11 +10,13 @@ const work = mkdtempSync(join(tmpdir(), "realign-gate-"));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
 // The elicitation check is not under test here: any refusal gap the safety prompt elicits on 16 prompts will do.
+const ARGS = ["--device", "cpu", "--alpha=-50000", "--n-train", "16", "--n-val", "16", "--n-eval", "16", "--max-new-tokens", "16"];
+const ENV = { ...process.env, REALIGN_CACHE: join(work, "cache"), REALIGN_ELICIT_MIN_GAP: "0" };
 test("an absurd α fails the gate, exits 3 and is not published", async () => {
   const out = join(work, "run");
   const proc = Bun.spawn(
-    [process.execPath, CLI, "demo", "--out", out, "--device", "cpu", "--alpha=-50000", "--n-train", "16", "--n-val", "16", "--n-eval", "16", "--max-new-tokens", "16"],
-    { cwd: REPO_ROOT, env: { ...process.env, REALIGN_CACHE: join(work, "cache"), REALIGN_ELICIT_MIN_GAP: "0" }, stdout: "pipe", stderr: "pipe" },
+    [process.execPath, CLI, "demo", "--out", out, ...ARGS],
+    { cwd: REPO_ROOT, env: ENV, stdout: "pipe", stderr: "pipe" },
   );
   const text = (await new Response(proc.stdout).text()) + (await new Response(proc.stderr).text());
   expect(await proc.exited).toBe(3);
@@ -28,16 +30,30 @@ test("an absurd α fails the gate, exits 3 and is not published", async () => {
   expect(text).toContain("gate");
 }, PIPELINE_TEST_TIMEOUT);
 
-test("--force publishes a failed-gate run, and the model card says the gate failed", async () => {
-  const out = join(work, "forced");
-  const proc = Bun.spawn(
-    [process.execPath, CLI, "demo", "--out", out, "--device", "cpu", "--alpha=-50000", "--force", "--n-train", "16", "--n-val", "16", "--n-eval", "16", "--max-new-tokens", "16"],
-    { cwd: REPO_ROOT, env: { ...process.env, REALIGN_CACHE: join(work, "cache"), REALIGN_ELICIT_MIN_GAP: "0" }, stdout: "pipe", stderr: "pipe" },
-  );
+test("realign publish on that run without --force: exit 3, the gate's reasons, nothing written", async () => {
+  const out = join(work, "run");
+  const proc = Bun.spawn([process.execPath, CLI, "publish", out, "--yes"], { cwd: REPO_ROOT, env: ENV, stdout: "pipe", stderr: "pipe" });
+  const stderr = await new Response(proc.stderr).text();
   await new Response(proc.stdout).text();
-  await new Response(proc.stderr).text();
+  expect(await proc.exited).toBe(3);
+  expect(stderr).toContain(`realign: the gate failed for ${out} (`);
+  expect(stderr).toContain("pass --force to publish it anyway");
+  expect(existsSync(join(out, "published"))).toBe(false);
+  expect(existsSync(join(out, "srr"))).toBe(false);
+});
+
+// The user's next move after a failed gate: `realign publish <run> --force`. Nothing up to the gate is
+// recomputed; the steps the run stopped before (srr, export) run, then publish.
+test("realign publish --force publishes that run as it is, and the model card says the gate failed", async () => {
+  const out = join(work, "run");
+  const proc = Bun.spawn([process.execPath, CLI, "publish", out, "--force", "--yes"], { cwd: REPO_ROOT, env: ENV, stdout: "pipe", stderr: "pipe" });
+  const text = (await new Response(proc.stdout).text()) + (await new Response(proc.stderr).text());
+  if ((await proc.exited) !== 0) console.error(text);
   expect(await proc.exited).toBe(0);
+  expect(text).not.toMatch(/(elicit|extract|inject|validate): running/);
+  expect(text).toContain("--force: running the steps the failed gate stopped the run before: srr, export");
   const report = JSON.parse(readFileSync(join(out, "report.json"), "utf8")) as RunReport;
+  expect(report.direction?.alpha).toBe(-50000);
   expect(report.gate?.passed).toBe(false);
   expect(report.published).not.toBeNull();
   const card = readFileSync(join(out, "published", "README.md"), "utf8");
