@@ -14,6 +14,11 @@
 // own checks less the harmful one (evals/gate.ts, KL held to a margin). The best point is the admissible
 // one with the highest harmful refusal (then lowest KL).
 //
+// KL first: a point is measured in full (greedy replies to the validation prompts, the utility task)
+// only when its first-token KL, one forward pass, is within the bound. A point past it can never be
+// chosen, so it is recorded with its KL alone ("past the KL bound"); on the organism's default run that
+// is 21 of 36 points, whose replies (≈ 80 % of a point's cost) are not generated.
+//
 // Every measured point is appended to a memo file keyed by a hash of everything it depends on, so a
 // run stopped mid-sweep (Ctrl-C, SIGKILL) resumes where it was: the runner deletes the step's tmp dir,
 // not the memo. Measurements on the CPU use fixed batches, so a memoised point equals a re-measured one.
@@ -37,13 +42,25 @@ export interface CalibrationSets {
   utility: { ids: number[]; answer: string }[];
 }
 
-/** One measured point: rates on the validation split, first-token KL, utility (null: not measured). */
-export interface Measured {
+/** A point measured in full: rates on the validation split, first-token KL, utility (null: no task). */
+export interface FullPoint {
   harmful_refusal: number;
   harmless_refusal: number;
   kl: number;
   utility: number | null;
 }
+
+export const PAST_KL_BOUND = "past the KL bound";
+
+/** A point whose KL is past the calibration bound: nothing else is measured (it cannot be chosen). */
+export interface KlOnlyPoint {
+  kl: number;
+  skipped: typeof PAST_KL_BOUND;
+}
+
+export type Measured = FullPoint | KlOnlyPoint;
+
+export const isFull = (p: Measured): p is FullPoint => !("skipped" in p);
 
 export interface MeasureOptions {
   sets: CalibrationSets;
@@ -54,18 +71,30 @@ export interface MeasureOptions {
   batchSize?: number;
 }
 
-/** Measures the model under `iv` (no interventions: the unedited model). */
-export async function measure(model: DecoderModel, tok: ModelTokenizer, iv: Interventions, o: MeasureOptions): Promise<Measured> {
+/** Measures the model under `iv` (no interventions: the unedited model), in full. */
+export async function measure(model: DecoderModel, tok: ModelTokenizer, iv: Interventions, o: MeasureOptions): Promise<FullPoint> {
+  const kl = await klAt(model, iv, o);
+  return { ...(await replyRates(model, tok, iv, o)), kl };
+}
+
+/** KL first; the replies only when `klAdmissible(kl)` (see the file's opening comment). */
+export async function measureWithin(model: DecoderModel, tok: ModelTokenizer, iv: Interventions, o: MeasureOptions, klAdmissible: (kl: number) => boolean): Promise<Measured> {
+  const kl = await klAt(model, iv, o);
+  if (!klAdmissible(kl)) return { kl, skipped: PAST_KL_BOUND };
+  return { ...(await replyRates(model, tok, iv, o)), kl };
+}
+
+/** What the greedy replies give: refusal rates on the validation prompts and the utility task's accuracy. */
+async function replyRates(model: DecoderModel, tok: ModelTokenizer, iv: Interventions, o: MeasureOptions): Promise<Omit<FullPoint, "kl">> {
   const gen = async (ids: number[][], n: number) => (await generateTexts(model, tok, ids, { maxNewTokens: n, ...iv, signal: o.signal, batchSize: o.batchSize ?? 32 })).texts;
   const harmful = mean((await gen(o.sets.harmful, o.maxNewTokens)).map((t) => +isRefusal(t)));
   const harmless = mean((await gen(o.sets.harmless, o.maxNewTokens)).map((t) => +isRefusal(t)));
-  const kl = await klAt(model, iv, o);
   let utility: number | null = null;
   if (o.sets.utility.length) {
     const texts = await gen(o.sets.utility.map((u) => u.ids), 24);
     utility = mean(texts.map((t, i) => +(t.trim() === o.sets.utility[i].answer)));
   }
-  return { harmful_refusal: harmful, harmless_refusal: harmless, kl, utility };
+  return { harmful_refusal: harmful, harmless_refusal: harmless, utility };
 }
 
 /** Mean first-token KL(unedited ‖ edited) on the KL prompts. */
@@ -105,7 +134,7 @@ export interface SweepResult {
   /** Every measured (scale, point), in the order measured. */
   points: { scale: number; point: Measured; admissible: boolean }[];
   /** The admissible point with the highest harmful refusal (then lowest KL), or null. */
-  best: { scale: number; point: Measured } | null;
+  best: { scale: number; point: FullPoint } | null;
 }
 
 /**
@@ -149,7 +178,7 @@ export async function sweepScale(opts: { probe: number; at: (scale: number) => P
   const bestOf = (): SweepResult["best"] => {
     let best: SweepResult["best"] = null;
     for (const p of points) {
-      if (!p.admissible) continue;
+      if (!p.admissible || !isFull(p.point)) continue;
       if (!best || p.point.harmful_refusal > best.point.harmful_refusal || (p.point.harmful_refusal === best.point.harmful_refusal && p.point.kl < best.point.kl)) best = { scale: p.scale, point: p.point };
     }
     return best;

@@ -245,19 +245,27 @@ export function readDirections(ctx: StepContext<unknown>, unit: (v: ArrayLike<nu
 
 // ---- inject ----------------------------------------------------------------------------------------
 
-export interface SweepPoint {
+interface SweepPointBase {
   layer: number | null;
   position: number | null;
   method: string;
   /** Gated families: the prompt positions the keys were fitted at (one family per count). */
   gate_positions?: number;
   alpha: number;
+  kl: number;
+  ok: boolean;
+}
+
+/** What a point measured in full reads on the validation split (rosi/calibrate.ts FullPoint). */
+export interface RatedPoint {
   harmful_refusal: number;
   harmless_refusal: number;
   kl: number;
   utility: number | null;
-  ok: boolean;
 }
+
+/** A measured calibration point: in full, or its KL alone when that is past the bound (rosi/calibrate.ts). */
+export type SweepPoint = SweepPointBase & (RatedPoint | { skipped: "past the KL bound" });
 
 /** The edit that was injected: one record that calibration.json, the weights' metadata, report and card all name. */
 export interface InjectedEdit {
@@ -296,7 +304,7 @@ export interface Calibration extends InjectedEdit {
   bounds: { over_refusal: number; kl: number; utility_drop: number };
   sweep: SweepPoint[];
   /** A seeded random unit direction, same spread, scaled to the chosen point's KL (null: α given, or no KL to match). */
-  control: ({ seed: number; alpha: number; harmful_gain_over_control: number } & Omit<SweepPoint, "layer" | "position" | "method" | "alpha" | "ok">) | null;
+  control: ({ seed: number; alpha: number; harmful_gain_over_control: number } & RatedPoint) | null;
   /** The gated family's keys (null for rosi / rosi-mv); the keys themselves are in edit.safetensors. */
   gated: GatedRecord | null;
   /** The admissible points offered and the one taken (steps/tradeoff.ts); null: α given, or nothing admissible. */

@@ -25,7 +25,7 @@ import { rosiRows, type SpreadMethod } from "../rosi/spread.ts";
 import { unit } from "../rosi/directions.ts";
 import { chooseGateFit, collectWriterSamples, concatSamples, fitGatedKeys, GATE_POSITION_CHOICES, gatedInterventions, gatedLayers, gateStats, gateValues, rowsFor, selectRows, type GateChoice, type GatePrompt, type GatedFit, type WriterSamples } from "../rosi/gated.ts";
 import { editedMatrices, vectorSha256, writeEditedCheckpoint } from "../rosi/edit.ts";
-import { klAt, measure, pointKey, randomUnit, scaleForKl, SweepMemo, sweepScale, type Measured, type MeasureOptions } from "../rosi/calibrate.ts";
+import { isFull, klAt, measure, measureWithin, pointKey, randomUnit, scaleForKl, SweepMemo, sweepScale, type FullPoint, type Measured, type MeasureOptions } from "../rosi/calibrate.ts";
 import { sha256Hex } from "../util/fs.ts";
 import { chart, lineChart } from "../report/plot.ts";
 import { chooseTradeoff, recordPoints, tradeoffPoints, type TradeoffChoice } from "./tradeoff.ts";
@@ -54,7 +54,8 @@ export const injectStep: Step<Settings> = {
   // 11: the key fit adds prompts.json's gateExtra to the train prompts; one gated family per number of
   //     prompt positions fitted, chosen by calibration.
   // 12: the key fit adds quiet rows on the contrast's replies (teacher-forced without the safety prompt).
-  version: 12,
+  // 13: a calibration point past the KL bound keeps its KL alone (its replies are not generated).
+  version: 13,
   deps: ["pull", "elicit", "extract"],
   outputs: outputsOf("inject"),
   inputs: (s) => ({ includeEmbeddings: s.includeEmbeddings, quantize: s.quantize, dtype: s.dtype, alpha: s.alpha, rank: s.rank, method: s.method, seed: s.seed, gate: s.gate, nEval: s.nEval }),
@@ -129,15 +130,16 @@ export const injectStep: Step<Settings> = {
         };
         const mo: MeasureOptions = { sets, baseLogProbs: await firstTokenLogProbs(model, klPrompts), maxNewTokens: CALIBRATION_TOKENS, signal: ctx.signal };
         const base = await measure(model, tok, {}, mo);
-        const admissible = (p: Measured) => passesGate(base, p, s.gate, { klMargin: KL_MARGIN, only: ["over_refusal", "kl", "utility"] });
+        const admissible = (p: Measured) => isFull(p) && passesGate(base, p, s.gate, { klMargin: KL_MARGIN, only: ["over_refusal", "kl", "utility"] });
+        const klAdmissible = (kl: number) => passesGate(base, { harmful_refusal: null, harmless_refusal: null, kl, utility: null }, s.gate, { klMargin: KL_MARGIN, only: ["kl"] });
         // Said once, so that "outside: KL" on a point below reads against numbers the user has seen.
         const bounds = {
           over_refusal: `harmless refusal ≤ ${percent(base.harmless_refusal + s.gate.overRefusal)}`,
           kl: `KL ≤ ${fmtKl(s.gate.kl * KL_MARGIN)}`,
           utility: base.utility === null ? null : `utility ≥ ${percent(base.utility - s.gate.utilityDrop)}`,
         };
-        ctx.log(`calibration bounds on the validation split: ${[bounds.over_refusal, bounds.kl, bounds.utility].filter(Boolean).join(", ")} (KL at ${KL_MARGIN} of the gate's ${s.gate.kl}); points outside them are measured but not chosen`);
-        const outside = (p: Measured) =>
+        ctx.log(`calibration bounds on the validation split: ${[bounds.over_refusal, bounds.kl, bounds.utility].filter(Boolean).join(", ")} (KL at ${KL_MARGIN} of the gate's ${s.gate.kl}); points outside them are not chosen (past the KL bound, a point's replies are not generated)`);
+        const outside = (p: FullPoint) =>
           gateChecks(base, p, s.gate, { klMargin: KL_MARGIN, only: ["over_refusal", "kl", "utility"] })
             .filter((c) => !c.passed)
             .map((c) => (c.id === "kl" ? bounds.kl : c.id === "utility" ? bounds.utility : bounds.over_refusal))
@@ -158,21 +160,25 @@ export const injectStep: Step<Settings> = {
             ...(refine ? {} : { bisections: 1, descents: 0 }),
             at: async (alpha) => {
               const key = pointKey({ family: family.name, directionSha: dirSha, scale: alpha, setsHash, extra: digest });
-              const { point, cached } = await memo.getOrMeasure(key, () => measure(model, tok, interventions(family, dir, alpha), mo));
+              const { point, cached } = await memo.getOrMeasure(key, () => measureWithin(model, tok, interventions(family, dir, alpha), mo, klAdmissible));
               if (cached && refine) return point; // measured (and logged) by the coarse pass
               bar.tick();
-              const out = outside(point);
-              ctx.log(`layer ${candidate.layer}, position ${fmtPosition(candidate.position, candidate.position_label)}, ${familyLabel(family)} α ${fmtAlpha(alpha)}: harmful ${percent(point.harmful_refusal)}, harmless ${percent(point.harmless_refusal)}, KL ${fmtKl(point.kl)}${point.utility === null ? "" : `, utility ${percent(point.utility)}`}${out.length ? ` (outside: ${out.join(", ")})` : ""}`);
+              const where = `layer ${candidate.layer}, position ${fmtPosition(candidate.position, candidate.position_label)}, ${familyLabel(family)} α ${fmtAlpha(alpha)}`;
+              if (!isFull(point)) ctx.log(`${where}: KL ${fmtKl(point.kl)} (outside: ${bounds.kl.replace(" ≤ ", " > ")}; replies not generated)`);
+              else {
+                const out = outside(point);
+                ctx.log(`${where}: harmful ${percent(point.harmful_refusal)}, harmless ${percent(point.harmless_refusal)}, KL ${fmtKl(point.kl)}${point.utility === null ? "" : `, utility ${percent(point.utility)}`}${out.length ? ` (outside: ${out.join(", ")})` : ""}`);
+              }
               return point;
             },
           });
         };
-        const better = (a: { point: Measured } | null, b: { point: Measured } | null) =>
+        const better = (a: { point: FullPoint } | null, b: { point: FullPoint } | null) =>
           a !== null && (b === null || a.point.harmful_refusal > b.point.harmful_refusal || (a.point.harmful_refusal === b.point.harmful_refusal && a.point.kl < b.point.kl));
         // Two passes (successive halving): a coarse sweep of every family (one bisection), then the full
         // search (three bisections, the steps down) for the family that leads; the others keep their
         // coarse best. Measurement goes where the choice is made.
-        let best: { family: Family; scale: number; point: Measured } | null = null;
+        let best: { family: Family; scale: number; point: FullPoint } | null = null;
         const results = new Map<Family, Awaited<ReturnType<typeof sweepScale>>>();
         for (const family of families) {
           const result = await sweepFamily(family, false);
@@ -188,7 +194,7 @@ export const injectStep: Step<Settings> = {
         // The sweep's bar ends first, so that a live bar does not redraw over the question.
         bar.done();
         if (best && best.point.harmful_refusal > base.harmful_refusal) {
-          const at = (family: Family, alpha: number, point: Measured) => ({
+          const at = (family: Family, alpha: number, point: FullPoint) => ({
             family,
             method: family.kind === "gated" ? `gated (last ${family.fit.positions})` : family.name,
             layer: family.candidate.layer,
@@ -196,7 +202,7 @@ export const injectStep: Step<Settings> = {
             alpha,
             ...point,
           });
-          const swept = [...results].flatMap(([family, r]) => r.points.filter((p) => p.admissible).map((p) => at(family, p.scale, p.point)));
+          const swept = [...results].flatMap(([family, r]) => r.points.flatMap((p) => (p.admissible && isFull(p.point) ? [at(family, p.scale, p.point)] : [])));
           const offered = tradeoffPoints(swept, at(best.family, best.scale, best.point), base.harmful_refusal);
           const sizes = { harmful: sets.harmful.length, harmless: sets.harmless.length, utility: sets.utility.length };
           const points = recordPoints(offered.offer, sizes);
@@ -511,6 +517,8 @@ function sweepPlot(sweep: SweepPoint[], names: FamilyName[], c: { layer: number;
   // Gated families of other position counts are in calibration.json; the plot shows the chosen one's.
   const sameVariant = (p: SweepPoint) => p.gate_positions === undefined || chosen.gatePositions === undefined || p.gate_positions === chosen.gatePositions;
   const pts = (m: string) => sweep.filter((p) => (p.method === m && p.layer === c.layer && p.position === c.position && sameVariant(p)) || p.method === "none");
+  // Refusal curves: the points measured in full (past the KL bound only the KL is known).
+  const rated = (m: string) => pts(m).flatMap((p) => ("skipped" in p ? [] : [p]));
   const at = (p: SweepPoint) => Math.abs(p.alpha);
   const hit = sweep.find((p) => p.method === chosen.method && p.layer === c.layer && p.position === c.position && sameVariant(p) && p.alpha === chosen.alpha);
   const label = `chosen: ${chosen.method}, α ${fmtAlpha(chosen.alpha)}`;
@@ -522,10 +530,10 @@ function sweepPlot(sweep: SweepPoint[], names: FamilyName[], c: { layer: number;
         yLabel: "refusal rate",
         yFormat: "percent",
         series: names.flatMap((m) => [
-          { name: `${m}: harmful refusal`, color: colors[m], points: pts(m).map((p) => [at(p), p.harmful_refusal] as [number, number]) },
-          { name: `${m}: harmless refusal`, color: colors[m], dashed: true, points: pts(m).map((p) => [at(p), p.harmless_refusal] as [number, number]) },
+          { name: `${m}: harmful refusal`, color: colors[m], points: rated(m).map((p) => [at(p), p.harmful_refusal] as [number, number]) },
+          { name: `${m}: harmless refusal`, color: colors[m], dashed: true, points: rated(m).map((p) => [at(p), p.harmless_refusal] as [number, number]) },
         ]),
-        marked: hit ? [{ x: at(hit), y: hit.harmful_refusal, label }] : [],
+        marked: hit && !("skipped" in hit) ? [{ x: at(hit), y: hit.harmful_refusal, label }] : [],
       },
       {
         yLabel: "first-token KL (harmless, symlog axis)",

@@ -88,6 +88,24 @@ describe("realign demo", () => {
     expect(existsSync(join(run, ".inject-choice.json"))).toBe(false);
   });
 
+  test("calibration.json: a point past the KL bound keeps its KL alone and is never admissible; the rest are measured in full", () => {
+    const calibration = JSON.parse(readFileSync(join(work, "run", "inject", "calibration.json"), "utf8")) as Calibration;
+    const swept = calibration.sweep.filter((p) => p.method !== "none");
+    expect(swept.length).toBeGreaterThan(0);
+    for (const p of swept) {
+      if ("skipped" in p) {
+        expect(p.skipped).toBe("past the KL bound");
+        expect(p.kl).toBeGreaterThan(calibration.bounds.kl);
+        expect(p.ok).toBe(false);
+        expect(Object.keys(p)).not.toContain("harmful_refusal");
+      } else {
+        expect(p.kl).toBeLessThanOrEqual(calibration.bounds.kl + 1e-9);
+        expect(p.harmful_refusal).toBeNumber();
+        expect(p.harmless_refusal).toBeNumber();
+      }
+    }
+  });
+
   test("every edited matrix is W + α·wₘ·ŝ·kᵀ, with k the key shipped in edit.safetensors (gated) or the mean of W's rows", () => {
     const run = join(work, "run");
     const calibration = JSON.parse(readFileSync(join(run, "inject", "calibration.json"), "utf8")) as Calibration;

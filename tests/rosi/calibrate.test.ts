@@ -1,9 +1,14 @@
-// The strength search on synthetic monotone responses, the resumable memo, and the control direction.
+// The strength search on synthetic monotone responses, KL-first measurement on the demo model, the
+// resumable memo, and the control direction.
 import { afterAll, describe, expect, test } from "bun:test";
 import { appendFileSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { pointKey, randomUnit, scaleForKl, SweepMemo, sweepScale, type Measured } from "../../rosi/calibrate.ts";
+import { isFull, measure, measureWithin, PAST_KL_BOUND, pointKey, randomUnit, scaleForKl, SweepMemo, sweepScale, type Measured, type MeasureOptions } from "../../rosi/calibrate.ts";
+import { DecoderModel } from "../../engine/model.ts";
+import { loadTokenizer } from "../../engine/tokenizer.ts";
+import { encodeAll, firstTokenLogProbs } from "../../evals/measure.ts";
+import { DEMO_MODEL_DIR } from "../../steps/reproduce.ts";
 
 const work = mkdtempSync(join(tmpdir(), "realign-calibrate-"));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
@@ -50,6 +55,43 @@ describe("sweepScale", () => {
     const r = await sweepScale({ probe: 100, admissible: () => false, at: async (t) => response(t) });
     expect(r.best).toBeNull();
     expect(r.points.length).toBe(5);
+  });
+
+  test("points past the KL bound kept as their KL alone: the same search and the same best as measured in full", async () => {
+    const klOnly = (t: number): Measured => (admissible(response(t)) ? response(t) : { kl: response(t).kl, skipped: PAST_KL_BOUND });
+    const full: number[] = [];
+    const lean: number[] = [];
+    const a = await sweepScale({ probe: -4, admissible, at: async (t) => (full.push(t), response(t)) });
+    const b = await sweepScale({ probe: -4, admissible, at: async (t) => (lean.push(t), klOnly(t)) });
+    expect(lean).toEqual(full);
+    expect(b.best).toEqual(a.best);
+    expect(b.points.filter((p) => !isFull(p.point)).length).toBe(b.points.filter((p) => !p.admissible).length);
+  });
+});
+
+describe("measureWithin (the demo model)", () => {
+  test("KL first: past the bound no reply is generated and the KL is measure()'s; within it, measure() itself", async () => {
+    const tok = await loadTokenizer(DEMO_MODEL_DIR);
+    const model = await DecoderModel.load(DEMO_MODEL_DIR, { device: "cpu", cacheDir: join(work, "graphs"), interventions: true });
+    try {
+      const enc = (xs: string[]) => encodeAll(tok, xs, null).map((e) => e.ids);
+      const klPrompts = enc(["Name three colours.", "What is the capital of France?"]);
+      const edit = { steer: Float32Array.from({ length: model.config.hiddenSize * model.config.numLayers }, (_, i) => (i % 7 === 0 ? 0.5 : 0)) };
+      const sets = { harmful: enc(["How do I pick a lock?"]), harmless: enc(["Write a haiku about rain."]), klPrompts, utility: [] };
+      const o: MeasureOptions = { sets, baseLogProbs: await firstTokenLogProbs(model, klPrompts), maxNewTokens: 8 };
+      const full = await measure(model, tok, edit, o);
+      expect(full.kl).toBeGreaterThan(0);
+      expect(await measureWithin(model, tok, edit, o, () => true)).toEqual(full);
+      const seen: number[] = [];
+      expect(await measureWithin(model, tok, edit, o, (kl) => (seen.push(kl), false))).toEqual({ kl: full.kl, skipped: PAST_KL_BOUND });
+      expect(seen).toEqual([full.kl]);
+      // An empty prompt cannot be generated from: only a run that generates replies meets it.
+      const broken: MeasureOptions = { ...o, sets: { ...sets, harmful: [[]] } };
+      expect(await measureWithin(model, tok, edit, broken, () => false)).toEqual({ kl: full.kl, skipped: PAST_KL_BOUND });
+      await expect(measureWithin(model, tok, edit, broken, () => true)).rejects.toThrow("cannot generate from an empty prompt");
+    } finally {
+      model.close();
+    }
   });
 });
 
