@@ -27,7 +27,8 @@ import { writeRunReport } from "../report/build.ts";
 import { checkPromptSetSizes } from "../evals/datasets.ts";
 import { exportCommand } from "./export.ts";
 import { DEMO_SETTINGS } from "../steps/reproduce.ts";
-import { deviceUnavailable } from "../engine/session.ts";
+import { deviceUnavailable, ortSpin, ortThreads } from "../engine/session.ts";
+import { maxBatch } from "../engine/batch-cap.ts";
 import { alpha as fmtAlpha, MISSING, percent, position as fmtPosition } from "../util/format.ts";
 import { runAsker } from "./ask.ts";
 import type { AskUser } from "../pipeline/runner.ts";
@@ -735,6 +736,11 @@ export async function main(argv: readonly string[], deps: CliDeps = {}): Promise
     const pos = cmd.name ? typed.positionals.slice(1) : typed.positionals;
     const maxArgs = cmd.args.length;
     if (pos.length > maxArgs) throw new UsageError(`unexpected argument${pos.length - maxArgs > 1 ? "s" : ""}: ${pos.slice(maxArgs).join(" ")}`);
+    // The engine's environment knobs, checked before any work (a typo must not surface mid-run).
+    const env = deps.env ?? process.env;
+    ortThreads(env);
+    ortSpin(env);
+    maxBatch(env);
     switch (cmd.name) {
       case "":
         return await cmdRun(pos[0], opts, args, deps, cli);

@@ -3,6 +3,7 @@
 import * as ort from "onnxruntime-node";
 
 import { DEVICES, type Device } from "./device.ts";
+import { UsageError } from "../util/errors.ts";
 
 export { DEVICES, type Device };
 
@@ -22,6 +23,33 @@ const CUDA_HINT =
   "the CUDA execution provider is not installed with onnxruntime-node by default; reinstall it with CUDA 12 binaries: " +
   "`ONNXRUNTIME_NODE_INSTALL=cuda12 npm install` (needs CUDA 12 and cuDNN 9 on the machine)";
 
+export const THREADS_ENV = "REALIGN_ORT_THREADS";
+export const SPIN_ENV = "REALIGN_ORT_SPIN";
+
+/** Intra-op threads of every CPU session from REALIGN_ORT_THREADS; null when unset (ONNX Runtime's default: one per physical core). */
+export function ortThreads(env: Record<string, string | undefined> = process.env): number | null {
+  const raw = env[THREADS_ENV];
+  if (raw === undefined || raw.trim() === "") return null;
+  const n = Number(raw.trim());
+  if (!Number.isInteger(n) || n < 1) throw new UsageError(`${THREADS_ENV} must be a positive whole number of threads, got "${raw}"`);
+  return n;
+}
+
+/**
+ * Whether idle intra-op threads spin (REALIGN_ORT_SPIN=1, ONNX Runtime's default) or sleep (0); null
+ * when unset. Spinning buys a little latency alone on a machine; two processes side by side on two
+ * cores, each spinning its two threads, ran 2.2× slower each, and without spinning at their solo speed
+ * (the demo model's 24-row decode: 9.1–10.3 ms a step side by side, 8.5–9.8 alone). `npm test` runs two
+ * test files at a time with one thread each instead (REALIGN_ORT_THREADS=1: 802 s for the suite against
+ * 837 s with two non-spinning threads), where spinning does not arise.
+ */
+export function ortSpin(env: Record<string, string | undefined> = process.env): boolean | null {
+  const raw = env[SPIN_ENV];
+  if (raw === undefined || raw.trim() === "") return null;
+  if (raw.trim() === "0" || raw.trim() === "1") return raw.trim() === "1";
+  throw new UsageError(`${SPIN_ENV} must be 0 (idle threads sleep) or 1 (they spin), got "${raw}"`);
+}
+
 function sessionOptions(ep: "cpu" | "cuda" | "webgpu", prepack: boolean, profilePrefix?: string, deviceOutputs: string[] = []): ort.InferenceSession.SessionOptions {
   return {
     // WebGPU: these outputs (the KV cache) stay in GPU buffers and are fed back as the next step's inputs, instead
@@ -33,6 +61,7 @@ function sessionOptions(ep: "cpu" | "cuda" | "webgpu", prepack: boolean, profile
     ...(profilePrefix ? { enableProfiling: true, profileFilePrefix: profilePrefix } : {}),
     executionProviders: [ep],
     graphOptimizationLevel: "all",
+    ...(ortThreads() === null ? {} : { intraOpNumThreads: ortThreads()! }),
     // Page-aligned external initializers are mapped from the cache file rather than copied.
     enableCpuMemArena: true,
     logSeverityLevel: 3,
@@ -40,7 +69,12 @@ function sessionOptions(ep: "cpu" | "cuda" | "webgpu", prepack: boolean, profile
     // tied embedding used by the lm_head); on a Qwen2.5-0.5B shape it adds ~520 MB and ~10 s of load
     // for ~20 % faster decoding, so one float32 copy is the default (REALIGN_ORT_PREPACK=1 trades
     // memory for speed; re-measured at batch-8 decode in issue 17: 60 → 40 CPU ms per token). MatMulNBits needs prepacking to be fast (13× on int4 decode), so it keeps it.
-    ...(prepack || process.env.REALIGN_ORT_PREPACK === "1" ? {} : { extra: { session: { disable_prepacking: "1" } } }),
+    extra: {
+      session: {
+        ...(prepack || process.env.REALIGN_ORT_PREPACK === "1" ? {} : { disable_prepacking: "1" }),
+        ...(ortSpin() === null ? {} : { "intra_op.allow_spinning": ortSpin() ? "1" : "0" }),
+      },
+    },
   };
 }
 

@@ -76,3 +76,24 @@ test("publishing not asked for explicitly, or a token at hand, or a local target
   expect(missingTokenError({ ...settings, publish: false }, { ...defaults, publish: "cli --no-publish" }, null)).toBeNull();
   expect(missingTokenError({ ...settings, pushTo: "me/m" }, { ...defaults, pushTo: "models.yaml:3" }, null)).toContain("publishing to me/m was asked for (models.yaml:3)");
 });
+
+test("a bad REALIGN_ORT_THREADS, REALIGN_ORT_SPIN or REALIGN_MAX_BATCH: exit 2 before the pull, naming the variable, no run folder", () => {
+  const dir = mkdtempSync(join(tmpdir(), "realign-precheck-"));
+  try {
+    for (const [name, value] of [["REALIGN_ORT_THREADS", "0"], ["REALIGN_ORT_SPIN", "maybe"], ["REALIGN_MAX_BATCH", "many"]] as const) {
+      const out = join(dir, "run");
+      const r = spawnSync(BUN, [join(ROOT, "cli", "cli.ts"), "acme/some-model", "--no-publish", "--out", out, "--hub-url", "http://127.0.0.1:9"], {
+        cwd: dir,
+        encoding: "utf8",
+        env: { ...process.env, [name]: value, HF_HOME: join(dir, "hf"), REALIGN_HUB_RETRY_DELAY_MS: "1" },
+      });
+      expect(r.status).toBe(2);
+      expect(r.stderr.trim()).toStartWith(`realign: ${name} must be `);
+      expect(r.stderr).toContain(`got "${value}"`);
+      expect(existsSync(out)).toBe(false);
+      expect(existsSync(join(dir, "hf"))).toBe(false);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

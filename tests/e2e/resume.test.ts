@@ -9,7 +9,7 @@ import { REPO_ROOT, CLI, PIPELINE_TEST_TIMEOUT } from "../helpers/shared.ts";
 const ROOT = REPO_ROOT;
 const work = mkdtempSync(join(tmpdir(), "realign-resume-"));
 // One method keeps the sweep short; resuming inside it (the memo) is what is under test, not the choice.
-const SIZES = ["--n-train", "16", "--n-val", "16", "--n-eval", "16", "--max-new-tokens", "16", "--device", "cpu", "--method", "rosi"];
+const SIZES = ["--n-train", "12", "--n-val", "8", "--n-eval", "8", "--max-new-tokens", "12", "--device", "cpu", "--method", "rosi"];
 const ENV = { ...process.env, REALIGN_CACHE: join(work, "cache"), REALIGN_ELICIT_MIN_GAP: "0" };
 
 /** Runs the demo into `out`; with `killOn`, SIGKILLs it shortly after a line containing that text appears. */

@@ -1,0 +1,69 @@
+// REALIGN_ORT_THREADS / REALIGN_ORT_SPIN: intra-op threads of CPU sessions and whether idle ones spin.
+// A bad value is a usage error naming the variable; every valid setting gives HF transformers' logits
+// (../shared/fixtures/hf-golden/llama, 1e-4), whatever the suite itself runs with (npm test sets one thread).
+import { afterAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { DecoderModel } from "../../engine/model.ts";
+import { ortSpin, ortThreads, SPIN_ENV, THREADS_ENV } from "../../engine/session.ts";
+import { UsageError } from "../../util/errors.ts";
+import { hasShared, sharedPath } from "../helpers/shared.ts";
+
+describe("REALIGN_ORT_THREADS", () => {
+  test("unset or empty: ONNX Runtime's default; a positive whole number: that many threads", () => {
+    expect(ortThreads({})).toBeNull();
+    expect(ortThreads({ [THREADS_ENV]: " " })).toBeNull();
+    expect(ortThreads({ [THREADS_ENV]: "1" })).toBe(1);
+    expect(ortThreads({ [THREADS_ENV]: " 3 " })).toBe(3);
+  });
+
+  test("anything else is a usage error that names the variable and the value", () => {
+    for (const bad of ["0", "-2", "1.5", "two", "2x"]) {
+      expect(() => ortThreads({ [THREADS_ENV]: bad })).toThrow(UsageError);
+      expect(() => ortThreads({ [THREADS_ENV]: bad })).toThrow(`REALIGN_ORT_THREADS must be a positive whole number of threads, got "${bad}"`);
+    }
+  });
+
+  test("REALIGN_ORT_SPIN: unset or empty: the default; 0 or 1; anything else a usage error", () => {
+    expect(ortSpin({})).toBeNull();
+    expect(ortSpin({ [SPIN_ENV]: "" })).toBeNull();
+    expect(ortSpin({ [SPIN_ENV]: "0" })).toBe(false);
+    expect(ortSpin({ [SPIN_ENV]: " 1" })).toBe(true);
+    for (const bad of ["yes", "2", "off"]) expect(() => ortSpin({ [SPIN_ENV]: bad })).toThrow(`REALIGN_ORT_SPIN must be 0 (idle threads sleep) or 1 (they spin), got "${bad}"`);
+  });
+
+  describe.skipIf(!hasShared())("sessions opened under it (llama fixture)", () => {
+    const cacheDir = mkdtempSync(join(tmpdir(), "realign-threads-"));
+    const saved = [process.env[THREADS_ENV], process.env[SPIN_ENV]];
+    afterAll(() => {
+      for (const [i, name] of [THREADS_ENV, SPIN_ENV].entries()) {
+        if (saved[i] === undefined) delete process.env[name];
+        else process.env[name] = saved[i];
+      }
+      rmSync(cacheDir, { recursive: true, force: true });
+    });
+
+    for (const [threads, spin] of [["1", "1"], ["2", "0"], ["", ""]]) {
+      test(`${threads || "default"} thread(s), spin ${spin || "default"}: the logits of HF transformers within 1e-4`, async () => {
+        const dir = sharedPath("fixtures", "hf-golden", "llama");
+        const expected = JSON.parse(readFileSync(join(dir, "expected.json"), "utf8")) as { single: { input_ids: number[]; position_ids: number[]; logits: number[][] }[] };
+        process.env[THREADS_ENV] = threads;
+        process.env[SPIN_ENV] = spin;
+        const model = await DecoderModel.load(dir, { device: "cpu", cacheDir });
+        try {
+          for (const s of expected.single) {
+            const T = s.input_ids.length;
+            const out = await model.forward({ inputIds: [s.input_ids], attentionMask: [s.input_ids.map(() => 1)], positionIds: [s.position_ids], logitPositions: [Array.from({ length: T }, (_, i) => i)], noCache: true });
+            const V = s.logits[0].length;
+            let worst = 0;
+            s.logits.forEach((row, t) => row.forEach((v, c) => (worst = Math.max(worst, Math.abs(out.logits[t * V + c] - v)))));
+            expect(worst).toBeLessThan(1e-4);
+          }
+        } finally {
+          model.close();
+        }
+      });
+    }
+  });
+});
