@@ -736,11 +736,11 @@ export async function main(argv: readonly string[], deps: CliDeps = {}): Promise
     const pos = cmd.name ? typed.positionals.slice(1) : typed.positionals;
     const maxArgs = cmd.args.length;
     if (pos.length > maxArgs) throw new UsageError(`unexpected argument${pos.length - maxArgs > 1 ? "s" : ""}: ${pos.slice(maxArgs).join(" ")}`);
-    // The engine's environment knobs, checked before any work (a typo must not surface mid-run).
-    const env = deps.env ?? process.env;
-    ortThreads(env);
-    ortSpin(env);
-    maxBatch(env);
+    // The engine's environment knobs, checked before any work (a typo must not surface mid-run); the
+    // engine reads them from the process's environment, so that is the one checked.
+    ortThreads(process.env);
+    ortSpin(process.env);
+    maxBatch(process.env);
     switch (cmd.name) {
       case "":
         return await cmdRun(pos[0], opts, args, deps, cli);

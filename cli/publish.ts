@@ -72,8 +72,9 @@ export async function publishCommand(runDir: string, opts: Record<string, unknow
   const idx = steps.findIndex((s) => s.name === "publish");
   if (idx < 0) throw new Error("the step list has no publish step");
   const plan = planRun(steps, ran, dir);
-  const gateAt = plan.findIndex((p, i) => i < idx && p.action === "cached" && readDoneRecord(join(dir, p.name))?.gate_failed);
-  const gateFailed = gateAt >= 0 ? readDoneRecord(join(dir, plan[gateAt]!.name))!.gate_failed : null;
+  const verdicts = plan.slice(0, idx).map((p) => (p.action === "cached" ? (readDoneRecord(join(dir, p.name))?.gate_failed ?? null) : null));
+  const gateAt = verdicts.findIndex((v) => v !== null);
+  const gateFailed = gateAt >= 0 ? verdicts[gateAt]! : null;
   const notDone = plan.slice(0, gateAt >= 0 ? gateAt : idx).filter((p) => p.action !== "cached");
   if (notDone.length) {
     throw new UsageError(

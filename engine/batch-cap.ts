@@ -12,6 +12,7 @@
 // to its own longest prompt, and kernels see other shapes), which is why the cap is only set on an
 // out-of-memory retry and never by default.
 import { UsageError } from "../util/errors.ts";
+import { positiveIntFromEnv } from "../util/env.ts";
 
 export const MAX_BATCH_ENV = "REALIGN_MAX_BATCH";
 
@@ -28,11 +29,7 @@ export class BatchCapError extends UsageError {
 
 /** The cap from REALIGN_MAX_BATCH, or null when unset (no cap). */
 export function maxBatch(env: Record<string, string | undefined> = process.env): number | null {
-  const raw = env[MAX_BATCH_ENV];
-  if (raw === undefined || raw.trim() === "") return null;
-  const n = Number(raw.trim());
-  if (!Number.isInteger(n) || n < 1) throw new BatchCapError(`${MAX_BATCH_ENV} must be a positive whole number of rows per batch, got "${raw}"`);
-  return n;
+  return positiveIntFromEnv(env, MAX_BATCH_ENV, "rows per batch", (m) => new BatchCapError(m));
 }
 
 /** [start, end) row ranges of at most `cap` rows covering `rows` rows, in order. */

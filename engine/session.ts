@@ -4,6 +4,7 @@ import * as ort from "onnxruntime-node";
 
 import { DEVICES, type Device } from "./device.ts";
 import { UsageError } from "../util/errors.ts";
+import { positiveIntFromEnv } from "../util/env.ts";
 
 export { DEVICES, type Device };
 
@@ -28,11 +29,7 @@ export const SPIN_ENV = "REALIGN_ORT_SPIN";
 
 /** Intra-op threads of every CPU session from REALIGN_ORT_THREADS; null when unset (ONNX Runtime's default: one per physical core). */
 export function ortThreads(env: Record<string, string | undefined> = process.env): number | null {
-  const raw = env[THREADS_ENV];
-  if (raw === undefined || raw.trim() === "") return null;
-  const n = Number(raw.trim());
-  if (!Number.isInteger(n) || n < 1) throw new UsageError(`${THREADS_ENV} must be a positive whole number of threads, got "${raw}"`);
-  return n;
+  return positiveIntFromEnv(env, THREADS_ENV, "threads", (m) => new UsageError(m));
 }
 
 /**
@@ -51,6 +48,8 @@ export function ortSpin(env: Record<string, string | undefined> = process.env): 
 }
 
 function sessionOptions(ep: "cpu" | "cuda" | "webgpu", prepack: boolean, profilePrefix?: string, deviceOutputs: string[] = []): ort.InferenceSession.SessionOptions {
+  const threads = ortThreads();
+  const spin = ortSpin();
   return {
     // WebGPU: these outputs (the KV cache) stay in GPU buffers and are fed back as the next step's inputs, instead
     // of a download and an upload per step. REALIGN_KV_ON_HOST=1 brings them back to host memory.
@@ -61,7 +60,7 @@ function sessionOptions(ep: "cpu" | "cuda" | "webgpu", prepack: boolean, profile
     ...(profilePrefix ? { enableProfiling: true, profileFilePrefix: profilePrefix } : {}),
     executionProviders: [ep],
     graphOptimizationLevel: "all",
-    ...(ortThreads() === null ? {} : { intraOpNumThreads: ortThreads()! }),
+    ...(threads === null ? {} : { intraOpNumThreads: threads }),
     // Page-aligned external initializers are mapped from the cache file rather than copied.
     enableCpuMemArena: true,
     logSeverityLevel: 3,
@@ -72,7 +71,7 @@ function sessionOptions(ep: "cpu" | "cuda" | "webgpu", prepack: boolean, profile
     extra: {
       session: {
         ...(prepack || process.env.REALIGN_ORT_PREPACK === "1" ? {} : { disable_prepacking: "1" }),
-        ...(ortSpin() === null ? {} : { "intra_op.allow_spinning": ortSpin() ? "1" : "0" }),
+        ...(spin === null ? {} : { "intra_op.allow_spinning": spin ? "1" : "0" }),
       },
     },
   };

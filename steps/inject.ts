@@ -139,9 +139,9 @@ export const injectStep: Step<Settings> = {
           utility: base.utility === null ? null : `utility ≥ ${percent(base.utility - s.gate.utilityDrop)}`,
         };
         ctx.log(`calibration bounds on the validation split: ${[bounds.over_refusal, bounds.kl, bounds.utility].filter(Boolean).join(", ")} (KL at ${KL_MARGIN} of the gate's ${s.gate.kl}); points outside them are not chosen (past the KL bound, a point's replies are not generated)`);
-        const outside = (p: FullPoint) =>
-          gateChecks(base, p, s.gate, { klMargin: KL_MARGIN, only: ["over_refusal", "kl", "utility"] })
-            .filter((c) => !c.passed)
+        /** The bounds a point crosses, as "KL > 0.075" (a KL-only point crossed the KL bound). */
+        const outside = (p: Measured) =>
+          (isFull(p) ? gateChecks(base, p, s.gate, { klMargin: KL_MARGIN, only: ["over_refusal", "kl", "utility"] }).filter((c) => !c.passed) : [{ id: "kl" }])
             .map((c) => (c.id === "kl" ? bounds.kl : c.id === "utility" ? bounds.utility : bounds.over_refusal))
             .map((b) => (b ? b.replace(/ [≤≥] /, (m) => (m.includes("≤") ? " > " : " < ")) : b));
         const memo = new SweepMemo(join(ctx.outDir, MEMO_FILE));
@@ -164,11 +164,9 @@ export const injectStep: Step<Settings> = {
               if (cached && refine) return point; // measured (and logged) by the coarse pass
               bar.tick();
               const where = `layer ${candidate.layer}, position ${fmtPosition(candidate.position, candidate.position_label)}, ${familyLabel(family)} α ${fmtAlpha(alpha)}`;
-              if (!isFull(point)) ctx.log(`${where}: KL ${fmtKl(point.kl)} (outside: ${bounds.kl.replace(" ≤ ", " > ")}; replies not generated)`);
-              else {
-                const out = outside(point);
-                ctx.log(`${where}: harmful ${percent(point.harmful_refusal)}, harmless ${percent(point.harmless_refusal)}, KL ${fmtKl(point.kl)}${point.utility === null ? "" : `, utility ${percent(point.utility)}`}${out.length ? ` (outside: ${out.join(", ")})` : ""}`);
-              }
+              const out = outside(point);
+              if (!isFull(point)) ctx.log(`${where}: KL ${fmtKl(point.kl)} (outside: ${out.join(", ")}; replies not generated)`);
+              else ctx.log(`${where}: harmful ${percent(point.harmful_refusal)}, harmless ${percent(point.harmless_refusal)}, KL ${fmtKl(point.kl)}${point.utility === null ? "" : `, utility ${percent(point.utility)}`}${out.length ? ` (outside: ${out.join(", ")})` : ""}`);
               return point;
             },
           });
