@@ -215,12 +215,83 @@ export function rowsFor(s: WriterSamples, positions: number, harmlessRows: "last
 }
 
 /**
+ * What chooseGateFit computes from the fit rows and can share between the layer sets of one run: each
+ * matrix's moments per row group (or its Gram matrix), and each matrix's ridge solution per setting.
+ * A matrix's key does not depend on the other matrices edited with it: the target yᵢ/M only scales it by
+ * 1/M, and the common normalisation removes that scale. So a solution is stored for M = 1 and divided by
+ * M when a layer set uses it, and a matrix shared by two layer sets is solved once.
+ */
+export class GateFitCache {
+  private readonly moments = new Map<number, Map<number, { C: Float64Array; b: Float64Array; trace: number }>>();
+  private readonly grams = new Map<number, Float64Array>();
+  private readonly solutions = new Map<string, Float32Array>();
+  constructor(readonly fit: WriterSamples) {}
+
+  /** Row group of a fit row: its class and its position from the end (every setting is a union of groups). */
+  groupOf(i: number): number {
+    return this.fit.labels[i] * 256 + this.fit.fromEnd[i];
+  }
+
+  /** Matrix r's unweighted moments of each group's rows: C = Σ xxᵀ, b = Σ x, trace = Σ ‖x‖². */
+  momentsOf(r: number, groups: Map<number, number[]>): Map<number, { C: Float64Array; b: Float64Array; trace: number }> {
+    let m = this.moments.get(r);
+    if (!m) {
+      m = new Map();
+      const d = this.fit.widths[r];
+      const X = this.fit.data[r];
+      for (const [g, rows] of groups) {
+        // The group's rows, transposed (d vectors of length |rows|), so that every entry of C is one dot product.
+        const T = new Float64Array(d * rows.length);
+        rows.forEach((i, j) => {
+          for (let c = 0; c < d; c++) T[c * rows.length + j] = X[i * d + c];
+        });
+        const C = pairwiseDots(T, T, d, rows.length);
+        const b = new Float64Array(d);
+        for (let c = 0; c < d; c++) {
+          let s = 0;
+          for (let j = 0; j < rows.length; j++) s += T[c * rows.length + j];
+          b[c] = s;
+        }
+        let trace = 0;
+        for (let c = 0; c < d; c++) trace += C[c * d + c];
+        m.set(g, { C, b, trace });
+      }
+      this.moments.set(r, m);
+    }
+    return m;
+  }
+
+  /** X·Xᵀ of matrix r's fit rows. */
+  gramOf(r: number): Float64Array {
+    let G = this.grams.get(r);
+    if (!G) {
+      G = gram(this.fit.data[r], this.fit.labels.length, this.fit.widths[r]);
+      this.grams.set(r, G);
+    }
+    return G;
+  }
+
+  /** Matrix r's key for target y (M = 1) under `setting` and `ridge`, solved once. */
+  solution(r: number, setting: string, ridge: number, solve: () => Float32Array): Float32Array {
+    const key = `${r}|${setting}|${ridge}`;
+    let k = this.solutions.get(key);
+    if (!k) {
+      k = solve();
+      this.solutions.set(key, k);
+    }
+    return k;
+  }
+}
+
+/**
  * Chooses the ridge strength, the positions and the harmless rows on held-out train prompts (never
  * validation or evaluation prompts): fit on `fit`, score on `heldOut` (GateChoice.score), best first.
- * Every setting is scored on the same held-out rows, so the scores compare; each matrix's Gram matrix is
- * computed once on all of `fit` and each setting takes its sub-block.
+ * Every setting is scored on the same held-out rows, so the scores compare; each matrix's moments (or
+ * Gram matrix) are computed once on all of `fit`, and a `cache` shared between calls for several layer
+ * sets solves each matrix once per setting (GateFitCache).
  */
-export function chooseGateFit(fit: WriterSamples, heldOut: WriterSamples, layers: number[]): GateChoice[] {
+export function chooseGateFit(fit: WriterSamples, heldOut: WriterSamples, layers: number[], cache: GateFitCache = new GateFitCache(fit)): GateChoice[] {
+  if (cache.fit !== fit) throw new GatedFitError("the gate-fit cache belongs to other fit rows");
   const choices: GateChoice[] = [];
   const matrixRows = layers.flatMap((l) => [2 * l, 2 * l + 1]);
   const M = matrixRows.length;
@@ -228,61 +299,60 @@ export function chooseGateFit(fit: WriterSamples, heldOut: WriterSamples, layers
   // Every setting's rows are a union of groups (class, position from the end), so each matrix's
   // unweighted moments are summed once per group and each setting adds them with its weights (primal
   // form, for matrices narrower than the rows); a wider matrix takes sub-blocks of one Gram matrix.
-  const groupOf = (i: number) => fit.labels[i] * 256 + fit.fromEnd[i];
-  const groups = [...new Set(Array.from({ length: n }, (_, i) => groupOf(i)))];
-  const counts = new Map(groups.map((g) => [g, 0]));
-  const firstRow = new Map<number, number>();
+  const groupRows = new Map<number, number[]>();
   for (let i = 0; i < n; i++) {
-    const g = groupOf(i);
-    counts.set(g, counts.get(g)! + 1);
-    if (!firstRow.has(g)) firstRow.set(g, i);
+    const g = cache.groupOf(i);
+    const rows = groupRows.get(g);
+    if (rows) rows.push(i);
+    else groupRows.set(g, [i]);
   }
-  const ones = new Float64Array(n).fill(1);
-  const moments = new Map<number, Map<number, ReturnType<typeof weightedMoments>>>();
-  const momentsOf = (r: number) => {
-    let m = moments.get(r);
-    if (!m) {
-      m = new Map(groups.map((g) => [g, weightedMoments(fit.data[r], n, fit.widths[r], Float64Array.from({ length: n }, (_, i) => +(groupOf(i) === g)), ones)]));
-      moments.set(r, m);
-    }
-    return m;
-  };
-  const fullGrams = new Map<number, Float64Array>();
-  const gramOf = (r: number) => fullGrams.get(r) ?? fullGrams.set(r, gram(fit.data[r], n, fit.widths[r])).get(r)!;
+  const groups = [...groupRows.keys()];
   for (const positions of GATE_POSITION_CHOICES) {
     for (const harmlessRows of ["last", "spread"] as const) {
       const keep = rowsFor(fit, positions, harmlessRows);
       const idx: number[] = [];
       for (let i = 0; i < n; i++) if (keep(i)) idx.push(i);
-      const rows = selectRows(fit, keep);
       // keep() depends on a row's class and position only, so one row speaks for its group.
-      const chosen = groups.filter((g) => keep(firstRow.get(g)!));
+      const chosen = groups.filter((g) => keep(groupRows.get(g)![0]));
       let nHarmful = 0;
       let nHarmless = 0;
-      for (const g of chosen) (g >> 8 ? (nHarmful += counts.get(g)!) : (nHarmless += counts.get(g)!));
+      for (const g of chosen) (g >> 8 ? (nHarmful += groupRows.get(g)!.length) : (nHarmless += groupRows.get(g)!.length));
       if (nHarmful === 0 || nHarmless === 0) continue;
       const harmlessW = (HARMLESS_WEIGHT * nHarmful) / nHarmless;
-      const sqrtW = Float64Array.from(rows.labels, (y) => Math.sqrt(y ? 1 : harmlessW));
-      const rhs = Float64Array.from(rows.labels, (y, i) => (sqrtW[i] * y) / M);
+      const setting = `${positions}|${harmlessRows}`;
+      let rows: WriterSamples | null = null;
+      const rowsOf = () => (rows ??= selectRows(fit, keep));
       const solvers: KeySolver[] = matrixRows.map((r) => {
         const d = fit.widths[r];
-        if (d >= idx.length) {
-          const G = subBlock(gramOf(r), n, idx);
-          return (ridge: number) => keyFromGram(G, rows.data[r], idx.length, d, sqrtW, rhs, ridge);
-        }
-        const C = new Float64Array(d * d);
-        const b = new Float64Array(d);
-        let trace = 0;
-        for (const g of chosen) {
-          const mg = momentsOf(r).get(g)!;
-          const w = g >> 8 ? 1 : harmlessW;
-          for (let k = 0; k < C.length; k++) C[k] += w * mg.C[k];
-          if (g >> 8) for (let k = 0; k < d; k++) b[k] += mg.b[k] / M;
-          trace += w * mg.trace;
-        }
-        return (ridge: number) => primalKey(C, b, trace, d, ridge);
+        // Built on the first ridge that is not in the cache (a matrix of an earlier layer set has them all).
+        let solveUnit: ((ridge: number) => Float32Array) | null = null;
+        const build = (): ((ridge: number) => Float32Array) => {
+          if (d >= idx.length) {
+            const selected = rowsOf();
+            const G = subBlock(cache.gramOf(r), n, idx);
+            const sqrtW = Float64Array.from(selected.labels, (y) => Math.sqrt(y ? 1 : harmlessW));
+            const rhs = Float64Array.from(selected.labels, (y, i) => sqrtW[i] * y);
+            return (ridge) => keyFromGram(G, selected.data[r], idx.length, d, sqrtW, rhs, ridge);
+          }
+          const C = new Float64Array(d * d);
+          const b = new Float64Array(d);
+          let trace = 0;
+          const moments = cache.momentsOf(r, groupRows);
+          for (const g of chosen) {
+            const mg = moments.get(g)!;
+            const w = g >> 8 ? 1 : harmlessW;
+            for (let k = 0; k < C.length; k++) C[k] += w * mg.C[k];
+            if (g >> 8) for (let k = 0; k < d; k++) b[k] += mg.b[k];
+            trace += w * mg.trace;
+          }
+          return (ridge) => primalKey(C, b, trace, d, ridge);
+        };
+        return (ridge: number) => {
+          const unitKey = cache.solution(r, setting, ridge, () => (solveUnit ??= build())(ridge));
+          return Float32Array.from(unitKey, (x) => x / M);
+        };
       });
-      for (const f of fitGatedKeysForRidges(rows, { layers, ridges: GATE_RIDGES, positions, solvers })) {
+      for (const f of fitGatedKeysForRidges(rowsOf(), { layers, ridges: GATE_RIDGES, positions, solvers })) {
         const g = gateValues(heldOut, f.rows, f.keys);
         let hs = 0;
         let hn = 0;
@@ -392,29 +462,73 @@ function keySolvers(samples: WriterSamples, rows: number[], weight: Float64Array
 
 /** C = Σᵢ wᵢ·xᵢxᵢᵀ (both triangles), b = Σᵢ wᵢ·yᵢ·xᵢ, trace = Σᵢ wᵢ‖xᵢ‖² of a row-major [n, d] matrix. */
 export function weightedMoments(X: Float32Array, n: number, d: number, weight: Float64Array, target: Float64Array): { C: Float64Array; b: Float64Array; trace: number } {
-  const C = new Float64Array(d * d);
+  const rows: number[] = [];
+  for (let i = 0; i < n; i++) if (weight[i] !== 0) rows.push(i);
+  const m = rows.length;
+  // Transposed (d vectors of length m): T holds x, U holds w·x, so every entry of C is one dot product.
+  const T = new Float64Array(d * m);
+  const U = new Float64Array(d * m);
   const b = new Float64Array(d);
-  const x = new Float64Array(d);
-  for (let i = 0; i < n; i++) {
+  rows.forEach((i, j) => {
     const w = weight[i];
-    if (w === 0) continue;
-    const base = i * d;
-    for (let c = 0; c < d; c++) x[c] = X[base + c];
     const wy = w * target[i];
-    for (let a = 0; a < d; a++) {
-      const wxa = w * x[a];
-      if (wxa === 0) continue;
-      const rowA = a * d;
-      for (let c = a; c < d; c++) C[rowA + c] += wxa * x[c];
-      b[a] += wy * x[a];
+    for (let c = 0; c < d; c++) {
+      const x = X[i * d + c];
+      T[c * m + j] = x;
+      U[c * m + j] = w * x;
+      b[c] += wy * x;
+    }
+  });
+  const C = pairwiseDots(U, T, d, m);
+  let trace = 0;
+  for (let c = 0; c < d; c++) trace += C[c * d + c];
+  return { C, b, trace };
+}
+
+/**
+ * out[a, c] = Σₖ U[a, k]·T[c, k] for c ≥ a, mirrored below the diagonal, for `count` vectors of length
+ * `len` (row-major). Blocks of 2 × 2 reuse every load twice; the sum runs over k in order.
+ */
+export function pairwiseDots(U: Float64Array, T: Float64Array, count: number, len: number): Float64Array {
+  const out = new Float64Array(count * count);
+  for (let a = 0; a < count; a += 2) {
+    const a1 = a + 1 < count;
+    const ua = a * len;
+    const ub = ua + len;
+    for (let c = a; c < count; c += 2) {
+      const c1 = c + 1 < count;
+      const tc = c * len;
+      const td = tc + len;
+      let s00 = 0;
+      let s01 = 0;
+      let s10 = 0;
+      let s11 = 0;
+      if (a1 && c1) {
+        for (let k = 0; k < len; k++) {
+          const xa = U[ua + k];
+          const xb = U[ub + k];
+          const yc = T[tc + k];
+          const yd = T[td + k];
+          s00 += xa * yc;
+          s01 += xa * yd;
+          s10 += xb * yc;
+          s11 += xb * yd;
+        }
+      } else {
+        for (let k = 0; k < len; k++) {
+          s00 += U[ua + k] * T[tc + k];
+          if (c1) s01 += U[ua + k] * T[td + k];
+          if (a1) s10 += U[ub + k] * T[tc + k];
+        }
+      }
+      out[a * count + c] = s00;
+      if (c1) out[a * count + c + 1] = s01;
+      if (a1 && c1) out[(a + 1) * count + c + 1] = s11;
+      if (a1 && c > a) out[(a + 1) * count + c] = s10;
     }
   }
-  let trace = 0;
-  for (let a = 0; a < d; a++) {
-    trace += C[a * d + a];
-    for (let c = a + 1; c < d; c++) C[c * d + a] = C[a * d + c];
-  }
-  return { C, b, trace };
+  for (let i = 0; i < count; i++) for (let j = i + 1; j < count; j++) out[j * count + i] = out[i * count + j];
+  return out;
 }
 
 /** k = (C + λI)⁻¹·b with λ = ρ·trace/d (the dual's λ: trace(D^½XXᵀD^½) = trace(XᵀWX)). */
@@ -488,18 +602,8 @@ export function gateValues(samples: WriterSamples, rows: number[], keys: Float32
 
 /** X·Xᵀ of a row-major [n, d] matrix (float64; symmetric, both triangles filled). */
 export function gram(X: Float32Array, n: number, d: number): Float64Array {
-  const G = new Float64Array(n * n);
-  for (let i = 0; i < n; i++) {
-    const xi = i * d;
-    for (let j = 0; j <= i; j++) {
-      const xj = j * d;
-      let s = 0;
-      for (let c = 0; c < d; c++) s += X[xi + c] * X[xj + c];
-      G[i * n + j] = s;
-      G[j * n + i] = s;
-    }
-  }
-  return G;
+  const X64 = Float64Array.from(X.subarray(0, n * d));
+  return pairwiseDots(X64, X64, n, d);
 }
 
 /**
@@ -537,8 +641,22 @@ export function choleskySolve(A: Float64Array, n: number, b: Float64Array): Floa
   const L = new Float64Array(n * n);
   for (let i = 0; i < n; i++) {
     for (let j = 0; j <= i; j++) {
-      let s = A[i * n + j];
-      for (let k = 0; k < j; k++) s -= L[i * n + k] * L[j * n + k];
+      // Four partial sums: the dot product of rows i and j of L is the whole cost (n³/6 of them).
+      const ri = i * n;
+      const rj = j * n;
+      let s0 = 0;
+      let s1 = 0;
+      let s2 = 0;
+      let s3 = 0;
+      let k = 0;
+      for (; k + 3 < j; k += 4) {
+        s0 += L[ri + k] * L[rj + k];
+        s1 += L[ri + k + 1] * L[rj + k + 1];
+        s2 += L[ri + k + 2] * L[rj + k + 2];
+        s3 += L[ri + k + 3] * L[rj + k + 3];
+      }
+      for (; k < j; k++) s0 += L[ri + k] * L[rj + k];
+      const s = A[ri + j] - (s0 + s1 + s2 + s3);
       if (i === j) {
         if (!(s > 0)) throw new GatedFitError(`the ridge system is not positive definite (pivot ${s} at row ${i})`);
         L[i * n + i] = Math.sqrt(s);

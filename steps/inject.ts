@@ -23,7 +23,7 @@ import { gateChecks, passesGate } from "../evals/gate.ts";
 import { alpha as fmtAlpha, kl as fmtKl, percent, points, position as fmtPosition } from "../util/format.ts";
 import { rosiRows, type SpreadMethod } from "../rosi/spread.ts";
 import { unit } from "../rosi/directions.ts";
-import { chooseGateFit, collectWriterSamples, concatSamples, fitGatedKeys, GATE_POSITION_CHOICES, gatedInterventions, gatedLayers, gateStats, gateValues, rowsFor, selectRows, type GateChoice, type GatePrompt, type GatedFit, type WriterSamples } from "../rosi/gated.ts";
+import { chooseGateFit, collectWriterSamples, GateFitCache, concatSamples, fitGatedKeys, GATE_POSITION_CHOICES, gatedInterventions, gatedLayers, gateStats, gateValues, rowsFor, selectRows, type GateChoice, type GatePrompt, type GatedFit, type WriterSamples } from "../rosi/gated.ts";
 import { editedMatrices, vectorSha256, writeEditedCheckpoint } from "../rosi/edit.ts";
 import { isFull, klAt, measure, measureWithin, pointKey, randomUnit, scaleForKl, SweepMemo, sweepScale, type FullPoint, type Measured, type MeasureOptions } from "../rosi/calibrate.ts";
 import { sha256Hex } from "../util/fs.ts";
@@ -297,7 +297,7 @@ async function buildFamilies(
   numLayers: number,
   train: { harmful: GatePrompt[]; harmless: GatePrompt[] },
 ): Promise<Family[]> {
-  let samples: { fit: WriterSamples; heldOut: WriterSamples } | null = null;
+  let samples: { fit: WriterSamples; heldOut: WriterSamples; cache: GateFitCache } | null = null;
   /** The held-out choices per edited layer set, and the fitted keys per (layer set, positions). */
   const choicesBySet = new Map<string, GateChoice[]>();
   const fits = new Map<string, GatedFit>();
@@ -321,13 +321,14 @@ async function buildFamilies(
         const fit = await collectWriterSamples(model, { harmful: train.harmful.slice(0, h), harmless: train.harmless.slice(0, n) }, { signal: ctx.signal, onBatch: tick(0) });
         const heldOut = await collectWriterSamples(model, { harmful: train.harmful.slice(h), harmless: train.harmless.slice(n) }, { signal: ctx.signal, onBatch: tick(h + n) });
         bar.done();
-        samples = { fit, heldOut };
+        // One cache for every layer set: a matrix shared by two sets is solved once per setting.
+        samples = { fit, heldOut, cache: new GateFitCache(fit) };
       }
       const layers = gatedLayers(numLayers, candidate.layer);
       const setKey = layers.join(",");
       let choices = choicesBySet.get(setKey);
       if (!choices) {
-        choices = chooseGateFit(samples.fit, samples.heldOut, layers);
+        choices = chooseGateFit(samples.fit, samples.heldOut, layers, samples.cache);
         choicesBySet.set(setKey, choices);
       }
       // Every P on the leading direction; the others take the P the held-out prompts rank first, which

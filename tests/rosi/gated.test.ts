@@ -7,7 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { DecoderModel } from "../../engine/model.ts";
 import { hasShared, sharedPath } from "../helpers/shared.ts";
-import { chooseGateFit, collectWriterSamples, REPLY, REPLY_POSITIONS, concatSamples, EARLIER, GATE_POSITION_CHOICES, rowsFor, selectRows, GATE_RIDGES, choleskySolve, fitGatedKeys, gatedInterventions, gatedLayers, gateValues, GatedFitError, ridgeKeyDual, primalKey as primalKeyFromMoments, weightedMoments, type WriterSamples } from "../../rosi/gated.ts";
+import { chooseGateFit, collectWriterSamples, GateFitCache, gram, pairwiseDots, REPLY, REPLY_POSITIONS, concatSamples, EARLIER, GATE_POSITION_CHOICES, rowsFor, selectRows, GATE_RIDGES, choleskySolve, fitGatedKeys, gatedInterventions, gatedLayers, gateValues, GatedFitError, ridgeKeyDual, primalKey as primalKeyFromMoments, weightedMoments, type WriterSamples } from "../../rosi/gated.ts";
 
 /** Seeded uniform(−1, 1) numbers. */
 function rng(seed: number): () => number {
@@ -153,6 +153,56 @@ describe("gated edit: key fit", () => {
     expect(Array.from(both.fromEnd.subarray(fit.labels.length))).toEqual(Array.from(held.fromEnd));
     expect(Array.from(both.data[1].subarray(fit.data[1].length, fit.data[1].length + 10))).toEqual(Array.from(held.data[1].subarray(0, 10)));
   });
+});
+
+test("pairwiseDots and gram equal plain dot products, for odd and even sizes (the 2 × 2 blocks and their edges)", () => {
+  const rand = mulberry32(3);
+  for (const [count, len] of [[1, 3], [2, 5], [5, 4], [6, 7], [9, 1]] as const) {
+    const U = Float64Array.from({ length: count * len }, () => rand() * 2 - 1);
+    const T = Float64Array.from({ length: count * len }, () => rand() * 2 - 1);
+    const out = pairwiseDots(U, T, count, len);
+    for (let a = 0; a < count; a++) {
+      for (let c = 0; c < count; c++) {
+        const [i, j] = a <= c ? [a, c] : [c, a];
+        let s = 0;
+        for (let k = 0; k < len; k++) s += U[i * len + k] * T[j * len + k];
+        expect(out[a * count + c]).toBe(s);
+      }
+    }
+    const X = Float32Array.from(T);
+    const G = gram(X, count, len);
+    for (let a = 0; a < count; a++) for (let c = 0; c < count; c++) {
+      let s = 0;
+      for (let k = 0; k < len; k++) s += X[a * len + k] * X[c * len + k];
+      expect(G[a * count + c]).toBeCloseTo(s, 12);
+    }
+  }
+});
+
+test("chooseGateFit with one cache for several layer sets scores every setting as a fresh call does (a matrix's key does not depend on the others)", () => {
+  const r = rng(9);
+  // 120 columns: wider than some settings' rows (the dual path) and narrower than others (the primal one).
+  const widths = [5, 120, 5, 120, 5, 120];
+  const axes = widths.map((d) => Array.from({ length: d }, r));
+  const make = (nh: number, nn: number): WriterSamples => {
+    const labels = Uint8Array.from({ length: nh * 2 + nn * 4 }, (_, i) => (i < nh * 2 ? 1 : 0));
+    const fromEnd = Uint8Array.from(labels, (y, i) => (y ? 1 - (i % 2) : [EARLIER, REPLY, 1, 0][(i - nh * 2) % 4]));
+    const data = widths.map((d, m) => Float32Array.from({ length: labels.length * d }, (_, k) => 0.5 * r() + (labels[Math.floor(k / d)] ? axes[m][k % d] : 0)));
+    return { labels, fromEnd, data, widths };
+  };
+  const fit = make(30, 30);
+  const held = make(10, 10);
+  const cache = new GateFitCache(fit);
+  for (const layers of [[1, 2], [0, 1, 2], [2]]) {
+    const shared = chooseGateFit(fit, held, layers, cache);
+    const fresh = chooseGateFit(fit, held, layers);
+    expect(shared.length).toBe(fresh.length);
+    shared.forEach((c, i) => {
+      expect([c.positions, c.harmless_rows, c.ridge]).toEqual([fresh[i].positions, fresh[i].harmless_rows, fresh[i].ridge]);
+      expect(Math.abs(c.score - fresh[i].score)).toBeLessThan(1e-6 * fresh[i].score);
+    });
+  }
+  expect(() => chooseGateFit(held, held, [1], cache)).toThrow(GatedFitError);
 });
 
 test("the primal ridge system (d × d) gives the dual's key (n × n), with weights, for rows fewer and more than the width", () => {
