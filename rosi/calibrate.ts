@@ -32,6 +32,7 @@ import type { ModelTokenizer } from "../engine/tokenizer.ts";
 import { isRefusal } from "../evals/refusal.ts";
 import { firstTokenLogProbs, generateTexts, klDivergence, mean, type Interventions } from "../evals/measure.ts";
 import { sha256Hex } from "../util/fs.ts";
+import { exactAnswers, UTILITY_TOKENS } from "../evals/exact-answer.ts";
 
 export interface CalibrationSets {
   harmful: number[][];
@@ -91,8 +92,8 @@ async function replyRates(model: DecoderModel, tok: ModelTokenizer, iv: Interven
   const harmless = mean((await gen(o.sets.harmless, o.maxNewTokens)).map((t) => +isRefusal(t)));
   let utility: number | null = null;
   if (o.sets.utility.length) {
-    const texts = await gen(o.sets.utility.map((u) => u.ids), 24);
-    utility = mean(texts.map((t, i) => +(t.trim() === o.sets.utility[i].answer)));
+    const { correct } = await exactAnswers(model, tok, o.sets.utility, { maxNewTokens: UTILITY_TOKENS, ...iv, signal: o.signal, batchSize: o.batchSize ?? 32 });
+    utility = mean(correct.map((c) => +c));
   }
   return { harmful_refusal: harmful, harmless_refusal: harmless, utility };
 }

@@ -19,6 +19,7 @@ import { gateChecks, gateReason } from "../evals/gate.ts";
 import { kl as fmtKl, percent } from "../util/format.ts";
 import { rateOf, type Rate } from "../evals/stats.ts";
 import { utilitySplit } from "../evals/datasets.ts";
+import { exactAnswers, UTILITY_TOKENS } from "../evals/exact-answer.ts";
 import { outputsOf, patchedModelDir, readSource, readSplits } from "./artefacts.ts";
 
 /** The multiple-choice questions: the built-in set whole, a given set sampled (seeded) to max(n_eval, 100) items. */
@@ -55,8 +56,9 @@ async function evaluate(ctx: Ctx, label: string, model: DecoderModel, tok: Model
   // accuracy is then reported beside it.
   let exact: Rate | null = null;
   if (data.utilityTask) {
-    const texts = (await gen(ids(data.utilityTask.map((u) => u.prompt)), 24)).texts;
-    exact = rateOf(texts.map((t, i) => t.trim() === data.utilityTask![i].answer));
+    const prompts = ids(data.utilityTask.map((u) => u.prompt));
+    const items = prompts.map((p, i) => ({ ids: p, answer: data.utilityTask![i].answer }));
+    exact = rateOf((await exactAnswers(model, tok, items, { maxNewTokens: UTILITY_TOKENS, signal: ctx.signal, batchSize })).correct);
   }
   const mc = rateOf(await multipleChoiceCorrect(model, tok, data.mc));
   const mcAccuracy = mc.rate;
