@@ -197,21 +197,57 @@ export async function sweepScale(opts: { probe: number; at: (scale: number) => P
   return { points, best: bestOf() };
 }
 
-/** Smallest |scale| (same sign as `start`) whose KL reaches `target`, by doubling then 6 bisections; null when 2²⁴·|start| does not reach it. */
-export async function scaleForKl(klOf: (scale: number) => Promise<number>, start: number, target: number): Promise<number | null> {
-  let lo = 0;
-  let hi = start;
-  while ((await klOf(hi)) < target) {
-    lo = hi;
-    hi *= 2;
-    if (Math.abs(hi) > Math.abs(start) * 2 ** 24) return null;
+/**
+ * A scale (same sign as `start`) whose KL lies in [target, (1 + tolerance)·target], with what `at`
+ * measured there; null when 2²⁴·|start| does not reach the target or no point lands in the band within
+ * `maxEvaluations`, when the nearest point above the target is returned instead.
+ *
+ * KL grows about as the square of the scale for small edits and faster beyond, so log KL is close to
+ * linear in log |scale|: the search steps by the square-root rule until the target is bracketed, then
+ * interpolates between the bracket's ends in log–log (regula falsi, aiming at the band's middle), and
+ * bisects geometrically when an end has not moved for two steps. Typically 3–4 measurements where a
+ * doubling search with a fixed number of bisections takes 7–10.
+ */
+export async function scaleForKl<T extends { kl: number }>(at: (scale: number) => Promise<T>, start: number, target: number, opts: { tolerance?: number; maxEvaluations?: number } = {}): Promise<{ scale: number; point: T } | null> {
+  const tolerance = opts.tolerance ?? 0.05;
+  const maxEvaluations = opts.maxEvaluations ?? 24;
+  const sign = Math.sign(start) || 1;
+  const aim = target * (1 + tolerance / 2);
+  let lo: { s: number; kl: number } | null = null; // the largest |scale| below the target
+  let hi: { s: number; kl: number; point: T } | null = null; // the smallest at or above it
+  let s = Math.abs(start);
+  let stale = 0; // steps in a row that moved the same end of the bracket
+  let lastMoved: "lo" | "hi" | null = null;
+  for (let i = 0; i < maxEvaluations; i++) {
+    const point = await at(sign * s);
+    const kl = point.kl;
+    const moved = kl >= target ? "hi" : "lo";
+    stale = moved === lastMoved ? stale + 1 : 0;
+    lastMoved = moved;
+    if (kl >= target) {
+      hi = { s, kl, point };
+      if (kl <= target * (1 + tolerance)) return { scale: sign * s, point };
+    } else lo = { s, kl };
+    if (!hi) {
+      // Not bracketed yet: the square-root rule, at least ×1.5 and at most ×16 a step.
+      const grow = kl > 0 ? Math.sqrt(aim / kl) : 16;
+      s *= Math.min(16, Math.max(1.5, grow));
+      if (s > Math.abs(start) * 2 ** 24) return null;
+    } else if (!lo || !(lo.kl > 0)) {
+      // Only the upper end: the square-root rule downwards, at most ÷16.
+      s = hi.s * Math.max(1 / 16, Math.min(0.95, Math.sqrt(aim / hi.kl)));
+    } else if (stale >= 2) {
+      s = Math.sqrt(lo.s * hi.s);
+      stale = 0;
+    } else {
+      const [x0, x1, y0, y1] = [Math.log(lo.s), Math.log(hi.s), Math.log(lo.kl), Math.log(hi.kl)];
+      const x = y1 > y0 ? x0 + ((Math.log(aim) - y0) * (x1 - x0)) / (y1 - y0) : (x0 + x1) / 2;
+      // Strictly inside the bracket, so that every step shrinks it.
+      const margin = 0.02 * (x1 - x0);
+      s = Math.exp(Math.min(x1 - margin, Math.max(x0 + margin, x)));
+    }
   }
-  for (let i = 0; i < 6; i++) {
-    const mid = lo === 0 ? hi / 2 : Math.sign(hi) * Math.sqrt(Math.abs(lo * hi));
-    if ((await klOf(mid)) < target) lo = mid;
-    else hi = mid;
-  }
-  return hi;
+  return hi ? { scale: sign * hi.s, point: hi.point } : null;
 }
 
 /** A seeded random unit vector (Gaussian entries from a xorshift generator with Box–Muller), for the control. */

@@ -22,6 +22,7 @@ import { coefficientStats, injectedAmount, rosiRows, spreadWeights, type Coeffic
 import { openModel } from "./common.ts";
 import { outputsOf, readSource, readSplits, writeJson, type CandidateScore, type ProbeScores, type Selection } from "./artefacts.ts";
 import { vectorSha256 } from "../rosi/edit.ts";
+import { scaleForKl } from "../rosi/calibrate.ts";
 import { chart } from "../report/plot.ts";
 import { alpha as fmtAlpha, position as fmtPosition } from "../util/format.ts";
 
@@ -41,44 +42,26 @@ function better(a: ProbeScores, b: ProbeScores): boolean {
 }
 
 /**
- * Smallest |α| (log-bisection) at which the edit's mean first-token KL on harmless prompts reaches `target`.
- * `hint` (the answer for a neighbouring candidate) brackets the search so that it usually takes a few passes.
- * Also returns the harmless first-token log-probabilities at that α, which the caller scores.
+ * The |α| at which the edit's mean first-token KL on harmless prompts reaches `target` (within 5 %,
+ * rosi/calibrate.ts scaleForKl), signed by `sign`. `hint` (the answer for a neighbouring candidate) is
+ * where the search starts, so that it usually takes a few passes. Also returns the harmless first-token
+ * log-probabilities at that α, which the caller scores.
  */
 async function alphaForKl(model: DecoderModel, prompts: number[][], base: Float64Array[], dir: Float32Array, weights: number[], sign: number, target: number, hint: number): Promise<{ alpha: number; kl: number; logProbs: Float64Array[] } | null> {
   const at = async (a: number) => {
-    const logProbs = await firstTokenLogProbs(model, prompts, { rosiVectors: rosiRows(dir, sign * a, weights) });
+    const logProbs = await firstTokenLogProbs(model, prompts, { rosiVectors: rosiRows(dir, a, weights) });
     return { kl: mean(logProbs.map((q, i) => klDivergence(base[i], q))), logProbs };
   };
-  let lo = hint / 2;
-  let hi = hint;
-  let atHi = await at(hi);
-  while (atHi.kl < target) {
-    lo = hi;
-    hi *= 2;
-    if (hi > 2 ** 24) return null;
-    atHi = await at(hi);
-  }
-  while (lo > 1e-6) {
-    const atLo = await at(lo);
-    if (atLo.kl < target) break;
-    [hi, atHi] = [lo, atLo];
-    lo /= 2;
-  }
-  for (let i = 0; i < 4; i++) {
-    const mid = Math.sqrt(lo * hi);
-    const atMid = await at(mid);
-    if (atMid.kl < target) lo = mid;
-    else [hi, atHi] = [mid, atMid];
-  }
-  return { alpha: sign * hi, kl: atHi.kl, logProbs: atHi.logProbs };
+  const found = await scaleForKl(at, sign * hint, target);
+  return found && { alpha: found.scale, kl: found.point.kl, logProbs: found.point.logProbs };
 }
 
 export const extractStep: Step<Settings> = {
   name: "extract",
   // 7: candidates recorded as a discarded | scored union (selection.json shape; same selection).
   // 8: means from elicit's contrastive pairs (refused harmful, answered harmless train prompts) when ≥ 16 of each.
-  version: 8,
+  // 9: the KL probe by log–log interpolation (KL within 5 % of the probe's), not 4 fixed bisections.
+  version: 9,
   deps: ["pull", "elicit"],
   outputs: outputsOf("extract"),
   inputs: (s) => ({ rank: s.rank, quantize: s.quantize, dtype: s.dtype, layer: s.layer, position: s.position, useSystemPrompt: s.useSystemPrompt, method: s.method }),

@@ -55,7 +55,8 @@ export const injectStep: Step<Settings> = {
   //     prompt positions fitted, chosen by calibration.
   // 12: the key fit adds quiet rows on the contrast's replies (teacher-forced without the safety prompt).
   // 13: a calibration point past the KL bound keeps its KL alone (its replies are not generated).
-  version: 13,
+  // 14: the random control's scale by log–log interpolation (its KL within 5 % above the chosen point's).
+  version: 14,
   deps: ["pull", "elicit", "extract"],
   outputs: outputsOf("inject"),
   inputs: (s) => ({ includeEmbeddings: s.includeEmbeddings, quantize: s.quantize, dtype: s.dtype, alpha: s.alpha, rank: s.rank, method: s.method, seed: s.seed, gate: s.gate, nEval: s.nEval }),
@@ -232,9 +233,10 @@ export const injectStep: Step<Settings> = {
           // Control: a seeded random direction, same family (same spread or keys), scaled to the chosen point's KL.
           const random = randomUnit(directions.hidden, s.seed + 1);
           const chosenFamily = best.family;
-          const klOf = (alpha: number) => klAt(model, interventions(chosenFamily, random, alpha), mo);
-          const scale = best.point.kl > 0 ? await scaleForKl(klOf, best.scale, best.point.kl) : null;
-          if (scale !== null) {
+          const klOf = async (alpha: number) => ({ kl: await klAt(model, interventions(chosenFamily, random, alpha), mo) });
+          const found = best.point.kl > 0 ? await scaleForKl(klOf, best.scale, best.point.kl) : null;
+          if (found !== null) {
+            const scale = found.scale;
             const point = await measure(model, tok, interventions(chosenFamily, random, scale), mo);
             control = {
               seed: s.seed + 1,

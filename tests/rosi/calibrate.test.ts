@@ -95,11 +95,32 @@ describe("measureWithin (the demo model)", () => {
   });
 });
 
-test("scaleForKl finds the scale of a target KL", async () => {
-  const t = await scaleForKl(async (s) => response(s).kl, 1, 0.04);
-  expect(t!).toBeGreaterThanOrEqual(10);
-  expect(t!).toBeLessThan(10 * 1.02);
-  expect(await scaleForKl(async () => 0, 1, 0.04)).toBeNull();
+test("scaleForKl lands in [target, 1.05·target] from below and above, for KL growing as t² and faster, in few measurements", async () => {
+  const shapes: [string, (t: number) => number][] = [
+    ["t²", (t) => (t / 50) ** 2],
+    ["t⁴", (t) => (t / 30) ** 4],
+    ["exp", (t) => Math.expm1(Math.abs(t) / 40) ** 2],
+    ["t² then a cliff", (t) => (Math.abs(t) < 20 ? (t / 50) ** 2 : 5 * (t / 50) ** 2)],
+  ];
+  for (const [name, kl] of shapes) {
+    for (const start of [1, -1, 500, -0.01]) {
+      let n = 0;
+      const found = await scaleForKl(async (t) => (n++, { kl: kl(t), t }), start, 0.04);
+      expect(found, `${name} from ${start}`).not.toBeNull();
+      expect(Math.sign(found!.scale)).toBe(Math.sign(start)); // the sign of the start is kept
+      expect(found!.point.t).toBe(found!.scale); // what was measured there
+      if (name === "t² then a cliff") {
+        // No scale lands in the band: the nearest one above the target (the cliff's foot, 20).
+        expect(found!.point.kl).toBeGreaterThanOrEqual(0.04);
+        expect(Math.abs(found!.scale)).toBeLessThan(20 * 1.05);
+        continue;
+      }
+      expect(found!.point.kl).toBeGreaterThanOrEqual(0.04);
+      expect(found!.point.kl).toBeLessThanOrEqual(0.04 * 1.05);
+      expect(n, `${name} from ${start}`).toBeLessThanOrEqual(8);
+    }
+  }
+  expect(await scaleForKl(async () => ({ kl: 0 }), 1, 0.04)).toBeNull();
 });
 
 test("the memo persists points, survives a torn last line and is reused on resume", async () => {
