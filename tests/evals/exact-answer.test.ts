@@ -7,7 +7,7 @@ import { join, resolve } from "node:path";
 import { DecoderModel } from "../../engine/model.ts";
 import { loadTokenizer } from "../../engine/tokenizer.ts";
 import { conflicts, exactAnswers, UTILITY_TOKENS } from "../../evals/exact-answer.ts";
-import { generateTexts } from "../../evals/measure.ts";
+import { firstTokenLogProbs, generateTexts } from "../../evals/measure.ts";
 import { utilityTask } from "../../evals/datasets.ts";
 import { randomUnit } from "../../rosi/calibrate.ts";
 import { REPO_ROOT } from "../helpers/shared.ts";
@@ -58,4 +58,21 @@ describe("exact answers on the demo model", () => {
       await model.close();
     }
   }, 120_000);
+
+  test("firstTokenLogProbs batches by length and answers in the prompts' order: each row equals that prompt alone", async () => {
+    const tok = await loadTokenizer(dir);
+    const model = await DecoderModel.load(dir, { device: "cpu", cacheDir: join(work, "cache"), interventions: true });
+    try {
+      const prompts = utilityTask(dir)!.slice(0, 9).map((u, i) => tok.encodeChat(`${"Please. ".repeat(i % 4)}${u.prompt}`).ids);
+      const batched = await firstTokenLogProbs(model, prompts, {}, 4);
+      for (let i = 0; i < prompts.length; i++) {
+        const [alone] = await firstTokenLogProbs(model, [prompts[i]]);
+        let worst = 0;
+        for (let v = 0; v < alone.length; v++) worst = Math.max(worst, Math.abs(alone[v] - batched[i][v]));
+        expect(worst).toBeLessThan(1e-4);
+      }
+    } finally {
+      await model.close();
+    }
+  });
 });
