@@ -36,6 +36,14 @@
 // validation behaviours): refusal peaks where the push g·α is ≈ 75–80 and falls beyond it (the replies
 // degrade), while g itself reads 1.46 on the training distribution and 0.83 on HarmBench; one t cannot
 // suit both, and calibration on the validation split picks the training distribution's optimum.
+// Per prompt (the auto run's edit at t 110): HarmBench prompts with g ≈ 0.8 refuse 12/14, those with
+// g ≈ 0.3 2/14 and g ≈ 1.2 9/13; the organism's own validation prompts (g 1.08–1.44) 12/32. Edits of
+// one layer alone behave the same (so it is not layers feeding each other), and the harmful prompts'
+// earlier tokens read g ≈ 0.08 (the push is at the last token). Not better on the same development
+// prompts: twice the built-in prompts in the fit (HarmBench's g 0.35–1.34), and the built-in prompts
+// wrapped in four attack framings as extra fit rows (HarmBench 15/41 against 14/41; two held-out
+// framings were refused 54/64 without them already). Calibration's KL also binds: at t 107 it reads
+// 0.34 on the validation and built-in harmless prompts together, 0.027 on the validation ones alone.
 // Why the quiet reply rows: fitted on prompt tokens only, g still read 0.3–0.8 on the reply's tokens (up to
 // 0.66 on harmless replies too), so a large t kept pushing while the model wrote and the refusal it started
 // ("I am sorry, but I can…") turned to noise past the peak. With reply tokens as quiet rows (a first
