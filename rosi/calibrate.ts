@@ -207,8 +207,18 @@ export async function sweepScale(opts: { probe: number; at: (scale: number) => P
  * interpolates between the bracket's ends in log–log (regula falsi, aiming at the band's middle), and
  * bisects geometrically when an end has not moved for two steps. Typically 3–4 measurements where a
  * doubling search with a fixed number of bisections takes 7–10.
+ *
+ * `slope` (the log–log slope d log KL / d log |scale| found by an earlier search on a similar edit, as
+ * returned) replaces the square-root rule's 2 for the first step: near a KL cliff the slope is 10–20,
+ * where the rule's first step lands far below the target. The returned slope is the final bracket's
+ * (or the last two measurements'), null when fewer than two points had a positive KL.
  */
-export async function scaleForKl<T extends { kl: number }>(at: (scale: number) => Promise<T>, start: number, target: number, opts: { tolerance?: number; maxEvaluations?: number } = {}): Promise<{ scale: number; point: T } | null> {
+export async function scaleForKl<T extends { kl: number }>(
+  at: (scale: number) => Promise<T>,
+  start: number,
+  target: number,
+  opts: { tolerance?: number; maxEvaluations?: number; slope?: number | null } = {},
+): Promise<{ scale: number; point: T; slope: number | null } | null> {
   const tolerance = opts.tolerance ?? 0.05;
   const maxEvaluations = opts.maxEvaluations ?? 24;
   const sign = Math.sign(start) || 1;
@@ -218,24 +228,33 @@ export async function scaleForKl<T extends { kl: number }>(at: (scale: number) =
   let s = Math.abs(start);
   let stale = 0; // steps in a row that moved the same end of the bracket
   let lastMoved: "lo" | "hi" | null = null;
+  const hinted = opts.slope !== undefined && opts.slope !== null && Number.isFinite(opts.slope) && opts.slope > 0.5 ? opts.slope : null;
+  let prev: { s: number; kl: number } | null = null;
+  const slopeOf = (a: { s: number; kl: number } | null, b: { s: number; kl: number } | null): number | null =>
+    a && b && a.kl > 0 && b.kl > 0 && a.s !== b.s ? Math.log(b.kl / a.kl) / Math.log(b.s / a.s) : null;
   for (let i = 0; i < maxEvaluations; i++) {
     const point = await at(sign * s);
     const kl = point.kl;
+    const measured = { s, kl };
     const moved = kl >= target ? "hi" : "lo";
     stale = moved === lastMoved ? stale + 1 : 0;
     lastMoved = moved;
     if (kl >= target) {
       hi = { s, kl, point };
-      if (kl <= target * (1 + tolerance)) return { scale: sign * s, point };
+      if (kl <= target * (1 + tolerance)) return { scale: sign * s, point, slope: slopeOf(lo, hi) ?? slopeOf(prev, measured) };
     } else lo = { s, kl };
+    // Before the target is bracketed, steps follow a slope: the last two measurements' (a secant in
+    // log–log), else the hint on the first step, else the square-root rule's 2 with steps of at least
+    // ×1.5 (÷0.95 downwards), so that a flat stretch is crossed quickly; every step is within ×16.
+    const local = slopeOf(prev, measured);
+    const exponent = local !== null && local > 0.5 ? Math.min(64, local) : i === 0 ? hinted : null;
     if (!hi) {
-      // Not bracketed yet: the square-root rule, at least ×1.5 and at most ×16 a step.
-      const grow = kl > 0 ? Math.sqrt(aim / kl) : 16;
-      s *= Math.min(16, Math.max(1.5, grow));
+      const grow = kl > 0 ? Math.pow(aim / kl, 1 / (exponent ?? 2)) : 16;
+      s *= Math.min(16, Math.max(exponent === null ? 1.5 : 1.01, grow));
       if (s > Math.abs(start) * 2 ** 24) return null;
     } else if (!lo || !(lo.kl > 0)) {
-      // Only the upper end: the square-root rule downwards, at most ÷16.
-      s = hi.s * Math.max(1 / 16, Math.min(0.95, Math.sqrt(aim / hi.kl)));
+      // Only the upper end: downwards, at most ÷16.
+      s = hi.s * Math.max(1 / 16, Math.min(exponent === null ? 0.95 : 0.99, Math.pow(aim / hi.kl, 1 / (exponent ?? 2))));
     } else if (stale >= 2) {
       s = Math.sqrt(lo.s * hi.s);
       stale = 0;
@@ -246,8 +265,9 @@ export async function scaleForKl<T extends { kl: number }>(at: (scale: number) =
       const margin = 0.02 * (x1 - x0);
       s = Math.exp(Math.min(x1 - margin, Math.max(x0 + margin, x)));
     }
+    prev = measured;
   }
-  return hi ? { scale: sign * hi.s, point: hi.point } : null;
+  return hi ? { scale: sign * hi.s, point: hi.point, slope: slopeOf(lo, hi) } : null;
 }
 
 /** A seeded random unit vector (Gaussian entries from a xorshift generator with Box–Muller), for the control. */

@@ -43,17 +43,17 @@ function better(a: ProbeScores, b: ProbeScores): boolean {
 
 /**
  * The |α| at which the edit's mean first-token KL on harmless prompts reaches `target` (within 5 %,
- * rosi/calibrate.ts scaleForKl), signed by `sign`. `hint` (the answer for a neighbouring candidate) is
- * where the search starts, so that it usually takes a few passes. Also returns the harmless first-token
- * log-probabilities at that α, which the caller scores.
+ * rosi/calibrate.ts scaleForKl), signed by `sign`. `hint` (the answer for the previous candidate, and the
+ * log–log slope of KL in α found there) is where the search starts, so that it usually takes two or three
+ * passes. Also returns the harmless first-token log-probabilities at that α, which the caller scores.
  */
-async function alphaForKl(model: DecoderModel, prompts: number[][], base: Float64Array[], dir: Float32Array, weights: number[], sign: number, target: number, hint: number): Promise<{ alpha: number; kl: number; logProbs: Float64Array[] } | null> {
+async function alphaForKl(model: DecoderModel, prompts: number[][], base: Float64Array[], dir: Float32Array, weights: number[], sign: number, target: number, hint: { alpha: number; slope: number | null }): Promise<{ alpha: number; kl: number; slope: number | null; logProbs: Float64Array[] } | null> {
   const at = async (a: number) => {
     const logProbs = await firstTokenLogProbs(model, prompts, { rosiVectors: rosiRows(dir, a, weights) });
     return { kl: mean(logProbs.map((q, i) => klDivergence(base[i], q))), logProbs };
   };
-  const found = await scaleForKl(at, sign * hint, target);
-  return found && { alpha: found.scale, kl: found.point.kl, logProbs: found.point.logProbs };
+  const found = await scaleForKl(at, sign * hint.alpha, target, { slope: hint.slope });
+  return found && { alpha: found.scale, kl: found.point.kl, slope: found.slope, logProbs: found.point.logProbs };
 }
 
 export const extractStep: Step<Settings> = {
@@ -61,7 +61,8 @@ export const extractStep: Step<Settings> = {
   // 7: candidates recorded as a discarded | scored union (selection.json shape; same selection).
   // 8: means from elicit's contrastive pairs (refused harmful, answered harmless train prompts) when ≥ 16 of each.
   // 9: the KL probe by log–log interpolation (KL within 5 % of the probe's), not 4 fixed bisections.
-  version: 9,
+  // 10: the KL probe starts from the previous candidate's α and log–log slope (fewer passes near a KL cliff).
+  version: 10,
   deps: ["pull", "elicit"],
   outputs: outputsOf("extract"),
   inputs: (s) => ({ rank: s.rank, quantize: s.quantize, dtype: s.dtype, layer: s.layer, position: s.position, useSystemPrompt: s.useSystemPrompt, method: s.method }),
@@ -117,7 +118,7 @@ export const extractStep: Step<Settings> = {
       // The sign of α that pushes along +ŝ follows from the mean injected amount per unit α (w̄·x is
       // negative on some models, as the paper's formula does not anticipate).
       const signs = Object.fromEntries(methods.map((m) => [m, [Math.sign(injectedAmount(stats, weights[m]).mean) || 1]])) as Record<SpreadMethod, number[]>;
-      const hints = Object.fromEntries(methods.map((m) => [m, 1])) as Record<SpreadMethod, number>;
+      const hints = Object.fromEntries(methods.map((m) => [m, { alpha: 1, slope: null }])) as Record<SpreadMethod, { alpha: number; slope: number | null }>;
       const maxLayer = 0.8 * L;
       const scores: CandidateScore[] = [];
       const sel = ctx.progress("select direction", cands.length);
@@ -147,7 +148,7 @@ export const extractStep: Step<Settings> = {
           for (const sign of signs[method]) {
             const probe = await alphaForKl(model, valN, baseN, dir, weights[method], sign, KL_PROBE, hints[method]);
             if (!probe) continue;
-            hints[method] = Math.abs(probe.alpha);
+            hints[method] = { alpha: Math.abs(probe.alpha), slope: probe.slope ?? hints[method].slope };
             const rv = rosiRows(dir, probe.alpha, weights[method]);
             const harmful = mean((await firstTokenLogProbs(model, valH, { rosiVectors: rv })).map((lp) => refusalScore(lp, refusalIds)));
             const harmless = mean(probe.logProbs.map((lp) => refusalScore(lp, refusalIds)));

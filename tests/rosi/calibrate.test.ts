@@ -123,6 +123,39 @@ test("scaleForKl lands in [target, 1.05·target] from below and above, for KL gr
   expect(await scaleForKl(async () => ({ kl: 0 }), 1, 0.04)).toBeNull();
 });
 
+test("scaleForKl near a steep KL curve: the slope of a similar search makes the next one short, and a wrong hint still lands", async () => {
+  // KL ∝ t¹⁸ near the target, as extract's probe measured on organism-llama (α −133 → −152: KL ×11).
+  const steep = (t: number) => 0.05 * (Math.abs(t) / 150) ** 18;
+  const count = async (start: number, slope?: number | null) => {
+    let n = 0;
+    const found = await scaleForKl(async (t) => (n++, { kl: steep(t) }), start, 0.05, { slope });
+    return { found: found!, n };
+  };
+  // A first search from far below returns the curve's slope.
+  const first = await count(1);
+  expect(first.found.point.kl).toBeGreaterThanOrEqual(0.05);
+  expect(first.found.point.kl).toBeLessThanOrEqual(0.05 * 1.05);
+  expect(first.found.slope!).toBeGreaterThan(15);
+  expect(first.found.slope!).toBeLessThan(21);
+  // From a neighbouring answer 10 % off, in either direction: with the slope ≤ 2 measurements, without it more.
+  for (const start of [135, 167]) {
+    const hinted = await count(start, first.found.slope);
+    const plain = await count(start);
+    expect(hinted.found.point.kl).toBeGreaterThanOrEqual(0.05);
+    expect(hinted.found.point.kl).toBeLessThanOrEqual(0.05 * 1.05);
+    expect(hinted.n, `from ${start} with the slope`).toBeLessThanOrEqual(2);
+    expect(plain.n, `from ${start} without`).toBeGreaterThan(hinted.n);
+  }
+  // A hint far from the truth (2 on this curve, 18 on a t² curve) costs steps, never the answer.
+  for (const [kl, slope] of [[steep, 2], [(t: number) => (t / 50) ** 2, 18]] as const) {
+    let n = 0;
+    const found = await scaleForKl(async (t) => (n++, { kl: kl(t) }), 100, 0.05, { slope });
+    expect(found!.point.kl).toBeGreaterThanOrEqual(0.05);
+    expect(found!.point.kl).toBeLessThanOrEqual(0.05 * 1.05);
+    expect(n).toBeLessThanOrEqual(8);
+  }
+});
+
 test("the memo persists points, survives a torn last line and is reused on resume", async () => {
   const path = join(work, "memo.jsonl");
   const key = pointKey({ family: "rosi", directionSha: "ab", scale: -3, setsHash: "cd" });
