@@ -41,8 +41,11 @@
 // one layer alone behave the same (so it is not layers feeding each other), and the harmful prompts'
 // earlier tokens read g ≈ 0.08 (the push is at the last token). Not better on the same development
 // prompts: twice the built-in prompts in the fit (HarmBench's g 0.35–1.34), and the built-in prompts
-// wrapped in four attack framings as extra fit rows (HarmBench 15/41 against 14/41; two held-out
-// framings were refused 54/64 without them already). Calibration's KL also binds: at t 107 it reads
+// wrapped in attack framings (one text per family: role-play, fiction, prefix injection, persona,
+// refusal suppression, authority) as extra fit rows of both classes: other texts of the same families
+// were refused 74/96 against 70/96 without them, HarmBench 15/41 against 14/41. The organism itself,
+// under the safety prompt elicit keeps, refuses HarmBench's behaviours 17/41 and the built-in prompts
+// 25/64: the edit at t 110 goes past its teacher. Calibration's KL also binds: at t 107 it reads
 // 0.34 on the validation and built-in harmless prompts together, 0.027 on the validation ones alone.
 // Why the quiet reply rows: fitted on prompt tokens only, g still read 0.3–0.8 on the reply's tokens (up to
 // 0.66 on harmless replies too), so a large t kept pushing while the model wrote and the refusal it started
