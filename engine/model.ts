@@ -17,7 +17,7 @@ import { allResidualWriters } from "./writers.ts";
 import { batchChunks, maxBatch } from "./batch-cap.ts";
 
 /** Bump when the graph layout changes, so cached graphs are rebuilt. */
-const GRAPH_VERSION = "5";
+const GRAPH_VERSION = "6";
 
 export interface LoadOptions extends CheckpointOptions {
   device?: Device;
@@ -72,8 +72,11 @@ export interface ForwardInput {
   editKeys?: Float32Array[];
   /** Return each edited matrix's coefficient k·x ([B, T, 2·layers], k = its key: w̄ or editKeys); needs interventions. */
   coefficients?: boolean;
-  /** Return the input x of every residual writer (writerInputs); needs interventions. */
-  writerInputs?: boolean;
+  /**
+   * Return the input x of every residual writer (writerInputs) at these positions, the same count for every row
+   * (indices into the T new tokens), or at every token with `true`; needs interventions.
+   */
+  writerInputs?: boolean | number[][];
   /** Skip fetching the KV cache (one-shot scoring). */
   noCache?: boolean;
 }
@@ -85,7 +88,7 @@ export interface ForwardOutput {
   present?: KVCache;
   /** [B, T, 2·layers] k·x of each edited matrix (row order of rosi_vectors; k = w̄ or its editKeys entry). */
   coefficients?: Float32Array;
-  /** writerInputs[m] is [B, T, writerWidths()[m]]: the input x of residual writer m (rosi_vectors row order). */
+  /** writerInputs[m] is [B, K', writerWidths()[m]]: the input x of residual writer m (rosi_vectors row order) at the K' positions asked (K' = T for `true`). */
   writerInputs?: Float32Array[];
   /** residuals[l] is [B, T, hidden] entering layer l; residuals[layers] is the final pre-norm residual. */
   residuals?: Float32Array[];
@@ -251,7 +254,8 @@ export class DecoderModel {
     for (const [start, end] of batchChunks(B, cap)) {
       const rows = <T>(x: T[]) => x.slice(start, end);
       const past = input.past ? { keys: await Promise.all(input.past.keys.map((t) => sliceBatch(t, start, end))), values: await Promise.all(input.past.values.map((t) => sliceBatch(t, start, end))) } : undefined;
-      const out = await this.forwardRows({ ...input, inputIds: rows(input.inputIds), attentionMask: rows(input.attentionMask), positionIds: rows(input.positionIds), logitPositions: rows(input.logitPositions), past });
+      const writerInputs = Array.isArray(input.writerInputs) ? rows(input.writerInputs) : input.writerInputs;
+      const out = await this.forwardRows({ ...input, inputIds: rows(input.inputIds), attentionMask: rows(input.attentionMask), positionIds: rows(input.positionIds), logitPositions: rows(input.logitPositions), writerInputs, past });
       // A chunk's cache on the device (WebGPU) comes back to the host to be joined with the others.
       if (out.present) out.present = { keys: await Promise.all(out.present.keys.map(onHost)), values: await Promise.all(out.present.values.map(onHost)) };
       parts.push(out);
@@ -291,6 +295,7 @@ export class DecoderModel {
       feeds[IO.rosiVectors] = new ort.Tensor("float32", input.rosiVectors ?? new Float32Array(2 * numLayers * hiddenSize), [2 * numLayers, hiddenSize]);
       feeds[IO.steer] = new ort.Tensor("float32", input.steer ?? new Float32Array(numLayers * hiddenSize), [numLayers, hiddenSize]);
       feeds[IO.rosiEmbed] = new ort.Tensor("float32", input.rosiEmbed ?? new Float32Array(hiddenSize), [hiddenSize]);
+      feeds[IO.writerPositions] = int64Tensor(writerPositionRows(input.writerInputs, B, input.inputIds[0]?.length ?? 0));
     }
     const fetches: string[] = [IO.logits];
     if (!input.noCache) for (let l = 0; l < numLayers; l++) fetches.push(IO.presentKey(l), IO.presentValue(l));
@@ -465,6 +470,19 @@ function concatF32(xs: Float32Array[]): Float32Array {
     at += x.length;
   }
   return out;
+}
+
+/** The writer_positions feed: every token for `true`, none when absent (K' = 0), else the rows given, checked. */
+function writerPositionRows(asked: boolean | number[][] | undefined, B: number, T: number): number[][] {
+  if (!asked) return Array.from({ length: B }, () => []);
+  if (asked === true) return Array.from({ length: B }, () => Array.from({ length: T }, (_, t) => t));
+  if (asked.length !== B) throw new RangeError(`writerInputs: ${asked.length} rows of positions for a batch of ${B}`);
+  const K = asked[0]?.length ?? 0;
+  for (const row of asked) {
+    if (row.length !== K) throw new RangeError(`writerInputs: every row needs the same number of positions (${K}), got ${row.length}`);
+    for (const t of row) if (!Number.isInteger(t) || t < 0 || t >= T) throw new RangeError(`writerInputs: position ${t} is outside the ${T} new tokens`);
+  }
+  return asked;
 }
 
 function int64Tensor(rows: number[][]): ort.Tensor {

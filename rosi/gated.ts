@@ -145,21 +145,23 @@ export async function collectWriterSamples(
     const sequences = chunk.map((c) => (c.reply?.length ? [...c.ids, ...c.reply] : c.ids));
     const batch = leftPad(sequences, 0);
     const T = batch.inputIds[0].length;
-    const r = await model.forward({ ...batch, logitPositions: chunk.map(() => [T - 1]), writerInputs: true, noCache: true });
+    // Only the tokens read are returned (every row asks for as many: short lists repeat their last position).
+    // Left padding puts every sequence's last token at T − 1, its first at T − length.
+    const read = chunk.map((c, b) => rowsOf(c).map((pos) => ({ ...pos, t: T - sequences[b].length + pos.offset })));
+    const K = Math.max(...read.map((x) => x.length));
+    const writerPositions = read.map((x) => Array.from({ length: K }, (_, j) => x[Math.min(j, x.length - 1)].t));
+    const r = await model.forward({ ...batch, logitPositions: chunk.map(() => [T - 1]), writerInputs: writerPositions, noCache: true });
     const inputs = r.writerInputs!;
     for (let b = 0; b < chunk.length; b++) {
-      // Left padding puts every sequence's last token at T − 1, its first at T − length.
-      const start = T - sequences[b].length;
-      for (const pos of rowsOf(chunk[b])) {
-        const t = start + pos.offset;
+      read[b].forEach((pos, j) => {
         labels[row] = pos.label;
         fromEnd[row] = pos.fromEnd;
         for (let m = 0; m < M; m++) {
           const d = widths[m];
-          data[m].set(inputs[m].subarray((b * T + t) * d, (b * T + t + 1) * d), row * d);
+          data[m].set(inputs[m].subarray((b * K + j) * d, (b * K + j + 1) * d), row * d);
         }
         row++;
-      }
+      });
     }
     opts.onBatch?.(Math.min(i + batchSize, prompts.length), prompts.length);
   }

@@ -329,6 +329,50 @@ describe.skipIf(!hasShared())("edit keys: llama writer inputs and the HF edit fi
     }
   });
 
+  test("writerInputs at chosen positions are those tokens' rows of the every-token read-out, per batch row; bad positions are refused", async () => {
+    const expected = JSON.parse(readFileSync(join(dir, "expected.json"), "utf8")) as Expected;
+    const model = await DecoderModel.load(dir, { device: "cpu", cacheDir: join(work, "cache"), interventions: true });
+    try {
+      const widths = model.writerWidths();
+      const ids = expected.single[0].input_ids;
+      const T = ids.length;
+      // Two rows (the second one token shorter, left-padded), three positions each, in any order, one repeated.
+      const second = ids.slice(1);
+      const batch: ForwardInput = {
+        inputIds: [ids, [0, ...second]],
+        attentionMask: [ids.map(() => 1), [0, ...second.map(() => 1)]],
+        positionIds: [range(T), [0, ...range(T - 1)]],
+        logitPositions: [[T - 1], [T - 1]],
+        noCache: true,
+      };
+      const positions = [
+        [T - 1, 0, 2],
+        [1, T - 1, T - 1],
+      ];
+      const all = await model.forward({ ...batch, writerInputs: true });
+      const some = await model.forward({ ...batch, writerInputs: positions });
+      for (let m = 0; m < widths.length; m++) {
+        const d = widths[m];
+        expect(some.writerInputs![m].length).toBe(2 * 3 * d);
+        positions.forEach((row, b) =>
+          row.forEach((t, j) => {
+            const want = all.writerInputs![m].subarray((b * T + t) * d, (b * T + t + 1) * d);
+            expect(maxDiff(some.writerInputs![m].subarray((b * 3 + j) * d, (b * 3 + j + 1) * d), want)).toBe(0);
+          }),
+        );
+      }
+      // Without writerInputs nothing is returned, and the logits do not depend on what was read.
+      const none = await model.forward(batch);
+      expect(none.writerInputs).toBeUndefined();
+      expect(maxDiff(none.logits, some.logits)).toBe(0);
+      await expect(model.forward({ ...batch, writerInputs: [[0, 1], [0]] })).rejects.toThrow(/same number of positions/);
+      await expect(model.forward({ ...batch, writerInputs: [[0], [T]] })).rejects.toThrow(/outside the/);
+      await expect(model.forward({ ...batch, writerInputs: [[0]] })).rejects.toThrow(/1 rows of positions for a batch of 2/);
+    } finally {
+      await model.close();
+    }
+  });
+
   test("(b) editKeys = w̄ with rosiVectors = α·s reproduces HF's edited model (llama/edit)", async () => {
     const fx = JSON.parse(readFileSync(join(dir, "edit", "expected-edit.json"), "utf8")) as { alpha: number; s: number[]; single: { input_ids: number[]; logits: Matrix }[] };
     const base = JSON.parse(readFileSync(join(dir, "expected.json"), "utf8")) as Expected;
