@@ -27,7 +27,7 @@ import { writeRunReport } from "../report/build.ts";
 import { checkPromptSetSizes } from "../evals/datasets.ts";
 import { exportCommand } from "./export.ts";
 import { DEMO_SETTINGS } from "../steps/reproduce.ts";
-import { deviceUnavailable, ortSpin, ortThreads } from "../engine/session.ts";
+import { deviceUnavailable, ortPrepack, ortSpin, ortThreads } from "../engine/session.ts";
 import { maxBatch } from "../engine/batch-cap.ts";
 import { alpha as fmtAlpha, MISSING, percent, position as fmtPosition } from "../util/format.ts";
 import { runAsker } from "./ask.ts";
@@ -740,6 +740,7 @@ export async function main(argv: readonly string[], deps: CliDeps = {}): Promise
     // engine reads them from the process's environment, so that is the one checked.
     ortThreads(process.env);
     ortSpin(process.env);
+    ortPrepack(process.env);
     maxBatch(process.env);
     switch (cmd.name) {
       case "":

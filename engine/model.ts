@@ -2,7 +2,7 @@
 // exposes logits, the KV cache and the residual stream entering every layer.
 import { createHash } from "node:crypto";
 import { appendFileSync, existsSync, mkdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { homedir } from "node:os";
+import { homedir, totalmem } from "node:os";
 import { join } from "node:path";
 import { Checkpoint, type CheckpointOptions } from "./checkpoint.ts";
 import { createBuilder } from "./architectures.ts";
@@ -10,7 +10,7 @@ import { COMPUTE_DTYPES, IO, OPSETS, meanOfRows, type ComputeDType } from "./dec
 import type { DecoderConfig } from "./config.ts";
 import { ExternalDataWriter, OnnxGraph } from "./onnx/graph.ts";
 import { DEFAULT_ACCURACY_LEVEL, describeQuantization, type QuantizeConfig } from "./quantize.ts";
-import { openSession, ort, type Device } from "./session.ts";
+import { openSession, ort, prepackWeights, type Device } from "./session.ts";
 import { graphCacheLimit, makeRoom, touchGraph } from "./graph-cache.ts";
 import { numel } from "./safetensors.ts";
 import { allResidualWriters } from "./writers.ts";
@@ -229,7 +229,7 @@ export class DecoderModel {
     }
     touchGraph(graphDir);
     const { session, ep, fallbackReason } = await openSession(graphPath, opts.device ?? "auto", {
-      prepack: quantize !== null,
+      prepack: prepackWeights({ quantized: quantize !== null, floatWeightBytes: quantize === null ? estimatedGraphBytes(checkpoint, dtype, null) : 0, totalMemory: totalmem() }),
       profilePrefix: opts.profilePrefix,
       deviceOutputs: interventions ? [] : deviceOutputNames(builder.cfg),
     });

@@ -47,6 +47,34 @@ export function ortSpin(env: Record<string, string | undefined> = process.env): 
   throw new UsageError(`${SPIN_ENV} must be 0 (idle threads sleep) or 1 (they spin), got "${raw}"`);
 }
 
+export const PREPACK_ENV = "REALIGN_ORT_PREPACK";
+
+/** REALIGN_ORT_PREPACK: 1 packs every session's weights, 0 none; null when unset (then prepackWeights decides). */
+export function ortPrepack(env: Record<string, string | undefined> = process.env): boolean | null {
+  const raw = env[PREPACK_ENV];
+  if (raw === undefined || raw.trim() === "") return null;
+  if (raw.trim() === "0" || raw.trim() === "1") return raw.trim() === "1";
+  throw new UsageError(`${PREPACK_ENV} must be 0 (weights used as stored) or 1 (a packed copy for the GEMM kernels), got "${raw}"`);
+}
+
+/** The share of the machine's memory a packed copy of full-precision weights may take by default. */
+export const PREPACK_MEMORY_SHARE = 0.1;
+
+/**
+ * Whether a session packs its weights for the GEMM kernels. ONNX Runtime's prepacking keeps a second copy of
+ * every float matrix; measured on the Qwen2.5-0.5B shape (two idle cores, batch 8, two alternating pairs) it
+ * made decoding 1.5× faster (63–68 against 39–43 tok/s, ≈ 75 % of the memory-bandwidth bound against ≈ 50 %)
+ * and prefill 5–10 % faster, for +550 MB of peak RSS. So float weights are packed when that copy takes at
+ * most PREPACK_MEMORY_SHARE of the memory (a 0.5B model on a 24 GB machine: yes; an 8B one: no); quantised
+ * weights always are (MatMulNBits needs it: 13× on int4 decode; int8-dynamic's int8 copy is small).
+ * REALIGN_ORT_PREPACK overrides.
+ */
+export function prepackWeights(o: { quantized: boolean; floatWeightBytes: number; totalMemory: number; env?: Record<string, string | undefined> }): boolean {
+  const asked = ortPrepack(o.env ?? process.env);
+  if (asked !== null) return asked;
+  return o.quantized || o.floatWeightBytes <= PREPACK_MEMORY_SHARE * o.totalMemory;
+}
+
 function sessionOptions(ep: "cpu" | "cuda" | "webgpu", prepack: boolean, profilePrefix?: string, deviceOutputs: string[] = []): ort.InferenceSession.SessionOptions {
   const threads = ortThreads();
   const spin = ortSpin();
@@ -64,13 +92,10 @@ function sessionOptions(ep: "cpu" | "cuda" | "webgpu", prepack: boolean, profile
     // Page-aligned external initializers are mapped from the cache file rather than copied.
     enableCpuMemArena: true,
     logSeverityLevel: 3,
-    // Float32: ONNX Runtime's weight prepacking keeps a second, packed copy of every matrix (and of a
-    // tied embedding used by the lm_head); on a Qwen2.5-0.5B shape it adds ~520 MB and ~10 s of load
-    // for ~20 % faster decoding, so one float32 copy is the default (REALIGN_ORT_PREPACK=1 trades
-    // memory for speed; re-measured at batch-8 decode in issue 17: 60 → 40 CPU ms per token). MatMulNBits needs prepacking to be fast (13× on int4 decode), so it keeps it.
+    // Weight prepacking: see prepackWeights.
     extra: {
       session: {
-        ...(prepack || process.env.REALIGN_ORT_PREPACK === "1" ? {} : { disable_prepacking: "1" }),
+        ...(prepack ? {} : { disable_prepacking: "1" }),
         ...(spin === null ? {} : { "intra_op.allow_spinning": spin ? "1" : "0" }),
       },
     },

@@ -77,10 +77,10 @@ test("publishing not asked for explicitly, or a token at hand, or a local target
   expect(missingTokenError({ ...settings, pushTo: "me/m" }, { ...defaults, pushTo: "models.yaml:3" }, null)).toContain("publishing to me/m was asked for (models.yaml:3)");
 });
 
-test("a bad REALIGN_ORT_THREADS, REALIGN_ORT_SPIN or REALIGN_MAX_BATCH: exit 2 before the pull, naming the variable, no run folder", () => {
+test("a bad REALIGN_ORT_THREADS, REALIGN_ORT_SPIN, REALIGN_ORT_PREPACK or REALIGN_MAX_BATCH: exit 2 before the pull, naming the variable, no run folder", () => {
   const dir = mkdtempSync(join(tmpdir(), "realign-precheck-"));
   try {
-    for (const [name, value] of [["REALIGN_ORT_THREADS", "0"], ["REALIGN_ORT_SPIN", "maybe"], ["REALIGN_MAX_BATCH", "many"]] as const) {
+    for (const [name, value] of [["REALIGN_ORT_THREADS", "0"], ["REALIGN_ORT_SPIN", "maybe"], ["REALIGN_ORT_PREPACK", "on"], ["REALIGN_MAX_BATCH", "many"]] as const) {
       const out = join(dir, "run");
       const r = spawnSync(BUN, [join(ROOT, "cli", "cli.ts"), "acme/some-model", "--no-publish", "--out", out, "--hub-url", "http://127.0.0.1:9"], {
         cwd: dir,
