@@ -203,7 +203,8 @@ export async function sweepScale(opts: { probe: number; at: (scale: number) => P
  * `maxEvaluations`, when the nearest point above the target is returned instead.
  *
  * KL grows about as the square of the scale for small edits and faster beyond, so log KL is close to
- * linear in log |scale|: the search steps by the square-root rule until the target is bracketed, then
+ * linear in log |scale|: until the target is bracketed the search steps along the log–log secant of its
+ * last two measurements (the square-root rule, or the `slope` hint, for the first step), then
  * interpolates between the bracket's ends in log–log (regula falsi, aiming at the band's middle), and
  * bisects geometrically when an end has not moved for two steps. Typically 3–4 measurements where a
  * doubling search with a fixed number of bisections takes 7–10.
