@@ -4,7 +4,7 @@ import * as ort from "onnxruntime-node";
 
 import { DEVICES, type Device } from "./device.ts";
 import { UsageError } from "../util/errors.ts";
-import { positiveIntFromEnv } from "../util/env.ts";
+import { positiveIntFromEnv, switchFromEnv } from "../util/env.ts";
 
 export { DEVICES, type Device };
 
@@ -41,20 +41,14 @@ export function ortThreads(env: Record<string, string | undefined> = process.env
  * 837 s with two non-spinning threads), where spinning does not arise.
  */
 export function ortSpin(env: Record<string, string | undefined> = process.env): boolean | null {
-  const raw = env[SPIN_ENV];
-  if (raw === undefined || raw.trim() === "") return null;
-  if (raw.trim() === "0" || raw.trim() === "1") return raw.trim() === "1";
-  throw new UsageError(`${SPIN_ENV} must be 0 (idle threads sleep) or 1 (they spin), got "${raw}"`);
+  return switchFromEnv(env, SPIN_ENV, { off: "idle threads sleep", on: "they spin" }, (m) => new UsageError(m));
 }
 
 export const PREPACK_ENV = "REALIGN_ORT_PREPACK";
 
 /** REALIGN_ORT_PREPACK: 1 packs every session's weights, 0 none; null when unset (then prepackWeights decides). */
 export function ortPrepack(env: Record<string, string | undefined> = process.env): boolean | null {
-  const raw = env[PREPACK_ENV];
-  if (raw === undefined || raw.trim() === "") return null;
-  if (raw.trim() === "0" || raw.trim() === "1") return raw.trim() === "1";
-  throw new UsageError(`${PREPACK_ENV} must be 0 (weights used as stored) or 1 (a packed copy for the GEMM kernels), got "${raw}"`);
+  return switchFromEnv(env, PREPACK_ENV, { off: "weights used as stored", on: "a packed copy for the GEMM kernels" }, (m) => new UsageError(m));
 }
 
 /** The share of the machine's memory a packed copy of full-precision weights may take by default. */

@@ -229,7 +229,7 @@ export async function scaleForKl<T extends { kl: number }>(
   let s = Math.abs(start);
   let stale = 0; // steps in a row that moved the same end of the bracket
   let lastMoved: "lo" | "hi" | null = null;
-  const hinted = opts.slope !== undefined && opts.slope !== null && Number.isFinite(opts.slope) && opts.slope > 0.5 ? opts.slope : null;
+  const hinted = typeof opts.slope === "number" && Number.isFinite(opts.slope) && opts.slope > 0.5 ? opts.slope : null;
   let prev: { s: number; kl: number } | null = null;
   const slopeOf = (a: { s: number; kl: number } | null, b: { s: number; kl: number } | null): number | null =>
     a && b && a.kl > 0 && b.kl > 0 && a.s !== b.s ? Math.log(b.kl / a.kl) / Math.log(b.s / a.s) : null;
