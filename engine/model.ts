@@ -17,7 +17,7 @@ import { allResidualWriters } from "./writers.ts";
 import { batchChunks, maxBatch } from "./batch-cap.ts";
 
 /** Bump when the graph layout changes, so cached graphs are rebuilt. */
-const GRAPH_VERSION = "6";
+const GRAPH_VERSION = "7";
 
 export interface LoadOptions extends CheckpointOptions {
   device?: Device;

@@ -15,7 +15,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { int8DynamicMatMul, OPSETS } from "../../engine/decoder.ts";
 import { generateGreedy } from "../../engine/generate.ts";
-import { DecoderModel } from "../../engine/model.ts";
+import { DecoderModel, type ForwardInput } from "../../engine/model.ts";
+import { mulberry32 } from "../../evals/datasets.ts";
 import { OnnxGraph } from "../../engine/onnx/graph.ts";
 import { OnnxDataType as DT } from "../../engine/onnx/schema.ts";
 import { dequantizePerChannel, describeQuantization, parseQuantize, quantizePerChannel } from "../../engine/quantize.ts";
@@ -154,8 +155,8 @@ describe.skipIf(!hasShared())("int8-dynamic fidelity on organism-llama", () => {
     expect(i8.quantization).toContain("int8-dynamic");
     const onnx = readFileSync(i8.graphPath);
     const count = (s: string) => onnx.toString("latin1").split(s).length - 1;
-    // 4 projections per layer (fused qkv, o_proj, fused gate_up, down_proj) and the head, none of them MatMulNBits
-    expect(count("MatMulIntegerToFloat")).toBe(4 * f32.config.numLayers + 1);
+    // 5 projections per layer (fused qkv, o_proj, gate, up, down_proj) and the head, none of them MatMulNBits
+    expect(count("MatMulIntegerToFloat")).toBe(5 * f32.config.numLayers + 1);
     expect(count("MatMulNBits")).toBe(0);
   });
 
@@ -195,6 +196,37 @@ describe.skipIf(!hasShared())("int8-dynamic fidelity on organism-llama", () => {
     expect(same).toBeGreaterThanOrEqual(0.9 * 64 * prompts.length);
     // measured 0.317 (496/512 tokens, one parting at a 0.075 margin); the bound is ≈1.5× that
     expect(worstDelta).toBeLessThan(0.5);
+  });
+
+  // The MLP's int8 path carries down_proj's input as x/s (s: the row scale of the MLP input, folded into down's own);
+  // what the edit and the gate fit read must still be x itself.
+  test("writer inputs and coefficients k·x of the int8 graph are float32's within int8 error, and each coefficient is its key · its writer input", async () => {
+    const prompts = encodeAll(tok, lines(sharedPath("models", "organism-llama", "eval", "harmless_eval.jsonl"), 3), null).map((e) => e.ids);
+    const T = Math.min(...prompts.map((p) => p.length));
+    const ids = prompts.map((p) => p.slice(0, T));
+    const rand = mulberry32(5);
+    const keys = f32.writerWidths().map((w) => Float32Array.from({ length: w }, () => rand() - 0.5));
+    const input: ForwardInput = { inputIds: ids, attentionMask: ids.map((r) => r.map(() => 1)), positionIds: ids.map((r) => r.map((_, t) => t)), logitPositions: ids.map(() => [T - 1]), noCache: true, writerInputs: true, coefficients: true, editKeys: keys };
+    const [a, b] = [await f32.forward(input), await i8.forward(input)];
+    const M = keys.length;
+    for (let m = 0; m < M; m++) {
+      const width = keys[m].length;
+      const xa = a.writerInputs![m];
+      const xb = b.writerInputs![m];
+      let err = 0;
+      let ref = 0;
+      for (let i = 0; i < xa.length; i++) {
+        err += (xa[i] - xb[i]) ** 2;
+        ref += xa[i] ** 2;
+      }
+      expect(Math.sqrt(err / ref)).toBeLessThan(0.05);
+      for (let r = 0; r < ids.length * T; r++) {
+        let dot = 0;
+        for (let c = 0; c < width; c++) dot += keys[m][c] * xb[r * width + c];
+        const coef = b.coefficients![r * M + m];
+        expect(Math.abs(coef - dot)).toBeLessThanOrEqual(1e-4 * Math.max(1, Math.abs(dot)));
+      }
+    }
   });
 
   test("refusal-direction candidates: cosine ≥ 0.999, same steering-ranked candidate", async () => {

@@ -25,11 +25,11 @@ describe.skipIf(!hasShared())("kernel path (ORT profiler)", () => {
         expect(k.profiled).toEqual({ batch: 2, prompt_tokens: 4, decode_steps: 2 });
       }
       const runs = (k: typeof f32, op: string) => k.ops.filter((o) => o.op === op).reduce((s, o) => s + o.runs, 0);
-      // 3 passes (prefill + 2 decode steps) × (4 projections per layer + the lm_head)
+      // 3 passes (prefill + 2 decode steps) × (5 projections per layer: qkv, o, gate, up, down; + the lm_head)
       const layers = (JSON.parse(readFileSync(join(dir, "config.json"), "utf8")) as { num_hidden_layers: number }).num_hidden_layers;
-      expect(runs(f32, "Gemm")).toBe(3 * (4 * layers + 1));
+      expect(runs(f32, "Gemm")).toBe(3 * (5 * layers + 1));
       expect(runs(f32, "MatMulIntegerToFloat")).toBe(0);
-      expect(runs(i8, "MatMulIntegerToFloat")).toBe(3 * (4 * layers + 1));
+      expect(runs(i8, "MatMulIntegerToFloat")).toBe(3 * (5 * layers + 1));
       expect(runs(i8, "Gemm")).toBe(0);
     } finally {
       rmSync(work, { recursive: true, force: true });

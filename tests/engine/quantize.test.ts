@@ -215,7 +215,7 @@ for (const name of ["llama", "qwen2"] as const) {
       ckpt.close();
       const count = (op: string) => graph.nodes.filter((n) => n.opType === op).length;
       const tied = name === "qwen2";
-      expect(count("MatMulNBits")).toBe(3 * 4 + (tied ? 0 : 1)); // qkv, o, gate_up, down per layer (+ lm_head)
+      expect(count("MatMulNBits")).toBe(3 * 5 + (tied ? 0 : 1)); // qkv, o, gate, up, down per layer (+ lm_head)
       expect(count("Gemm")).toBe(tied ? 1 : 0);
       expect(graph.nodes.find((n) => n.opType === "MatMulNBits")!.domain).toBe("com.microsoft");
     });
