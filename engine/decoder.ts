@@ -292,21 +292,34 @@ export class DecoderBuilder {
     return inv;
   }
 
-  /** cos/sin of position × inv_freq, shaped [B, 1, T, head_dim] to broadcast over heads. */
+  /**
+   * cos/sin of p × inv_freq for p = 0 … max(position_ids), [P, head_dim/2] (the cache layout of ONNX Runtime's
+   * RotaryEmbedding, which looks each token's row up by its position id). The same float32 products and Cos/Sin as
+   * HF's per-position tables, computed for the positions of this pass only, so any position the model can take works.
+   */
   protected rotaryTables(positionIds: string): void {
-    const inv = this.g.constF32(this.inverseFrequencies(), [this.cfg.headDim / 2], "inv_freq");
-    const pos = this.g.op("Unsqueeze", [this.g.op("Cast", [positionIds], { to: DT.FLOAT }), this.g.constI64([-1])]); // [B,T,1]
-    const freqs = this.g.op("Mul", [pos, inv], {}, { name: "rope_freqs" }); // [B,T,D/2]
-    const emb = this.g.op("Unsqueeze", [this.g.op("Concat", [freqs, freqs], { axis: -1 }), this.g.constI64([1])]); // [B,1,T,D]
-    this.cos = this.toAct(this.g.op("Cos", [emb], {}, { name: "rope_cos" }));
-    this.sin = this.toAct(this.g.op("Sin", [emb], {}, { name: "rope_sin" }));
+    const g = this.g;
+    const inv = g.constF32(this.inverseFrequencies(), [this.cfg.headDim / 2], "inv_freq");
+    // At least T rows: RotaryEmbedding refuses a cache shorter than the sequence (rows of a capped batch can all be
+    // shorter than T, so that their largest position is below T − 1).
+    const last = g.op("ReduceMax", [g.op("Reshape", [positionIds, g.constI64([-1])]), g.constI64([0])], { keepdims: 0 });
+    const rows = g.op("Max", [g.op("Add", [last, g.scalarI64(1)]), g.op("Gather", [g.op("Shape", [positionIds]), g.scalarI64(1)], { axis: 0 })]);
+    const positions = g.op("Cast", [g.op("Range", [g.scalarI64(0), rows, g.scalarI64(1)])], { to: DT.FLOAT });
+    const freqs = g.op("Mul", [g.op("Unsqueeze", [positions, g.constI64([-1])]), inv], {}, { name: "rope_freqs" }); // [P, D/2]
+    this.cos = this.toAct(g.op("Cos", [freqs], {}, { name: "rope_cos" }));
+    this.sin = this.toAct(g.op("Sin", [freqs], {}, { name: "rope_sin" }));
+    this.positionIds = positionIds;
   }
 
+  /** position_ids [B, T] (int64), for RotaryEmbedding. */
+  protected positionIds = "";
+
+  /**
+   * x·cos + rotate_half(x)·sin on [B, heads, T, head_dim] (HF's non-interleaved rotary), as one
+   * com.microsoft.RotaryEmbedding node rather than Split, Neg, Concat, two Muls and an Add.
+   */
   protected applyRotary(x: string, name: string): string {
-    const half = this.cfg.headDim / 2;
-    const [x1, x2] = this.g.node("Split", [x, this.g.constI64([half, half])], { axis: -1 }, { outputs: 2 });
-    const rotated = this.g.op("Concat", [this.g.op("Neg", [x2]), x1], { axis: -1 });
-    return this.g.op("Add", [this.g.op("Mul", [x, this.cos]), this.g.op("Mul", [rotated, this.sin])], {}, { name });
+    return this.g.op("RotaryEmbedding", [x, this.positionIds, this.cos, this.sin], { interleaved: 0 }, { domain: "com.microsoft", name });
   }
 
   /**
@@ -370,9 +383,13 @@ export class DecoderBuilder {
     const group = numHeads / numKvHeads;
     const qGrouped = group === 1 ? query : g.op("Reshape", [query, g.constI64([0, numKvHeads, -1, headDim])]);
     let scores = g.op("MatMul", [qGrouped, g.op("Transpose", [presentKey], { perm: [0, 1, 3, 2] })], {}, { name: `L${l}_qk` });
+    // Scale, mask and softmax in float32 (HF's half-precision softmax does the same). In a float32 graph the scale
+    // comes straight after the MatMul, where ONNX Runtime folds it into the product (MatMulScaleFusion): a separate
+    // Mul over the [B, heads, T, T] scores took 4 % of a 0.5B prefill.
+    const scale = g.scalarF32(Math.fround(this.cfg.attentionScale));
+    if (!this.half) scores = g.op("Mul", [scores, scale]);
     if (group !== 1) scores = g.op("Reshape", [scores, g.constI64([0, numHeads, -1, 0])]);
-    // Scale, mask and softmax in float32 (HF's half-precision softmax does the same).
-    scores = g.op("Mul", [this.toFloat(scores), g.scalarF32(Math.fround(this.cfg.attentionScale))]);
+    if (this.half) scores = g.op("Mul", [this.toFloat(scores), scale]);
     scores = this.scoreTransform(scores);
     const mask = this.attentionMask(attentionMask, pastKey, this.cfg.slidingWindow[l]);
     const probs = this.toAct(g.op("Softmax", [g.op("Add", [scores, mask])], { axis: -1 }, { name: `L${l}_probs` }));

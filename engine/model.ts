@@ -17,7 +17,7 @@ import { allResidualWriters } from "./writers.ts";
 import { batchChunks, maxBatch } from "./batch-cap.ts";
 
 /** Bump when the graph layout changes, so cached graphs are rebuilt. */
-const GRAPH_VERSION = "7";
+const GRAPH_VERSION = "10";
 
 export interface LoadOptions extends CheckpointOptions {
   device?: Device;
@@ -277,7 +277,7 @@ export class DecoderModel {
     const feeds: Record<string, ort.Tensor> = {
       [IO.inputIds]: int64Tensor(input.inputIds),
       [IO.attentionMask]: int64Tensor(input.attentionMask),
-      [IO.positionIds]: int64Tensor(input.positionIds),
+      [IO.positionIds]: int64Tensor(checkedPositions(input.positionIds)),
       [IO.logitPositions]: int64Tensor(input.logitPositions),
     };
     for (let l = 0; l < numLayers; l++) {
@@ -483,6 +483,16 @@ function writerPositionRows(asked: boolean | number[][] | undefined, B: number, 
     for (const t of row) if (!Number.isInteger(t) || t < 0 || t >= T) throw new RangeError(`writerInputs: position ${t} is outside the ${T} new tokens`);
   }
   return asked;
+}
+
+/** Position ids index the rotary table (RotaryEmbedding reads row p of it unchecked): whole numbers ≥ 0 only. */
+function checkedPositions(rows: number[][]): number[][] {
+  rows.forEach((row, b) =>
+    row.forEach((p, t) => {
+      if (!Number.isSafeInteger(p) || p < 0) throw new RangeError(`position_ids must be whole numbers ≥ 0; row ${b} has ${p} at index ${t}`);
+    }),
+  );
+  return rows;
 }
 
 function int64Tensor(rows: number[][]): ort.Tensor {

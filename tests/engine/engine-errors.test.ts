@@ -51,6 +51,21 @@ describe.skipIf(!hasShared())("engine errors", () => {
   test("unsupported rope scaling is a clear error", async () => {
     await expect(load(variant("yarn", (c) => (c.rope_scaling = { rope_type: "yarn", factor: 4 })))).rejects.toThrow(/rope_scaling type "yarn" is not supported/);
   });
+
+  // RotaryEmbedding reads row p of the rotary table without a bounds check: a negative or fractional position is
+  // refused before the run, and the model still answers the next, valid call.
+  test("a position id below 0 or not whole is a clear error, before ONNX Runtime sees it", async () => {
+    const model = await load(sharedPath("fixtures", "hf-golden", "llama"));
+    try {
+      const feed = (positions: number[]) => ({ inputIds: [[1, 2, 3]], attentionMask: [[1, 1, 1]], positionIds: [positions], logitPositions: [[2]], noCache: true });
+      await expect(model.forward(feed([-1, 0, 1]))).rejects.toThrow(/position_ids must be whole numbers ≥ 0; row 0 has -1 at index 0/);
+      await expect(model.forward(feed([0, 1.5, 2]))).rejects.toThrow(/row 0 has 1.5 at index 1/);
+      const ok = await model.forward(feed([0, 1, 2]));
+      expect(ok.logits.length).toBe(model.config.vocabSize);
+    } finally {
+      await model.close();
+    }
+  });
 });
 
 const cudaInstalled = ort.listSupportedBackends().some((b) => b.name === "cuda" && b.bundled);
