@@ -34,6 +34,62 @@ export const SHAPES: Record<string, ShapeConfig> = {
     hidden_act: "silu",
     torch_dtype: "bfloat16",
   },
+  // The same size in the other architectures (q/k/v biases and a tied head; sliding windows; Gemma 2's sandwich
+  // norms, softcaps, GELU and alternating windows), for smoke runs of the pipeline on each.
+  "qwen2-tiny": {
+    architectures: ["Qwen2ForCausalLM"],
+    model_type: "qwen2",
+    hidden_size: 256,
+    intermediate_size: 688,
+    num_hidden_layers: 4,
+    num_attention_heads: 8,
+    num_key_value_heads: 2,
+    vocab_size: 4096,
+    max_position_embeddings: 2048,
+    rms_norm_eps: 1e-6,
+    rope_theta: 1000000,
+    tie_word_embeddings: true,
+    hidden_act: "silu",
+    torch_dtype: "bfloat16",
+  },
+  "mistral-tiny": {
+    architectures: ["MistralForCausalLM"],
+    model_type: "mistral",
+    hidden_size: 256,
+    intermediate_size: 688,
+    num_hidden_layers: 4,
+    num_attention_heads: 8,
+    num_key_value_heads: 4,
+    vocab_size: 4096,
+    max_position_embeddings: 2048,
+    sliding_window: 24,
+    rms_norm_eps: 1e-5,
+    rope_theta: 10000,
+    tie_word_embeddings: false,
+    hidden_act: "silu",
+    torch_dtype: "bfloat16",
+  },
+  "gemma2-tiny": {
+    architectures: ["Gemma2ForCausalLM"],
+    model_type: "gemma2",
+    hidden_size: 256,
+    intermediate_size: 688,
+    num_hidden_layers: 4,
+    num_attention_heads: 8,
+    num_key_value_heads: 4,
+    head_dim: 32,
+    vocab_size: 4096,
+    max_position_embeddings: 2048,
+    sliding_window: 24,
+    query_pre_attn_scalar: 32,
+    attn_logit_softcapping: 50,
+    final_logit_softcapping: 30,
+    rms_norm_eps: 1e-6,
+    rope_theta: 10000,
+    tie_word_embeddings: true,
+    hidden_activation: "gelu_pytorch_tanh",
+    torch_dtype: "bfloat16",
+  },
   "qwen2.5-0.5b": {
     architectures: ["Qwen2ForCausalLM"],
     model_type: "qwen2",
@@ -89,6 +145,9 @@ export function tensorPlan(cfg: ShapeConfig): TensorSpec[] {
       { name: `${p}.mlp.up_proj.weight`, dtype: "BF16", shape: [cfg.intermediate_size, H] },
       { name: `${p}.mlp.down_proj.weight`, dtype: "BF16", shape: [H, cfg.intermediate_size] },
     );
+    if (cfg.model_type === "gemma2") {
+      plan.push({ name: `${p}.pre_feedforward_layernorm.weight`, dtype: "BF16", shape: [H] }, { name: `${p}.post_feedforward_layernorm.weight`, dtype: "BF16", shape: [H] });
+    }
     if (bias) {
       plan.push(
         { name: `${p}.self_attn.q_proj.bias`, dtype: "BF16", shape: [H] },
