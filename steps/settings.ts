@@ -128,7 +128,7 @@ export const FIELDS: readonly FieldSpec[] = [
   f("layer", { t: "int", min: 0 }, "layer to extract the refusal direction from (default: calibrated)", { nullable: true }),
   f("position", { t: "int" }, "token position for the direction (negative counts from the end; default: calibrated)", { nullable: true }),
   f("alpha", { t: "number", nonzero: true }, "injection strength (signed); given => no calibration", { nullable: true }),
-  f("rank", { t: "int", min: 1, max: 64 }, "rank of the injection"),
+  f("rank", { t: "int", min: 1, max: 64 }, "safety-subspace directions (principal directions of the per-prompt harmful − harmless differences at the chosen layer and position) combined, each weighted by its spread, into the one injected direction; every matrix's edit stays rank one"),
   f("method", { t: "enum", values: METHODS }, "injection method: rosi (the paper), rosi-mv (minimum-variance spread), gated (keys fitted to fire on harmful inputs), auto (calibration chooses)", { arg: "name" }),
   f("includeEmbeddings", { t: "bool" }, "also edit the token embedding table (untied models only; off by default, the paper does not state it)"),
   f("device", { t: "enum", values: DEVICES }, "auto | cpu | cuda | webgpu", { hashed: false, arg: "name" }),
