@@ -125,6 +125,50 @@ for (const ep of eps) {
       expect(a.newIds).toEqual(g.batch_left_padded.generate.new_tokens_use_cache_false);
     });
 
+    // The graph the pipeline runs (extract, calibration, the gate fit): rank-one edits with chosen keys, steering, the
+    // coefficients k·x and the writer inputs at asked positions, on a left-padded batch; the CPU EP is the reference.
+    test(`interventions graph: logits, coefficients and writer inputs within ${ATOL} of the CPU under an edit`, async () => {
+      const g = golden();
+      const bp = g.batch_left_padded;
+      const T = bp.input_ids[0].length;
+      const load = (device: "cpu" | "webgpu" | "cuda") => DecoderModel.load(dir, { device, interventions: true, cacheDir });
+      const [onGpu, onCpu] = [await load(ep), await load("cpu")];
+      try {
+        expect(onGpu.ep).toBe(ep);
+        const { numLayers, hiddenSize } = onCpu.config;
+        let seed = 11;
+        const rand = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 4294967296 - 0.5);
+        const editKeys = onCpu.writerWidths().map((w) => Float32Array.from({ length: w }, () => 0.2 * rand()));
+        const rosiVectors = Float32Array.from({ length: 2 * numLayers * hiddenSize }, () => rand());
+        const steer = Float32Array.from({ length: numLayers * hiddenSize }, () => 0.5 * rand());
+        const input = {
+          inputIds: bp.input_ids,
+          attentionMask: bp.attention_mask,
+          positionIds: bp.position_ids,
+          logitPositions: bp.input_ids.map(() => [T - 1]),
+          noCache: true,
+          editKeys,
+          rosiVectors,
+          steer,
+          coefficients: true,
+          writerInputs: bp.input_ids.map(() => [T - 2, T - 1]),
+        };
+        const [a, b] = [await onGpu.forward(input), await onCpu.forward(input)];
+        const plain = await onCpu.forward({ inputIds: bp.input_ids, attentionMask: bp.attention_mask, positionIds: bp.position_ids, logitPositions: bp.input_ids.map(() => [T - 1]), noCache: true });
+        // The edit moves the logits far more than the tolerance, so agreement is about the edit, not about zeros.
+        expect(maxDiff(b.logits, plain.logits)).toBeGreaterThan(100 * ATOL);
+        expect(maxDiff(a.logits, b.logits)).toBeLessThan(ATOL);
+        // Coefficients at real tokens only (a padded position's k·x is not defined by any reference).
+        const M = 2 * numLayers;
+        const real = (r: number) => bp.attention_mask[Math.floor(r / T)][r % T] === 1;
+        expect(maxDiff(a.coefficients!, b.coefficients!, real, M)).toBeLessThan(ATOL);
+        a.writerInputs!.forEach((x, m) => expect(maxDiff(x, b.writerInputs![m])).toBeLessThan(ATOL));
+      } finally {
+        await onGpu.close();
+        await onCpu.close();
+      }
+    });
+
     // Half precision on the GPU: HF's float32 outputs for the BF16-rounded weights (exact in FP16) are the
     // reference, with the fixture README's bound for a half-precision compute path (5e-2).
     test("float16 compute: logits within 5e-2 of HF (BF16 weights) and of the CPU float16 path", async () => {
