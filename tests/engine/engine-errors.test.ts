@@ -57,7 +57,13 @@ describe.skipIf(!hasShared())("engine errors", () => {
   test("a position id below 0 or not whole is a clear error, before ONNX Runtime sees it", async () => {
     const model = await load(sharedPath("fixtures", "hf-golden", "llama"));
     try {
-      const feed = (positions: number[]) => ({ inputIds: [[1, 2, 3]], attentionMask: [[1, 1, 1]], positionIds: [positions], logitPositions: [[2]], noCache: true });
+      const feed = (positions: number[]) => ({
+        inputIds: [[1, 2, 3]],
+        attentionMask: [[1, 1, 1]],
+        positionIds: [positions],
+        logitPositions: [[2]],
+        noCache: true,
+      });
       await expect(model.forward(feed([-1, 0, 1]))).rejects.toThrow(/position_ids must be whole numbers ≥ 0; row 0 has -1 at index 0/);
       await expect(model.forward(feed([0, 1.5, 2]))).rejects.toThrow(/row 0 has 1.5 at index 1/);
       const ok = await model.forward(feed([0, 1, 2]));

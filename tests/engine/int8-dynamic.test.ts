@@ -206,7 +206,16 @@ describe.skipIf(!hasShared())("int8-dynamic fidelity on organism-llama", () => {
     const ids = prompts.map((p) => p.slice(0, T));
     const rand = mulberry32(5);
     const keys = f32.writerWidths().map((w) => Float32Array.from({ length: w }, () => rand() - 0.5));
-    const input: ForwardInput = { inputIds: ids, attentionMask: ids.map((r) => r.map(() => 1)), positionIds: ids.map((r) => r.map((_, t) => t)), logitPositions: ids.map(() => [T - 1]), noCache: true, writerInputs: true, coefficients: true, editKeys: keys };
+    const input: ForwardInput = {
+      inputIds: ids,
+      attentionMask: ids.map((r) => r.map(() => 1)),
+      positionIds: ids.map((r) => r.map((_, t) => t)),
+      logitPositions: ids.map(() => [T - 1]),
+      noCache: true,
+      writerInputs: true,
+      coefficients: true,
+      editKeys: keys,
+    };
     const [a, b] = [await f32.forward(input), await i8.forward(input)];
     const M = keys.length;
     for (let m = 0; m < M; m++) {
