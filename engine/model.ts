@@ -277,7 +277,7 @@ export class DecoderModel {
     const feeds: Record<string, ort.Tensor> = {
       [IO.inputIds]: int64Tensor(input.inputIds),
       [IO.attentionMask]: int64Tensor(input.attentionMask),
-      [IO.positionIds]: int64Tensor(checkedPositions(input.positionIds)),
+      [IO.positionIds]: int64Tensor(input.positionIds, "position_ids"),
       [IO.logitPositions]: int64Tensor(input.logitPositions),
     };
     for (let l = 0; l < numLayers; l++) {
@@ -485,24 +485,23 @@ function writerPositionRows(asked: boolean | number[][] | undefined, B: number, 
   return asked;
 }
 
-/** Position ids index the rotary table (RotaryEmbedding reads row p of it unchecked): whole numbers ≥ 0 only. */
-function checkedPositions(rows: number[][]): number[][] {
-  rows.forEach((row, b) =>
-    row.forEach((p, t) => {
-      if (!Number.isSafeInteger(p) || p < 0) throw new RangeError(`position_ids must be whole numbers ≥ 0; row ${b} has ${p} at index ${t}`);
-    }),
-  );
-  return rows;
-}
-
-function int64Tensor(rows: number[][]): ort.Tensor {
+/**
+ * [B][T] numbers as an int64 tensor. `indexOf` names a tensor whose entries index a table (position_ids: the
+ * RotaryEmbedding kernel reads row p of the rotary table unchecked): its entries must be whole numbers ≥ 0,
+ * checked in the same pass.
+ */
+function int64Tensor(rows: number[][], indexOf?: string): ort.Tensor {
   const B = rows.length;
   const T = rows[0]?.length ?? 0;
   const data = new BigInt64Array(B * T);
   for (let b = 0; b < B; b++) {
     const row = rows[b];
     if (row.length !== T) throw new Error(`ragged batch: row ${b} has ${row.length} entries, expected ${T}`);
-    for (let t = 0; t < T; t++) data[b * T + t] = BigInt(row[t]);
+    for (let t = 0; t < T; t++) {
+      const v = row[t];
+      if (indexOf && (!Number.isSafeInteger(v) || v < 0)) throw new RangeError(`${indexOf} must be whole numbers ≥ 0; row ${b} has ${v} at index ${t}`);
+      data[b * T + t] = BigInt(v);
+    }
   }
   return new ort.Tensor("int64", data, [B, T]);
 }
