@@ -13,7 +13,9 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { SHAPES, writeChatTokenizer, writeRandomCheckpoint } from "../../bench/random-checkpoint.ts";
+import { readDecoderConfig } from "../../engine/architectures.ts";
 import { SafetensorsFile } from "../../engine/safetensors.ts";
+import { editedMatrices } from "../../rosi/edit.ts";
 import type { RunReport } from "../../report/report.ts";
 import { callerEnv, CLI, PIPELINE_TEST_TIMEOUT, REPO_ROOT } from "../helpers/shared.ts";
 
@@ -91,11 +93,9 @@ describe("the pipeline on every supported architecture (random tiny checkpoints)
         const direction = edit.readF32("direction");
         const keyOf = (name: string) => (edit.names().includes(`key.${name}`) ? edit.readF32(`key.${name}`) : null);
         expect(direction.length).toBe(SHAPES[shape].hidden_size);
-        const writers = new Map<string, number>();
-        for (let l = 0; l < layers; l++) {
-          writers.set(`model.layers.${l}.self_attn.o_proj.weight`, 2 * l);
-          writers.set(`model.layers.${l}.mlp.down_proj.weight`, 2 * l + 1);
-        }
+        // Tensor name → engine row (2l o_proj, 2l+1 down_proj), the order of calibration.json's weights.
+        const cfg = readDecoderConfig(JSON.parse(readFileSync(join(dir, "config.json"), "utf8")));
+        const writers = new Map(Array.from({ length: layers }, (_, l) => editedMatrices(cfg, l).map((name, k) => [name, 2 * l + k] as const)).flat());
         const src = SafetensorsFile.open(join(dir, "model.safetensors"));
         const dst = SafetensorsFile.open(join(out, "inject", "model", "model.safetensors"));
         try {

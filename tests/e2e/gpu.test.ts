@@ -136,8 +136,9 @@ for (const ep of eps) {
       try {
         expect(onGpu.ep).toBe(ep);
         const { numLayers, hiddenSize } = onCpu.config;
-        let seed = 11;
-        const rand = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 4294967296 - 0.5);
+        const { mulberry32 } = await import("../../evals/datasets.ts");
+        const uniform = mulberry32(11);
+        const rand = () => uniform() - 0.5;
         const editKeys = onCpu.writerWidths().map((w) => Float32Array.from({ length: w }, () => 0.2 * rand()));
         const rosiVectors = Float32Array.from({ length: 2 * numLayers * hiddenSize }, () => rand());
         const steer = Float32Array.from({ length: numLayers * hiddenSize }, () => 0.5 * rand());
