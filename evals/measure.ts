@@ -16,13 +16,46 @@ export interface Interventions {
 /** Openers whose first token marks a refusal (Arditi et al.'s refusal-token idea, derived per tokenizer). */
 export const REFUSAL_OPENERS = ["I am sorry", "I'm sorry", "I can't", "I cannot", "Sorry", "I apologize", "As an AI", "I won't", "Unfortunately"];
 
+/**
+ * The first token of a reply that opens with each of REFUSAL_OPENERS: the opener encoded on its own, and
+ * the opener as the chat template renders it for the assistant's turn, which is the token the model
+ * would write (a template that puts a space before the reply, as Mistral's "[/INST] " does, makes it
+ * " I", which a byte-level tokenizer keeps apart from "I").
+ */
 export function refusalTokenIds(tok: ModelTokenizer): number[] {
   const ids = new Set<number>();
+  const asReply = replyTokens(tok);
   for (const opener of REFUSAL_OPENERS) {
     const enc = tok.encode(opener, { addSpecialTokens: false });
     if (enc.length) ids.add(enc[0]);
+    const first = asReply?.(opener)[0];
+    if (first !== undefined) ids.add(first);
   }
   return [...ids];
+}
+
+/**
+ * The tokens a reply takes after the generation prompt, as the template renders it (null when the model
+ * has no template or it cannot render a user turn). A reply whose rendering does not extend the prompt's
+ * tokens yields none.
+ */
+function replyTokens(tok: ModelTokenizer): ((reply: string) => number[]) | null {
+  const user = { role: "user" as const, content: "Hello" };
+  let prompt: number[];
+  try {
+    prompt = tok.encode(tok.renderChat([user], { addGenerationPrompt: true }), { addSpecialTokens: false });
+  } catch {
+    return null;
+  }
+  return (reply) => {
+    try {
+      const full = tok.encode(tok.renderChat([user, { role: "assistant", content: reply }]), { addSpecialTokens: false });
+      const extends_ = full.length > prompt.length && prompt.every((id, i) => full[i] === id);
+      return extends_ ? full.slice(prompt.length) : [];
+    } catch {
+      return [];
+    }
+  };
 }
 
 export function encodeAll(tok: ModelTokenizer, prompts: string[], system: string | null): ChatEncoding[] {

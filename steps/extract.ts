@@ -62,7 +62,8 @@ export const extractStep: Step<Settings> = {
   // 8: means from elicit's contrastive pairs (refused harmful, answered harmless train prompts) when ≥ 16 of each.
   // 9: the KL probe by log–log interpolation (KL within 5 % of the probe's), not 4 fixed bisections.
   // 10: the KL probe starts from the previous candidate's α and log–log slope (fewer passes near a KL cliff).
-  version: 10,
+  // 11: refusal tokens as the chat template renders a reply's first token (" I" after Mistral's "[/INST]").
+  version: 11,
   deps: ["pull", "elicit"],
   outputs: outputsOf("extract"),
   inputs: (s) => ({ rank: s.rank, quantize: s.quantize, dtype: s.dtype, layer: s.layer, position: s.position, useSystemPrompt: s.useSystemPrompt, method: s.method }),
