@@ -5,7 +5,11 @@
 // and KL all grow with |t| (monotone in practice), so the search looks for the largest admissible |t|:
 //
 //   1. measure at the probe (extract's equal-KL scale);
-//   2. admissible → double until a point is not (at most 4 times); not → halve until one is (at most 4);
+//   2. admissible → double until a point is not, or until harmful refusal falls below the best so far
+//      (past its peak a stronger push only degrades the replies), at most 8 times: the first scale can
+//      be far below the bound (a gated edit's KL per unit of push is small, and its first scale comes
+//      from the class gap, not from the KL), and the KL bound, checked first, ends the doubling cheaply;
+//      not → halve until one is (at most 4);
 //   3. bisect geometrically between the last admissible and the first inadmissible scale, 3 times;
 //   4. refusal can peak and fall again as the push grows: while the smallest admissible scale is the
 //      best, step down by √2 (at most twice).
@@ -142,7 +146,7 @@ export interface SweepResult {
  * Largest admissible scale of one edit family (see the file's opening comment).
  * `probe` is signed; `at(scale)` measures (memoised by the caller).
  */
-export async function sweepScale(opts: { probe: number; at: (scale: number) => Promise<Measured>; admissible: (p: Measured) => boolean; expansions?: number; bisections?: number; descents?: number }): Promise<SweepResult> {
+export async function sweepScale(opts: { probe: number; at: (scale: number) => Promise<Measured>; admissible: (p: Measured) => boolean; expansions?: number; halvings?: number; bisections?: number; descents?: number }): Promise<SweepResult> {
   const points: SweepResult["points"] = [];
   const run = async (scale: number) => {
     const point = await opts.at(scale);
@@ -150,20 +154,26 @@ export async function sweepScale(opts: { probe: number; at: (scale: number) => P
     points.push({ scale, point, admissible });
     return admissible;
   };
-  const steps = opts.expansions ?? 4;
+  const refusalAt = (p: Measured) => (isFull(p) ? p.harmful_refusal : -1);
   // lo: the largest admissible scale so far; hi: the smallest inadmissible one (NaN: none yet).
   let lo = NaN;
   let hi = NaN;
   if (await run(opts.probe)) {
     lo = opts.probe;
-    for (let i = 0; i < steps && Number.isNaN(hi); i++) {
+    let peak = refusalAt(points[0].point);
+    for (let i = 0; i < (opts.expansions ?? 8) && Number.isNaN(hi); i++) {
       const s: number = lo * 2;
-      if (await run(s)) lo = s;
-      else hi = s;
+      if (!(await run(s))) hi = s;
+      else {
+        lo = s;
+        const r = refusalAt(points[points.length - 1].point);
+        if (r < peak) break;
+        peak = r;
+      }
     }
   } else {
     hi = opts.probe;
-    for (let i = 0; i < steps && Number.isNaN(lo); i++) {
+    for (let i = 0; i < (opts.halvings ?? 4) && Number.isNaN(lo); i++) {
       const s: number = hi / 2;
       if (await run(s)) lo = s;
       else hi = s;

@@ -56,7 +56,8 @@ export const injectStep: Step<Settings> = {
   // 12: the key fit adds quiet rows on the contrast's replies (teacher-forced without the safety prompt).
   // 13: a calibration point past the KL bound keeps its KL alone (its replies are not generated).
   // 14: the random control's scale by log–log interpolation (its KL within 5 % above the chosen point's).
-  version: 14,
+  // 15: the sweep doubles until the KL bound or a fall in harmful refusal (at most 8 times, was 4).
+  version: 15,
   deps: ["pull", "elicit", "extract"],
   outputs: outputsOf("inject"),
   inputs: (s) => ({ includeEmbeddings: s.includeEmbeddings, quantize: s.quantize, dtype: s.dtype, alpha: s.alpha, rank: s.rank, method: s.method, seed: s.seed, gate: s.gate, nEval: s.nEval }),

@@ -51,6 +51,24 @@ describe("sweepScale", () => {
     expect(plain.length).toBe(6);
   });
 
+  test("a first scale far below the bound (a gated edit's class-gap start): doubles on until the KL bound, not four times only", async () => {
+    // Admissible while KL = (t/400)² ≤ 0.09, i.e. |t| ≤ 120; refusal keeps rising up to there.
+    const far = (t: number): Measured => ({ harmful_refusal: Math.min(1, Math.abs(t) / 200), harmless_refusal: 0, kl: (t / 400) ** 2, utility: null });
+    const seen: number[] = [];
+    const r = await sweepScale({ probe: 1, admissible, at: async (t) => (seen.push(t), far(t)) });
+    expect(seen.slice(0, 8)).toEqual([1, 2, 4, 8, 16, 32, 64, 128]); // 128 is the first past the bound
+    expect(r.best!.scale).toBeLessThanOrEqual(120);
+    expect(r.best!.scale).toBeGreaterThan(120 / 2 ** (1 / 8) - 1e-9); // then 3 bisections of [64, 128]
+  });
+
+  test("harmful refusal falling while still admissible ends the doubling (past its peak a stronger push only degrades)", async () => {
+    const peaked = (t: number): Measured => ({ harmful_refusal: Math.max(0, 0.5 - Math.abs(Math.log2(Math.abs(t) / 20)) * 0.2), harmless_refusal: 0, kl: 0, utility: null });
+    const seen: number[] = [];
+    const r = await sweepScale({ probe: 5, admissible: () => true, at: async (t) => (seen.push(t), peaked(t)) });
+    expect(seen).toEqual([5, 10, 20, 40]);
+    expect(r.best!.scale).toBe(20);
+  });
+
   test("nothing admissible: no best", async () => {
     const r = await sweepScale({ probe: 100, admissible: () => false, at: async (t) => response(t) });
     expect(r.best).toBeNull();
