@@ -1,6 +1,8 @@
-// `bun run bench:organism [--method auto|rosi|rosi-mv|gated|all] [--device cpu|webgpu|cuda] [--out dir]`
-// The whole pipeline on ../shared/models/organism-llama with its own prompt splits (train/val from its
-// training distribution, evaluation on JailbreakBench + held-out Alpaca + the borderline half), then the
+// `bun run bench:organism [--model llama|qwen2|<dir>] [--method auto|rosi|rosi-mv|gated|all] [--device cpu|webgpu|cuda] [--out dir]`
+// The whole pipeline on an organism (../shared/models/organism-llama, or tests/models/organism-qwen2, a
+// second one built in this project with another architecture, template and safety behaviour; see its
+// README) with its own prompt splits (train/val from its training distribution, evaluation on
+// JailbreakBench + held-out Alpaca + the borderline half), then the
 // before/after table with k/n and 95 % intervals, and the random-direction control. `all` runs each
 // method in turn (each run reuses the first one's pull and elicit steps). A measurement, not a test:
 // a few minutes per method on 2 cores.
@@ -15,8 +17,9 @@ import type { Calibration } from "../steps/artefacts.ts";
 const METHODS = ["auto", "rosi", "rosi-mv", "gated"];
 const cli = cac("bench:organism");
 cli
+  .option("--model <m>", "llama (../shared/models/organism-llama), qwen2 (tests/models/organism-qwen2) or a model directory with the same splits/ and eval/ files", { default: "llama" })
   .option("--method <m>", `${METHODS.join(" | ")} | all`, { default: "auto" })
-  .option("--out <dir>", "run directory (one sub-folder per method)", { default: "runs/organism-bench" })
+  .option("--out <dir>", "run directory (one sub-folder per method; default runs/organism-bench, runs/organism-bench-qwen2 for qwen2)")
   .option("--n-val <n>", "validation prompts per class", { default: 32 })
   .option("--device <d>", "cpu | webgpu | cuda | auto", { default: "cpu" });
 const { options } = cli.parse();
@@ -26,11 +29,16 @@ if (method !== "all" && !METHODS.includes(method)) {
   console.error(`--method must be one of ${METHODS.join(", ")}, all; got "${method}"`);
   process.exit(2);
 }
-const S = resolve(import.meta.dir, "..", "..", "shared", "models", "organism-llama");
-if (!existsSync(S)) {
-  console.error(`organism model not found at ${S} (needs ../shared)`);
+const ORGANISMS: Record<string, string> = {
+  llama: resolve(import.meta.dir, "..", "..", "shared", "models", "organism-llama"),
+  qwen2: resolve(import.meta.dir, "..", "tests", "models", "organism-qwen2"),
+};
+const S = ORGANISMS[String(options.model)] ?? resolve(String(options.model));
+if (!existsSync(join(S, "splits")) || !existsSync(join(S, "eval"))) {
+  console.error(`no organism at ${S} (a model directory with splits/ and eval/; organism-llama needs ../shared)`);
   process.exit(2);
 }
+const outRoot = String(options.out ?? (options.model === "qwen2" ? "runs/organism-bench-qwen2" : "runs/organism-bench"));
 
 async function runMethod(m: string, out: string): Promise<number> {
   const args = [
@@ -62,7 +70,7 @@ const methods = method === "all" ? METHODS.slice(1) : [method];
 const rows: Row[] = [];
 let first: string | null = null;
 for (const m of methods) {
-  const out = join(String(options.out), m);
+  const out = join(outRoot, m);
   // Later methods start from the first run's folder: pull and elicit are then up to date.
   if (first && !existsSync(out)) cpSync(first, out, { recursive: true });
   const code = await runMethod(m, out);
