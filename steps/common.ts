@@ -12,6 +12,14 @@ import { totalmem } from "node:os";
 
 export type Ctx = StepContext<Settings>;
 
+/**
+ * How logs and reports name the candidate positions of extract's means: 0 is the last instruction token,
+ * 1…P−1 the chat template's tokens after it (decoded, quoted), as `system` renders them.
+ */
+export function positionLabels(tok: ModelTokenizer, system: string | null, positions: number): string[] {
+  return ["last instruction token", ...tok.encodeChat("x", { system }).ids.slice(-(positions - 1)).map((id) => JSON.stringify(tok.decode([id])))];
+}
+
 export function readJson<T>(path: string): T {
   return JSON.parse(readFileSync(path, "utf8")) as T;
 }

@@ -19,7 +19,7 @@ import { candidates, positionCount, residualMeans, residualsAt, safetySubspace, 
 import { encodeAll, firstTokenLogProbs, generateTexts, klDivergence, mean, refusalScore, refusalTokenIds } from "../evals/measure.ts";
 import { isRefusal } from "../evals/refusal.ts";
 import { coefficientStats, injectedAmount, rosiRows, spreadWeights, type CoefficientStats, type SpreadMethod } from "../rosi/spread.ts";
-import { openModel } from "./common.ts";
+import { openModel, positionLabels } from "./common.ts";
 import { outputsOf, readSource, readSplits, writeJson, type CandidateScore, type ProbeScores, type Selection } from "./artefacts.ts";
 import { vectorSha256 } from "../rosi/edit.ts";
 import { scaleForKl } from "../rosi/calibrate.ts";
@@ -89,7 +89,7 @@ export const extractStep: Step<Settings> = {
       const nTrain = encodeAll(tok, useContrast ? c.harmless : splits.harmless.train, splits.systemPrompt);
       if (useContrast) ctx.log(`means from ${hTrain.length} refused harmful and ${nTrain.length} answered harmless train prompts`);
       const P = positionCount([...hTrain, ...nTrain]);
-      const labels = ["last instruction token", ...tok.encodeChat("x", { system: splits.systemPrompt }).ids.slice(-(P - 1)).map((id) => JSON.stringify(tok.decode([id])))];
+      const labels = positionLabels(tok, splits.systemPrompt, P);
       const bar = ctx.progress("extract activations", hTrain.length + nTrain.length);
       let seen = 0;
       const tick = (done: number) => {
