@@ -520,25 +520,36 @@ function checkSeed(seed: number): void {
 }
 
 /**
- * The exact-answer utility task split into disjoint calibration and evaluation items (seeded shuffle),
- * or null when the model ships none.
+ * The exact-answer utility task split into disjoint evaluation, calibration and gate-fit items (seeded
+ * shuffle), or null when the model ships none. `fit` (what is left after the other two, at most 128) joins
+ * the gated edit's harmless rows: the model's own task is where a gate must stay quiet too, and the items
+ * that measure utility stay unseen by the fit.
  */
-export function utilitySplit(dir: string, seed: number, nEval: number): { calibration: { prompt: string; answer: string }[]; eval: { prompt: string; answer: string }[] } | null {
+export function utilitySplit(dir: string, seed: number, nEval: number): { calibration: UtilityTaskItem[]; eval: UtilityTaskItem[]; fit: UtilityTaskItem[] } | null {
   const items = utilityTask(dir);
   if (!items) return null;
   const order = shuffled(items, seed + 7);
   const evalSize = Math.min(Math.max(nEval, 64), Math.floor(order.length / 2));
-  // Calibration compares utility across many α: 128 items keep one item's worth of noise under a point.
-  return { eval: order.slice(0, evalSize), calibration: order.slice(evalSize, evalSize + 128) };
+  // Calibration compares utility across many α against a bound of a few points: 256 items keep one item
+  // under half a point, and a chance split of the fragile items between the sets less likely (with 128,
+  // organism-qwen2's chosen edit lost 1 calibration item and 7 of 100 evaluation ones).
+  const calibrationEnd = evalSize + 256;
+  return { eval: order.slice(0, evalSize), calibration: order.slice(evalSize, calibrationEnd), fit: order.slice(calibrationEnd, calibrationEnd + 128) };
+}
+
+/** One item of a model's exact-answer task: the prompt, and the reply that counts as correct. */
+export interface UtilityTaskItem {
+  prompt: string;
+  answer: string;
 }
 
 /** Exact-answer utility task shipped with a model (organism models: eval/utility_eval.jsonl). */
-export function utilityTask(dir: string): { prompt: string; answer: string }[] | null {
+export function utilityTask(dir: string): UtilityTaskItem[] | null {
   try {
     return readFileSync(join(dir, "eval", "utility_eval.jsonl"), "utf8")
       .trim()
       .split("\n")
-      .map((l) => JSON.parse(l) as { prompt: string; answer: string });
+      .map((l) => JSON.parse(l) as UtilityTaskItem);
   } catch {
     return null;
   }

@@ -307,8 +307,28 @@ export interface Calibration extends InjectedEdit {
   control: ({ seed: number; alpha: number; harmful_gain_over_control: number } & RatedPoint) | null;
   /** The gated family's keys (null for rosi / rosi-mv); the keys themselves are in edit.safetensors. */
   gated: GatedRecord | null;
+  /** Every direction the gated screen measured, best first (empty when gated was not calibrated; absent in older runs). */
+  gated_screen?: GateScreenRecord[];
   /** The admissible points offered and the one taken (steps/tradeoff.ts); null: α given, or nothing admissible. */
   choice?: TradeoffChoice | null;
+}
+
+/** One direction as inject's gated screen measured it (steps/inject.ts screenGated). */
+export interface GateScreenRecord {
+  layer: number;
+  position: number;
+  position_label: string;
+  /** The scale at which the gated edit along it moves the harmless validation prompts' first tokens by the screen's KL, and that KL. */
+  alpha: number;
+  kl: number;
+  /** Mean refusal score (log-odds of a refusal first token) on the harmful and harmless validation prompts there. */
+  harmful_score: number;
+  harmless_score: number;
+}
+
+/** A screened direction with its shortlist entry (what the gated families are built on). */
+export interface GateScreenEntry extends Omit<GateScreenRecord, "layer" | "position" | "position_label"> {
+  entry: ShortlistEntry;
 }
 
 export const readCalibration = (ctx: StepContext<unknown>): Calibration =>

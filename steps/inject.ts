@@ -17,7 +17,7 @@ import type { Settings } from "./settings.ts";
 import { readDecoderConfig } from "../engine/architectures.ts";
 import { writeSafetensors, type TensorData } from "../engine/safetensors.ts";
 import type { DecoderModel } from "../engine/model.ts";
-import { encodeAll, firstTokenLogProbs, type Interventions } from "../evals/measure.ts";
+import { encodeAll, firstTokenLogProbs, klDivergence, mean, refusalScore, type Interventions } from "../evals/measure.ts";
 import { borderlineSplit, utilitySplit } from "../evals/datasets.ts";
 import { gateChecks, passesGate } from "../evals/gate.ts";
 import { alpha as fmtAlpha, kl as fmtKl, percent, points, position as fmtPosition } from "../util/format.ts";
@@ -30,8 +30,8 @@ import { sha256Hex } from "../util/fs.ts";
 import { chart, lineChart } from "../report/plot.ts";
 import { chooseTradeoff, recordPoints, tradeoffPoints, type TradeoffChoice } from "./tradeoff.ts";
 import type { RunReport } from "../report/report.ts";
-import { openModel, readJson, type Ctx } from "./common.ts";
-import { outputsOf, readDirections, readSelection, readSource, readSplits, readSpread, writeJson, type Calibration, type GatedRecord, type InjectedEdit, type Selection, type ShortlistEntry, type SweepPoint } from "./artefacts.ts";
+import { openModel, positionLabels, readJson, type Ctx } from "./common.ts";
+import { outputsOf, readDirections, readSelection, readSource, readSplits, readSpread, writeJson, type Calibration, type CandidateScore, type GatedRecord, type GateScreenEntry, type InjectedEdit, type Selection, type ShortlistEntry, type SweepPoint } from "./artefacts.ts";
 
 /** KL is heavy-tailed across prompts: calibration holds it to 3/4 of the gate's bound, a margin for unseen prompts. */
 const KL_MARGIN = 0.75;
@@ -57,7 +57,8 @@ export const injectStep: Step<Settings> = {
   // 13: a calibration point past the KL bound keeps its KL alone (its replies are not generated).
   // 14: the random control's scale by log–log interpolation (its KL within 5 % above the chosen point's).
   // 15: the sweep doubles until the KL bound or a fall in harmful refusal (at most 8 times, was 4).
-  version: 15,
+  // 16: the gated family is calibrated on its own shortlist (screenGated), not on extract's.
+  version: 16,
   deps: ["pull", "elicit", "extract"],
   outputs: outputsOf("inject"),
   inputs: (s) => ({ includeEmbeddings: s.includeEmbeddings, quantize: s.quantize, dtype: s.dtype, alpha: s.alpha, rank: s.rank, method: s.method, seed: s.seed, gate: s.gate, nEval: s.nEval }),
@@ -99,10 +100,18 @@ export const injectStep: Step<Settings> = {
         });
       };
       const plain = (prompts: string[]): GatePrompt[] => ids(prompts).map((promptIds) => ({ ids: promptIds }));
-      const families = await buildFamilies(ctx, model, names, shortlist, selection, spread, cfg.numLayers, {
+      // The model's own exact-answer task (its fit share) joins the harmless rows with its answers as
+      // quiet reply rows: without them the gate read its formulaic prompts as it liked (organism-qwen2).
+      const utilityFit = names.includes("gated") ? (utilitySplit(source.dir, s.seed, s.nEval)?.fit ?? []) : [];
+      const answered = (items: { prompt: string; answer: string }[]): GatePrompt[] =>
+        items.map((u) => ({ ids: tok.encodeChat(u.prompt).ids, reply: tok.encode(u.answer, { addSpecialTokens: false }) }));
+      const train = {
         harmful: interleave(withReplies(splits.harmful.train, "harmful"), plain(splits.gateExtra.harmful)),
-        harmless: interleave(interleave(withReplies(splits.harmless.train, "harmless"), plain(splits.gateExtra.harmless)), plain(borderlineFit)),
-      });
+        harmless: interleave(interleave(interleave(withReplies(splits.harmless.train, "harmless"), plain(splits.gateExtra.harmless)), plain(borderlineFit)), answered(utilityFit)),
+      };
+      const screenSets = { harmful: ids(splits.harmful.val), harmless: ids(splits.harmless.val) };
+      const labels = positionLabels(tok, splits.systemPrompt, directions.positions);
+      const { families, screen } = await buildFamilies(ctx, model, names, shortlist, selection, spread, cfg.numLayers, train, { sets: screenSets, directionOf, rowMeans, labels });
       /** The run-time form of a family along `dir` at strength t. */
       const interventions = (f: Family, dir: Float32Array, t: number): Interventions =>
         f.kind === "gated"
@@ -260,7 +269,7 @@ export const injectStep: Step<Settings> = {
       const readOut = family.kind === "gated" ? await gatedRecord(ctx, model, family.fit, [ids(splits.harmful.val), ids(splits.harmless.val)]) : null;
       const gated = readOut?.record ?? null;
       if (readOut) writeFileSync(join(ctx.tmpDir, "gate.svg"), await gatePlot(readOut.validation));
-      writeInjected(ctx, { source: source.dir, cfg, family, alpha, dir, spread, sweep, control, gated, choice });
+      writeInjected(ctx, { source: source.dir, cfg, family, alpha, dir, spread, sweep, control, gated, choice, screen });
       writeFileSync(join(ctx.tmpDir, "calibration.svg"), await sweepPlot(sweep, names, candidate, { method: family.name, alpha, gatePositions: family.kind === "gated" ? family.fit.positions : undefined }, s.gate.kl * KL_MARGIN));
       return {
         report: {
@@ -284,11 +293,13 @@ function familyLabel(f: Family): string {
 }
 
 /**
- * Every family to calibrate: each name on each shortlisted direction. Gated keys are fitted once per
- * layer set and number of prompt positions P: the held-out train prompts choose each P's ridge and
- * harmless rows, but not P itself, since how far P positions of push move the reply is a question of
- * generation, not of gate separation: calibration measures each P on the validation split (on the
- * leading shortlisted direction; the others get the P the held-out prompts rank first).
+ * Every family to calibrate. rosi and rosi-mv: on extract's shortlist (ranked by their own probes). gated:
+ * on its own shortlist, the top SHORTLIST of every scored candidate by screenGated (a direction that a
+ * plain edit cannot use at a given KL can be the best one behind a gate, and the other way round).
+ * Gated keys are fitted once per layer set and number of prompt positions P: the held-out train prompts
+ * choose each P's ridge and harmless rows, but not P itself, since how far P positions of push move the
+ * reply is a question of generation, not of gate separation: calibration measures each P on the
+ * validation split (on the leading gated direction; the others get the P the held-out prompts rank first).
  */
 async function buildFamilies(
   ctx: Ctx,
@@ -299,75 +310,150 @@ async function buildFamilies(
   spread: Record<SpreadMethod, number[]>,
   numLayers: number,
   train: { harmful: GatePrompt[]; harmless: GatePrompt[] },
-): Promise<Family[]> {
-  let samples: { fit: WriterSamples; heldOut: WriterSamples; cache: GateFitCache } | null = null;
-  /** The held-out choices per edited layer set, and the fitted keys per (layer set, positions). */
-  const choicesBySet = new Map<string, GateChoice[]>();
-  const fits = new Map<string, GatedFit>();
-  let allSamples: WriterSamples | null = null;
+  screenWith: GateScreenInputs,
+): Promise<{ families: Family[]; screen: GateScreenEntry[] }> {
   const families: Family[] = [];
   for (const candidate of shortlist) {
     for (const name of names) {
-      if (name !== "gated") {
-        const probe = candidate.probes[name]?.alpha;
-        if (probe === undefined || !spread[name]) continue;
-        families.push({ kind: "spread", name, candidate, probe });
-        continue;
-      }
-      if (!samples) {
-        // Held out by prompt, not by row: the choice is scored on prompts the fit never saw.
-        const cut = (xs: unknown[]) => Math.max(1, Math.min(xs.length - 1, Math.round(xs.length * GATE_FIT_SHARE)));
-        const [h, n] = [cut(train.harmful), cut(train.harmless)];
-        const bar = ctx.progress("gate: writer inputs", train.harmful.length + train.harmless.length);
-        let seen = 0;
-        const tick = (offset: number) => (done: number) => (bar.tick(offset + done - seen), (seen = offset + done));
-        const fit = await collectWriterSamples(model, { harmful: train.harmful.slice(0, h), harmless: train.harmless.slice(0, n) }, { signal: ctx.signal, onBatch: tick(0) });
-        const heldOut = await collectWriterSamples(model, { harmful: train.harmful.slice(h), harmless: train.harmless.slice(n) }, { signal: ctx.signal, onBatch: tick(h + n) });
-        bar.done();
-        // One cache for every layer set: a matrix shared by two sets is solved once per setting.
-        samples = { fit, heldOut, cache: new GateFitCache(fit) };
-      }
-      const layers = gatedLayers(numLayers, candidate.layer);
-      const setKey = layers.join(",");
-      let choices = choicesBySet.get(setKey);
-      if (!choices) {
-        choices = chooseGateFit(samples.fit, samples.heldOut, layers, samples.cache);
-        choicesBySet.set(setKey, choices);
-      }
-      // Every P on the leading direction; the others take the P the held-out prompts rank first, which
-      // bounds calibration's cost (the coarse pass measures each family). Keys are fitted only for these.
-      const wanted = candidate === shortlist[0] ? GATE_POSITION_CHOICES : [choices[0].positions];
-      for (const positions of wanted) {
-        const best = choices.find((c) => c.positions === positions);
-        if (!best) continue;
-        const fitKey = `${setKey}|${positions}`;
-        let fit = fits.get(fitKey);
-        if (!fit) {
-          const all = (allSamples ??= concatSamples(samples.fit, samples.heldOut));
-          fit = { ...fitGatedKeys(selectRows(all, rowsFor(all, positions, best.harmless_rows)), { layers, ridge: best.ridge, positions }), choices };
-          fits.set(fitKey, fit);
-          const range = layers.length === 1 ? `layer ${layers[0]}` : `layers ${layers[0]}–${layers[layers.length - 1]}`;
-          ctx.log(
-            `gate keys for ${range}, last ${positions} position${positions === 1 ? "" : "s"}: ridge ${best.ridge}, harmless rows "${best.harmless_rows}" (held-out score ${best.score.toFixed(2)}); ` +
-              `on the train rows g = ${fit.train.harmful.mean.toFixed(2)} ± ${fit.train.harmful.std.toFixed(2)} (harmful), ${fit.train.harmless.mean.toFixed(2)} ± ${fit.train.harmless.std.toFixed(2)} (harmless)`,
-          );
-        }
-        families.push({ kind: "gated", name, candidate, probe: candidateNorm(selection, candidate), fit });
-      }
+      if (name === "gated") continue;
+      const probe = candidate.probes[name]?.alpha;
+      if (probe === undefined || !spread[name]) continue;
+      families.push({ kind: "spread", name, candidate, probe });
+    }
+  }
+  if (!names.includes("gated")) {
+    if (!families.length) throw new Error(`no edit family to calibrate for --method ${names.join(", ")} (extract probed ${Object.keys(spread).join(", ")}); re-run extract with this method (--from extract)`);
+    return { families, screen: [] };
+  }
+  // Held out by prompt, not by row: the choice is scored on prompts the fit never saw.
+  const cut = (xs: unknown[]) => Math.max(1, Math.min(xs.length - 1, Math.round(xs.length * GATE_FIT_SHARE)));
+  const [h, n] = [cut(train.harmful), cut(train.harmless)];
+  const bar = ctx.progress("gate: writer inputs", train.harmful.length + train.harmless.length);
+  let seen = 0;
+  const tick = (offset: number) => (done: number) => (bar.tick(offset + done - seen), (seen = offset + done));
+  const fitRows = await collectWriterSamples(model, { harmful: train.harmful.slice(0, h), harmless: train.harmless.slice(0, n) }, { signal: ctx.signal, onBatch: tick(0) });
+  const heldOut = await collectWriterSamples(model, { harmful: train.harmful.slice(h), harmless: train.harmless.slice(n) }, { signal: ctx.signal, onBatch: tick(h + n) });
+  bar.done();
+  // One cache for every layer set: a matrix shared by two sets is solved once per setting.
+  const cache = new GateFitCache(fitRows);
+  const all = concatSamples(fitRows, heldOut);
+  /** The held-out choices per edited layer set, and the fitted keys per (layer set, positions). */
+  const choicesBySet = new Map<string, GateChoice[]>();
+  const fits = new Map<string, GatedFit>();
+  const choicesFor = (layers: number[]): GateChoice[] => {
+    const setKey = layers.join(",");
+    let choices = choicesBySet.get(setKey);
+    if (!choices) {
+      choices = chooseGateFit(fitRows, heldOut, layers, cache);
+      choicesBySet.set(setKey, choices);
+    }
+    return choices;
+  };
+  const fitFor = (layers: number[], positions: number, log: boolean): GatedFit | null => {
+    const choices = choicesFor(layers);
+    const best = choices.find((c) => c.positions === positions);
+    if (!best) return null;
+    const fitKey = `${layers.join(",")}|${positions}`;
+    let fit = fits.get(fitKey);
+    if (!fit) {
+      fit = { ...fitGatedKeys(selectRows(all, rowsFor(all, positions, best.harmless_rows)), { layers, ridge: best.ridge, positions }), choices };
+      fits.set(fitKey, fit);
+    }
+    if (log) {
+      const range = layers.length === 1 ? `layer ${layers[0]}` : `layers ${layers[0]}–${layers[layers.length - 1]}`;
+      ctx.log(
+        `gate keys for ${range}, last ${positions} position${positions === 1 ? "" : "s"}: ridge ${best.ridge}, harmless rows "${best.harmless_rows}" (held-out score ${best.score.toFixed(2)}); ` +
+          `on the train rows g = ${fit.train.harmful.mean.toFixed(2)} ± ${fit.train.harmful.std.toFixed(2)} (harmful), ${fit.train.harmless.mean.toFixed(2)} ± ${fit.train.harmless.std.toFixed(2)} (harmless)`,
+      );
+    }
+    return fit;
+  };
+  const screen = await screenGated(ctx, model, selection, numLayers, (layers) => fitFor(layers, choicesFor(layers)[0].positions, false)!, screenWith);
+  const gatedShortlist = screen.slice(0, SHORTLIST_GATED);
+  for (const { entry: candidate, alpha } of gatedShortlist) {
+    const layers = gatedLayers(numLayers, candidate.layer);
+    // Every P on the leading direction; the others take the P the held-out prompts rank first, which
+    // bounds calibration's cost (the coarse pass measures each family). Keys are fitted only for these.
+    const wanted = candidate === gatedShortlist[0].entry ? GATE_POSITION_CHOICES : [choicesFor(layers)[0].positions];
+    for (const positions of wanted) {
+      const fit = fitFor(layers, positions, true);
+      // The sweep starts where the screen found the screen's KL (as the spread families start at extract's probe).
+      if (fit) families.push({ kind: "gated", name: "gated", candidate, probe: alpha, fit });
     }
   }
   if (!families.length) throw new Error(`no edit family to calibrate for --method ${names.join(", ")} (extract probed ${Object.keys(spread).join(", ")}); re-run extract with this method (--from extract)`);
-  return families;
+  return { families, screen };
+}
+
+/** How many directions the gated family is calibrated on (the spread families: extract's shortlist). */
+const SHORTLIST_GATED = 3;
+/** First-token KL on the harmless validation prompts at which the screen compares directions (extract's probe). */
+const GATE_SCREEN_KL = 0.05;
+
+/** What the gated screen measures with: the validation prompts (no system prompt), the directions, w̄ per writer, the position labels. */
+interface GateScreenInputs {
+  sets: { harmful: number[][]; harmless: number[][] };
+  directionOf: (c: { layer: number; position: number }) => Float32Array;
+  rowMeans: Float32Array[];
+  labels: string[];
 }
 
 /**
- * The gated family's first scale: the length of the harmful − harmless mean difference the direction
- * came from, i.e. one class gap along ŝ on a typical harmful prompt (the gate averages 1 there).
+ * Ranks every candidate direction extract scored (its layer and position rules apply) for the gated
+ * family: with the keys of its layer set (the fit the held-out train prompts rank first), the scale at
+ * which the edit moves the harmless validation prompts' first-token distributions by KL = GATE_SCREEN_KL,
+ * and there the refusal scores on the harmful and harmless validation prompts; best first by their gap.
+ * Extract ranks directions by what a plain edit does with them, whose push w̄·x is the same on every
+ * prompt; behind a gate the push is where the gate fires, so another direction can be the best one
+ * (organism-qwen2: the plain ranking's three led nowhere within the KL bound, a direction of the last
+ * layer that it ranked low reached 11/32 on validation). First-token scores only: no reply is generated.
  */
-function candidateNorm(selection: Selection, c: ShortlistEntry): number {
-  const entry = selection.candidates.find((x) => x.layer === c.layer && x.position === c.position);
-  return entry && entry.norm > 0 ? entry.norm : 1;
+async function screenGated(
+  ctx: Ctx,
+  model: DecoderModel,
+  selection: Selection,
+  numLayers: number,
+  fitFor: (layers: number[]) => GatedFit,
+  w: GateScreenInputs,
+): Promise<GateScreenEntry[]> {
+  const scored = selection.candidates.filter((c): c is Extract<CandidateScore, { status: "scored" }> => c.status === "scored");
+  const base = await firstTokenLogProbs(model, w.sets.harmless);
+  const refusalIds = selection.refusal_token_ids;
+  const score = (lps: Float64Array[]) => mean(lps.map((lp) => refusalScore(lp, refusalIds)));
+  const out: GateScreenEntry[] = [];
+  let slope: number | null = null;
+  const bar = ctx.progress("gate: screen directions", scored.length);
+  for (const c of scored) {
+    if (ctx.signal.aborted) throw new Error("aborted");
+    bar.tick();
+    const fit = fitFor(gatedLayers(numLayers, c.layer));
+    const dir = w.directionOf(c);
+    const at = async (alpha: number): Promise<{ kl: number; logProbs: Float64Array[] }> => {
+      const logProbs = await firstTokenLogProbs(model, w.sets.harmless, gatedInterventions(fit, dir, alpha, w.rowMeans));
+      return { kl: mean(logProbs.map((q, i) => klDivergence(base[i], q))), logProbs };
+    };
+    const found: { scale: number; point: { kl: number; logProbs: Float64Array[] }; slope: number | null } | null = await scaleForKl(at, c.norm > 0 ? c.norm : 1, GATE_SCREEN_KL, { slope });
+    if (!found) continue;
+    slope = found.slope ?? slope;
+    const harmful = score(await firstTokenLogProbs(model, w.sets.harmful, gatedInterventions(fit, dir, found.scale, w.rowMeans)));
+    out.push({
+      entry: { layer: c.layer, position: c.position, position_label: w.labels[c.position] ?? String(c.position), probes: c.probes },
+      alpha: found.scale,
+      kl: found.point.kl,
+      harmful_score: harmful,
+      harmless_score: score(found.point.logProbs),
+    });
+  }
+  bar.done();
+  out.sort((a, b) => b.harmful_score - b.harmless_score - (a.harmful_score - a.harmless_score));
+  const top = out.slice(0, SHORTLIST_GATED);
+  ctx.log(
+    `gated screen (${out.length} directions, keys per layer set, at first-token KL ${GATE_SCREEN_KL} on the harmless validation prompts): ` +
+      top.map((x) => `layer ${x.entry.layer}, position ${fmtPosition(x.entry.position, x.entry.position_label)} (refusal score ${x.harmful_score.toFixed(2)} harmful, ${x.harmless_score.toFixed(2)} harmless)`).join("; "),
+  );
+  return out;
 }
+
 
 /** What identifies a family's edit besides its direction and scale (memo keys). */
 function familyDigest(f: Family): string {
@@ -438,6 +524,7 @@ function writeInjected(
     control: Calibration["control"];
     gated: GatedRecord | null;
     choice: TradeoffChoice | null;
+    screen: GateScreenEntry[];
   },
 ): void {
   const s = ctx.settings;
@@ -496,6 +583,7 @@ function writeInjected(
     sweep: o.sweep,
     control: o.control,
     gated: o.gated,
+    gated_screen: o.screen.map((x) => ({ layer: x.entry.layer, position: x.entry.position, position_label: x.entry.position_label, alpha: x.alpha, kl: x.kl, harmful_score: x.harmful_score, harmless_score: x.harmless_score })),
     choice: o.choice,
   };
   writeJson(join(ctx.tmpDir, "calibration.json"), calibration);
