@@ -7,7 +7,9 @@ import { basename, resolve } from "node:path";
 import { cliFlag, DEFAULTS, FIELDS, NEGATED_FLAGS, yamlKey, type Settings } from "./settings.ts";
 
 /** The demo's sizes (cli/cli.ts `realign demo` applies them under the user's flags). */
-export const DEMO_SETTINGS = { nTrain: 40, nVal: 24, nEval: 32, maxNewTokens: 48 } as const;
+// Evaluation on 64 prompts a class: on 32 the 95 % half-width of a refusal rate reaches 17 points and a
+// single prompt decided the demo's gate (+10 points); validation on the default 32.
+export const DEMO_SETTINGS = { nTrain: 40, nVal: 32, nEval: 64, maxNewTokens: 48 } as const;
 
 export const DEMO_MODEL_DIR = resolve(import.meta.dir, "..", "demo", "organism-llama");
 

@@ -9,6 +9,7 @@ import type { Calibration } from "../../steps/artefacts.ts";
 import { SafetensorsFile } from "../../engine/safetensors.ts";
 import { REPO_ROOT, CLI, PIPELINE_TEST_TIMEOUT } from "../helpers/shared.ts";
 import { DEFAULTS } from "../../steps/settings.ts";
+import { DEMO_SETTINGS } from "../../steps/reproduce.ts";
 
 const ROOT = REPO_ROOT;
 
@@ -40,7 +41,7 @@ describe("realign demo", () => {
     // The gate's harmful check is the numbers in the report.
     const harmful = report.gate!.checks!.find((c) => c.name === "harmful refusal")!;
     expect(harmful.value).toBeCloseTo(report.realigned!.harmful_refusal!, 12);
-    expect(report.realigned!.rates!.harmful_refusal!.n).toBe(32);
+    expect(report.realigned!.rates!.harmful_refusal!.n).toBe(DEMO_SETTINGS.nEval);
     expect(report.direction?.alpha).toBeNumber();
     // Elicitation passed its own check: the chosen prompt's refusal gap is at least the default minimum.
     expect(report.elicitation!.harmful_refusal_with_prompt! - report.elicitation!.harmless_refusal_with_prompt!).toBeGreaterThanOrEqual(DEFAULTS.elicitMinGap);
