@@ -34,17 +34,26 @@ const ORGANISMS: Record<string, string> = {
   qwen2: resolve(import.meta.dir, "..", "tests", "models", "organism-qwen2"),
 };
 const S = ORGANISMS[String(options.model)] ?? resolve(String(options.model));
-if (!existsSync(join(S, "splits")) || !existsSync(join(S, "eval"))) {
-  console.error(`no organism at ${S} (a model directory with splits/ and eval/; organism-llama needs ../shared)`);
+const outRoot = String(options.out ?? (options.model === "qwen2" ? "runs/organism-bench-qwen2" : "runs/organism-bench"));
+if (!existsSync(join(S, "config.json"))) {
+  console.error(`no organism at ${S} (organism-llama needs ../shared)`);
   process.exit(2);
 }
-const outRoot = String(options.out ?? (options.model === "qwen2" ? "runs/organism-bench-qwen2" : "runs/organism-bench"));
+// organism-qwen2's prompt splits are public datasets, written from ../shared on demand (not committed).
+let P = S;
+if (!existsSync(join(S, "splits"))) {
+  P = resolve(outRoot, "prompt-splits");
+  if (!existsSync(join(P, "splits"))) {
+    const { writeSplits } = await import("../scripts/organism/build-data.ts");
+    writeSplits(P);
+  }
+}
 
 async function runMethod(m: string, out: string): Promise<number> {
   const args = [
     CLI, S, "--out", out, "--method", m, "--device", String(options.device), "--no-publish",
-    "--harmful", `${S}/splits/harmful_train.jsonl#prompt`, "--harmless", `${S}/splits/harmless_train.jsonl#prompt`,
-    "--eval-harmful", `${S}/eval/harmful_eval_jbb.jsonl#prompt`, "--eval-harmless", `${S}/eval/harmless_eval.jsonl#prompt`,
+    "--harmful", `${P}/splits/harmful_train.jsonl#prompt`, "--harmless", `${P}/splits/harmless_train.jsonl#prompt`,
+    "--eval-harmful", `${P}/eval/harmful_eval_jbb.jsonl#prompt`, "--eval-harmless", `${P}/eval/harmless_eval.jsonl#prompt`,
     "--n-train", "64", "--n-val", String(options.nVal), "--n-eval", "100", "--max-new-tokens", "48",
     // The issue's criterion allows a 5-point utility drop on this model.
     "--gate-utility-drop", "0.05",
