@@ -54,10 +54,17 @@ function editError(W: Float32Array, W2: Float32Array, rows: number, cols: number
   return worst;
 }
 
+/**
+ * One edit method per architecture, so that each kind of key is checked in the written tensors (gated: a fitted
+ * key per matrix; rosi and rosi-mv: w̄) at a third of auto's cost (auto calibrates every family; the organism
+ * and demo tests run it).
+ */
+const METHODS = { "qwen2-tiny": "gated", "mistral-tiny": "rosi", "gemma2-tiny": "rosi-mv" } as const;
+
 describe("the pipeline on every supported architecture (random tiny checkpoints)", () => {
   for (const shape of ["qwen2-tiny", "mistral-tiny", "gemma2-tiny"] as const) {
     test(
-      `${shape}: elicit → extract → inject → validate run; the gate fails (random model); the checkpoint written is the recorded rank-one edit`,
+      `${shape} (--method ${METHODS[shape]}): elicit → extract → inject → validate run; the gate fails (random model); the checkpoint written is the recorded rank-one edit`,
       async () => {
         const dir = join(work, shape);
         writeRandomCheckpoint(dir, SHAPES[shape]);
@@ -68,7 +75,7 @@ describe("the pipeline on every supported architecture (random tiny checkpoints)
           writeFileSync(file, JSON.stringify({ ...JSON.parse(readFileSync(file, "utf8")), chat_template: GEMMA_STYLE_TEMPLATE }));
         }
         const out = join(work, `${shape}-run`);
-        const proc = Bun.spawn([process.execPath, CLI, dir, "--out", out, "--device", "cpu", "--no-publish", "--offline", "--yes", "--elicit-min-gap", "0", ...SIZES], {
+        const proc = Bun.spawn([process.execPath, CLI, dir, "--out", out, "--device", "cpu", "--no-publish", "--offline", "--yes", "--elicit-min-gap", "0", "--method", METHODS[shape], ...SIZES], {
           cwd: REPO_ROOT,
           env: { ...callerEnv(), REALIGN_CACHE: join(work, "cache") },
           stdout: "pipe",
@@ -89,6 +96,7 @@ describe("the pipeline on every supported architecture (random tiny checkpoints)
         expect(report.direction!.layer).toBeLessThan(layers);
 
         const calibration = JSON.parse(readFileSync(join(out, "inject", "calibration.json"), "utf8")) as { alpha: number; weights: number[]; method: string };
+        expect(calibration.method).toBe(METHODS[shape]);
         const edit = SafetensorsFile.open(join(out, "inject", "edit.safetensors"));
         const direction = edit.readF32("direction");
         const keyOf = (name: string) => (edit.names().includes(`key.${name}`) ? edit.readF32(`key.${name}`) : null);
