@@ -22,7 +22,8 @@ import { callerEnv, CLI, PIPELINE_TEST_TIMEOUT, REPO_ROOT } from "../helpers/sha
 const work = mkdtempSync(join(tmpdir(), "realign-architectures-"));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
-const SIZES = ["--n-train", "16", "--n-val", "8", "--n-eval", "8", "--max-new-tokens", "16"];
+// One safety prompt (auto's trial of each is tested on the organisms): a random model refuses under none.
+const SIZES = ["--n-train", "16", "--n-val", "8", "--n-eval", "8", "--max-new-tokens", "16", "--system-prompt", join(REPO_ROOT, "system-prompts", "short.md")];
 
 /** Gemma's chat-template structure, written for this test: turns as text markers, a system message raises. */
 const GEMMA_STYLE_TEMPLATE =
