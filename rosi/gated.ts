@@ -238,7 +238,26 @@ export class GateFitCache {
   private readonly moments = new Map<number, Map<number, { C: Float64Array; b: Float64Array; trace: number }>>();
   private readonly grams = new Map<number, Float64Array>();
   private readonly solutions = new Map<string, Float32Array>();
-  constructor(readonly fit: WriterSamples) {}
+  private groups: Map<number, number[]> | null = null;
+  /** keepGrams false: a Gram matrix is built for each solve and dropped (rows² × 8 bytes a matrix), for a cache whose matrices are solved for one or two settings. */
+  constructor(
+    readonly fit: WriterSamples,
+    private readonly keepGrams = true,
+  ) {}
+
+  /** The fit rows by group (groupOf), in row order. */
+  groupRows(): Map<number, number[]> {
+    if (!this.groups) {
+      this.groups = new Map();
+      for (let i = 0; i < this.fit.labels.length; i++) {
+        const g = this.groupOf(i);
+        const rows = this.groups.get(g);
+        if (rows) rows.push(i);
+        else this.groups.set(g, [i]);
+      }
+    }
+    return this.groups;
+  }
 
   /** Row group of a fit row: its class and its position from the end (every setting is a union of groups). */
   groupOf(i: number): number {
@@ -279,9 +298,41 @@ export class GateFitCache {
     let G = this.grams.get(r);
     if (!G) {
       G = gram(this.fit.data[r], this.fit.labels.length, this.fit.widths[r]);
-      this.grams.set(r, G);
+      if (this.keepGrams) this.grams.set(r, G);
     }
     return G;
+  }
+
+  private readonly readOuts = new WeakMap<WriterSamples, Map<string, Float64Array>>();
+
+  /**
+   * uₘ·x for matrix r's memoised unit key (setting, ridge) on the rows `rows` of `samples` (all rows when
+   * null), computed once per samples object: a layer set nested in an earlier one sums these instead of
+   * re-reading every input.
+   */
+  readOut(r: number, setting: string, ridge: number, samples: WriterSamples, rows: number[] | null, unitKey: () => Float32Array): Float64Array {
+    let bySamples = this.readOuts.get(samples);
+    if (!bySamples) {
+      bySamples = new Map();
+      this.readOuts.set(samples, bySamples);
+    }
+    const key = `${r}|${setting}|${ridge}|${rows ? "rows" : "all"}`;
+    let out = bySamples.get(key);
+    if (!out) {
+      const k = unitKey();
+      const X = samples.data[r];
+      const d = samples.widths[r];
+      const count = rows ? rows.length : samples.labels.length;
+      out = new Float64Array(count);
+      for (let i = 0; i < count; i++) {
+        const base = (rows ? rows[i] : i) * d;
+        let acc = 0;
+        for (let c = 0; c < d; c++) acc += X[base + c] * k[c];
+        out[i] = acc;
+      }
+      bySamples.set(key, out);
+    }
+    return out;
   }
 
   /** Matrix r's key for target y (M = 1) under `setting` and `ridge`, solved once. */
@@ -306,79 +357,44 @@ export class GateFitCache {
 export function chooseGateFit(fit: WriterSamples, heldOut: WriterSamples, layers: number[], cache: GateFitCache = new GateFitCache(fit)): GateChoice[] {
   if (cache.fit !== fit) throw new GatedFitError("the gate-fit cache belongs to other fit rows");
   const choices: GateChoice[] = [];
-  const matrixRows = layers.flatMap((l) => [2 * l, 2 * l + 1]);
-  const M = matrixRows.length;
-  const n = fit.labels.length;
-  // Every setting's rows are a union of groups (class, position from the end), so each matrix's
-  // unweighted moments are summed once per group and each setting adds them with its weights (primal
-  // form, for matrices narrower than the rows); a wider matrix takes sub-blocks of one Gram matrix.
-  const groupRows = new Map<number, number[]>();
-  for (let i = 0; i < n; i++) {
-    const g = cache.groupOf(i);
-    const rows = groupRows.get(g);
-    if (rows) rows.push(i);
-    else groupRows.set(g, [i]);
-  }
-  const groups = [...groupRows.keys()];
   for (const positions of GATE_POSITION_CHOICES) {
     for (const harmlessRows of ["last", "spread"] as const) {
-      const keep = rowsFor(fit, positions, harmlessRows);
-      const idx: number[] = [];
-      for (let i = 0; i < n; i++) if (keep(i)) idx.push(i);
-      // keep() depends on a row's class and position only, so one row speaks for its group.
-      const chosen = groups.filter((g) => keep(groupRows.get(g)![0]));
-      let nHarmful = 0;
-      let nHarmless = 0;
-      for (const g of chosen) (g >> 8 ? (nHarmful += groupRows.get(g)!.length) : (nHarmless += groupRows.get(g)!.length));
-      if (nHarmful === 0 || nHarmless === 0) continue;
-      const harmlessW = (HARMLESS_WEIGHT * nHarmful) / nHarmless;
-      const setting = `${positions}|${harmlessRows}`;
-      let rows: WriterSamples | null = null;
-      const rowsOf = () => (rows ??= selectRows(fit, keep));
-      const solvers: KeySolver[] = matrixRows.map((r) => {
-        const d = fit.widths[r];
-        // Built on the first ridge that is not in the cache (a matrix of an earlier layer set has them all).
-        let solveUnit: ((ridge: number) => Float32Array) | null = null;
-        const build = (): ((ridge: number) => Float32Array) => {
-          if (d >= idx.length) {
-            const selected = rowsOf();
-            const G = subBlock(cache.gramOf(r), n, idx);
-            const sqrtW = Float64Array.from(selected.labels, (y) => Math.sqrt(y ? 1 : harmlessW));
-            const rhs = Float64Array.from(selected.labels, (y, i) => sqrtW[i] * y);
-            return (ridge) => keyFromGram(G, selected.data[r], idx.length, d, sqrtW, rhs, ridge);
-          }
-          const C = new Float64Array(d * d);
-          const b = new Float64Array(d);
-          let trace = 0;
-          const moments = cache.momentsOf(r, groupRows);
-          for (const g of chosen) {
-            const mg = moments.get(g)!;
-            const w = g >> 8 ? 1 : harmlessW;
-            for (let k = 0; k < C.length; k++) C[k] += w * mg.C[k];
-            if (g >> 8) for (let k = 0; k < d; k++) b[k] += mg.b[k];
-            trace += w * mg.trace;
-          }
-          return (ridge) => primalKey(C, b, trace, d, ridge);
-        };
-        return (ridge: number) => {
-          const unitKey = cache.solution(r, setting, ridge, () => (solveUnit ??= build())(ridge));
-          return Float32Array.from(unitKey, (x) => x / M);
-        };
-      });
-      for (const f of fitGatedKeysForRidges(rowsOf(), { layers, ridges: GATE_RIDGES, positions, solvers })) {
-        const g = gateValues(heldOut, f.rows, f.keys);
+      const setting = settingSolvers(cache, layers, positions, harmlessRows);
+      if (!setting) continue;
+      const { idx, matrixRows } = setting;
+      for (const ridge of GATE_RIDGES) {
+        // The fitted keys are kₘ = uₘ/M·c (uₘ: matrix m's solution for M = 1, memoised), with c setting the
+        // mean gate on the harmful fit rows to 1; so g = Σₘ uₘ·x / mean over harmful fit rows of Σₘ uₘ·x,
+        // summed from each matrix's read-outs, which the cache keeps for the next layer set.
+        const onFit = new Float64Array(idx.length);
+        const onHeld = new Float64Array(heldOut.labels.length);
+        matrixRows.forEach((r, j) => {
+          const unit = () => setting.unitKey(j, ridge);
+          const a = cache.readOut(r, setting.setting, ridge, cache.fit, idx, unit);
+          const b = cache.readOut(r, setting.setting, ridge, heldOut, null, unit);
+          for (let i = 0; i < a.length; i++) onFit[i] += a[i];
+          for (let i = 0; i < b.length; i++) onHeld[i] += b[i];
+        });
+        let fitSum = 0;
+        let fitCount = 0;
+        idx.forEach((row, i) => {
+          if (cache.fit.labels[row]) (fitSum += onFit[i]), fitCount++;
+        });
+        const scale = fitSum / fitCount;
+        if (!(scale > 0)) throw new GatedFitError(`the fitted gate does not separate the classes (mean ${scale} on harmful rows)`);
         let hs = 0;
         let hn = 0;
         let ns = 0;
         let nn = 0;
-        for (let i = 0; i < g.length; i++) {
-          if (heldOut.labels[i] === 1 && heldOut.fromEnd[i] === 0) (hs += g[i]), hn++;
-          else if (heldOut.labels[i] === 0) (ns += g[i] * g[i]), nn++;
+        for (let i = 0; i < onHeld.length; i++) {
+          const g = onHeld[i] / scale;
+          if (heldOut.labels[i] === 1 && heldOut.fromEnd[i] === 0) (hs += g), hn++;
+          else if (heldOut.labels[i] === 0) (ns += g * g), nn++;
         }
         const harmfulMean = hs / hn;
         const harmlessMeanSquare = ns / nn;
         choices.push({
-          ridge: f.ridge,
+          ridge,
           positions,
           harmless_rows: harmlessRows,
           harmful_mean: harmfulMean,
@@ -389,6 +405,79 @@ export function chooseGateFit(fit: WriterSamples, heldOut: WriterSamples, layers
     }
   }
   return choices.sort((a, b) => b.score - a.score);
+}
+
+/**
+ * The key solvers of a layer set's matrices for one setting (positions, harmless rows) on the cache's rows,
+ * or null when the setting leaves a class without rows. Every setting's rows are a union of groups (class,
+ * position from the end), so each matrix's unweighted moments are summed once per group and each setting
+ * adds them with its weights (primal form, for matrices narrower than the rows); a wider matrix takes
+ * sub-blocks of one Gram matrix (dual form). Solutions are memoised per matrix for M = 1 (GateFitCache).
+ */
+function settingSolvers(
+  cache: GateFitCache,
+  layers: number[],
+  positions: number,
+  harmlessRows: "last" | "spread",
+): { setting: string; idx: number[]; matrixRows: number[]; rows: () => WriterSamples; unitKey: (j: number, ridge: number) => Float32Array; solvers: KeySolver[] } | null {
+  const fit = cache.fit;
+  const n = fit.labels.length;
+  const groupRows = cache.groupRows();
+  const keep = rowsFor(fit, positions, harmlessRows);
+  const idx: number[] = [];
+  for (let i = 0; i < n; i++) if (keep(i)) idx.push(i);
+  // keep() depends on a row's class and position only, so one row speaks for its group.
+  const chosen = [...groupRows.keys()].filter((g) => keep(groupRows.get(g)![0]));
+  let nHarmful = 0;
+  let nHarmless = 0;
+  for (const g of chosen) (g >> 8 ? (nHarmful += groupRows.get(g)!.length) : (nHarmless += groupRows.get(g)!.length));
+  if (nHarmful === 0 || nHarmless === 0) return null;
+  const harmlessW = (HARMLESS_WEIGHT * nHarmful) / nHarmless;
+  const setting = `${positions}|${harmlessRows}`;
+  const matrixRows = layers.flatMap((l) => [2 * l, 2 * l + 1]);
+  const M = matrixRows.length;
+  let selected: WriterSamples | null = null;
+  const rows = () => (selected ??= selectRows(fit, keep));
+  const units: ((ridge: number) => Float32Array)[] = matrixRows.map((r) => {
+    const d = fit.widths[r];
+    // Built on the first ridge that is not in the cache (a matrix of an earlier layer set has them all).
+    let solveUnit: ((ridge: number) => Float32Array) | null = null;
+    const build = (): ((ridge: number) => Float32Array) => {
+      if (d >= idx.length) {
+        const sel = rows();
+        const G = subBlock(cache.gramOf(r), n, idx);
+        const sqrtW = Float64Array.from(sel.labels, (y) => Math.sqrt(y ? 1 : harmlessW));
+        const rhs = Float64Array.from(sel.labels, (y, i) => sqrtW[i] * y);
+        return (ridge) => keyFromGram(G, sel.data[r], idx.length, d, sqrtW, rhs, ridge);
+      }
+      const C = new Float64Array(d * d);
+      const b = new Float64Array(d);
+      let trace = 0;
+      const moments = cache.momentsOf(r, groupRows);
+      for (const g of chosen) {
+        const mg = moments.get(g)!;
+        const w = g >> 8 ? 1 : harmlessW;
+        for (let k = 0; k < C.length; k++) C[k] += w * mg.C[k];
+        if (g >> 8) for (let k = 0; k < d; k++) b[k] += mg.b[k];
+        trace += w * mg.trace;
+      }
+      return (ridge) => primalKey(C, b, trace, d, ridge);
+    };
+    return (ridge: number) => cache.solution(r, setting, ridge, () => (solveUnit ??= build())(ridge));
+  });
+  const solvers: KeySolver[] = units.map((unit) => (ridge) => Float32Array.from(unit(ridge), (x) => x / M));
+  return { setting, idx, matrixRows, rows, unitKey: (j, ridge) => units[j](ridge), solvers };
+}
+
+/**
+ * fitGatedKeys on the cache's rows selected by (positions, harmless rows), with each matrix's solution
+ * memoised: several layer sets that share matrices and a setting solve each matrix once. Equal to
+ * fitGatedKeys(selectRows(rows, rowsFor(rows, positions, harmlessRows)), …) up to float32 rounding.
+ */
+export function fitGatedKeysCached(cache: GateFitCache, opts: { layers: number[]; positions: number; harmlessRows: "last" | "spread"; ridge: number }): GatedFit {
+  const setting = settingSolvers(cache, opts.layers, opts.positions, opts.harmlessRows);
+  if (!setting) throw new GatedFitError(`the gate needs harmful and harmless rows (none of one class at ${opts.positions} position(s), harmless rows "${opts.harmlessRows}")`);
+  return fitGatedKeysForRidges(setting.rows(), { layers: opts.layers, ridges: [opts.ridge], positions: opts.positions, solvers: setting.solvers })[0];
 }
 
 /** The rows and columns `idx` of a symmetric n × n matrix. */

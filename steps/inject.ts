@@ -8,8 +8,9 @@
 //   rosi-mv  vₘ = t·wₘ·ŝ,  kₘ = w̄ₘ           minimum-variance spread of the same edit (rosi/spread.ts)
 //   gated    vₘ = t·ŝ,     kₘ fitted          keys that fire on harmful inputs only (rosi/gated.ts),
 //                                             fitted on the train split, so validation stays unseen
-// `--method auto` calibrates every family on every shortlisted direction and keeps the best admissible
-// (a coarse sweep of each, then the full search for the leader).
+// `--method auto` calibrates every family and keeps the best admissible (a coarse sweep of each, then the
+// full search for the leader): rosi and rosi-mv on extract's shortlist, gated on its own (screenGated
+// ranks every direction extract scored behind its gate, by first-token refusal scores at a fixed KL).
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Step } from "../pipeline/runner.ts";
@@ -23,7 +24,7 @@ import { gateChecks, passesGate } from "../evals/gate.ts";
 import { alpha as fmtAlpha, kl as fmtKl, percent, points, position as fmtPosition } from "../util/format.ts";
 import { rosiRows, type SpreadMethod } from "../rosi/spread.ts";
 import { unit } from "../rosi/directions.ts";
-import { chooseGateFit, collectWriterSamples, GateFitCache, concatSamples, fitGatedKeys, GATE_POSITION_CHOICES, gatedInterventions, gatedLayers, gateStats, gateValues, rowsFor, selectRows, type GateChoice, type GatePrompt, type GatedFit, type WriterSamples } from "../rosi/gated.ts";
+import { chooseGateFit, collectWriterSamples, GateFitCache, concatSamples, fitGatedKeysCached, GATE_POSITION_CHOICES, gatedInterventions, gatedLayers, gateStats, gateValues, type GateChoice, type GatePrompt, type GatedFit, type WriterSamples } from "../rosi/gated.ts";
 import { editedMatrices, vectorSha256, writeEditedCheckpoint } from "../rosi/edit.ts";
 import { isFull, klAt, measure, measureWithin, pointKey, randomUnit, scaleForKl, SweepMemo, sweepScale, type FullPoint, type Measured, type MeasureOptions } from "../rosi/calibrate.ts";
 import { sha256Hex } from "../util/fs.ts";
@@ -336,7 +337,9 @@ async function buildFamilies(
   bar.done();
   // One cache for every layer set: a matrix shared by two sets is solved once per setting.
   const cache = new GateFitCache(fitRows);
-  const all = concatSamples(fitRows, heldOut);
+  // The keys calibration uses are refitted on all train rows; memoised per matrix and setting, since the
+  // layer sets of the screen's directions are nested (l…L−1) and share most of their matrices.
+  const allCache = new GateFitCache(concatSamples(fitRows, heldOut), false);
   /** The held-out choices per edited layer set, and the fitted keys per (layer set, positions). */
   const choicesBySet = new Map<string, GateChoice[]>();
   const fits = new Map<string, GatedFit>();
@@ -356,7 +359,7 @@ async function buildFamilies(
     const fitKey = `${layers.join(",")}|${positions}`;
     let fit = fits.get(fitKey);
     if (!fit) {
-      fit = { ...fitGatedKeys(selectRows(all, rowsFor(all, positions, best.harmless_rows)), { layers, ridge: best.ridge, positions }), choices };
+      fit = { ...fitGatedKeysCached(allCache, { layers, ridge: best.ridge, positions, harmlessRows: best.harmless_rows }), choices };
       fits.set(fitKey, fit);
     }
     if (log) {

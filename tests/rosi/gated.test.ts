@@ -7,7 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { DecoderModel } from "../../engine/model.ts";
 import { hasShared, sharedPath } from "../helpers/shared.ts";
-import { chooseGateFit, collectWriterSamples, GateFitCache, gram, pairwiseDots, REPLY, REPLY_POSITIONS, concatSamples, EARLIER, GATE_POSITION_CHOICES, rowsFor, selectRows, GATE_RIDGES, choleskySolve, fitGatedKeys, gatedInterventions, gatedLayers, gateValues, GatedFitError, ridgeKeyDual, primalKey as primalKeyFromMoments, weightedMoments, type WriterSamples } from "../../rosi/gated.ts";
+import { chooseGateFit, collectWriterSamples, GateFitCache, gram, pairwiseDots, REPLY, REPLY_POSITIONS, concatSamples, EARLIER, GATE_POSITION_CHOICES, rowsFor, selectRows, GATE_RIDGES, choleskySolve, fitGatedKeys, fitGatedKeysCached, gatedInterventions, gatedLayers, gateValues, GatedFitError, ridgeKeyDual, primalKey as primalKeyFromMoments, weightedMoments, type WriterSamples } from "../../rosi/gated.ts";
 
 /** Seeded uniform(−1, 1) numbers. */
 function rng(seed: number): () => number {
@@ -142,7 +142,8 @@ describe("gated edit: key fit", () => {
     const g = gateValues(held, f.rows, f.keys);
     const hm = g.filter((_, i) => held.labels[i] === 1 && held.fromEnd[i] === 0).reduce((a, b) => a + b, 0) / 12;
     const nms = g.filter((_, i) => held.labels[i] === 0).reduce((a, b) => a + b * b, 0) / 48;
-    expect(best.score).toBeCloseTo((hm * hm) / nms, 8);
+    // Within float32 rounding of the keys (the choice sums float64 read-outs of each matrix's unit key).
+    expect(Math.abs(best.score - (hm * hm) / nms)).toBeLessThan(1e-6 * best.score);
     expect(best.score).toBeGreaterThan(1);
     // Row sets: last token only; last two; last two plus the earlier harmless tokens.
     expect(selectRows(fit, rowsFor(fit, 1, "last")).labels.length).toBe(40 + 40);
@@ -203,6 +204,39 @@ test("chooseGateFit with one cache for several layer sets scores every setting a
     });
   }
   expect(() => chooseGateFit(held, held, [1], cache)).toThrow(GatedFitError);
+});
+
+test("fitGatedKeysCached: nested layer sets sharing one cache get fitGatedKeys' keys on the selected rows, each matrix solved once per setting", () => {
+  const r = rng(11);
+  // 120 columns: the dual path for the narrow settings' rows, the primal one where the rows outnumber them.
+  const widths = [5, 120, 5, 120, 5, 120, 5, 120];
+  const axes = widths.map((d) => Array.from({ length: d }, r));
+  const labels = Uint8Array.from({ length: 30 * 2 + 30 * 4 }, (_, i) => (i < 60 ? 1 : 0));
+  const fromEnd = Uint8Array.from(labels, (y, i) => (y ? 1 - (i % 2) : [EARLIER, REPLY, 1, 0][(i - 60) % 4]));
+  const data = widths.map((d, m) => Float32Array.from({ length: labels.length * d }, (_, k) => 0.5 * r() + (labels[Math.floor(k / d)] ? axes[m][k % d] : 0)));
+  const rows: WriterSamples = { labels, fromEnd, data, widths };
+  const cache = new GateFitCache(rows, false);
+  // Count the requests and the solves: the cache calls `solve` only for a (matrix, setting, ridge) it has not seen.
+  const solved = new Set<string>();
+  let calls = 0;
+  const solution = cache.solution.bind(cache);
+  cache.solution = (m, setting, ridge, solve) => (calls++, solution(m, setting, ridge, () => (solved.add(`${m}|${setting}|${ridge}`), solve())));
+  for (const [layers, positions, harmlessRows] of [[[1, 2, 3], 2, "spread"], [[2, 3], 2, "spread"], [[3], 1, "last"], [[2, 3], 1, "last"]] as const) {
+    const cached = fitGatedKeysCached(cache, { layers: [...layers], positions, harmlessRows, ridge: 0.3 });
+    const direct = fitGatedKeys(selectRows(rows, rowsFor(rows, positions, harmlessRows)), { layers: [...layers], positions, ridge: 0.3 });
+    expect(cached.rows).toEqual(direct.rows);
+    expect(cached.normalisation).toBeCloseTo(direct.normalisation, 4);
+    cached.keys.forEach((k, j) => {
+      let worst = 0;
+      let scale = 0;
+      for (let c = 0; c < k.length; c++) (worst = Math.max(worst, Math.abs(k[c] - direct.keys[j][c]))), (scale = Math.max(scale, Math.abs(direct.keys[j][c])));
+      expect(worst).toBeLessThan(1e-5 * scale);
+    });
+  }
+  // Setting 2|spread: matrices 2–7 solved, then 4–7 served from the cache; 1|last: 6–7 solved, then 4–5.
+  expect(calls).toBe(6 + 4 + 2 + 4);
+  expect(solved.size).toBe(6 + 4);
+  expect(() => fitGatedKeysCached(new GateFitCache({ ...rows, labels: new Uint8Array(labels.length) }), { layers: [1], positions: 1, harmlessRows: "last", ridge: 1 })).toThrow(GatedFitError);
 });
 
 test("the primal ridge system (d × d) gives the dual's key (n × n), with weights, for rows fewer and more than the width", () => {
