@@ -44,6 +44,10 @@ let P = S;
 if (!existsSync(join(S, "splits"))) {
   P = resolve(outRoot, "prompt-splits");
   if (!existsSync(join(P, "splits"))) {
+    if (!existsSync(resolve(import.meta.dir, "..", "..", "shared", "data"))) {
+      console.error(`${S} has no splits/, and ../shared/data (the public datasets they are written from) is absent`);
+      process.exit(2);
+    }
     const { writeSplits } = await import("../scripts/organism/build-data.ts");
     writeSplits(P);
   }
