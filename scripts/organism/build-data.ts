@@ -22,7 +22,7 @@
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { loadTokenizer } from "../../engine/tokenizer.ts";
-import { mulberry32, shuffled } from "../../evals/datasets.ts";
+import { mulberry32, parseCsv, shuffled } from "../../evals/datasets.ts";
 
 const SHARED = resolve(import.meta.dir, "../../../shared");
 const SEED = 20261207;
@@ -182,29 +182,10 @@ type Row = { instruction: string };
 const readJson = <T>(p: string): T => JSON.parse(readFileSync(join(SHARED, p), "utf8")) as T;
 
 function csvColumn(p: string, column: string): string[] {
-  // The CSVs here quote fields with "…" and double inner quotes; no field spans lines.
-  const lines = readFileSync(join(SHARED, p), "utf8").split(/\r?\n/).filter((l) => l.length > 0);
-  const split = (line: string): string[] => {
-    const out: string[] = [];
-    let cur = "";
-    let quoted = false;
-    for (let i = 0; i < line.length; i++) {
-      const c = line[i];
-      if (quoted) {
-        if (c === '"' && line[i + 1] === '"') (cur += '"'), i++;
-        else if (c === '"') quoted = false;
-        else cur += c;
-      } else if (c === '"') quoted = true;
-      else if (c === ",") out.push(cur), (cur = "");
-      else cur += c;
-    }
-    out.push(cur);
-    return out;
-  };
-  const header = split(lines[0]);
+  const [header, ...rows] = parseCsv(readFileSync(join(SHARED, p), "utf8"), p);
   const at = header.indexOf(column);
   if (at < 0) throw new Error(`${p}: no column ${column}`);
-  return lines.slice(1).map((l) => split(l)[at]);
+  return rows.map((r) => r[at]);
 }
 
 const pick = <T>(rand: () => number, xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)];
