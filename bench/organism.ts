@@ -29,8 +29,9 @@ if (method !== "all" && !METHODS.includes(method)) {
   console.error(`--method must be one of ${METHODS.join(", ")}, all; got "${method}"`);
   process.exit(2);
 }
+const SHARED = resolve(import.meta.dir, "..", "..", "shared");
 const ORGANISMS: Record<string, string> = {
-  llama: resolve(import.meta.dir, "..", "..", "shared", "models", "organism-llama"),
+  llama: join(SHARED, "models", "organism-llama"),
   qwen2: resolve(import.meta.dir, "..", "tests", "models", "organism-qwen2"),
 };
 const S = ORGANISMS[String(options.model)] ?? resolve(String(options.model));
@@ -44,7 +45,7 @@ let P = S;
 if (!existsSync(join(S, "splits"))) {
   P = resolve(outRoot, "prompt-splits");
   if (!existsSync(join(P, "splits"))) {
-    if (!existsSync(resolve(import.meta.dir, "..", "..", "shared", "data"))) {
+    if (!existsSync(join(SHARED, "data"))) {
       console.error(`${S} has no splits/, and ../shared/data (the public datasets they are written from) is absent`);
       process.exit(2);
     }

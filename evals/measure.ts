@@ -110,6 +110,9 @@ export function klDivergence(logP: Float64Array, logQ: Float64Array): number {
 
 export const mean = (xs: number[]): number => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : NaN);
 
+/** Mean over prompts of KL(base ‖ edited), each a first-token distribution as log-probabilities, in the same prompt order. */
+export const meanKl = (base: Float64Array[], edited: Float64Array[]): number => mean(edited.map((q, i) => klDivergence(base[i], q)));
+
 /** Greedy completions decoded to text (special tokens skipped). */
 export async function generateTexts(
   model: DecoderModel,

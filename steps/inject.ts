@@ -18,8 +18,8 @@ import type { Settings } from "./settings.ts";
 import { readDecoderConfig } from "../engine/architectures.ts";
 import { writeSafetensors, type TensorData } from "../engine/safetensors.ts";
 import type { DecoderModel } from "../engine/model.ts";
-import { encodeAll, firstTokenLogProbs, klDivergence, mean, refusalScore, type Interventions } from "../evals/measure.ts";
-import { borderlineSplit, utilitySplit } from "../evals/datasets.ts";
+import { encodeAll, firstTokenLogProbs, mean, meanKl, refusalScore, type Interventions } from "../evals/measure.ts";
+import { borderlineSplit, utilitySplit, type UtilityTaskItem } from "../evals/datasets.ts";
 import { gateChecks, passesGate } from "../evals/gate.ts";
 import { alpha as fmtAlpha, kl as fmtKl, percent, points, position as fmtPosition } from "../util/format.ts";
 import { rosiRows, type SpreadMethod } from "../rosi/spread.ts";
@@ -103,16 +103,18 @@ export const injectStep: Step<Settings> = {
       const plain = (prompts: string[]): GatePrompt[] => ids(prompts).map((promptIds) => ({ ids: promptIds }));
       // The model's own exact-answer task (its fit share) joins the harmless rows with its answers as
       // quiet reply rows: without them the gate read its formulaic prompts as it liked (organism-qwen2).
-      const utilityFit = names.includes("gated") ? (utilitySplit(source.dir, s.seed, s.nEval)?.fit ?? []) : [];
-      const answered = (items: { prompt: string; answer: string }[]): GatePrompt[] =>
+      const utility = utilitySplit(source.dir, s.seed, s.nEval);
+      const utilityFit = names.includes("gated") ? (utility?.fit ?? []) : [];
+      const answered = (items: UtilityTaskItem[]): GatePrompt[] =>
         items.map((u) => ({ ids: tok.encodeChat(u.prompt).ids, reply: tok.encode(u.answer, { addSpecialTokens: false }) }));
       const train = {
         harmful: interleave(withReplies(splits.harmful.train, "harmful"), plain(splits.gateExtra.harmful)),
         harmless: interleave(interleave(interleave(withReplies(splits.harmless.train, "harmless"), plain(splits.gateExtra.harmless)), plain(borderlineFit)), answered(utilityFit)),
       };
-      const screenSets = { harmful: ids(splits.harmful.val), harmless: ids(splits.harmless.val) };
+      // The validation prompts as deployed (no system prompt): the screen, calibration and the gate's read-out.
+      const val = { harmful: ids(splits.harmful.val), harmless: ids(splits.harmless.val) };
       const labels = positionLabels(tok, splits.systemPrompt, directions.positions);
-      const { families, screen } = await buildFamilies(ctx, model, names, shortlist, selection, spread, cfg.numLayers, train, { sets: screenSets, directionOf, rowMeans, labels });
+      const { families, screen } = await buildFamilies(ctx, model, names, shortlist, selection, spread, cfg.numLayers, train, { sets: val, directionOf, rowMeans, labels });
       /** The run-time form of a family along `dir` at strength t. */
       const interventions = (f: Family, dir: Float32Array, t: number): Interventions =>
         f.kind === "gated"
@@ -128,15 +130,14 @@ export const injectStep: Step<Settings> = {
       let control: Calibration["control"] = null;
       let choice: TradeoffChoice | null = null;
       if (s.alpha === null) {
-        const utilityItems = utilitySplit(source.dir, s.seed, s.nEval)?.calibration ?? [];
-        const harmlessVal = ids(splits.harmless.val);
+        const utilityItems = utility?.calibration ?? [];
         // KL on the validation prompts and on harmless prompts in no split (cheap: one forward pass
         // each), so that the bound is not checked on a few dozen prompts only. Not the train prompts:
         // they built the direction and the keys, and would understate it.
-        const klPrompts = [...harmlessVal, ...ids(splits.klExtra)];
+        const klPrompts = [...val.harmless, ...ids(splits.klExtra)];
         const sets = {
-          harmful: ids(splits.harmful.val),
-          harmless: harmlessVal,
+          harmful: val.harmful,
+          harmless: val.harmless,
           klPrompts,
           utility: utilityItems.map((u) => ({ ids: tok.encodeChat(u.prompt).ids, answer: u.answer })),
         };
@@ -267,7 +268,7 @@ export const injectStep: Step<Settings> = {
       const dir = directionOf(candidate);
       ctx.log(`chosen: ${familyLabel(family)}, layer ${candidate.layer}, position ${fmtPosition(candidate.position, candidate.position_label)}, α ${fmtAlpha(alpha)}${s.alpha === null ? " (calibrated)" : " (given)"}`);
       if (choice && choice.chosen !== choice.recommended) ctx.log(`(point ${choice.chosen} of the table, chosen by the user instead of the recommended ${choice.recommended})`);
-      const readOut = family.kind === "gated" ? await gatedRecord(ctx, model, family.fit, [ids(splits.harmful.val), ids(splits.harmless.val)]) : null;
+      const readOut = family.kind === "gated" ? await gatedRecord(ctx, model, family.fit, [val.harmful, val.harmless]) : null;
       const gated = readOut?.record ?? null;
       if (readOut) writeFileSync(join(ctx.tmpDir, "gate.svg"), await gatePlot(readOut.validation));
       writeInjected(ctx, { source: source.dir, cfg, family, alpha, dir, spread, sweep, control, gated, choice, screen });
@@ -433,8 +434,9 @@ async function screenGated(
     const dir = w.directionOf(c);
     const at = async (alpha: number): Promise<{ kl: number; logProbs: Float64Array[] }> => {
       const logProbs = await firstTokenLogProbs(model, w.sets.harmless, gatedInterventions(fit, dir, alpha, w.rowMeans));
-      return { kl: mean(logProbs.map((q, i) => klDivergence(base[i], q))), logProbs };
+      return { kl: meanKl(base, logProbs), logProbs };
     };
+    // Typed: `slope` feeds the next direction's search, which TypeScript cannot infer through.
     const found: { scale: number; point: { kl: number; logProbs: Float64Array[] }; slope: number | null } | null = await scaleForKl(at, c.norm > 0 ? c.norm : 1, GATE_SCREEN_KL, { slope });
     if (!found) continue;
     slope = found.slope ?? slope;
@@ -456,7 +458,6 @@ async function screenGated(
   );
   return out;
 }
-
 
 /** What identifies a family's edit besides its direction and scale (memo keys). */
 function familyDigest(f: Family): string {

@@ -11,7 +11,7 @@ import type { ModelTokenizer } from "../engine/tokenizer.ts";
 import { isRefusal } from "../evals/refusal.ts";
 import { borderlineSplit, loadMultipleChoice, shuffled, type UtilityItem } from "../evals/datasets.ts";
 import { JAILBREAK_TEMPLATES, wrapJailbreak } from "../evals/jailbreaks.ts";
-import { encodeAll, firstTokenLogProbs, generateTexts, klDivergence, mean, multipleChoiceCorrect } from "../evals/measure.ts";
+import { encodeAll, firstTokenLogProbs, generateTexts, meanKl, multipleChoiceCorrect } from "../evals/measure.ts";
 import { ClassifierJudge } from "../evals/llama-guard.ts";
 import { chooseGenerationBatchSize } from "../engine/batching.ts";
 import { openModel, type Ctx } from "./common.ts";
@@ -76,7 +76,7 @@ async function evaluate(ctx: Ctx, label: string, model: DecoderModel, tok: Model
     metrics: {
       harmful_refusal: rates.harmful_refusal.rate,
       harmless_refusal: rates.harmless_refusal.rate,
-      kl: baseline ? mean(harmlessLogProbs.map((q, i) => klDivergence(baseline[i], q))) : 0,
+      kl: baseline ? meanKl(baseline, harmlessLogProbs) : 0,
       utility: rates.utility.rate,
       jailbreak_asr: rates.jailbreak_asr.rate,
       borderline_refusal: borderline ? rates.borderline_refusal!.rate : null,
