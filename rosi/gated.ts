@@ -57,6 +57,19 @@
 // once the refusal has begun, the model continues it without help, and the edit's work is the decision
 // at the prompt's last tokens.
 //
+// Where the linear gate stops (organism-llama, the default auto run: layers 1–3, last position, t 107;
+// read after the fact on the evaluation prompts, nothing chosen from it): g at the last prompt token
+// reads 1.25 ± 0.14 on the validation harmful prompts, 0.72 (10–90 %: 0.15–1.25) on JailbreakBench's
+// and 0.16 (0.03–0.32) on held-out Alpaca's (AUROC 0.90; 65 of the 100 JailbreakBench prompts lie above
+// the 97th percentile of Alpaca's). Refused, by g: below 0.8 0/54 (none below 0.82, a push g·t of 88),
+// 0.8–1.1 8/20, above 1.1 18/26. So ranking is not what fails, the push is: validation refusal is flat
+// (22/32) from t 107 to t 165, where KL reaches its bound, and calibration keeps the smaller t, which
+// leaves the low-g prompts short of the push refusal needs. Tried and not kept: calibrating t on the
+// validation split plus 32 + 32 built-in prompts in no split (so that t suits other phrasings too):
+// organism-llama 26/100 → 34/100 on JailbreakBench (t 151; borderline 0/45 → 3/45), but organism-qwen2
+// 38/100 → 14/100 (its KL bound bites earlier on built-in harmless prompts, and it refuses few built-in
+// harmful ones at any t).
+//
 // Edited layers: those from the direction's layer on (its writers feed the residual ŝ was read from and
 // everything after), never layer 0, whose inputs are little more than token embeddings.
 import type { DecoderModel } from "../engine/model.ts";
