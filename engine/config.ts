@@ -108,10 +108,34 @@ function ids(v: unknown): number[] {
   return [];
 }
 
-function parseRopeScaling(cfg: Json): RopeScaling {
-  const rs = cfg.rope_scaling as Json | null | undefined;
-  if (!rs) return { type: "none" };
-  const type = (rs.rope_type ?? rs.type) as string | undefined;
+/**
+ * The rotary settings of a config: θ and the scaling. transformers up to 4.x writes them as `rope_theta`
+ * and `rope_scaling` ({rope_type, factor, …} or null); 5.x writes one `rope_parameters` object holding
+ * `rope_theta` and the scaling fields together. A config read without the second form would silently run
+ * at θ 10000 (a Qwen checkpoint's is 10⁶), so both are read, and one that gives θ both ways must agree.
+ */
+function readRope(cfg: Json): { theta: number; scaling: RopeScaling } {
+  const rp = cfg.rope_parameters as unknown;
+  if (rp === undefined || rp === null) {
+    const rs = cfg.rope_scaling as Json | null | undefined;
+    return { theta: positive(cfg, "rope_theta", 10000), scaling: rs ? parseRopeScaling(rs, "rope_scaling") : { type: "none" } };
+  }
+  if (typeof rp !== "object" || Array.isArray(rp)) throw new ModelConfigError(`config.json: "rope_parameters" must be an object, got ${JSON.stringify(rp)}`);
+  const params = rp as Json;
+  if (params.rope_type === undefined && params.rope_theta === undefined && Object.values(params).some((v) => typeof v === "object" && v !== null)) {
+    throw new ModelConfigError(`config.json: "rope_parameters" per attention type (${Object.keys(params).join(", ")}) is not supported`);
+  }
+  if (cfg.rope_scaling) throw new ModelConfigError(`config.json sets both "rope_scaling" and "rope_parameters"; a checkpoint gives one of them`);
+  const theta = positive(params, "rope_theta", cfg.rope_theta === undefined || cfg.rope_theta === null ? 10000 : positive(cfg, "rope_theta"));
+  if (cfg.rope_theta !== undefined && cfg.rope_theta !== null && positive(cfg, "rope_theta") !== theta) {
+    throw new ModelConfigError(`config.json: "rope_theta" ${cfg.rope_theta} disagrees with "rope_parameters.rope_theta" ${params.rope_theta}`);
+  }
+  return { theta, scaling: parseRopeScaling(params, "rope_parameters") };
+}
+
+/** A scaling object ({rope_type | type, factor, …}); `key` names where it came from in errors. rope_parameters without a type is the default rotary. */
+function parseRopeScaling(rs: Json, key: "rope_scaling" | "rope_parameters"): RopeScaling {
+  const type = (rs.rope_type ?? rs.type ?? (key === "rope_parameters" ? "default" : undefined)) as string | undefined;
   if (type === "default") return { type: "none" };
   if (type === "linear") return { type: "linear", factor: positive(rs, "factor") };
   if (type === "llama3") {
@@ -123,7 +147,7 @@ function parseRopeScaling(cfg: Json): RopeScaling {
       originalMaxPositions: int(rs, "original_max_position_embeddings", 1, CONFIG_LIMITS.positions),
     };
   }
-  throw new ModelConfigError(`config.json: rope_scaling type "${type}" is not supported (supported: llama3, linear)`);
+  throw new ModelConfigError(`config.json: ${key} type "${type}" is not supported (supported: llama3, linear)`);
 }
 
 /** The Llama reading of a config; other architectures adjust the result. */
@@ -151,6 +175,7 @@ export function readLlamaConfig(cfg: Json): DecoderConfig {
   const eosTokenIds = ids(cfg.eos_token_id);
   checkTokenIds("eos_token_id", eosTokenIds, vocabSize);
   // pretraining_tp > 1 only makes HF split the matmuls into slices; the math is the same, so it is ignored.
+  const rope = readRope(cfg);
   return {
     modelType: String(cfg.model_type),
     hiddenSize,
@@ -161,8 +186,8 @@ export function readLlamaConfig(cfg: Json): DecoderConfig {
     headDim,
     vocabSize,
     rmsNormEps: positive(cfg, "rms_norm_eps", 1e-6, 1),
-    ropeTheta: positive(cfg, "rope_theta", 10000),
-    ropeScaling: parseRopeScaling(cfg),
+    ropeTheta: rope.theta,
+    ropeScaling: rope.scaling,
     tieWordEmbeddings: cfg.tie_word_embeddings === undefined ? false : Boolean(cfg.tie_word_embeddings),
     qkvBias: Boolean(cfg.attention_bias),
     oBias: Boolean(cfg.attention_bias),
