@@ -51,6 +51,18 @@ export const SHAPES: Record<string, ShapeConfig> = {
     tie_word_embeddings: true,
     hidden_act: "silu",
   },
+  // Qwen3: no biases, an RMSNorm over every query and key head; head_dim apart from hidden / heads, as in its releases.
+  "qwen3-tiny": {
+    ...TINY,
+    architectures: ["Qwen3ForCausalLM"],
+    model_type: "qwen3",
+    num_key_value_heads: 2,
+    head_dim: 64,
+    rms_norm_eps: 1e-6,
+    rope_theta: 1000000,
+    tie_word_embeddings: true,
+    hidden_act: "silu",
+  },
   "mistral-tiny": {
     ...TINY,
     architectures: ["MistralForCausalLM"],
@@ -91,6 +103,23 @@ export const SHAPES: Record<string, ShapeConfig> = {
     hidden_act: "silu",
     torch_dtype: "bfloat16",
   },
+  "qwen3-0.6b": {
+    architectures: ["Qwen3ForCausalLM"],
+    model_type: "qwen3",
+    hidden_size: 1024,
+    intermediate_size: 3072,
+    num_hidden_layers: 28,
+    num_attention_heads: 16,
+    num_key_value_heads: 8,
+    head_dim: 128,
+    vocab_size: 151936,
+    max_position_embeddings: 40960,
+    rms_norm_eps: 1e-6,
+    rope_theta: 1000000,
+    tie_word_embeddings: true,
+    hidden_act: "silu",
+    torch_dtype: "bfloat16",
+  },
   "llama3.1-8b": {
     architectures: ["LlamaForCausalLM"],
     model_type: "llama",
@@ -113,7 +142,8 @@ export const SHAPES: Record<string, ShapeConfig> = {
 /** HF tensor names and shapes of a Llama-family decoder. */
 export function tensorPlan(cfg: ShapeConfig): TensorSpec[] {
   const H = cfg.hidden_size;
-  const D = H / cfg.num_attention_heads;
+  const D = typeof cfg.head_dim === "number" ? cfg.head_dim : H / cfg.num_attention_heads;
+  const q = cfg.num_attention_heads * D;
   const kv = cfg.num_key_value_heads * D;
   const plan: TensorSpec[] = [{ name: "model.embed_tokens.weight", dtype: "BF16", shape: [cfg.vocab_size, H] }];
   const bias = cfg.model_type === "qwen2";
@@ -122,20 +152,23 @@ export function tensorPlan(cfg: ShapeConfig): TensorSpec[] {
     plan.push(
       { name: `${p}.input_layernorm.weight`, dtype: "BF16", shape: [H] },
       { name: `${p}.post_attention_layernorm.weight`, dtype: "BF16", shape: [H] },
-      { name: `${p}.self_attn.q_proj.weight`, dtype: "BF16", shape: [H, H] },
+      { name: `${p}.self_attn.q_proj.weight`, dtype: "BF16", shape: [q, H] },
       { name: `${p}.self_attn.k_proj.weight`, dtype: "BF16", shape: [kv, H] },
       { name: `${p}.self_attn.v_proj.weight`, dtype: "BF16", shape: [kv, H] },
-      { name: `${p}.self_attn.o_proj.weight`, dtype: "BF16", shape: [H, H] },
+      { name: `${p}.self_attn.o_proj.weight`, dtype: "BF16", shape: [H, q] },
       { name: `${p}.mlp.gate_proj.weight`, dtype: "BF16", shape: [cfg.intermediate_size, H] },
       { name: `${p}.mlp.up_proj.weight`, dtype: "BF16", shape: [cfg.intermediate_size, H] },
       { name: `${p}.mlp.down_proj.weight`, dtype: "BF16", shape: [H, cfg.intermediate_size] },
     );
+    if (cfg.model_type === "qwen3") {
+      plan.push({ name: `${p}.self_attn.q_norm.weight`, dtype: "BF16", shape: [D] }, { name: `${p}.self_attn.k_norm.weight`, dtype: "BF16", shape: [D] });
+    }
     if (cfg.model_type === "gemma2") {
       plan.push({ name: `${p}.pre_feedforward_layernorm.weight`, dtype: "BF16", shape: [H] }, { name: `${p}.post_feedforward_layernorm.weight`, dtype: "BF16", shape: [H] });
     }
     if (bias) {
       plan.push(
-        { name: `${p}.self_attn.q_proj.bias`, dtype: "BF16", shape: [H] },
+        { name: `${p}.self_attn.q_proj.bias`, dtype: "BF16", shape: [q] },
         { name: `${p}.self_attn.k_proj.bias`, dtype: "BF16", shape: [kv] },
         { name: `${p}.self_attn.v_proj.bias`, dtype: "BF16", shape: [kv] },
       );

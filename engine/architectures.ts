@@ -32,6 +32,14 @@ class Gemma2Builder extends DecoderBuilder {
   }
 }
 
+/** Qwen3: an RMSNorm over every query and key head (weights [head_dim]) between the projection and the rotary. */
+class Qwen3Builder extends DecoderBuilder {
+  protected override headNorm(l: number, which: "q" | "k", heads: string): string {
+    const name = `${this.layerPrefix(l)}.self_attn.${which}_norm.weight`;
+    return this.rmsNorm(heads, this.normWeight(name, this.cfg.headDim), `L${l}_${which}_norm`);
+  }
+}
+
 const llama: Architecture = { readConfig: readLlamaConfig, builder: DecoderBuilder };
 
 const qwen2: Architecture = {
@@ -49,6 +57,31 @@ const qwen2: Architecture = {
     return c;
   },
   builder: DecoderBuilder,
+};
+
+const qwen3: Architecture = {
+  readConfig(cfg) {
+    const c = readLlamaConfig(cfg);
+    c.qkNorm = true;
+    // Sliding windows as Qwen2's (only with use_sliding_window, from max_window_layers on), unless the
+    // config lists each layer's attention type.
+    if (cfg.use_sliding_window && typeof cfg.sliding_window === "number") {
+      const w = int(cfg, "sliding_window", 1, CONFIG_LIMITS.positions);
+      const types = cfg.layer_types;
+      if (Array.isArray(types)) {
+        if (types.length !== c.numLayers) throw new ModelConfigError(`config.json: "layer_types" lists ${types.length} layers, num_hidden_layers is ${c.numLayers}`);
+        c.slidingWindow = types.map((t, l) => {
+          if (t !== "sliding_attention" && t !== "full_attention") throw new ModelConfigError(`config.json: layer_types[${l}] "${String(t)}" is not supported (full_attention, sliding_attention)`);
+          return t === "sliding_attention" ? w : null;
+        });
+      } else {
+        const from = int(cfg, "max_window_layers", 0, CONFIG_LIMITS.num_hidden_layers, c.numLayers);
+        c.slidingWindow = c.slidingWindow.map((_, l) => (l >= from ? w : null));
+      }
+    }
+    return c;
+  },
+  builder: Qwen3Builder,
 };
 
 const mistral: Architecture = {
@@ -93,7 +126,7 @@ const gemma2: Architecture = {
   builder: Gemma2Builder,
 };
 
-const ARCHITECTURES: Record<string, Architecture> = { llama, qwen2, mistral, gemma2 };
+const ARCHITECTURES: Record<string, Architecture> = { llama, qwen2, qwen3, mistral, gemma2 };
 
 export const SUPPORTED_MODEL_TYPES = Object.keys(ARCHITECTURES);
 
@@ -157,6 +190,10 @@ export function expectedTensors(c: DecoderConfig): ExpectedTensor[] {
       t("self_attn.q_proj.bias", [q]);
       t("self_attn.k_proj.bias", [kv]);
       t("self_attn.v_proj.bias", [kv]);
+    }
+    if (c.qkNorm) {
+      t("self_attn.q_norm.weight", [c.headDim]);
+      t("self_attn.k_norm.weight", [c.headDim]);
     }
     t("self_attn.o_proj.weight", [H, q]);
     if (c.oBias) t("self_attn.o_proj.bias", [H]);

@@ -42,6 +42,8 @@ export interface DecoderConfig {
   embeddingScale: number | null;
   /** RMSNorm multiplies by (1 + w) instead of w (Gemma). */
   normAddsOne: boolean;
+  /** RMSNorm over each query and key head (its head_dim) before the rotary (Qwen3): q_norm / k_norm weights. */
+  qkNorm: boolean;
   /** Extra norms after attention and after the MLP (Gemma 2): read by writers.ts to name each writer's post-norm; Gemma2Builder builds them. */
   sandwichNorms: boolean;
   bosTokenId: number | null;
@@ -199,6 +201,7 @@ export function readLlamaConfig(cfg: Json): DecoderConfig {
     finalLogitSoftcap: null,
     embeddingScale: null,
     normAddsOne: false,
+    qkNorm: false,
     sandwichNorms: false,
     bosTokenId,
     eosTokenIds,

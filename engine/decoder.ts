@@ -221,9 +221,9 @@ export class DecoderBuilder {
     return this.weight(graphName, data, [data.length]);
   }
 
-  /** RMSNorm weight; Gemma stores w and multiplies by (1 + w). */
-  protected normWeight(name: string): string {
-    const w = this.require(name, [this.cfg.hiddenSize]);
+  /** RMSNorm weight of `size` elements (default: the hidden size); Gemma stores w and multiplies by (1 + w). */
+  protected normWeight(name: string, size = this.cfg.hiddenSize): string {
+    const w = this.require(name, [size]);
     if (this.cfg.normAddsOne) for (let i = 0; i < w.length; i++) w[i] = Math.fround(1 + w[i]);
     return this.weight(name, w, [w.length]);
   }
@@ -351,6 +351,11 @@ export class DecoderBuilder {
     return g.op("Mul", [g.op("Tanh", [g.op("Div", [scores, g.scalarF32(cap)])]), g.scalarF32(cap)], {}, { name: "attn_softcap" });
   }
 
+  /** What happens to the query or key heads [B, heads, T, D] before the rotary: nothing (Qwen3 normalises them). */
+  protected headNorm(_l: number, _which: "q" | "k", heads: string): string {
+    return heads;
+  }
+
   protected attention(l: number, x: string, attentionMask: string): string {
     const g = this.g;
     const { hiddenSize, numHeads, numKvHeads, headDim } = this.cfg;
@@ -366,8 +371,8 @@ export class DecoderBuilder {
     // [N, heads·D] → [B, heads, T, D]
     const heads = (t: string, n: number) =>
       g.op("Transpose", [g.op("Reshape", [t, g.op("Concat", [this.batchTokens.B, this.batchTokens.T, g.constI64([n, headDim])], { axis: 0 })])], { perm: [0, 2, 1, 3] });
-    const query = this.applyRotary(heads(q, numHeads), `L${l}_q_rot`);
-    const key = this.applyRotary(heads(k, numKvHeads), `L${l}_k_rot`);
+    const query = this.applyRotary(this.headNorm(l, "q", heads(q, numHeads)), `L${l}_q_rot`);
+    const key = this.applyRotary(this.headNorm(l, "k", heads(k, numKvHeads)), `L${l}_k_rot`);
     const value = heads(v, numKvHeads);
 
     const pastKey = IO.pastKey(l);

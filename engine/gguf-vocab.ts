@@ -97,7 +97,7 @@ function choosePre(tj: Json, modelType: string, explicit: string | null, source 
     return { name: "gpt-2", source: `tokenizer.json's pre-tokenizer is ByteLevel with its GPT-2 regex, which llama.cpp applies as "gpt-2"` };
   }
   // The family's documented pre-tokenizer (convert_hf_to_gguf's hashes resolve these families to these names).
-  if (modelType === "qwen2") return { name: "qwen2", source: `not recognised in tokenizer.json; the qwen2 family's name` };
+  if (modelType === "qwen2" || modelType === "qwen3") return { name: "qwen2", source: `not recognised in tokenizer.json; the qwen2 family's name (Qwen3 kept its tokenizer)` };
   throw new GgufVocabError(
     `tokenizer.json's byte-level pre-tokenizer is not one realign recognises (Llama 3, Qwen2, GPT-2), so llama.cpp's split is unknown; ` +
       `pass --pre <name> with the tokenizer.ggml.pre of the base model's GGUF (e.g. llama-bpe, qwen2, gpt-2)`,

@@ -1,12 +1,12 @@
 // Hugging Face checkpoint → GGUF v3 for llama.cpp (and Ollama / LM Studio, which embed it).
 //
 // What is written, checked against llama.cpp's own converter (convert_hf_to_gguf.py, gguf-py) and loader:
-//   - architecture "llama" (llama and mistral), "qwen2", "gemma2"; tensors token_embd, blk.N.attn_norm, attn_q/k/v
-//     (+ .bias), attn_output, ffn_norm, ffn_gate/up/down, output_norm, output (absent when tied: llama.cpp reuses
+//   - architecture "llama" (llama and mistral), "qwen2", "qwen3", "gemma2"; tensors token_embd, blk.N.attn_norm,
+//     attn_q/k/v (+ .bias), qwen3's attn_q_norm / attn_k_norm (its per-head norms, [head_dim]), attn_output, ffn_norm, ffn_gate/up/down, output_norm, output (absent when tied: llama.cpp reuses
 //     token_embd), gemma2's blk.N.post_attention_norm / post_ffw_norm, and llama3 rope's rope_freqs (per-frequency
 //     divisors, as convert_hf_to_gguf computes them);
 //   - llama/mistral q_proj and k_proj rows permuted from HF's rotate-half layout back to GGML's interleaved
-//     pairs (llama.cpp's "llama" rope rotates adjacent pairs); qwen2 and gemma2 use NEOX rope, not permuted;
+//     pairs (llama.cpp's "llama" rope rotates adjacent pairs); qwen2, qwen3 and gemma2 use NEOX rope, not permuted;
 //   - gemma2 norms + 1 (HF multiplies by 1 + w, llama.cpp by w). llama.cpp's gemma2 scales queries by
 //     head_dim^-0.5 (n_embd/n_head for its 46-layer 27B) and ignores query_pre_attn_scalar: when the config's
 //     scalar differs, the factor is folded into attn_q (exact up to rounding) and recorded in realign.gguf.q_scale;
@@ -69,7 +69,7 @@ interface TensorPlan {
 }
 
 export interface ExportPlan {
-  architecture: "llama" | "qwen2" | "gemma2";
+  architecture: "llama" | "qwen2" | "qwen3" | "gemma2";
   tensors: TensorPlan[];
   /** Architecture key/values (general.* and <arch>.*), in write order. */
   kv: Array<[string, GgufValue]>;
@@ -78,7 +78,7 @@ export interface ExportPlan {
   fallbacks: string[];
 }
 
-const ARCH_OF: Record<string, ExportPlan["architecture"]> = { llama: "llama", mistral: "llama", qwen2: "qwen2", gemma2: "gemma2" };
+const ARCH_OF: Record<string, ExportPlan["architecture"]> = { llama: "llama", mistral: "llama", qwen2: "qwen2", qwen3: "qwen3", gemma2: "gemma2" };
 
 /** llama3 rope: per-frequency divisors of the rotation angle, as convert_hf_to_gguf writes rope_freqs. */
 export function llama3RopeFactors(c: DecoderConfig): Float32Array {
@@ -152,6 +152,10 @@ export function planExport(c: DecoderConfig, ckpt: Checkpoint, cfg: Json, type: 
       add(`${b}.attn_q.bias`, `${p}.self_attn.q_proj.bias`, qExtra);
       add(`${b}.attn_k.bias`, `${p}.self_attn.k_proj.bias`, kExtra);
       add(`${b}.attn_v.bias`, `${p}.self_attn.v_proj.bias`);
+    }
+    if (c.qkNorm) {
+      add(`${b}.attn_q_norm.weight`, `${p}.self_attn.q_norm.weight`);
+      add(`${b}.attn_k_norm.weight`, `${p}.self_attn.k_norm.weight`);
     }
     add(`${b}.attn_output.weight`, `${p}.self_attn.o_proj.weight`);
     if (c.oBias) add(`${b}.attn_output.bias`, `${p}.self_attn.o_proj.bias`);

@@ -76,8 +76,7 @@ function byteLevelAlphabet(): string[] {
  * hf-golden checkpoints carry no tokenizer (their inputs are ids); llama.cpp needs one to load a GGUF. A copy of the
  * fixture gets a byte-level BPE tokenizer over its 256 ids (token id = byte), without merges.
  */
-function goldenWithTokenizer(name: string): string {
-  const src = sharedPath("fixtures", "hf-golden", name);
+function goldenWithTokenizer(name: string, src = sharedPath("fixtures", "hf-golden", name)): string {
   const dir = join(tmp, `golden-${name}`);
   mkdirSync(dir, { recursive: true });
   for (const f of ["config.json", "model.safetensors"]) copyFileSync(join(src, f), join(dir, f));
@@ -203,6 +202,28 @@ describe.skipIf(!lc)("GGUF export, run by llama.cpp", () => {
       }
     });
   }
+
+  // Qwen3's per-head q/k norms (attn_q_norm / attn_k_norm) and a head_dim apart from hidden / heads; the engine
+  // reproduces a PyTorch reference of HF's Qwen3 (tests/engine/qwen3.test.ts), llama.cpp the engine.
+  test("qwen3-tiny, f32: greedy tokens over 60 steps and next-token probabilities within 1e-4 equal the engine's", async () => {
+    const dir = goldenWithTokenizer("qwen3-tiny", join(import.meta.dir, "..", "fixtures", "qwen3-tiny"));
+    const gguf = await exportTo(dir, "f32");
+    const ll = await openGguf(gguf);
+    try {
+      for (const prompt of [[1, 17, 200, 45, 9, 133, 78], [1, 5, 250, 3, 99, 61, 140, 22, 7, 180, 64]]) {
+        const engine = await engineGreedy(dir, prompt, 60, []);
+        const got = await ll.greedy(prompt, 60);
+        expect(got).toEqual(engine.slice(0, got.length));
+        expect(got.length === engine.length || ll.isEog(got[got.length - 1]!)).toBe(true);
+        const ids = [...prompt, ...engine];
+        const dp = maxAbsDiff(await ll.probabilities(ids, 256), await engineProbabilities(dir, ids));
+        console.log(`qwen3-tiny: max |Δ next-token probability| llama.cpp vs engine over ${ids.length} positions: ${dp.toExponential(2)}`);
+        expect(dp).toBeLessThan(1e-4);
+      }
+    } finally {
+      await ll.close();
+    }
+  });
 
   test("hf-golden mistral (sliding window 5), f32: equal within the window; the GGUF's context_length is capped at the window", async () => {
     // llama.cpp's "llama" architecture has no sliding-window attention: beyond 5 tokens it attends to everything.
