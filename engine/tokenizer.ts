@@ -364,9 +364,14 @@ class HfModelTokenizer implements ModelTokenizer {
     // Same variables HF's apply_chat_template passes (its special_tokens_map holds only the tokens that are set).
     // raise_exception is a built-in global of @huggingface/jinja (re-declaring it is an error there), so
     // template exceptions are turned into TokenizerError here instead.
+    // enable_thinking false: hybrid-reasoning templates (Qwen3's, and those that copy its switch) then close an
+    // empty <think></think> block after the generation prompt, so the reply starts with the answer. realign
+    // scores refusal on a reply's first token and judges its opening words; with thinking on, both would read
+    // the reasoning instead. Templates that do not name the variable render exactly as before.
     const vars: Record<string, unknown> = {
       messages: messages.map((m) => ({ role: m.role, content: m.content })),
       add_generation_prompt: opts.addGenerationPrompt ?? false,
+      enable_thinking: false,
       ...this.tokenStrings,
       additional_special_tokens: this.additionalSpecial,
     };

@@ -337,6 +337,22 @@ describe("config file handling (synthetic tokenizer)", () => {
     expect(fromFile.decode(e.ids.slice(...e.instructionSpan))).toBe("abc");
   });
 
+  test("hybrid-reasoning templates render in their non-thinking mode (enable_thinking false); others are unchanged", async () => {
+    // Qwen3's switch, in this vocabulary's letters: an empty think block ("cc") after the generation prompt.
+    const qwen3Like =
+      "{% for m in messages %}b{{ m['content'] }}{{ eos_token }}{% endfor %}{% if add_generation_prompt %}{{ pad_token }}" +
+      "{% if enable_thinking is defined and enable_thinking is false %}cc{% endif %}{% endif %}";
+    const cfg = { eos_token: "</s>", pad_token: "<pad>" };
+    const t = await loadTokenizer(makeDir({ "tokenizer.json": tokenizerJson, "tokenizer_config.json": { ...cfg, chat_template: qwen3Like } }));
+    expect(t.renderChat([{ role: "user", content: "ab" }], { addGenerationPrompt: true })).toBe("bab</s><pad>cc");
+    const e = t.encodeChat("abc");
+    expect(e.text).toBe("babc</s><pad>cc");
+    expect(e.ids.slice(e.postInstructionSpan[0])).toEqual([1, 2, 5, 5]); // the think block is part of what follows the instruction
+    const plain = "{% for m in messages %}b{{ m['content'] }}{{ eos_token }}{% endfor %}{% if add_generation_prompt %}{{ pad_token }}{% endif %}";
+    const p = await loadTokenizer(makeDir({ "tokenizer.json": tokenizerJson, "tokenizer_config.json": { ...cfg, chat_template: plain } }));
+    expect(p.renderChat([{ role: "user", content: "ab" }], { addGenerationPrompt: true })).toBe("bab</s><pad>");
+  });
+
   test("characters outside the vocabulary are dropped without an unk token, as in HF", async () => {
     const t = await loadTokenizer(makeDir({ "tokenizer.json": tokenizerJson }));
     expect(t.encode("abz")).toEqual([6]); // HF reference
