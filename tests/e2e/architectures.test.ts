@@ -1,5 +1,5 @@
 // The whole pipeline on each architecture besides Llama (Qwen2: q/k/v biases and a tied head; Qwen3: head norms,
-// and attention 512 wide in a 256-wide model, so o_proj's key is not hidden-sized; Mistral: a
+// and attention 512 wide in a 256-wide model, so o_proj's key w̄ is not hidden-sized; Mistral: a
 // sliding window shorter than the prompts; Gemma 2: sandwich norms, softcaps, GELU, alternating windows, and a
 // chat template without a system role, as Gemma's), on a
 // random tiny checkpoint of that architecture with the demo organism's tokenizer and chat template. A random
@@ -61,7 +61,7 @@ function editError(W: Float32Array, W2: Float32Array, rows: number, cols: number
  * key per matrix; rosi and rosi-mv: w̄) at a third of auto's cost (auto calibrates every family; the organism
  * and demo tests run it).
  */
-const METHODS = { "qwen2-tiny": "gated", "qwen3-tiny": "gated", "mistral-tiny": "rosi", "gemma2-tiny": "rosi-mv" } as const;
+const METHODS = { "qwen2-tiny": "gated", "qwen3-tiny": "rosi", "mistral-tiny": "rosi", "gemma2-tiny": "rosi-mv" } as const;
 
 describe("the pipeline on every supported architecture (random tiny checkpoints)", () => {
   for (const shape of ["qwen2-tiny", "qwen3-tiny", "mistral-tiny", "gemma2-tiny"] as const) {
