@@ -87,6 +87,22 @@ export const SHAPES: Record<string, ShapeConfig> = {
     tie_word_embeddings: true,
     hidden_activation: "gelu_pytorch_tanh",
   },
+  // Gemma 3's text decoder: Gemma 2's norms plus head norms, every second layer global here (pattern 2), the
+  // sliding layers with their own rotary; attention 512 wide in a 256-wide model.
+  "gemma3-tiny": {
+    ...TINY,
+    architectures: ["Gemma3ForCausalLM"],
+    model_type: "gemma3_text",
+    head_dim: 64,
+    sliding_window: 24,
+    sliding_window_pattern: 2,
+    query_pre_attn_scalar: 64,
+    rms_norm_eps: 1e-6,
+    rope_theta: 1000000,
+    rope_local_base_freq: 10000,
+    tie_word_embeddings: true,
+    hidden_activation: "gelu_pytorch_tanh",
+  },
   "qwen2.5-0.5b": {
     architectures: ["Qwen2ForCausalLM"],
     model_type: "qwen2",
@@ -118,6 +134,27 @@ export const SHAPES: Record<string, ShapeConfig> = {
     rope_theta: 1000000,
     tie_word_embeddings: true,
     hidden_act: "silu",
+    torch_dtype: "bfloat16",
+  },
+  "gemma3-1b": {
+    architectures: ["Gemma3ForCausalLM"],
+    model_type: "gemma3_text",
+    hidden_size: 1152,
+    intermediate_size: 6912,
+    num_hidden_layers: 26,
+    num_attention_heads: 4,
+    num_key_value_heads: 1,
+    head_dim: 256,
+    vocab_size: 262144,
+    max_position_embeddings: 32768,
+    sliding_window: 512,
+    sliding_window_pattern: 6,
+    query_pre_attn_scalar: 256,
+    rms_norm_eps: 1e-6,
+    rope_theta: 1000000,
+    rope_local_base_freq: 10000,
+    tie_word_embeddings: true,
+    hidden_activation: "gelu_pytorch_tanh",
     torch_dtype: "bfloat16",
   },
   "llama3.1-8b": {
@@ -160,10 +197,10 @@ export function tensorPlan(cfg: ShapeConfig): TensorSpec[] {
       { name: `${p}.mlp.up_proj.weight`, dtype: "BF16", shape: [cfg.intermediate_size, H] },
       { name: `${p}.mlp.down_proj.weight`, dtype: "BF16", shape: [H, cfg.intermediate_size] },
     );
-    if (cfg.model_type === "qwen3") {
+    if (cfg.model_type === "qwen3" || cfg.model_type === "gemma3_text") {
       plan.push({ name: `${p}.self_attn.q_norm.weight`, dtype: "BF16", shape: [D] }, { name: `${p}.self_attn.k_norm.weight`, dtype: "BF16", shape: [D] });
     }
-    if (cfg.model_type === "gemma2") {
+    if (cfg.model_type === "gemma2" || cfg.model_type === "gemma3_text") {
       plan.push({ name: `${p}.pre_feedforward_layernorm.weight`, dtype: "BF16", shape: [H] }, { name: `${p}.post_feedforward_layernorm.weight`, dtype: "BF16", shape: [H] });
     }
     if (bias) {

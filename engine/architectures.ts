@@ -6,7 +6,7 @@
 // for NaN/Inf as the builder reads them.
 import { join } from "node:path";
 import { DecoderBuilder, MissingWeightError, type DecoderBuildOptions, type WeightSource } from "./decoder.ts";
-import { CONFIG_LIMITS, int, ModelConfigError, num, readLlamaConfig, type DecoderConfig } from "./config.ts";
+import { CONFIG_LIMITS, int, ModelConfigError, num, parseRopeScaling, positive, readLlamaConfig, type DecoderConfig } from "./config.ts";
 import { Checkpoint } from "./checkpoint.ts";
 import { firstNonFinite, isDType, isFloatDType, NonFiniteError } from "./dtype.ts";
 import { EMBEDDING_NAME, layerPrefix } from "./writers.ts";
@@ -32,14 +32,6 @@ class Gemma2Builder extends DecoderBuilder {
   }
 }
 
-/** Qwen3: an RMSNorm over every query and key head (weights [head_dim]) between the projection and the rotary. */
-class Qwen3Builder extends DecoderBuilder {
-  protected override headNorm(l: number, which: "q" | "k", heads: string): string {
-    const name = `${this.layerPrefix(l)}.self_attn.${which}_norm.weight`;
-    return this.rmsNorm(heads, this.normWeight(name, this.cfg.headDim), `L${l}_${which}_norm`);
-  }
-}
-
 const llama: Architecture = { readConfig: readLlamaConfig, builder: DecoderBuilder };
 
 const qwen2: Architecture = {
@@ -59,6 +51,7 @@ const qwen2: Architecture = {
   builder: DecoderBuilder,
 };
 
+/** Qwen3: Qwen2 without biases, and an RMSNorm over every query and key head (qkNorm) before the rotary. */
 const qwen3: Architecture = {
   readConfig(cfg) {
     const c = readLlamaConfig(cfg);
@@ -81,7 +74,7 @@ const qwen3: Architecture = {
     }
     return c;
   },
-  builder: Qwen3Builder,
+  builder: DecoderBuilder,
 };
 
 const mistral: Architecture = {
@@ -126,7 +119,56 @@ const gemma2: Architecture = {
   builder: Gemma2Builder,
 };
 
-const ARCHITECTURES: Record<string, Architecture> = { llama, qwen2, qwen3, mistral, gemma2 };
+const isObject = (v: unknown): v is Json => typeof v === "object" && v !== null && !Array.isArray(v);
+
+/**
+ * Gemma 3's text decoder (Gemma3ForCausalLM, model_type gemma3_text): Gemma 2's sandwich norms, GELU, scaled
+ * embedding and query_pre_attn_scalar, plus an RMSNorm (1 + w) over every query and key head, no softcaps unless
+ * the config sets them, and two kinds of layer: sliding-window ones with their own rotary (θ
+ * rope_local_base_freq, 10000, unscaled) and every sliding_window_pattern-th layer global (θ rope_theta with
+ * rope_scaling). transformers 5.x writes both rotaries as rope_parameters {full_attention, sliding_attention}.
+ */
+const gemma3: Architecture = {
+  readConfig(cfg) {
+    const rp = cfg.rope_parameters;
+    const perType = isObject(rp) && (isObject(rp.full_attention) || isObject(rp.sliding_attention));
+    // readLlamaConfig reads one rotary; the per-type form is read here instead.
+    const c = gemma2.readConfig({ query_pre_attn_scalar: 256, ...cfg, ...(perType ? { rope_parameters: undefined, rope_theta: undefined, rope_scaling: undefined } : {}) });
+    c.qkNorm = true;
+    if (cfg.use_bidirectional_attention === true) throw new ModelConfigError(`config.json: use_bidirectional_attention (an encoder) is not supported`);
+    if (perType) {
+      const part = (type: string, fallbackTheta: number) => {
+        const p = (rp as Json)[type];
+        if (p === undefined || p === null) return { theta: fallbackTheta, scaling: { type: "none" as const } };
+        if (!isObject(p)) throw new ModelConfigError(`config.json: "rope_parameters.${type}" must be an object`);
+        return { theta: positive(p, "rope_theta", fallbackTheta), scaling: parseRopeScaling(p, `rope_parameters.${type}`) };
+      };
+      const global = part("full_attention", 1e6);
+      c.ropeTheta = global.theta;
+      c.ropeScaling = global.scaling;
+      c.localRope = part("sliding_attention", 10000);
+    } else {
+      if (cfg.rope_theta === undefined || cfg.rope_theta === null) c.ropeTheta = 1e6;
+      c.localRope = { theta: positive(cfg, "rope_local_base_freq", 10000), scaling: { type: "none" } };
+    }
+    const w = int(cfg, "sliding_window", 1, CONFIG_LIMITS.positions, 4096);
+    const types = cfg.layer_types;
+    if (Array.isArray(types)) {
+      if (types.length !== c.numLayers) throw new ModelConfigError(`config.json: "layer_types" lists ${types.length} layers, num_hidden_layers is ${c.numLayers}`);
+      c.slidingWindow = types.map((t, l) => {
+        if (t !== "sliding_attention" && t !== "full_attention") throw new ModelConfigError(`config.json: layer_types[${l}] "${String(t)}" is not supported (full_attention, sliding_attention)`);
+        return t === "sliding_attention" ? w : null;
+      });
+    } else {
+      const pattern = int(cfg, "sliding_window_pattern", 1, CONFIG_LIMITS.num_hidden_layers, 6);
+      c.slidingWindow = c.slidingWindow.map((_, l) => ((l + 1) % pattern !== 0 ? w : null));
+    }
+    return c;
+  },
+  builder: Gemma2Builder,
+};
+
+const ARCHITECTURES: Record<string, Architecture> = { llama, qwen2, qwen3, mistral, gemma2, gemma3_text: gemma3 };
 
 export const SUPPORTED_MODEL_TYPES = Object.keys(ARCHITECTURES);
 
@@ -139,6 +181,11 @@ function architectureOf(cfg: Json): Architecture {
   }
   if (typeof type !== "string") throw new ModelConfigError(`config.json has no "model_type"`);
   const arch = ARCHITECTURES[type];
+  if (type === "gemma3") {
+    throw new ModelConfigError(
+      `model_type "gemma3" is Gemma 3 with its vision tower (Gemma3ForConditionalGeneration); realign runs the text decoder alone: a gemma3_text checkpoint (Gemma3ForCausalLM, e.g. the 1B)`,
+    );
+  }
   if (!arch) throw new ModelConfigError(`model_type "${type}" is not supported; supported: ${SUPPORTED_MODEL_TYPES.join(", ")}`);
   return arch;
 }

@@ -26,6 +26,8 @@ export interface DecoderConfig {
   rmsNormEps: number;
   ropeTheta: number;
   ropeScaling: RopeScaling;
+  /** A second rotary for the layers with a sliding window (Gemma 3: θ 10000 there, the global θ and scaling elsewhere); null: one rotary for all. */
+  localRope: { theta: number; scaling: RopeScaling } | null;
   tieWordEmbeddings: boolean;
   /** q/k/v projections carry a bias (Qwen2, or Llama with attention_bias). */
   qkvBias: boolean;
@@ -90,7 +92,7 @@ export function int(cfg: Json, key: string, min: number, max: number, fallback?:
 }
 
 /** A finite number > 0 (and below `below` when given). */
-function positive(cfg: Json, key: string, fallback?: number, below?: number): number {
+export function positive(cfg: Json, key: string, fallback?: number, below?: number): number {
   const v = num(cfg, key, fallback);
   if (!(v > 0)) throw new ModelConfigError(`config.json: "${key}" must be greater than 0, got ${v}`);
   if (below !== undefined && !(v < below)) throw new ModelConfigError(`config.json: "${key}" must be below ${below}, got ${v}`);
@@ -136,8 +138,8 @@ function readRope(cfg: Json): { theta: number; scaling: RopeScaling } {
 }
 
 /** A scaling object ({rope_type | type, factor, …}); `key` names where it came from in errors. rope_parameters without a type is the default rotary. */
-function parseRopeScaling(rs: Json, key: "rope_scaling" | "rope_parameters"): RopeScaling {
-  const type = (rs.rope_type ?? rs.type ?? (key === "rope_parameters" ? "default" : undefined)) as string | undefined;
+export function parseRopeScaling(rs: Json, key: string): RopeScaling {
+  const type = (rs.rope_type ?? rs.type ?? (key.startsWith("rope_parameters") ? "default" : undefined)) as string | undefined;
   if (type === "default") return { type: "none" };
   if (type === "linear") return { type: "linear", factor: positive(rs, "factor") };
   if (type === "llama3") {
@@ -190,6 +192,7 @@ export function readLlamaConfig(cfg: Json): DecoderConfig {
     rmsNormEps: positive(cfg, "rms_norm_eps", 1e-6, 1),
     ropeTheta: rope.theta,
     ropeScaling: rope.scaling,
+    localRope: null,
     tieWordEmbeddings: cfg.tie_word_embeddings === undefined ? false : Boolean(cfg.tie_word_embeddings),
     qkvBias: Boolean(cfg.attention_bias),
     oBias: Boolean(cfg.attention_bias),

@@ -268,9 +268,9 @@ export class DecoderBuilder {
     return this.g.op("Mul", [rows, this.scalarAct(Math.fround(this.cfg.embeddingScale))], {}, { name: "embed_scale" });
   }
 
-  /** Rotary inverse frequencies, rounded step by step to float32 as HF computes them. */
-  protected inverseFrequencies(): Float32Array {
-    const { headDim, ropeTheta, ropeScaling } = this.cfg;
+  /** Rotary inverse frequencies, rounded step by step to float32 as HF computes them (default: the config's global rotary). */
+  protected inverseFrequencies(ropeTheta = this.cfg.ropeTheta, ropeScaling = this.cfg.ropeScaling): Float32Array {
+    const { headDim } = this.cfg;
     const f = Math.fround;
     const inv = new Float32Array(headDim / 2);
     for (let i = 0; i < inv.length; i++) inv[i] = f(1 / f(Math.pow(ropeTheta, f((2 * i) / headDim))));
@@ -299,27 +299,35 @@ export class DecoderBuilder {
    */
   protected rotaryTables(positionIds: string): void {
     const g = this.g;
-    const inv = g.constF32(this.inverseFrequencies(), [this.cfg.headDim / 2], "inv_freq");
     // At least T rows: RotaryEmbedding refuses a cache shorter than the sequence (rows of a capped batch can all be
     // shorter than T, so that their largest position is below T − 1).
     const last = g.op("ReduceMax", [g.op("Reshape", [positionIds, g.constI64([-1])]), g.constI64([0])], { keepdims: 0 });
     const rows = g.op("Max", [g.op("Add", [last, g.scalarI64(1)]), g.op("Gather", [g.op("Shape", [positionIds]), g.scalarI64(1)], { axis: 0 })]);
-    const positions = g.op("Cast", [g.op("Range", [g.scalarI64(0), rows, g.scalarI64(1)])], { to: DT.FLOAT });
-    const freqs = g.op("Mul", [g.op("Unsqueeze", [positions, g.constI64([-1])]), inv], {}, { name: "rope_freqs" }); // [P, D/2]
-    this.cos = this.toAct(g.op("Cos", [freqs], {}, { name: "rope_cos" }));
-    this.sin = this.toAct(g.op("Sin", [freqs], {}, { name: "rope_sin" }));
+    const positions = g.op("Unsqueeze", [g.op("Cast", [g.op("Range", [g.scalarI64(0), rows, g.scalarI64(1)])], { to: DT.FLOAT }), g.constI64([-1])]);
+    const table = (inverse: Float32Array, tag: string) => {
+      const inv = g.constF32(inverse, [this.cfg.headDim / 2], `inv_freq${tag}`);
+      const freqs = g.op("Mul", [positions, inv], {}, { name: `rope_freqs${tag}` }); // [P, D/2]
+      return { cos: this.toAct(g.op("Cos", [freqs], {}, { name: `rope_cos${tag}` })), sin: this.toAct(g.op("Sin", [freqs], {}, { name: `rope_sin${tag}` })) };
+    };
+    ({ cos: this.cos, sin: this.sin } = table(this.inverseFrequencies(), ""));
+    const local = this.cfg.localRope;
+    if (local) this.localTables = table(this.inverseFrequencies(local.theta, local.scaling), "_local");
     this.positionIds = positionIds;
   }
 
   /** position_ids [B, T] (int64), for RotaryEmbedding. */
   protected positionIds = "";
+  /** The sliding-window layers' own rotary tables (config localRope), or null. */
+  protected localTables: { cos: string; sin: string } | null = null;
 
   /**
    * x·cos + rotate_half(x)·sin on [B, heads, T, head_dim] (HF's non-interleaved rotary), as one
-   * com.microsoft.RotaryEmbedding node rather than Split, Neg, Concat, two Muls and an Add.
+   * com.microsoft.RotaryEmbedding node rather than Split, Neg, Concat, two Muls and an Add; layer l's tables
+   * (the local ones on a sliding-window layer when the config has them).
    */
-  protected applyRotary(x: string, name: string): string {
-    return this.g.op("RotaryEmbedding", [x, this.positionIds, this.cos, this.sin], { interleaved: 0 }, { domain: "com.microsoft", name });
+  protected applyRotary(x: string, name: string, l: number): string {
+    const t = this.localTables && this.cfg.slidingWindow[l] !== null ? this.localTables : { cos: this.cos, sin: this.sin };
+    return this.g.op("RotaryEmbedding", [x, this.positionIds, t.cos, t.sin], { interleaved: 0 }, { domain: "com.microsoft", name });
   }
 
   /**
@@ -351,9 +359,11 @@ export class DecoderBuilder {
     return g.op("Mul", [g.op("Tanh", [g.op("Div", [scores, g.scalarF32(cap)])]), g.scalarF32(cap)], {}, { name: "attn_softcap" });
   }
 
-  /** What happens to the query or key heads [B, heads, T, D] before the rotary: nothing (Qwen3 normalises them). */
-  protected headNorm(_l: number, _which: "q" | "k", heads: string): string {
-    return heads;
+  /** The query or key heads [B, heads, T, D] before the rotary: as they are, or with config qkNorm an RMSNorm over each head (Qwen3, Gemma 3: q_norm / k_norm). */
+  protected headNorm(l: number, which: "q" | "k", heads: string): string {
+    if (!this.cfg.qkNorm) return heads;
+    const name = `${this.layerPrefix(l)}.self_attn.${which}_norm.weight`;
+    return this.rmsNorm(heads, this.normWeight(name, this.cfg.headDim), `L${l}_${which}_norm`);
   }
 
   protected attention(l: number, x: string, attentionMask: string): string {
@@ -371,8 +381,8 @@ export class DecoderBuilder {
     // [N, heads·D] → [B, heads, T, D]
     const heads = (t: string, n: number) =>
       g.op("Transpose", [g.op("Reshape", [t, g.op("Concat", [this.batchTokens.B, this.batchTokens.T, g.constI64([n, headDim])], { axis: 0 })])], { perm: [0, 2, 1, 3] });
-    const query = this.applyRotary(this.headNorm(l, "q", heads(q, numHeads)), `L${l}_q_rot`);
-    const key = this.applyRotary(this.headNorm(l, "k", heads(k, numKvHeads)), `L${l}_k_rot`);
+    const query = this.applyRotary(this.headNorm(l, "q", heads(q, numHeads)), `L${l}_q_rot`, l);
+    const key = this.applyRotary(this.headNorm(l, "k", heads(k, numKvHeads)), `L${l}_k_rot`, l);
     const value = heads(v, numKvHeads);
 
     const pastKey = IO.pastKey(l);

@@ -1,7 +1,7 @@
-// The whole pipeline on each architecture besides Llama (Qwen2: q/k/v biases and a tied head; Qwen3: head norms,
-// and attention 512 wide in a 256-wide model, so o_proj's key w̄ is not hidden-sized; Mistral: a
+// The whole pipeline on each architecture besides Llama (Qwen2: q/k/v biases and a tied head; Mistral: a
 // sliding window shorter than the prompts; Gemma 2: sandwich norms, softcaps, GELU, alternating windows, and a
-// chat template without a system role, as Gemma's), on a
+// chat template without a system role, as Gemma's; Gemma 3: head norms, sliding layers with their own rotary,
+// and attention 512 wide in a 256-wide model, so o_proj's key w̄ is not hidden-sized), on a
 // random tiny checkpoint of that architecture with the demo organism's tokenizer and chat template. A random
 // model refuses nothing under the safety prompt, so the elicitation check is relaxed and the gate is expected
 // to fail (exit 3): what is checked is that every step runs on the architecture, and that the checkpoint it
@@ -61,10 +61,10 @@ function editError(W: Float32Array, W2: Float32Array, rows: number, cols: number
  * key per matrix; rosi and rosi-mv: w̄) at a third of auto's cost (auto calibrates every family; the organism
  * and demo tests run it).
  */
-const METHODS = { "qwen2-tiny": "gated", "qwen3-tiny": "rosi", "mistral-tiny": "rosi", "gemma2-tiny": "rosi-mv" } as const;
+const METHODS = { "qwen2-tiny": "gated", "mistral-tiny": "rosi", "gemma2-tiny": "rosi-mv", "gemma3-tiny": "rosi" } as const;
 
 describe("the pipeline on every supported architecture (random tiny checkpoints)", () => {
-  for (const shape of ["qwen2-tiny", "qwen3-tiny", "mistral-tiny", "gemma2-tiny"] as const) {
+  for (const shape of ["qwen2-tiny", "mistral-tiny", "gemma2-tiny", "gemma3-tiny"] as const) {
     test(
       `${shape} (--method ${METHODS[shape]}): elicit → extract → inject → validate run; the gate fails (random model); the checkpoint written is the recorded rank-one edit`,
       async () => {

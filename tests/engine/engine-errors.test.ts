@@ -33,7 +33,11 @@ describe.skipIf(!hasShared())("engine errors", () => {
   const load = (dir: string) => DecoderModel.load(dir, { device: "cpu", cacheDir: join(work, "cache") });
 
   test("unknown model_type names it and lists the supported ones", async () => {
-    await expect(load(variant("falcon", (c) => (c.model_type = "falcon")))).rejects.toThrow(/model_type "falcon" is not supported; supported: llama, qwen2, qwen3, mistral, gemma2/);
+    await expect(load(variant("falcon", (c) => (c.model_type = "falcon")))).rejects.toThrow(/model_type "falcon" is not supported; supported: llama, qwen2, qwen3, mistral, gemma2, gemma3_text/);
+  });
+
+  test("multimodal Gemma 3 says to use its text decoder", async () => {
+    await expect(load(variant("gemma3-vlm", (c) => (c.model_type = "gemma3")))).rejects.toThrow(/Gemma3ForConditionalGeneration.*gemma3_text checkpoint/);
   });
 
   test("a config that needs trust_remote_code is refused", async () => {

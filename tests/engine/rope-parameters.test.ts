@@ -2,7 +2,8 @@
 // instead of `rope_theta` and `rope_scaling`. The hf-golden checkpoints, their configs rewritten that way,
 // must still give HF's logits (a config read without it would run at θ 10000 and fail by far more than
 // the tolerance: qwen2's θ is 10⁶, llama3_rope's 5·10⁵ with llama3 scaling); and the forms that cannot be
-// read say so.
+// read say so. Gemma 3's per-attention-type form (a rotary for the sliding layers, another for the global
+// ones) is read as its 4.x keys are (tests/fixtures/gemma3-tiny, a PyTorch reference).
 import { afterAll, describe, expect, test } from "bun:test";
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -59,6 +60,37 @@ describe.skipIf(!hasShared())("rope_parameters (transformers 5.x configs)", () =
       }
     });
   }
+
+  test("gemma3_text: rope_parameters per attention type (full / sliding) read as rope_theta + rope_scaling + rope_local_base_freq, same logits", async () => {
+    const src = join(import.meta.dir, "..", "fixtures", "gemma3-tiny");
+    const v4 = JSON.parse(readFileSync(join(src, "config.json"), "utf8")) as Json;
+    const { rope_theta, rope_scaling, rope_local_base_freq, ...rest } = v4;
+    const v5 = {
+      ...rest,
+      rope_parameters: { full_attention: { ...(rope_scaling as Json), rope_theta }, sliding_attention: { rope_type: "default", rope_theta: rope_local_base_freq } },
+    };
+    const a = readDecoderConfig(v4);
+    const b = readDecoderConfig(v5);
+    expect([b.ropeTheta, b.ropeScaling, b.localRope]).toEqual([a.ropeTheta, a.ropeScaling, a.localRope]);
+    expect(b.localRope!.theta).toBe(10000);
+    expect(b.ropeScaling).toEqual({ type: "linear", factor: 4 });
+    const dir = join(work, "gemma3-v5");
+    mkdirSync(dir);
+    writeFileSync(join(dir, "config.json"), JSON.stringify(v5));
+    copyFileSync(join(src, "model.safetensors"), join(dir, "model.safetensors"));
+    const expected = JSON.parse(readFileSync(join(src, "expected.json"), "utf8")) as { single: { input_ids: number[]; position_ids: number[]; logits: number[][] }[] };
+    const model = await DecoderModel.load(dir, { device: "cpu", cacheDir: join(work, "cache") });
+    try {
+      const s = expected.single[1];
+      const T = s.input_ids.length;
+      const out = await model.forward({ inputIds: [s.input_ids], attentionMask: [s.input_ids.map(() => 1)], positionIds: [s.position_ids], logitPositions: [Array.from({ length: T }, (_, i) => i)], noCache: true });
+      let worst = 0;
+      s.logits.forEach((row, t) => row.forEach((x, v) => (worst = Math.max(worst, Math.abs(out.logits[t * row.length + v] - x)))));
+      expect(worst).toBeLessThan(ATOL);
+    } finally {
+      await model.close();
+    }
+  });
 
   test("θ given both ways must agree; both scaling keys, per-type parameters and unknown types are refused", () => {
     const v4 = fixtureConfig("llama3_rope");
