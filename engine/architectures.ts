@@ -51,6 +51,17 @@ const qwen2: Architecture = {
   builder: DecoderBuilder,
 };
 
+/** Per layer the window `w` or null, from the config's layer_types (newer transformers lists every layer's attention); null when it has none. */
+function windowsFromLayerTypes(cfg: Json, numLayers: number, w: number): (number | null)[] | null {
+  const types = cfg.layer_types;
+  if (!Array.isArray(types)) return null;
+  if (types.length !== numLayers) throw new ModelConfigError(`config.json: "layer_types" lists ${types.length} layers, num_hidden_layers is ${numLayers}`);
+  return types.map((t, l) => {
+    if (t !== "sliding_attention" && t !== "full_attention") throw new ModelConfigError(`config.json: layer_types[${l}] "${String(t)}" is not supported (full_attention, sliding_attention)`);
+    return t === "sliding_attention" ? w : null;
+  });
+}
+
 /** Qwen3: Qwen2 without biases, and an RMSNorm over every query and key head (qkNorm) before the rotary. */
 const qwen3: Architecture = {
   readConfig(cfg) {
@@ -60,17 +71,8 @@ const qwen3: Architecture = {
     // config lists each layer's attention type.
     if (cfg.use_sliding_window && typeof cfg.sliding_window === "number") {
       const w = int(cfg, "sliding_window", 1, CONFIG_LIMITS.positions);
-      const types = cfg.layer_types;
-      if (Array.isArray(types)) {
-        if (types.length !== c.numLayers) throw new ModelConfigError(`config.json: "layer_types" lists ${types.length} layers, num_hidden_layers is ${c.numLayers}`);
-        c.slidingWindow = types.map((t, l) => {
-          if (t !== "sliding_attention" && t !== "full_attention") throw new ModelConfigError(`config.json: layer_types[${l}] "${String(t)}" is not supported (full_attention, sliding_attention)`);
-          return t === "sliding_attention" ? w : null;
-        });
-      } else {
-        const from = int(cfg, "max_window_layers", 0, CONFIG_LIMITS.num_hidden_layers, c.numLayers);
-        c.slidingWindow = c.slidingWindow.map((_, l) => (l >= from ? w : null));
-      }
+      const from = int(cfg, "max_window_layers", 0, CONFIG_LIMITS.num_hidden_layers, c.numLayers);
+      c.slidingWindow = windowsFromLayerTypes(cfg, c.numLayers, w) ?? c.slidingWindow.map((_, l) => (l >= from ? w : null));
     }
     return c;
   },
@@ -152,17 +154,8 @@ const gemma3: Architecture = {
       c.localRope = { theta: positive(cfg, "rope_local_base_freq", 10000), scaling: { type: "none" } };
     }
     const w = int(cfg, "sliding_window", 1, CONFIG_LIMITS.positions, 4096);
-    const types = cfg.layer_types;
-    if (Array.isArray(types)) {
-      if (types.length !== c.numLayers) throw new ModelConfigError(`config.json: "layer_types" lists ${types.length} layers, num_hidden_layers is ${c.numLayers}`);
-      c.slidingWindow = types.map((t, l) => {
-        if (t !== "sliding_attention" && t !== "full_attention") throw new ModelConfigError(`config.json: layer_types[${l}] "${String(t)}" is not supported (full_attention, sliding_attention)`);
-        return t === "sliding_attention" ? w : null;
-      });
-    } else {
-      const pattern = int(cfg, "sliding_window_pattern", 1, CONFIG_LIMITS.num_hidden_layers, 6);
-      c.slidingWindow = c.slidingWindow.map((_, l) => ((l + 1) % pattern !== 0 ? w : null));
-    }
+    const pattern = int(cfg, "sliding_window_pattern", 1, CONFIG_LIMITS.num_hidden_layers, 6);
+    c.slidingWindow = windowsFromLayerTypes(cfg, c.numLayers, w) ?? c.slidingWindow.map((_, l) => ((l + 1) % pattern !== 0 ? w : null));
     return c;
   },
   builder: Gemma2Builder,

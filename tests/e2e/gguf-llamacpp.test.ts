@@ -89,6 +89,21 @@ function goldenWithTokenizer(name: string, src = sharedPath("fixtures", "hf-gold
   return dir;
 }
 
+/**
+ * llama.cpp's greedy continuation of `prompt` over `steps` tokens equals the engine's (up to an end-of-generation
+ * token llama.cpp stops at), and so does its whole next-token distribution at every position, within 1e-4.
+ */
+async function expectSameContinuation(ll: Awaited<ReturnType<typeof openGguf>>, dir: string, prompt: number[], steps: number, label: string): Promise<void> {
+  const engine = await engineGreedy(dir, prompt, steps, []);
+  const got = await ll.greedy(prompt, steps);
+  expect(got).toEqual(engine.slice(0, got.length));
+  expect(got.length === engine.length || ll.isEog(got[got.length - 1]!)).toBe(true);
+  const ids = [...prompt, ...engine];
+  const dp = maxAbsDiff(await ll.probabilities(ids, 256), await engineProbabilities(dir, ids));
+  console.log(`${label}: max |Δ next-token probability| llama.cpp vs engine over ${ids.length} positions: ${dp.toExponential(2)}`);
+  expect(dp).toBeLessThan(1e-4);
+}
+
 describe.skipIf(!lc)("GGUF export, run by llama.cpp", () => {
   test("stories260K (sentencepiece-style BPE, tied embeddings), f32: llama.cpp's prompt ids and its 48-token greedy continuation equal the engine's", async () => {
     const dir = sharedPath("models", "stories260K");
@@ -187,16 +202,7 @@ describe.skipIf(!lc)("GGUF export, run by llama.cpp", () => {
           expect(await ll.greedy(s.input_ids, 8)).toEqual(eog(engine));
         }
         // a long continuation takes rotary positions past 100 (llama3's frequency scaling shows there)
-        const prompt = expected.single[1]!.input_ids;
-        const long = await engineGreedy(dir, prompt, 120, []);
-        const got = await ll.greedy(prompt, 120);
-        expect(got).toEqual(long.slice(0, got.length));
-        expect(got.length === long.length || ll.isEog(got[got.length - 1]!)).toBe(true);
-        // and the whole next-token distribution at each of those positions, not just its argmax
-        const ids = [...prompt, ...long];
-        const dp = maxAbsDiff(await ll.probabilities(ids, 256), await engineProbabilities(dir, ids));
-        console.log(`hf-golden ${name}: max |Δ next-token probability| llama.cpp vs engine over ${ids.length} positions: ${dp.toExponential(2)}`);
-        expect(dp).toBeLessThan(1e-4);
+        await expectSameContinuation(ll, dir, expected.single[1]!.input_ids, 120, `hf-golden ${name}`);
       } finally {
         await ll.close();
       }
@@ -204,22 +210,13 @@ describe.skipIf(!lc)("GGUF export, run by llama.cpp", () => {
   }
 
   // Qwen3's per-head q/k norms (attn_q_norm / attn_k_norm) and a head_dim apart from hidden / heads; the engine
-  // reproduces a PyTorch reference of HF's Qwen3 (tests/engine/qwen3.test.ts), llama.cpp the engine.
+  // reproduces a PyTorch reference of HF's Qwen3 (tests/engine/reference-architectures.test.ts), llama.cpp the engine.
   test("qwen3-tiny, f32: greedy tokens over 60 steps and next-token probabilities within 1e-4 equal the engine's", async () => {
     const dir = goldenWithTokenizer("qwen3-tiny", join(import.meta.dir, "..", "fixtures", "qwen3-tiny"));
     const gguf = await exportTo(dir, "f32");
     const ll = await openGguf(gguf);
     try {
-      for (const prompt of [[1, 17, 200, 45, 9, 133, 78], [1, 5, 250, 3, 99, 61, 140, 22, 7, 180, 64]]) {
-        const engine = await engineGreedy(dir, prompt, 60, []);
-        const got = await ll.greedy(prompt, 60);
-        expect(got).toEqual(engine.slice(0, got.length));
-        expect(got.length === engine.length || ll.isEog(got[got.length - 1]!)).toBe(true);
-        const ids = [...prompt, ...engine];
-        const dp = maxAbsDiff(await ll.probabilities(ids, 256), await engineProbabilities(dir, ids));
-        console.log(`qwen3-tiny: max |Δ next-token probability| llama.cpp vs engine over ${ids.length} positions: ${dp.toExponential(2)}`);
-        expect(dp).toBeLessThan(1e-4);
-      }
+      for (const prompt of [[1, 17, 200, 45, 9, 133, 78], [1, 5, 250, 3, 99, 61, 140, 22, 7, 180, 64]]) await expectSameContinuation(ll, dir, prompt, 60, "qwen3-tiny");
     } finally {
       await ll.close();
     }

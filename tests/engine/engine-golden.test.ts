@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { DecoderModel } from "../../engine/model.ts";
 import { generateGreedy } from "../../engine/generate.ts";
 import { hasShared, sharedPath } from "../helpers/shared.ts";
+import { maxDiff } from "../helpers/hf-golden.ts";
 
 const ATOL = 1e-4;
 const MODELS = ["llama", "llama3_rope", "qwen2", "mistral", "gemma2"] as const;
@@ -25,17 +26,6 @@ interface GenerateExpected {
 }
 
 const range = (n: number) => Array.from({ length: n }, (_, i) => i);
-
-/** Largest |a − b| over the rows where `keep` is true; a is row-major [rows, width]. */
-function maxDiff(actual: Float32Array, expected: Matrix, keep: (row: number) => boolean = () => true): number {
-  const width = expected[0].length;
-  let worst = 0;
-  expected.forEach((row, r) => {
-    if (!keep(r)) return;
-    for (let c = 0; c < width; c++) worst = Math.max(worst, Math.abs(actual[r * width + c] - row[c]));
-  });
-  return worst;
-}
 
 /** HF's last hidden state is after the final norm; the engine exposes the pre-norm residual. */
 function finalNorm(model: DecoderModel, residual: Float32Array): Float32Array {

@@ -10,6 +10,7 @@ import { DecoderModel } from "../../engine/model.ts";
 import { ortPrepack, ortSpin, ortThreads, PREPACK_ENV, PREPACK_MEMORY_SHARE, prepackWeights, SPIN_ENV, THREADS_ENV } from "../../engine/session.ts";
 import { UsageError } from "../../util/errors.ts";
 import { hasShared, sharedPath } from "../helpers/shared.ts";
+import { maxLogitDiff } from "../helpers/hf-golden.ts";
 
 describe("REALIGN_ORT_THREADS", () => {
   test("unset or empty: ONNX Runtime's default; a positive whole number: that many threads", () => {
@@ -72,14 +73,7 @@ describe("REALIGN_ORT_THREADS", () => {
         process.env[PREPACK_ENV] = prepack;
         const model = await DecoderModel.load(dir, { device: "cpu", cacheDir });
         try {
-          for (const s of expected.single) {
-            const T = s.input_ids.length;
-            const out = await model.forward({ inputIds: [s.input_ids], attentionMask: [s.input_ids.map(() => 1)], positionIds: [s.position_ids], logitPositions: [Array.from({ length: T }, (_, i) => i)], noCache: true });
-            const V = s.logits[0].length;
-            let worst = 0;
-            s.logits.forEach((row, t) => row.forEach((v, c) => (worst = Math.max(worst, Math.abs(out.logits[t * V + c] - v)))));
-            expect(worst).toBeLessThan(1e-4);
-          }
+          expect(await maxLogitDiff(model, expected.single)).toBeLessThan(1e-4);
         } finally {
           model.close();
         }

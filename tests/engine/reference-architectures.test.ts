@@ -13,6 +13,7 @@ import { DecoderModel } from "../../engine/model.ts";
 import { generateGreedy } from "../../engine/generate.ts";
 import { writeSafetensors, SafetensorsFile } from "../../engine/safetensors.ts";
 import type { DecoderConfig } from "../../engine/config.ts";
+import { maxDiff, maxLogitDiff } from "../helpers/hf-golden.ts";
 
 const ATOL = 1e-4;
 
@@ -23,17 +24,6 @@ interface Expected {
 }
 
 const range = (n: number) => Array.from({ length: n }, (_, i) => i);
-
-/** Largest |a − b| over the rows where `keep` is true; a is row-major [rows, width]. */
-function maxDiff(actual: Float32Array, expected: Matrix, keep: (row: number) => boolean = () => true): number {
-  const width = expected[0].length;
-  let worst = 0;
-  expected.forEach((row, r) => {
-    if (!keep(r)) return;
-    for (let c = 0; c < width; c++) worst = Math.max(worst, Math.abs(actual[r * width + c] - row[c]));
-  });
-  return worst;
-}
 
 const work = mkdtempSync(join(tmpdir(), "realign-reference-architectures-"));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
@@ -127,10 +117,7 @@ for (const arch of CASES) {
       copyFileSync(join(DIR, "model.safetensors"), join(dir, "model.safetensors"));
       const plain = await DecoderModel.load(dir, { device: "cpu", cacheDir: join(work, "cache") });
       try {
-        const s = expected.single[0];
-        const T = s.input_ids.length;
-        const out = await plain.forward({ inputIds: [s.input_ids], attentionMask: [s.input_ids.map(() => 1)], positionIds: [s.position_ids], logitPositions: [range(T)], noCache: true });
-        expect(maxDiff(out.logits, s.logits)).toBeGreaterThan(100 * ATOL);
+        expect(await maxLogitDiff(plain, expected.single)).toBeGreaterThan(100 * ATOL);
       } finally {
         await plain.close();
       }

@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { DecoderModel } from "../../engine/model.ts";
 import { readDecoderConfig } from "../../engine/architectures.ts";
 import { hasShared, sharedPath } from "../helpers/shared.ts";
+import { maxLogitDiff } from "../helpers/hf-golden.ts";
 
 const ATOL = 1e-4;
 const work = mkdtempSync(join(tmpdir(), "realign-rope-parameters-"));
@@ -29,35 +30,31 @@ function fixtureConfig(name: string): Json {
   return JSON.parse(readFileSync(sharedPath("fixtures", "hf-golden", name, "config.json"), "utf8"));
 }
 
+/** A fixture's weights under `config` (in a copy): its largest |Δlogit| against the fixture's expected.json. */
+async function logitDiffWithConfig(src: string, name: string, config: Json): Promise<number> {
+  const dir = join(work, name);
+  mkdirSync(dir);
+  writeFileSync(join(dir, "config.json"), JSON.stringify(config));
+  copyFileSync(join(src, "model.safetensors"), join(dir, "model.safetensors"));
+  const expected = JSON.parse(readFileSync(join(src, "expected.json"), "utf8")) as { single: { input_ids: number[]; position_ids: number[]; logits: number[][] }[] };
+  const model = await DecoderModel.load(dir, { device: "cpu", cacheDir: join(work, "cache") });
+  try {
+    return await maxLogitDiff(model, expected.single);
+  } finally {
+    await model.close();
+  }
+}
+
 describe.skipIf(!hasShared())("rope_parameters (transformers 5.x configs)", () => {
   for (const name of ["qwen2", "llama3_rope"]) {
     test(`${name}: the rewritten config reads the same rotary settings and gives HF's logits`, async () => {
-      const src = sharedPath("fixtures", "hf-golden", name);
-      const dir = join(work, name);
-      mkdirSync(dir);
       const v4 = fixtureConfig(name);
-      writeFileSync(join(dir, "config.json"), JSON.stringify(toV5(v4)));
-      copyFileSync(join(src, "model.safetensors"), join(dir, "model.safetensors"));
       const a = readDecoderConfig(v4);
       const b = readDecoderConfig(toV5(v4));
       expect(b.ropeTheta).toBe(a.ropeTheta);
       expect(b.ropeScaling).toEqual(a.ropeScaling);
       expect(b.ropeTheta).not.toBe(10000);
-
-      const expected = JSON.parse(readFileSync(join(src, "expected.json"), "utf8")) as { single: { input_ids: number[]; position_ids: number[]; logits: number[][] }[] };
-      const model = await DecoderModel.load(dir, { device: "cpu", cacheDir: join(work, "cache") });
-      try {
-        for (const s of expected.single) {
-          const T = s.input_ids.length;
-          const out = await model.forward({ inputIds: [s.input_ids], attentionMask: [s.input_ids.map(() => 1)], positionIds: [s.position_ids], logitPositions: [Array.from({ length: T }, (_, i) => i)], noCache: true });
-          const V = s.logits[0].length;
-          let worst = 0;
-          s.logits.forEach((row, t) => row.forEach((x, v) => (worst = Math.max(worst, Math.abs(out.logits[t * V + v] - x)))));
-          expect(worst).toBeLessThan(ATOL);
-        }
-      } finally {
-        await model.close();
-      }
+      expect(await logitDiffWithConfig(sharedPath("fixtures", "hf-golden", name), name, toV5(v4))).toBeLessThan(ATOL);
     });
   }
 
@@ -74,22 +71,7 @@ describe.skipIf(!hasShared())("rope_parameters (transformers 5.x configs)", () =
     expect([b.ropeTheta, b.ropeScaling, b.localRope]).toEqual([a.ropeTheta, a.ropeScaling, a.localRope]);
     expect(b.localRope!.theta).toBe(10000);
     expect(b.ropeScaling).toEqual({ type: "linear", factor: 4 });
-    const dir = join(work, "gemma3-v5");
-    mkdirSync(dir);
-    writeFileSync(join(dir, "config.json"), JSON.stringify(v5));
-    copyFileSync(join(src, "model.safetensors"), join(dir, "model.safetensors"));
-    const expected = JSON.parse(readFileSync(join(src, "expected.json"), "utf8")) as { single: { input_ids: number[]; position_ids: number[]; logits: number[][] }[] };
-    const model = await DecoderModel.load(dir, { device: "cpu", cacheDir: join(work, "cache") });
-    try {
-      const s = expected.single[1];
-      const T = s.input_ids.length;
-      const out = await model.forward({ inputIds: [s.input_ids], attentionMask: [s.input_ids.map(() => 1)], positionIds: [s.position_ids], logitPositions: [Array.from({ length: T }, (_, i) => i)], noCache: true });
-      let worst = 0;
-      s.logits.forEach((row, t) => row.forEach((x, v) => (worst = Math.max(worst, Math.abs(out.logits[t * row.length + v] - x)))));
-      expect(worst).toBeLessThan(ATOL);
-    } finally {
-      await model.close();
-    }
+    expect(await logitDiffWithConfig(src, "gemma3", v5)).toBeLessThan(ATOL);
   });
 
   test("θ given both ways must agree; both scaling keys, per-type parameters and unknown types are refused", () => {

@@ -1,6 +1,7 @@
-// The hf-golden fixtures' expected.json (outputs of HF transformers) and one comparison against them:
+// The hf-golden fixtures' expected.json (outputs of HF transformers) and comparisons against them:
 // teacher-forced logits over the prompt and the first `extra` of HF's greedy tokens, scored as
-// max |Δlogit| and relative RMS over the prompt positions, and top-1 agreement with HF's choice.
+// max |Δlogit| and relative RMS over the prompt positions, and top-1 agreement with HF's choice;
+// the largest difference of a row-major output from an expected matrix; and of each sequence's logits.
 import { argmax } from "../../engine/generate.ts";
 import type { DecoderModel } from "../../engine/model.ts";
 
@@ -42,4 +43,26 @@ export async function compareWithHF(model: DecoderModel, expected: GoldenExpecte
     }
   }
   return { maxAbs, relRms: Math.sqrt(se / ss), agree, total };
+}
+
+/** Largest |a − b| over the rows of `expected` where `keep` is true; `actual` is row-major [rows, width]. */
+export function maxDiff(actual: Float32Array, expected: number[][], keep: (row: number) => boolean = () => true): number {
+  const width = expected[0].length;
+  let worst = 0;
+  expected.forEach((row, r) => {
+    if (!keep(r)) return;
+    for (let c = 0; c < width; c++) worst = Math.max(worst, Math.abs(actual[r * width + c] - row[c]));
+  });
+  return worst;
+}
+
+/** Largest |Δlogit| over every position of each sequence alone (one pass each, no cache) against its expected logits. */
+export async function maxLogitDiff(model: DecoderModel, singles: { input_ids: number[]; position_ids: number[]; logits: number[][] }[]): Promise<number> {
+  let worst = 0;
+  for (const s of singles) {
+    const T = s.input_ids.length;
+    const out = await model.forward({ inputIds: [s.input_ids], attentionMask: [s.input_ids.map(() => 1)], positionIds: [s.position_ids], logitPositions: [[...Array(T).keys()]], noCache: true });
+    worst = Math.max(worst, maxDiff(out.logits, s.logits));
+  }
+  return worst;
 }
