@@ -1,19 +1,23 @@
 // Hugging Face checkpoint → GGUF v3 for llama.cpp (and Ollama / LM Studio, which embed it).
 //
 // What is written, checked against llama.cpp's own converter (convert_hf_to_gguf.py, gguf-py) and loader:
-//   - architecture "llama" (llama and mistral), "qwen2", "qwen3", "gemma2"; tensors token_embd, blk.N.attn_norm,
-//     attn_q/k/v (+ .bias), qwen3's attn_q_norm / attn_k_norm (its per-head norms, [head_dim]), attn_output, ffn_norm, ffn_gate/up/down, output_norm, output (absent when tied: llama.cpp reuses
-//     token_embd), gemma2's blk.N.post_attention_norm / post_ffw_norm, and llama3 rope's rope_freqs (per-frequency
-//     divisors, as convert_hf_to_gguf computes them);
+//   - architecture "llama" (llama and mistral), "qwen2", "qwen3", "gemma2", "gemma3" (gemma3_text); tensors
+//     token_embd, blk.N.attn_norm, attn_q/k/v (+ .bias), qwen3's and gemma3's attn_q_norm / attn_k_norm (per-head
+//     norms, [head_dim]), attn_output, ffn_norm, ffn_gate/up/down, output_norm, output (absent when tied: llama.cpp
+//     reuses token_embd), gemma2's and gemma3's blk.N.post_attention_norm / post_ffw_norm, and llama3 rope's
+//     rope_freqs (per-frequency divisors, as convert_hf_to_gguf computes them);
 //   - llama/mistral q_proj and k_proj rows permuted from HF's rotate-half layout back to GGML's interleaved
-//     pairs (llama.cpp's "llama" rope rotates adjacent pairs); qwen2, qwen3 and gemma2 use NEOX rope, not permuted;
-//   - gemma2 norms + 1 (HF multiplies by 1 + w, llama.cpp by w). llama.cpp's gemma2 scales queries by
-//     head_dim^-0.5 (n_embd/n_head for its 46-layer 27B) and ignores query_pre_attn_scalar: when the config's
-//     scalar differs, the factor is folded into attn_q (exact up to rounding) and recorded in realign.gguf.q_scale;
+//     pairs (llama.cpp's "llama" rope rotates adjacent pairs); qwen2, qwen3 and the gemmas use NEOX rope, not permuted;
+//   - gemma2 and gemma3 norms + 1, head norms included (HF multiplies by 1 + w, llama.cpp by w). llama.cpp's gemmas
+//     scale queries by head_dim^-0.5 (n_embd/n_head for the 27B sizes, which it knows by their layer count) and
+//     ignore query_pre_attn_scalar: when the config's scalar differs, the factor is folded into attn_q (gemma3:
+//     into attn_q_norm, whose norm would undo it there; exact up to rounding) and recorded in realign.gguf.q_scale.
+//     gemma3 only where llama.cpp's fixed choices hold
+//     (checkGemma3: every 6th layer global, the windowed layers' rotary at θ 10000, no attention softcap);
 //   - dims fastest-first (HF shape reversed); data aligned to general.alignment = 32; 1-D tensors (norms, biases,
 //     rope_freqs) stay F32 as in convert_hf_to_gguf; Q8_0 falls back to F16 for a matrix whose rows are not a
 //     multiple of 32, as convert_hf_to_gguf does;
-//   - metadata <arch>.context_length … rope, rms eps, gemma2 softcaps and sliding window, the tokenizer
+//   - metadata <arch>.context_length … rope, rms eps, the gemmas' softcaps and sliding window, the tokenizer
 //     (gguf-vocab.ts), and the checkpoint's realign_* safetensors metadata as realign.* (the ROSI edit).
 // Known gap: llama.cpp's "llama" architecture has no sliding-window attention. Mistral's window is ignored by
 // every llama.cpp build, so context_length is capped at the window (exact within it) and a warning says so.
@@ -69,7 +73,7 @@ interface TensorPlan {
 }
 
 export interface ExportPlan {
-  architecture: "llama" | "qwen2" | "qwen3" | "gemma2";
+  architecture: "llama" | "qwen2" | "qwen3" | "gemma2" | "gemma3";
   tensors: TensorPlan[];
   /** Architecture key/values (general.* and <arch>.*), in write order. */
   kv: Array<[string, GgufValue]>;
@@ -78,7 +82,25 @@ export interface ExportPlan {
   fallbacks: string[];
 }
 
-const ARCH_OF: Record<string, ExportPlan["architecture"]> = { llama: "llama", mistral: "llama", qwen2: "qwen2", qwen3: "qwen3", gemma2: "gemma2" };
+const ARCH_OF: Record<string, ExportPlan["architecture"]> = { llama: "llama", mistral: "llama", qwen2: "qwen2", qwen3: "qwen3", gemma2: "gemma2", gemma3_text: "gemma3" };
+
+/**
+ * What llama.cpp's gemma3 hard-codes, checked against the config: every 6th layer global and the others in one
+ * window (its swa pattern 6), the windowed layers' rotary at θ 10000 unscaled, no attention softcap. A checkpoint
+ * that differs would run differently there, so it gets no GGUF.
+ */
+function checkGemma3(c: DecoderConfig): void {
+  const windows = [...new Set(c.slidingWindow.filter((w): w is number => w !== null))];
+  const pattern = c.slidingWindow.every((w, l) => (l % 6 < 5) === (w !== null));
+  if (windows.length !== 1 || !pattern) {
+    throw new GgufExportError(`llama.cpp's gemma3 makes every 6th layer global and windows the others with one window; this checkpoint's layers are ${c.slidingWindow.map((w) => (w === null ? "global" : `window ${w}`)).join(", ")}`);
+  }
+  const local = c.localRope;
+  if (!local || local.theta !== 10000 || local.scaling.type !== "none") {
+    throw new GgufExportError(`llama.cpp's gemma3 runs the windowed layers' rotary at θ 10000 unscaled; this checkpoint's is ${local ? `θ ${local.theta}${local.scaling.type === "none" ? "" : `, ${local.scaling.type} scaling`}` : "the global one"}`);
+  }
+  if (c.attnLogitSoftcap !== null) throw new GgufExportError(`llama.cpp's gemma3 applies no attention logit softcap; this checkpoint sets ${c.attnLogitSoftcap}`);
+}
 
 /** llama3 rope: per-frequency divisors of the rotation angle, as convert_hf_to_gguf writes rope_freqs. */
 export function llama3RopeFactors(c: DecoderConfig): Float32Array {
@@ -122,14 +144,17 @@ export function planExport(c: DecoderConfig, ckpt: Checkpoint, cfg: Json, type: 
     }
     tensors.push({ info: { name: ggufName, ne, type: t }, source, ...extra });
   };
-  const isGemma = architecture === "gemma2";
+  const isGemma = architecture === "gemma2" || architecture === "gemma3";
   const normAdd = isGemma ? { add: 1 } : {};
   const permute = architecture === "llama";
+  if (architecture === "gemma3") checkGemma3(c);
 
-  // gemma2: the query scale llama.cpp applies vs the one the config asks for (query_pre_attn_scalar^-0.5).
+  // gemma2 / gemma3: the query scale llama.cpp applies vs the one the config asks for (query_pre_attn_scalar^-0.5);
+  // llama.cpp takes n_embd / n_head instead of head_dim for the 27B sizes, which it knows by their layer count.
   let qScale = 1;
   if (isGemma) {
-    const llamaCppScale = c.numLayers === 46 ? 1 / Math.sqrt(c.hiddenSize / c.numHeads) : 1 / Math.sqrt(c.headDim);
+    const layers27B = architecture === "gemma2" ? 46 : 62;
+    const llamaCppScale = c.numLayers === layers27B ? 1 / Math.sqrt(c.hiddenSize / c.numHeads) : 1 / Math.sqrt(c.headDim);
     const ratio = c.attentionScale / llamaCppScale;
     if (Math.abs(ratio - 1) > 1e-7) qScale = ratio;
   }
@@ -143,7 +168,10 @@ export function planExport(c: DecoderConfig, ckpt: Checkpoint, cfg: Json, type: 
     const p = layerPrefix(l);
     const b = `blk.${l}`;
     add(`${b}.attn_norm.weight`, `${p}.input_layernorm.weight`, normAdd);
-    const qExtra: Partial<TensorPlan> = { ...(permute ? { permuteHeads: c.numHeads } : {}), ...(qScale !== 1 ? { scale: qScale } : {}) };
+    // The query scale goes where it survives: into attn_q, or, behind a head norm (which would normalise it away),
+    // into that norm's weight.
+    const scaleQ = qScale !== 1 ? { scale: qScale } : {};
+    const qExtra: Partial<TensorPlan> = { ...(permute ? { permuteHeads: c.numHeads } : {}), ...(c.qkNorm ? {} : scaleQ) };
     const kExtra: Partial<TensorPlan> = permute ? { permuteHeads: c.numKvHeads } : {};
     add(`${b}.attn_q.weight`, `${p}.self_attn.q_proj.weight`, qExtra);
     add(`${b}.attn_k.weight`, `${p}.self_attn.k_proj.weight`, kExtra);
@@ -154,8 +182,8 @@ export function planExport(c: DecoderConfig, ckpt: Checkpoint, cfg: Json, type: 
       add(`${b}.attn_v.bias`, `${p}.self_attn.v_proj.bias`);
     }
     if (c.qkNorm) {
-      add(`${b}.attn_q_norm.weight`, `${p}.self_attn.q_norm.weight`);
-      add(`${b}.attn_k_norm.weight`, `${p}.self_attn.k_norm.weight`);
+      add(`${b}.attn_q_norm.weight`, `${p}.self_attn.q_norm.weight`, { ...normAdd, ...scaleQ });
+      add(`${b}.attn_k_norm.weight`, `${p}.self_attn.k_norm.weight`, normAdd);
     }
     add(`${b}.attn_output.weight`, `${p}.self_attn.o_proj.weight`);
     if (c.oBias) add(`${b}.attn_output.bias`, `${p}.self_attn.o_proj.bias`);
@@ -210,7 +238,15 @@ export function planExport(c: DecoderConfig, ckpt: Checkpoint, cfg: Json, type: 
   }
   kv.push([`${a}.attention.layer_norm_rms_epsilon`, gv.f32(c.rmsNormEps)]);
   kv.push([`${a}.vocab_size`, gv.u32(c.vocabSize)]);
-  if (isGemma) {
+  if (architecture === "gemma3") {
+    // llama.cpp's gemma3 applies no attention softcap (checkGemma3 refuses one) and a final one only when set.
+    if (c.finalLogitSoftcap !== null) kv.push([`${a}.final_logit_softcapping`, gv.f32(c.finalLogitSoftcap)]);
+    kv.push([`${a}.attention.sliding_window`, gv.u32(windows[0]!)]);
+    if (qScale !== 1) {
+      kv.push(["realign.gguf.q_scale", gv.f32(qScale)]);
+      warnings.push(`query_pre_attn_scalar ${1 / (c.attentionScale * c.attentionScale)} differs from the query scale llama.cpp's gemma3 uses; the factor ${qScale.toPrecision(6)} is folded into attn_q`);
+    }
+  } else if (isGemma) {
     const cap = (v: number | null, what: string) => {
       if (v !== null) return v;
       warnings.push(`config.json sets no ${what}; llama.cpp's gemma2 always applies one, so ${NO_SOFTCAP} (the identity in float32) is written`);
