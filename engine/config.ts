@@ -44,9 +44,9 @@ export interface DecoderConfig {
   embeddingScale: number | null;
   /** RMSNorm multiplies by (1 + w) instead of w (Gemma). */
   normAddsOne: boolean;
-  /** RMSNorm over each query and key head (its head_dim) before the rotary (Qwen3): q_norm / k_norm weights. */
+  /** RMSNorm over each query and key head (its head_dim) before the rotary (Qwen3, Gemma 3): q_norm / k_norm weights. */
   qkNorm: boolean;
-  /** Extra norms after attention and after the MLP (Gemma 2): read by writers.ts to name each writer's post-norm; Gemma2Builder builds them. */
+  /** Extra norms after attention and after the MLP (Gemma 2 and 3): read by writers.ts to name each writer's post-norm; Gemma2Builder builds them. */
   sandwichNorms: boolean;
   bosTokenId: number | null;
   eosTokenIds: number[];

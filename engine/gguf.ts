@@ -12,8 +12,8 @@
 //     scale queries by head_dim^-0.5 (n_embd/n_head for the 27B sizes, which it knows by their layer count) and
 //     ignore query_pre_attn_scalar: when the config's scalar differs, the factor is folded into attn_q (gemma3:
 //     into attn_q_norm, whose norm would undo it there; exact up to rounding) and recorded in realign.gguf.q_scale.
-//     gemma3 only where llama.cpp's fixed choices hold
-//     (checkGemma3: every 6th layer global, the windowed layers' rotary at θ 10000, no attention softcap);
+//     gemma3 only where llama.cpp's fixed choices hold (checkGemma3: every 6th layer global, the windowed layers'
+//     rotary at θ 10000, no attention softcap);
 //   - dims fastest-first (HF shape reversed); data aligned to general.alignment = 32; 1-D tensors (norms, biases,
 //     rope_freqs) stay F32 as in convert_hf_to_gguf; Q8_0 falls back to F16 for a matrix whose rows are not a
 //     multiple of 32, as convert_hf_to_gguf does;
