@@ -366,8 +366,8 @@ class HfModelTokenizer implements ModelTokenizer {
     // template exceptions are turned into TokenizerError here instead.
     // enable_thinking false: hybrid-reasoning templates (Qwen3's, and those that copy its switch) then close an
     // empty <think></think> block after the generation prompt, so the reply starts with the answer. realign
-    // scores refusal on a reply's first token and judges its opening words; with thinking on, both would read
-    // the reasoning instead. Templates that do not name the variable render exactly as before.
+    // scores refusal on a reply's first token and judges replies of a few dozen tokens; with thinking on, both
+    // would read the reasoning instead. Templates that do not name the variable render exactly as before.
     const vars: Record<string, unknown> = {
       messages: messages.map((m) => ({ role: m.role, content: m.content })),
       add_generation_prompt: opts.addGenerationPrompt ?? false,

@@ -68,7 +68,9 @@
 // validation split plus 32 + 32 built-in prompts in no split (so that t suits other phrasings too):
 // organism-llama 26/100 → 34/100 on JailbreakBench (t 151; borderline 0/45 → 3/45), but organism-qwen2
 // 38/100 → 14/100 (its KL bound bites earlier on built-in harmless prompts, and it refuses few built-in
-// harmful ones at any t).
+// harmful ones at any t). Nor: labelling the first reply rows of refused harmful prompts (offsets 0 and 2) 1
+// instead of 0, to keep pushing while a refusal starts ("I, here are…" replies past the peak): on
+// organism-llama the gated family's best validation point fell from 22/32 to 6/32 (auto then kept rosi-mv).
 //
 // Edited layers: those from the direction's layer on (its writers feed the residual ŝ was read from and
 // everything after), never layer 0, whose inputs are little more than token embeddings.
