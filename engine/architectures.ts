@@ -133,7 +133,7 @@ const isObject = (v: unknown): v is Json => typeof v === "object" && v !== null 
 const gemma3: Architecture = {
   readConfig(cfg) {
     const rp = cfg.rope_parameters;
-    const perType = isObject(rp) && (isObject(rp.full_attention) || isObject(rp.sliding_attention));
+    const perType = isObject(rp) && ("full_attention" in rp || "sliding_attention" in rp);
     // readLlamaConfig reads one rotary; the per-type form is read here instead.
     const c = gemma2.readConfig({ query_pre_attn_scalar: 256, ...cfg, ...(perType ? { rope_parameters: undefined, rope_theta: undefined, rope_scaling: undefined } : {}) });
     c.qkNorm = true;

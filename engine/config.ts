@@ -126,7 +126,8 @@ function readRope(cfg: Json): { theta: number; scaling: RopeScaling } {
   }
   if (typeof rp !== "object" || Array.isArray(rp)) throw new ModelConfigError(`config.json: "rope_parameters" must be an object, got ${JSON.stringify(rp)}`);
   const params = rp as Json;
-  if (params.rope_type === undefined && params.rope_theta === undefined && Object.values(params).some((v) => typeof v === "object" && v !== null)) {
+  const perType = "full_attention" in params || "sliding_attention" in params || Object.values(params).some((v) => typeof v === "object" && v !== null);
+  if (params.rope_type === undefined && params.rope_theta === undefined && perType) {
     throw new ModelConfigError(`config.json: "rope_parameters" per attention type (${Object.keys(params).join(", ")}) is not supported`);
   }
   if (cfg.rope_scaling) throw new ModelConfigError(`config.json sets both "rope_scaling" and "rope_parameters"; a checkpoint gives one of them`);

@@ -154,6 +154,15 @@ describe("sizes are checked before anything is sized from them", () => {
       [{ model_type: "mistral", sliding_window: 1e12 }, /"sliding_window" is 1000000000000, above the limit/],
       [{ model_type: "qwen2", use_sliding_window: true, sliding_window: 0 }, /"sliding_window" is 0, must be at least 1/],
       [{ model_type: "gemma2", final_logit_softcapping: 0 }, /"final_logit_softcapping" must be greater than 0 or null/],
+      [{ rope_parameters: { rope_type: "default", rope_theta: -5 } }, /"rope_theta" must be greater than 0/],
+      [{ rope_parameters: [1e6] }, /"rope_parameters" must be an object/],
+      [{ model_type: "qwen3", use_sliding_window: true, sliding_window: 8, layer_types: ["sliding_attention"] }, /"layer_types" lists 1 layers, num_hidden_layers is 2/],
+      [{ model_type: "gemma3_text", layer_types: ["full_attention", "chunked_attention"] }, /layer_types\[1\] "chunked_attention" is not supported/],
+      [{ model_type: "gemma3_text", sliding_window_pattern: 0 }, /"sliding_window_pattern" is 0, must be at least 1/],
+      [{ model_type: "gemma3_text", rope_local_base_freq: 0 }, /"rope_local_base_freq" must be greater than 0/],
+      [{ model_type: "gemma3_text", rope_parameters: { full_attention: { rope_type: "yarn", rope_theta: 1e6, factor: 4 } } }, /rope_parameters.full_attention type "yarn" is not supported/],
+      [{ model_type: "gemma3_text", rope_parameters: { sliding_attention: 10000 } }, /"rope_parameters.sliding_attention" must be an object/],
+      [{ model_type: "gemma3_text", use_bidirectional_attention: true }, /use_bidirectional_attention \(an encoder\) is not supported/],
     ];
     for (const [patch, message] of cases) {
       const e = thrown(() => readDecoderConfig({ ...BASE_CONFIG, ...patch }, "/x/config.json"));
