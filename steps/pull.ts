@@ -23,7 +23,7 @@ import type { Step } from "../pipeline/runner.ts";
 import type { Settings } from "./settings.ts";
 import { isLocalModel } from "../hub/repo.ts";
 import { Checkpoint } from "../engine/checkpoint.ts";
-import { validateCheckpoint } from "../engine/architectures.ts";
+import { readDecoderConfig, validateCheckpoint } from "../engine/architectures.ts";
 import { outputsOf, writeJson, type SourceInfo } from "./artefacts.ts";
 import { parseFrontMatter } from "../util/frontmatter.ts";
 
@@ -94,6 +94,8 @@ export function makePullStep(params: PullParams = {}): Step<Settings> {
           // Back-off lines of retried requests ("…; retrying in 4 s (3/6)") go to the run's log.
           log: (line) => ctx.log(line),
           beforeDownload: (plan) => {
+            // An architecture the engine cannot build is refused from config.json alone, before the weights.
+            readDecoderConfig(plan.config, `${s.model}/config.json`);
             const needs = diskEstimate(plan, { hfCache: plan.repoDir, graphCache: join(defaultCacheDir(), "graphs"), runDir: ctx.outDir }, s);
             ctx.log(`disk space this run needs: ${formatEstimate(needs)}`);
             checkDiskSpace(needs, params.statfs);

@@ -1,6 +1,6 @@
-// Disk space before a download (steps/pull.ts): the pull step prints what the run will write (checkpoint,
-// ONNX graph, edited copy) from the Hub's listing, and stops before any weights are fetched when a file
-// system is short, naming it; the free space comes from a stubbed statfs (makePullStep's params), the
+// Before a download (steps/pull.ts): the pull step refuses a config.json the engine cannot run (an unsupported
+// model_type) and prints what the run will write (checkpoint, ONNX graph, edited copy) from the Hub's listing,
+// and stops before any weights are fetched when a file system is short, naming it; the free space comes from a stubbed statfs (makePullStep's params), the
 // files from the fake Hub. Cheap: the demo model's 20 MB, one pull.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
@@ -63,6 +63,24 @@ describe("the pull step", () => {
     const blobs = join(tmp, "hf", "models--acme--organism", "blobs");
     expect(existsSync(blobs) ? readdirSync(blobs).length : 0).toBe(1); // config.json only
     expect(ui.lines.some((l) => l.includes("disk space this run needs: checkpoint 20."))).toBe(true);
+  });
+
+  test("an unsupported model_type: exit 1 before the weights, naming it and the supported ones", async () => {
+    const repo = "acme/falcon-like";
+    const files = Object.fromEntries(FILES.map((f) => [f, new Uint8Array(readFileSync(join(MODEL, f)))]));
+    files["config.json"] = new TextEncoder().encode(JSON.stringify({ ...JSON.parse(readFileSync(join(MODEL, "config.json"), "utf8")), model_type: "falcon" }));
+    hub.addRepo(repo, files);
+    const out = join(tmp, "run-falcon");
+    let err: unknown = null;
+    try {
+      await runPipeline({ steps: [makePullStep({ statfs: stub(1e12) })], settings: { ...settings(out), model: repo }, outDir: out, ui: memoryUI() });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(StepFailedError);
+    expect(exitCodeFor(err)).toBe(EXIT_FAILED);
+    expect(String((err as Error).message)).toMatch(/model_type "falcon" is not supported; supported: llama, qwen2/);
+    expect(hub.log.some((r) => r.method === "GET" && r.path.includes("falcon-like/resolve/") && r.path.endsWith("model.safetensors"))).toBe(false);
   });
 
   test("enough space: the estimate is printed and the pull goes on", async () => {
