@@ -16,6 +16,7 @@ import { generateGreedy } from "../../engine/generate.ts";
 import { DecoderModel } from "../../engine/model.ts";
 import { ort } from "../../engine/session.ts";
 import { sharedPath, REPO_ROOT } from "../helpers/shared.ts";
+import { maxLogitDiff } from "../helpers/hf-golden.ts";
 
 const ATOL = 1e-3;
 type Matrix = number[][];
@@ -240,3 +241,30 @@ for (const ep of eps) {
 
 // A skipped entry that carries the reason, so the summary shows why rather than "0 tests".
 if (skipReason) test.skip(`GPU tests: ${skipReason}`, () => {});
+
+// The architectures whose reference is a PyTorch transcription (tests/fixtures/qwen3-tiny, gemma3-tiny: head
+// norms, Gemma 3's per-layer rotary and windows) on the GPU EP: logits within ATOL of that reference, and the
+// greedy tokens with the KV cache.
+for (const ep of eps) {
+  describe.skipIf(skipReason !== null || (!models[ep] && !(requested && ep === "webgpu")))(`${ep}: Qwen3 and Gemma 3 against their PyTorch reference`, () => {
+    for (const name of ["qwen3-tiny", "gemma3-tiny"]) {
+      test(`${name}: logits within ${ATOL}, greedy tokens with the KV cache exact`, async () => {
+        const fixture = join(REPO_ROOT, "tests", "fixtures", name);
+        const expected = JSON.parse(readFileSync(join(fixture, "expected.json"), "utf8")) as { single: { input_ids: number[]; position_ids: number[]; logits: Matrix; greedy: { new_tokens: number[] } }[] };
+        const model = await DecoderModel.load(fixture, { device: ep, cacheDir });
+        try {
+          expect(model.ep).toBe(ep);
+          const worst = await maxLogitDiff(model, expected.single);
+          console.log(`${name} on ${ep}: max |Δ logits| vs the PyTorch reference ${worst.toExponential(2)}`);
+          expect(worst).toBeLessThan(ATOL);
+          for (const s of expected.single) {
+            const r = await generateGreedy(model, [s.input_ids], { maxNewTokens: s.greedy.new_tokens.length, useCache: true });
+            expect(r.newIds[0]).toEqual(s.greedy.new_tokens);
+          }
+        } finally {
+          await model.close();
+        }
+      });
+    }
+  });
+}
