@@ -23,7 +23,7 @@ export const DEFAULT_LIMIT_BYTES = 60 * MiB;
 export const TRANSFER_LIMIT_BYTES = 64 * MiB;
 const ORT_NATIVE_DIR = "node_modules/onnxruntime-node/bin/napi-v6/linux/x64";
 /**
- * ../shared files the GPU test needs (tests/gpu.test.ts): the hf-golden llama fixture. Not
+ * ../shared files the GPU test needs (tests/e2e/gpu.test.ts): the hf-golden llama fixture. Not
  * shared/README.md: without it the other fixture tests skip there instead of failing on files
  * that were not shipped.
  */

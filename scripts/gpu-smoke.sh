@@ -17,7 +17,7 @@ if command -v nvidia-smi >/dev/null 2>&1; then nvidia-smi -L || true; else echo 
 status=0
 echo "== bench --device webgpu"
 bun run bench --device webgpu --json || status=1
-echo "== tests/gpu.test.ts"
-REALIGN_GPU_TESTS=1 bun test --timeout 120000 tests/gpu.test.ts || status=1
+echo "== tests/e2e/gpu.test.ts"
+REALIGN_GPU_TESTS=1 bun test --timeout 120000 tests/e2e/gpu.test.ts || status=1
 echo "gpu-smoke: $([ $status -eq 0 ] && echo passed || echo FAILED)"
 exit $status
