@@ -116,7 +116,8 @@ function ids(v: unknown): number[] {
  * The rotary settings of a config: θ and the scaling. transformers up to 4.x writes them as `rope_theta`
  * and `rope_scaling` ({rope_type, factor, …} or null); 5.x writes one `rope_parameters` object holding
  * `rope_theta` and the scaling fields together. A config read without the second form would silently run
- * at θ 10000 (a Qwen checkpoint's is 10⁶), so both are read, and one that gives θ both ways must agree.
+ * at θ 10000 (a Qwen checkpoint's is 10⁶), so both are read; one that gives θ or the scaling both ways
+ * must say the same in both.
  */
 function readRope(cfg: Json): { theta: number; scaling: RopeScaling } {
   const rp = cfg.rope_parameters as unknown;
@@ -130,12 +131,16 @@ function readRope(cfg: Json): { theta: number; scaling: RopeScaling } {
   if (params.rope_type === undefined && params.rope_theta === undefined && perType) {
     throw new ModelConfigError(`config.json: "rope_parameters" per attention type (${Object.keys(params).join(", ")}) is not supported`);
   }
-  if (cfg.rope_scaling) throw new ModelConfigError(`config.json sets both "rope_scaling" and "rope_parameters"; a checkpoint gives one of them`);
   const theta = positive(params, "rope_theta", cfg.rope_theta === undefined || cfg.rope_theta === null ? 10000 : positive(cfg, "rope_theta"));
   if (cfg.rope_theta !== undefined && cfg.rope_theta !== null && positive(cfg, "rope_theta") !== theta) {
     throw new ModelConfigError(`config.json: "rope_theta" ${cfg.rope_theta} disagrees with "rope_parameters.rope_theta" ${params.rope_theta}`);
   }
-  return { theta, scaling: parseRopeScaling(params, "rope_parameters") };
+  const scaling = parseRopeScaling(params, "rope_parameters");
+  // A config may carry the old key beside the new one (written for older readers); it must say the same.
+  if (cfg.rope_scaling && JSON.stringify(parseRopeScaling(cfg.rope_scaling as Json, "rope_scaling")) !== JSON.stringify(scaling)) {
+    throw new ModelConfigError(`config.json: "rope_scaling" ${JSON.stringify(cfg.rope_scaling)} disagrees with "rope_parameters" ${JSON.stringify(params)}`);
+  }
+  return { theta, scaling };
 }
 
 /** A scaling object ({rope_type | type, factor, …}); `key` names where it came from in errors. rope_parameters without a type is the default rotary. */

@@ -74,12 +74,13 @@ describe.skipIf(!hasShared())("rope_parameters (transformers 5.x configs)", () =
     expect(await logitDiffWithConfig(src, "gemma3", v5)).toBeLessThan(ATOL);
   });
 
-  test("θ given both ways must agree; both scaling keys, per-type parameters and unknown types are refused", () => {
+  test("θ or the scaling given both ways must agree; per-type parameters and unknown types are refused", () => {
     const v4 = fixtureConfig("llama3_rope");
     const v5 = toV5(v4);
     expect(readDecoderConfig({ ...v5, rope_theta: 500000 }).ropeTheta).toBe(500000);
     expect(() => readDecoderConfig({ ...v5, rope_theta: 10000 })).toThrow(/"rope_theta" 10000 disagrees with "rope_parameters.rope_theta" 500000/);
-    expect(() => readDecoderConfig({ ...v5, rope_scaling: v4.rope_scaling })).toThrow(/both "rope_scaling" and "rope_parameters"/);
+    expect(readDecoderConfig({ ...v5, rope_scaling: v4.rope_scaling }).ropeScaling).toEqual(readDecoderConfig(v4).ropeScaling);
+    expect(() => readDecoderConfig({ ...v5, rope_scaling: { ...(v4.rope_scaling as Json), factor: 4 } })).toThrow(/"rope_scaling" .* disagrees with "rope_parameters"/);
     expect(() => readDecoderConfig({ ...v5, rope_parameters: { full_attention: { rope_type: "default", rope_theta: 1e6 }, sliding_attention: { rope_type: "default", rope_theta: 1e4 } } })).toThrow(
       /"rope_parameters" per attention type \(full_attention, sliding_attention\) is not supported/,
     );
