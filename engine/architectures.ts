@@ -34,23 +34,6 @@ class Gemma2Builder extends DecoderBuilder {
 
 const llama: Architecture = { readConfig: readLlamaConfig, builder: DecoderBuilder };
 
-const qwen2: Architecture = {
-  readConfig(cfg) {
-    const c = readLlamaConfig(cfg);
-    c.qkvBias = true;
-    c.oBias = false;
-    c.mlpBias = false;
-    // Qwen2 uses sliding windows only when asked to, and then only from layer max_window_layers on.
-    if (cfg.use_sliding_window && typeof cfg.sliding_window === "number") {
-      const w = int(cfg, "sliding_window", 1, CONFIG_LIMITS.positions);
-      const from = int(cfg, "max_window_layers", 0, CONFIG_LIMITS.num_hidden_layers, c.numLayers);
-      c.slidingWindow = c.slidingWindow.map((_, l) => (l >= from ? w : null));
-    }
-    return c;
-  },
-  builder: DecoderBuilder,
-};
-
 /** Per layer the window `w` or null, from the config's layer_types (newer transformers lists every layer's attention); null when it has none. */
 function windowsFromLayerTypes(cfg: Json, numLayers: number, w: number): (number | null)[] | null {
   const types = cfg.layer_types;
@@ -62,18 +45,31 @@ function windowsFromLayerTypes(cfg: Json, numLayers: number, w: number): (number
   });
 }
 
-/** Qwen3: Qwen2 without biases, and an RMSNorm over every query and key head (qkNorm) before the rotary. */
-const qwen3: Architecture = {
+const qwen2: Architecture = {
   readConfig(cfg) {
     const c = readLlamaConfig(cfg);
-    c.qkNorm = true;
-    // Sliding windows as Qwen2's (only with use_sliding_window, from max_window_layers on), unless the
-    // config lists each layer's attention type.
+    c.qkvBias = true;
+    c.oBias = false;
+    c.mlpBias = false;
+    // Qwen2 uses sliding windows only when asked to, and then on the layers layer_types names, or else
+    // from layer max_window_layers on.
     if (cfg.use_sliding_window && typeof cfg.sliding_window === "number") {
       const w = int(cfg, "sliding_window", 1, CONFIG_LIMITS.positions);
       const from = int(cfg, "max_window_layers", 0, CONFIG_LIMITS.num_hidden_layers, c.numLayers);
       c.slidingWindow = windowsFromLayerTypes(cfg, c.numLayers, w) ?? c.slidingWindow.map((_, l) => (l >= from ? w : null));
     }
+    return c;
+  },
+  builder: DecoderBuilder,
+};
+
+/** Qwen3: Qwen2 with attention biases only when attention_bias says so, and an RMSNorm over every query and key head (qkNorm) before the rotary. */
+const qwen3: Architecture = {
+  readConfig(cfg) {
+    const c = qwen2.readConfig(cfg);
+    c.qkvBias = Boolean(cfg.attention_bias);
+    c.oBias = Boolean(cfg.attention_bias);
+    c.qkNorm = true;
     return c;
   },
   builder: DecoderBuilder,
