@@ -113,6 +113,12 @@ export const mean = (xs: number[]): number => (xs.length ? xs.reduce((a, b) => a
 /** Mean over prompts of KL(base ‖ edited), each a first-token distribution as log-probabilities, in the same prompt order. */
 export const meanKl = (base: Float64Array[], edited: Float64Array[]): number => mean(edited.map((q, i) => klDivergence(base[i], q)));
 
+/** The prompts' first-token log-probabilities under `iv`, and their mean KL from `base` (the same prompts unedited). */
+export async function firstTokenKl(model: DecoderModel, prompts: number[][], base: Float64Array[], iv: Interventions): Promise<{ kl: number; logProbs: Float64Array[] }> {
+  const logProbs = await firstTokenLogProbs(model, prompts, iv);
+  return { kl: meanKl(base, logProbs), logProbs };
+}
+
 /** Greedy completions decoded to text (special tokens skipped). */
 export async function generateTexts(
   model: DecoderModel,

@@ -34,7 +34,7 @@ import { appendFileSync, existsSync, readFileSync } from "node:fs";
 import type { DecoderModel } from "../engine/model.ts";
 import type { ModelTokenizer } from "../engine/tokenizer.ts";
 import { isRefusal } from "../evals/refusal.ts";
-import { firstTokenLogProbs, generateTexts, mean, meanKl, type Interventions } from "../evals/measure.ts";
+import { firstTokenKl, generateTexts, mean, type Interventions } from "../evals/measure.ts";
 import { sha256Hex } from "../util/fs.ts";
 import { exactAnswers, UTILITY_TOKENS } from "../evals/exact-answer.ts";
 
@@ -104,8 +104,7 @@ async function replyRates(model: DecoderModel, tok: ModelTokenizer, iv: Interven
 
 /** Mean first-token KL(unedited ‖ edited) on the KL prompts. */
 export async function klAt(model: DecoderModel, iv: Interventions, o: Pick<MeasureOptions, "sets" | "baseLogProbs">): Promise<number> {
-  const lp = await firstTokenLogProbs(model, o.sets.klPrompts, iv);
-  return meanKl(o.baseLogProbs, lp);
+  return (await firstTokenKl(model, o.sets.klPrompts, o.baseLogProbs, iv)).kl;
 }
 
 /** Measured points by key, persisted as JSON lines (a torn last line from a crash is ignored). */

@@ -16,7 +16,7 @@ import type { Settings } from "./settings.ts";
 import { writeSafetensors } from "../engine/safetensors.ts";
 import type { DecoderModel } from "../engine/model.ts";
 import { candidates, positionCount, residualMeans, residualsAt, safetySubspace, unit, type Candidate } from "../rosi/directions.ts";
-import { encodeAll, firstTokenLogProbs, generateTexts, mean, meanKl, refusalScore, refusalTokenIds } from "../evals/measure.ts";
+import { encodeAll, firstTokenKl, firstTokenLogProbs, generateTexts, mean, meanKl, refusalScore, refusalTokenIds } from "../evals/measure.ts";
 import { isRefusal } from "../evals/refusal.ts";
 import { coefficientStats, injectedAmount, rosiRows, spreadWeights, type CoefficientStats, type SpreadMethod } from "../rosi/spread.ts";
 import { openModel, positionLabels } from "./common.ts";
@@ -48,10 +48,7 @@ function better(a: ProbeScores, b: ProbeScores): boolean {
  * passes. Also returns the harmless first-token log-probabilities at that α, which the caller scores.
  */
 async function alphaForKl(model: DecoderModel, prompts: number[][], base: Float64Array[], dir: Float32Array, weights: number[], sign: number, target: number, hint: { alpha: number; slope: number | null }): Promise<{ alpha: number; kl: number; slope: number | null; logProbs: Float64Array[] } | null> {
-  const at = async (a: number) => {
-    const logProbs = await firstTokenLogProbs(model, prompts, { rosiVectors: rosiRows(dir, a, weights) });
-    return { kl: meanKl(base, logProbs), logProbs };
-  };
+  const at = (a: number) => firstTokenKl(model, prompts, base, { rosiVectors: rosiRows(dir, a, weights) });
   const found = await scaleForKl(at, sign * hint.alpha, target, { slope: hint.slope });
   return found && { alpha: found.scale, kl: found.point.kl, slope: found.slope, logProbs: found.point.logProbs };
 }

@@ -18,7 +18,7 @@ import type { Settings } from "./settings.ts";
 import { readDecoderConfig } from "../engine/architectures.ts";
 import { writeSafetensors, type TensorData } from "../engine/safetensors.ts";
 import type { DecoderModel } from "../engine/model.ts";
-import { encodeAll, firstTokenLogProbs, mean, meanKl, refusalScore, type Interventions } from "../evals/measure.ts";
+import { encodeAll, firstTokenKl, firstTokenLogProbs, mean, refusalScore, type Interventions } from "../evals/measure.ts";
 import { borderlineSplit, utilitySplit, type UtilityTaskItem } from "../evals/datasets.ts";
 import { gateChecks, passesGate } from "../evals/gate.ts";
 import { alpha as fmtAlpha, kl as fmtKl, percent, points, position as fmtPosition } from "../util/format.ts";
@@ -432,10 +432,7 @@ async function screenGated(
     bar.tick();
     const fit = fitFor(gatedLayers(numLayers, c.layer));
     const dir = w.directionOf(c);
-    const at = async (alpha: number): Promise<{ kl: number; logProbs: Float64Array[] }> => {
-      const logProbs = await firstTokenLogProbs(model, w.sets.harmless, gatedInterventions(fit, dir, alpha, w.rowMeans));
-      return { kl: meanKl(base, logProbs), logProbs };
-    };
+    const at = (alpha: number) => firstTokenKl(model, w.sets.harmless, base, gatedInterventions(fit, dir, alpha, w.rowMeans));
     // Typed: `slope` feeds the next direction's search, which TypeScript cannot infer through.
     const found: { scale: number; point: { kl: number; logProbs: Float64Array[] }; slope: number | null } | null = await scaleForKl(at, c.norm > 0 ? c.norm : 1, GATE_SCREEN_KL, { slope });
     if (!found) continue;
