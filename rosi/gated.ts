@@ -334,17 +334,7 @@ export class GateFitCache {
     const key = `${r}|${setting}|${ridge}|${rows ? "rows" : "all"}`;
     let out = bySamples.get(key);
     if (!out) {
-      const k = unitKey();
-      const X = samples.data[r];
-      const d = samples.widths[r];
-      const count = rows ? rows.length : samples.labels.length;
-      out = new Float64Array(count);
-      for (let i = 0; i < count; i++) {
-        const base = (rows ? rows[i] : i) * d;
-        let acc = 0;
-        for (let c = 0; c < d; c++) acc += X[base + c] * k[c];
-        out[i] = acc;
-      }
+      out = rowDots(samples, r, unitKey(), rows);
       bySamples.set(key, out);
     }
     return out;
@@ -701,20 +691,26 @@ export function fitGatedKeysForRidges(samples: WriterSamples, opts: { layers: nu
 
 /** g(x) = Σₘ kₘ·xₘ for every sample row. */
 export function gateValues(samples: WriterSamples, rows: number[], keys: Float32Array[]): Float64Array {
-  const n = samples.labels.length;
-  const g = new Float64Array(n);
+  const g = new Float64Array(samples.labels.length);
   rows.forEach((r, j) => {
-    const X = samples.data[r];
-    const d = samples.widths[r];
-    const k = keys[j];
-    for (let i = 0; i < n; i++) {
-      let s = 0;
-      const base = i * d;
-      for (let c = 0; c < d; c++) s += X[base + c] * k[c];
-      g[i] += s;
-    }
+    const dots = rowDots(samples, r, keys[j], null);
+    for (let i = 0; i < g.length; i++) g[i] += dots[i];
   });
   return g;
+}
+
+/** k·xᵢ for matrix r's input xᵢ on the sample rows `rows` (all rows when null), in that order. */
+function rowDots(samples: WriterSamples, r: number, k: Float32Array, rows: number[] | null): Float64Array {
+  const X = samples.data[r];
+  const d = samples.widths[r];
+  const out = new Float64Array(rows ? rows.length : samples.labels.length);
+  for (let i = 0; i < out.length; i++) {
+    const base = (rows ? rows[i] : i) * d;
+    let acc = 0;
+    for (let c = 0; c < d; c++) acc += X[base + c] * k[c];
+    out[i] = acc;
+  }
+  return out;
 }
 
 /** X·Xᵀ of a row-major [n, d] matrix (float64; symmetric, both triangles filled). */
