@@ -74,10 +74,11 @@ function byteLevelAlphabet(): string[] {
 }
 
 /**
- * hf-golden checkpoints carry no tokenizer (their inputs are ids); llama.cpp needs one to load a GGUF. A copy of the
- * fixture gets a byte-level BPE tokenizer over its 256 ids (token id = byte), without merges.
+ * The hf-golden checkpoints and the other 256-token fixtures (`src`, default hf-golden's `name`) carry no tokenizer
+ * (their inputs are ids); llama.cpp needs one to load a GGUF. A copy of the checkpoint gets a byte-level BPE
+ * tokenizer over its 256 ids (token id = byte), without merges.
  */
-function goldenWithTokenizer(name: string, src = sharedPath("fixtures", "hf-golden", name)): string {
+function withByteTokenizer(name: string, src = sharedPath("fixtures", "hf-golden", name)): string {
   const dir = join(tmp, `golden-${name}`);
   mkdirSync(dir, { recursive: true });
   for (const f of ["config.json", "model.safetensors"]) copyFileSync(join(src, f), join(dir, f));
@@ -207,7 +208,7 @@ describe.skipIf(!lc)("GGUF export, run by llama.cpp", () => {
   // hf-golden: random tiny checkpoints computed by HF transformers; the engine reproduces expected.json, llama.cpp the engine.
   for (const name of ["llama", "llama3_rope", "qwen2", "gemma2"]) {
     test(`hf-golden ${name}, f32: greedy tokens equal the engine's (= HF's) on both fixture sequences and over 120 more; next-token probabilities within 1e-4 at 131 positions`, async () => {
-      const dir = goldenWithTokenizer(name);
+      const dir = withByteTokenizer(name);
       const expected = JSON.parse(readFileSync(sharedPath("fixtures", "hf-golden", name, "expected.json"), "utf8")) as { single: { input_ids: number[]; generate: { new_tokens: number[] } }[] };
       const gguf = await exportTo(dir, "f32");
       const ll = await openGguf(gguf);
@@ -230,7 +231,7 @@ describe.skipIf(!lc)("GGUF export, run by llama.cpp", () => {
   // Qwen3's per-head q/k norms (attn_q_norm / attn_k_norm) and a head_dim apart from hidden / heads; the engine
   // reproduces a PyTorch reference of HF's Qwen3 (tests/engine/reference-architectures.test.ts), llama.cpp the engine.
   test("qwen3-tiny, f32: greedy tokens over 60 steps and next-token probabilities within 1e-4 equal the engine's", async () => {
-    const dir = goldenWithTokenizer("qwen3-tiny", join(import.meta.dir, "..", "fixtures", "qwen3-tiny"));
+    const dir = withByteTokenizer("qwen3-tiny", join(import.meta.dir, "..", "fixtures", "qwen3-tiny"));
     const gguf = await exportTo(dir, "f32");
     const ll = await openGguf(gguf);
     try {
@@ -267,7 +268,7 @@ describe.skipIf(!lc)("GGUF export, run by llama.cpp", () => {
       hidden_activation: "gelu_pytorch_tanh",
       torch_dtype: "bfloat16",
     }, { seed: 3 });
-    const withTok = goldenWithTokenizer("gemma3-6", dir);
+    const withTok = withByteTokenizer("gemma3-6", dir);
     const gguf = await exportTo(withTok, "f32");
     const ll = await openGguf(gguf);
     try {
@@ -284,7 +285,7 @@ describe.skipIf(!lc)("GGUF export, run by llama.cpp", () => {
 
   test("hf-golden mistral (sliding window 5), f32: equal within the window; the GGUF's context_length is capped at the window", async () => {
     // llama.cpp's "llama" architecture has no sliding-window attention: beyond 5 tokens it attends to everything.
-    const dir = goldenWithTokenizer("mistral");
+    const dir = withByteTokenizer("mistral");
     const gguf = await exportTo(dir, "f32");
     const ll = await openGguf(gguf);
     try {
